@@ -1,0 +1,236 @@
+//! The agent protocol: what the reconciler asks an agent to run, and what the agent
+//! reports back.
+//!
+//! Endpoints (all under `/agent/v1/hosts/{host_id}`, agent token required):
+//! - `GET  tasks?wait=30s` — long-poll; returns a [`TaskBatch`] (possibly empty).
+//! - `POST tasks/{task_id}` — a [`TaskOutcome`] for a task the agent claimed.
+//! - `PUT  status` — the full [`HostStatus`], sent when it changes.
+//! - `POST heartbeat` — no body; a cheap "still here".
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::names::Labels;
+
+/// Which side of an experiment a collector is, or a host's standing pipeline.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Variant {
+    Baseline,
+    Candidate,
+    Standing,
+}
+
+impl Variant {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Variant::Baseline => "baseline",
+            Variant::Candidate => "candidate",
+            Variant::Standing => "standing",
+        }
+    }
+}
+
+impl std::fmt::Display for Variant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Everything an agent needs to run one collector: the rendered config and the
+/// environment it is started with. Two specs with the same `config_hash` are the
+/// same collector; applying one twice is a no-op.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CollectorSpec {
+    /// Unique on a host, e.g. `topk-web.candidate`.
+    pub collector_id: String,
+    /// The experiment (or standing deployment) this collector belongs to.
+    pub owner: String,
+    pub variant: Variant,
+    pub pipeline: String,
+    /// Collector config YAML; may refer to `${env:...}` variables.
+    pub config: String,
+    /// Environment set for the collector process (template variables, experiment,
+    /// variant, host, remote-write URL). The agent adds the ports it assigns.
+    pub env: BTreeMap<String, String>,
+    /// [`config_hash`] of `config` and `env`.
+    pub config_hash: String,
+}
+
+impl CollectorSpec {
+    /// Builds a spec, computing its hash.
+    pub fn new(
+        collector_id: String,
+        owner: String,
+        variant: Variant,
+        pipeline: String,
+        config: String,
+        env: BTreeMap<String, String>,
+    ) -> Self {
+        let config_hash = config_hash(&config, &env);
+        Self {
+            collector_id,
+            owner,
+            variant,
+            pipeline,
+            config,
+            env,
+            config_hash,
+        }
+    }
+
+    /// The collector id Phoenix gives an owner's variant.
+    pub fn id_for(owner: &str, variant: Variant) -> String {
+        format!("{owner}.{variant}")
+    }
+}
+
+/// The identity of a rendered collector: SHA-256 over the config and the sorted
+/// environment, as 16 hex digits (64 bits: plenty to tell configs on one host apart).
+pub fn config_hash(config: &str, env: &BTreeMap<String, String>) -> String {
+    // JSON encoding keeps the boundaries between config, keys and values unambiguous.
+    let canonical = serde_json::to_vec(&(config, env)).expect("strings always serialize");
+    let digest = Sha256::digest(&canonical);
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What a task asks of the agent.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskAction {
+    /// Run a collector that is not running.
+    Start,
+    /// Replace a running collector's config.
+    Update,
+    /// Stop a collector and forget it.
+    Stop,
+}
+
+impl TaskAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskAction::Start => "start",
+            TaskAction::Update => "update",
+            TaskAction::Stop => "stop",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<TaskAction> {
+        [TaskAction::Start, TaskAction::Update, TaskAction::Stop]
+            .into_iter()
+            .find(|a| a.as_str() == text)
+    }
+}
+
+/// One unit of work for one host, leased to its agent.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Task {
+    pub id: i64,
+    pub action: TaskAction,
+    pub collector_id: String,
+    /// 1 on first delivery; higher when a lease expired and the task came back.
+    pub attempt: i32,
+    /// The collector to run, for `start` and `update`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collector: Option<CollectorSpec>,
+}
+
+/// The answer to a task long-poll.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+pub struct TaskBatch {
+    pub tasks: Vec<Task>,
+}
+
+/// What came of a task.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskOutcome {
+    pub ok: bool,
+    /// The collector's own error text when `ok` is false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// How a supervised collector is doing.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// Started, health check not yet passing.
+    Starting,
+    /// Health check passing.
+    Healthy,
+    /// Running but its health check fails.
+    Unhealthy,
+    /// Exited; waiting for its restart backoff.
+    Restarting,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Starting => "starting",
+            Health::Healthy => "healthy",
+            Health::Unhealthy => "unhealthy",
+            Health::Restarting => "restarting",
+        }
+    }
+}
+
+/// One collector as the agent sees it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CollectorStatus {
+    pub collector_id: String,
+    pub owner: String,
+    pub variant: Variant,
+    pub pipeline: String,
+    pub config_hash: String,
+    #[serde(default)]
+    pub pid: Option<u32>,
+    pub health: Health,
+    /// Times the supervisor restarted it after it died.
+    pub restarts: u32,
+    /// Total CPU time of the process, in seconds.
+    #[serde(default)]
+    pub cpu_seconds: f64,
+    /// Resident memory, in bytes.
+    #[serde(default)]
+    pub rss_bytes: u64,
+    /// The last error the collector printed or the supervisor saw.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// The full actual state of a host, sent when it changes.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HostStatus {
+    pub labels: Labels,
+    pub agent_version: String,
+    pub collectors: Vec<CollectorStatus>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_covers_config_and_env() {
+        let env: BTreeMap<String, String> = [("A".into(), "1".into())].into();
+        let h = config_hash("receivers: {}", &env);
+        assert_eq!(h.len(), 16);
+        assert_eq!(h, config_hash("receivers: {}", &env));
+        assert_ne!(h, config_hash("receivers: {} ", &env));
+        let other: BTreeMap<String, String> = [("A".into(), "2".into())].into();
+        assert_ne!(h, config_hash("receivers: {}", &other));
+        // Key/value boundaries matter: A=1,B=2 differs from A=1\0B=2 as a single value.
+        let split: BTreeMap<String, String> =
+            [("A".into(), "1".into()), ("B".into(), "2".into())].into();
+        let joined: BTreeMap<String, String> = [("A".into(), "1\0B=2".into())].into();
+        assert_ne!(config_hash("", &split), config_hash("", &joined));
+    }
+}

@@ -1,0 +1,23 @@
+//! Types that cross Phoenix process boundaries, and nothing that does I/O.
+//!
+//! - [`resource`]: the user-facing resource documents (`Experiment`), how they are
+//!   parsed from JSON or YAML, and how they are validated field by field.
+//! - [`names`]: validated names (experiments, hosts, labels) and label selectors.
+//! - [`duration`]: human durations (`30s`, `1m`, `1h30m`) as they appear in documents.
+//! - [`view`]: what the user API returns (experiments, events, hosts).
+//! - [`agent`]: the agent protocol: tasks, task outcomes, host status, collector specs
+//!   and their config hash.
+//! - [`problem`]: `application/problem+json` error bodies shared by the API and clients.
+//!
+//! The api, the reconciler, the agent and the CLI all depend on this crate; it links
+//! neither a database driver nor an HTTP stack.
+
+pub mod agent;
+pub mod duration;
+pub mod names;
+pub mod problem;
+pub mod resource;
+pub mod view;
+
+/// The `apiVersion` every Phoenix resource document carries.
+pub const API_VERSION: &str = "phoenix.dev/v1";

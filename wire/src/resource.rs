@@ -1,0 +1,487 @@
+//! Resource documents (`apiVersion: phoenix.dev/v1`) and their validation.
+//!
+//! A document is parsed in two steps so that every error names a field: the body
+//! (JSON or YAML) becomes a generic tree, then the tree becomes the typed document
+//! with the path of the first field that did not fit. [`ExperimentDocument::validate`]
+//! then checks what types cannot express (names, selectors, ranges).
+
+use std::collections::BTreeMap;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::API_VERSION;
+use crate::duration::HumanDuration;
+use crate::names::{self, Labels};
+use crate::problem::FieldError;
+
+/// How a request body is encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DocumentFormat {
+    Json,
+    Yaml,
+}
+
+impl DocumentFormat {
+    /// Picks the format from a `Content-Type` header value; anything that is not
+    /// YAML is read as JSON.
+    pub fn from_content_type(content_type: Option<&str>) -> Self {
+        match content_type {
+            Some(ct) if ct.contains("yaml") => DocumentFormat::Yaml,
+            _ => DocumentFormat::Json,
+        }
+    }
+}
+
+/// Parses one document from `body`, naming the offending field on error.
+pub fn parse_document<T: DeserializeOwned>(
+    body: &[u8],
+    format: DocumentFormat,
+) -> Result<T, FieldError> {
+    let tree = parse_tree(body, format)?;
+    from_tree(tree)
+}
+
+/// Parses a body into a generic tree without interpreting it.
+pub fn parse_tree(body: &[u8], format: DocumentFormat) -> Result<serde_json::Value, FieldError> {
+    match format {
+        DocumentFormat::Json => serde_json::from_slice(body)
+            .map_err(|e| FieldError::new("", format!("malformed JSON: {e}"))),
+        DocumentFormat::Yaml => {
+            let text = std::str::from_utf8(body)
+                .map_err(|e| FieldError::new("", format!("malformed YAML: not UTF-8: {e}")))?;
+            serde_saphyr::from_str::<serde_json::Value>(text)
+                .map_err(|e| FieldError::new("", format!("malformed YAML: {e}")))
+        }
+    }
+}
+
+/// Interprets a generic tree as a typed document, naming the offending field on error.
+pub fn from_tree<T: DeserializeOwned>(tree: serde_json::Value) -> Result<T, FieldError> {
+    serde_path_to_error::deserialize(tree).map_err(|err| {
+        let mut field = err.path().to_string();
+        if field == "." {
+            field.clear();
+        }
+        let message = err.inner().to_string();
+        // serde reports a missing key at its parent; name the key itself.
+        if let Some(rest) = message.strip_prefix("missing field `")
+            && let Some(key) = rest.split('`').next()
+        {
+            field = if field.is_empty() {
+                key.to_string()
+            } else {
+                format!("{field}.{key}")
+            };
+        }
+        FieldError::new(field, message)
+    })
+}
+
+/// `metadata` of every resource document.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Metadata {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: Labels,
+}
+
+/// `kind: Experiment`: run a baseline and a candidate pipeline side by side on the
+/// selected hosts and judge the candidate.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ExperimentDocument {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: Metadata,
+    pub spec: ExperimentSpec,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ExperimentSpec {
+    pub hosts: HostTarget,
+    pub baseline: PipelineRef,
+    pub candidate: PipelineRef,
+    #[serde(default = "default_warmup")]
+    pub warmup: HumanDuration,
+    pub duration: HumanDuration,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<LoadSpec>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub critical_processes: Vec<String>,
+    #[serde(default)]
+    pub criteria: Criteria,
+    #[serde(default)]
+    pub promotion: Promotion,
+}
+
+fn default_warmup() -> HumanDuration {
+    HumanDuration::from_secs(60)
+}
+
+/// Which hosts an experiment runs on: a label selector or an explicit list.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct HostTarget {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<Labels>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub names: Option<Vec<String>>,
+}
+
+impl HostTarget {
+    /// True when a host with this id and these labels is targeted.
+    pub fn matches(&self, host_id: &str, labels: &Labels) -> bool {
+        match (&self.selector, &self.names) {
+            (Some(selector), _) => names::selector_matches(selector, labels),
+            (None, Some(list)) => list.iter().any(|n| n == host_id),
+            (None, None) => false,
+        }
+    }
+}
+
+/// A pipeline template by name, with values for its variables.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineRef {
+    pub pipeline: String,
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "scalar_map"
+    )]
+    pub vars: BTreeMap<String, String>,
+}
+
+/// Optional load to generate on the target hosts while the experiment runs.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LoadSpec {
+    pub profile: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processes: Option<u32>,
+}
+
+/// What the candidate must achieve to pass.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Criteria {
+    /// Minimum reduction of distinct series versus the baseline, in percent.
+    #[serde(default = "default_min_series_reduction")]
+    pub min_series_reduction: f64,
+    /// Minimum share of the baseline's critical processes the candidate keeps, in percent.
+    #[serde(default = "default_min_critical_retention")]
+    pub min_critical_retention: f64,
+    /// Maximum extra CPU of the candidate over the baseline, in cores.
+    #[serde(default = "default_max_cpu_overhead")]
+    pub max_cpu_overhead_cores: f64,
+    /// Maximum extra resident memory of the candidate over the baseline, in MiB.
+    #[serde(default = "default_max_memory_overhead")]
+    pub max_memory_overhead_mib: f64,
+}
+
+fn default_min_series_reduction() -> f64 {
+    50.0
+}
+fn default_min_critical_retention() -> f64 {
+    100.0
+}
+fn default_max_cpu_overhead() -> f64 {
+    0.05
+}
+fn default_max_memory_overhead() -> f64 {
+    100.0
+}
+
+impl Default for Criteria {
+    fn default() -> Self {
+        Self {
+            min_series_reduction: default_min_series_reduction(),
+            min_critical_retention: default_min_critical_retention(),
+            max_cpu_overhead_cores: default_max_cpu_overhead(),
+            max_memory_overhead_mib: default_max_memory_overhead(),
+        }
+    }
+}
+
+/// Whether a passing candidate is promoted by hand or automatically.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Promotion {
+    #[default]
+    Manual,
+    Auto,
+}
+
+/// Reads a map whose values may be written as YAML scalars of any type
+/// (`cpu_threshold: 0.05`) and keeps them as strings.
+fn scalar_map<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    let raw = BTreeMap::<String, serde_json::Value>::deserialize(deserializer)?;
+    raw.into_iter()
+        .map(|(key, value)| {
+            let text = match value {
+                serde_json::Value::String(s) => s,
+                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::Bool(b) => b.to_string(),
+                other => {
+                    return Err(serde::de::Error::custom(format!(
+                        "variable `{key}` must be a string, number or boolean, not {other}"
+                    )));
+                }
+            };
+            Ok((key, text))
+        })
+        .collect()
+}
+
+/// The longest experiment Phoenix accepts (warmup plus duration).
+pub const MAX_EXPERIMENT_LENGTH: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
+
+fn check_envelope(
+    api_version: &str,
+    kind: &str,
+    expected_kind: &str,
+    metadata: &Metadata,
+) -> Result<(), FieldError> {
+    if api_version != API_VERSION {
+        return Err(FieldError::new(
+            "apiVersion",
+            format!("must be `{API_VERSION}`, not `{api_version}`"),
+        ));
+    }
+    if kind != expected_kind {
+        return Err(FieldError::new(
+            "kind",
+            format!("must be `{expected_kind}`, not `{kind}`"),
+        ));
+    }
+    names::check_resource_name(&metadata.name).map_err(|m| FieldError::new("metadata.name", m))?;
+    names::check_labels(&metadata.labels).map_err(|m| FieldError::new("metadata.labels", m))?;
+    Ok(())
+}
+
+impl ExperimentDocument {
+    pub const KIND: &'static str = "Experiment";
+
+    /// Checks everything the types do not, naming the first field that is wrong.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        check_envelope(&self.api_version, &self.kind, Self::KIND, &self.metadata)?;
+        self.spec.validate()
+    }
+}
+
+impl ExperimentSpec {
+    pub fn validate(&self) -> Result<(), FieldError> {
+        match (&self.hosts.selector, &self.hosts.names) {
+            (Some(_), Some(_)) => {
+                return Err(FieldError::new(
+                    "spec.hosts",
+                    "give either `selector` or `names`, not both",
+                ));
+            }
+            (None, None) => {
+                return Err(FieldError::new(
+                    "spec.hosts",
+                    "give `selector` (e.g. {role: web}) or `names` (a list of host ids)",
+                ));
+            }
+            (Some(selector), None) => {
+                if selector.is_empty() {
+                    return Err(FieldError::new(
+                        "spec.hosts.selector",
+                        "an empty selector would select every host; name at least one label",
+                    ));
+                }
+                names::check_labels(selector)
+                    .map_err(|m| FieldError::new("spec.hosts.selector", m))?;
+            }
+            (None, Some(list)) => {
+                if list.is_empty() {
+                    return Err(FieldError::new(
+                        "spec.hosts.names",
+                        "name at least one host",
+                    ));
+                }
+                for (i, host) in list.iter().enumerate() {
+                    names::check_host_id(host)
+                        .map_err(|m| FieldError::new(format!("spec.hosts.names[{i}]"), m))?;
+                }
+            }
+        }
+        for (field, pipeline) in [
+            ("spec.baseline", &self.baseline),
+            ("spec.candidate", &self.candidate),
+        ] {
+            names::check_resource_name(&pipeline.pipeline)
+                .map_err(|m| FieldError::new(format!("{field}.pipeline"), m))?;
+            for key in pipeline.vars.keys() {
+                check_variable_name(key)
+                    .map_err(|m| FieldError::new(format!("{field}.vars.{key}"), m))?;
+            }
+        }
+        if self.duration.0.is_zero() {
+            return Err(FieldError::new("spec.duration", "must be longer than 0s"));
+        }
+        if self.warmup.0 + self.duration.0 > MAX_EXPERIMENT_LENGTH {
+            return Err(FieldError::new(
+                "spec.duration",
+                "warmup plus duration must not exceed 7d",
+            ));
+        }
+        for (i, name) in self.critical_processes.iter().enumerate() {
+            if name.trim().is_empty() || name.len() > 255 || name.contains('\0') {
+                return Err(FieldError::new(
+                    format!("spec.criticalProcesses[{i}]"),
+                    "must be a non-empty executable name of at most 255 characters",
+                ));
+            }
+        }
+        let c = &self.criteria;
+        for (field, value) in [
+            ("spec.criteria.minSeriesReduction", c.min_series_reduction),
+            (
+                "spec.criteria.minCriticalRetention",
+                c.min_critical_retention,
+            ),
+        ] {
+            if !(0.0..=100.0).contains(&value) {
+                return Err(FieldError::new(
+                    field,
+                    format!("must be a percentage between 0 and 100, not {value}"),
+                ));
+            }
+        }
+        for (field, value) in [
+            (
+                "spec.criteria.maxCpuOverheadCores",
+                c.max_cpu_overhead_cores,
+            ),
+            (
+                "spec.criteria.maxMemoryOverheadMib",
+                c.max_memory_overhead_mib,
+            ),
+        ] {
+            if !(value >= 0.0 && value.is_finite()) {
+                return Err(FieldError::new(
+                    field,
+                    format!("must be zero or more, not {value}"),
+                ));
+            }
+        }
+        if let Some(load) = &self.load {
+            names::check_resource_name(&load.profile)
+                .map_err(|m| FieldError::new("spec.load.profile", m))?;
+        }
+        Ok(())
+    }
+}
+
+/// Variable names are lower snake case; they reach the collector as
+/// `PHOENIX_VAR_<UPPER_SNAKE>` environment variables.
+pub fn check_variable_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && name.as_bytes()[0].is_ascii_lowercase();
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}` is not a variable name: use lower_snake_case"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const YAML: &str = r#"
+apiVersion: phoenix.dev/v1
+kind: Experiment
+metadata:
+  name: topk-web
+  labels: {team: sre}
+spec:
+  hosts: {selector: {role: web}}
+  baseline: {pipeline: process-baseline}
+  candidate: {pipeline: process-topk, vars: {cpu_threshold: 0.05}}
+  warmup: 1m
+  duration: 10m
+  load: {profile: high-cardinality, processes: 500}
+  criticalProcesses: [nginx, postgres, java]
+  criteria: {minSeriesReduction: 50, minCriticalRetention: 100}
+  promotion: manual
+"#;
+
+    fn parse(yaml: &str) -> Result<ExperimentDocument, FieldError> {
+        let doc: ExperimentDocument = parse_document(yaml.as_bytes(), DocumentFormat::Yaml)?;
+        doc.validate()?;
+        Ok(doc)
+    }
+
+    #[test]
+    fn the_brief_example_parses() {
+        let doc = parse(YAML).unwrap();
+        assert_eq!(doc.metadata.name, "topk-web");
+        assert_eq!(doc.spec.candidate.vars["cpu_threshold"], "0.05");
+        assert_eq!(doc.spec.duration.to_string(), "10m");
+        assert_eq!(doc.spec.criteria.max_memory_overhead_mib, 100.0);
+        // JSON round trip gives the same document.
+        let json = serde_json::to_vec(&doc).unwrap();
+        let again: ExperimentDocument = parse_document(&json, DocumentFormat::Json).unwrap();
+        assert_eq!(again, doc);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (
+                YAML.replace("  promotion: manual", "  promotion: manual\n  colour: red"),
+                "spec.colour",
+            ),
+            (YAML.replace("  name: topk-web\n", ""), "metadata.name"),
+            (
+                YAML.replace("name: topk-web", "name: Topk_Web"),
+                "metadata.name",
+            ),
+            (
+                YAML.replace("{selector: {role: web}}", "{selector: {}}"),
+                "spec.hosts.selector",
+            ),
+            (
+                YAML.replace("{selector: {role: web}}", "{selector: {'ro le': web}}"),
+                "spec.hosts.selector",
+            ),
+            (
+                YAML.replace("duration: 10m", "duration: ten"),
+                "spec.duration",
+            ),
+            (
+                YAML.replace("minSeriesReduction: 50", "minSeriesReduction: 150"),
+                "spec.criteria.minSeriesReduction",
+            ),
+            (YAML.replace("kind: Experiment", "kind: Pipeline"), "kind"),
+        ];
+        for (yaml, field) in cases {
+            let err = parse(&yaml).unwrap_err();
+            assert_eq!(err.field, field, "{err}");
+        }
+    }
+
+    #[test]
+    fn malformed_bodies_say_so() {
+        let err =
+            parse_document::<ExperimentDocument>(b"{not json", DocumentFormat::Json).unwrap_err();
+        assert!(err.message.starts_with("malformed JSON"), "{err}");
+        let err =
+            parse_document::<ExperimentDocument>(b"a: [1, 2", DocumentFormat::Yaml).unwrap_err();
+        assert!(err.message.starts_with("malformed YAML"), "{err}");
+    }
+}

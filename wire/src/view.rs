@@ -131,3 +131,9 @@ pub struct Host {
     pub last_seen: DateTime<Utc>,
     pub collectors: Vec<CollectorStatus>,
 }
+
+/// A list response: `{"items": [...]}`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct List<T> {
+    pub items: Vec<T>,
+}

@@ -1,0 +1,27 @@
+//! Locating the project's binaries for tests, built fresh once per test process.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The path of a workspace binary (`phoenix-agent`, `stand-in-collector`, ...),
+/// after `cargo build` of all workspace binaries has run once in this process, so a
+/// test never runs a stale binary. Cheap when everything is up to date.
+pub fn binary(name: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--workspace", "--bins", "--quiet"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo build for the test binaries");
+        assert!(status.success(), "cargo build --workspace --bins failed");
+        // Test executables live in <target>/<profile>/deps; binaries one level up.
+        let exe = std::env::current_exe().expect("current test executable");
+        exe.parent().and_then(|deps| deps.parent()).expect("target profile dir").to_path_buf()
+    });
+    let path = dir.join(name);
+    assert!(path.exists(), "binary {} was not built", path.display());
+    path
+}

@@ -1,0 +1,9 @@
+//! The end-to-end test kit: builds and locates the project's binaries, and (in
+//! `harness`) starts a real stack on loopback for a test.
+//!
+//! Binaries under test: `phoenix-agent` (from the agent crate) and
+//! `stand-in-collector` (this crate's `src/bin`), a real long-running program that
+//! behaves like the collector where the supervisor can see it (config flag, health
+//! endpoint, exit codes), for tests that do not need the real OpenTelemetry Collector.
+
+pub mod bins;

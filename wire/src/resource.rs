@@ -380,6 +380,69 @@ impl ExperimentSpec {
     }
 }
 
+/// `kind: PipelineTemplate`: a collector config users pick for an experiment's
+/// baseline or candidate. Variables are written in the config as
+/// `${env:PHOENIX_VAR_<NAME>:-<default>}` (see [`template_variables`]).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PipelineTemplateDocument {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: Metadata,
+    pub spec: PipelineTemplateSpec,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineTemplateSpec {
+    #[serde(default)]
+    pub description: String,
+    /// The OpenTelemetry Collector config, as YAML text.
+    pub config: String,
+}
+
+impl PipelineTemplateDocument {
+    pub const KIND: &'static str = "PipelineTemplate";
+
+    pub fn validate(&self) -> Result<(), FieldError> {
+        check_envelope(&self.api_version, &self.kind, Self::KIND, &self.metadata)?;
+        if self.spec.config.trim().is_empty() {
+            return Err(FieldError::new("spec.config", "must hold a collector config"));
+        }
+        Ok(())
+    }
+}
+
+/// A variable a template declares by using it: its lower-snake name and default.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TemplateVariable {
+    pub name: String,
+    pub default: String,
+}
+
+/// The variables a collector config uses, in order of first use:
+/// every `${env:PHOENIX_VAR_<NAME>:-<default>}`.
+pub fn template_variables(config: &str) -> Vec<TemplateVariable> {
+    static PATTERN: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let pattern = PATTERN.get_or_init(|| {
+        regex::Regex::new(r"\$\{env:PHOENIX_VAR_([A-Z0-9_]+)(?::-([^}]*))?\}").expect("valid regex")
+    });
+    let mut found: Vec<TemplateVariable> = Vec::new();
+    for caps in pattern.captures_iter(config) {
+        let name = caps[1].to_ascii_lowercase();
+        if found.iter().all(|v| v.name != name) {
+            let default = caps.get(2).map(|m| m.as_str().to_string()).unwrap_or_default();
+            found.push(TemplateVariable { name, default });
+        }
+    }
+    found
+}
+
+/// The environment variable that carries a template variable to the collector.
+pub fn variable_env_name(name: &str) -> String {
+    format!("PHOENIX_VAR_{}", name.to_ascii_uppercase())
+}
+
 /// Variable names are lower snake case; they reach the collector as
 /// `PHOENIX_VAR_<UPPER_SNAKE>` environment variables.
 pub fn check_variable_name(name: &str) -> Result<(), String> {
@@ -473,6 +536,20 @@ spec:
             let err = parse(&yaml).unwrap_err();
             assert_eq!(err.field, field, "{err}");
         }
+    }
+
+    #[test]
+    fn template_variables_are_found_with_defaults() {
+        let config = "a: ${env:PHOENIX_VAR_CPU_THRESHOLD:-0.05}\nb: ${env:PHOENIX_VAR_INTERVAL:-10s} ${env:PHOENIX_VAR_CPU_THRESHOLD:-0.05}\nc: ${env:PHOENIX_HOST}";
+        let vars = template_variables(config);
+        assert_eq!(
+            vars,
+            vec![
+                TemplateVariable { name: "cpu_threshold".into(), default: "0.05".into() },
+                TemplateVariable { name: "interval".into(), default: "10s".into() },
+            ]
+        );
+        assert_eq!(variable_env_name("cpu_threshold"), "PHOENIX_VAR_CPU_THRESHOLD");
     }
 
     #[test]

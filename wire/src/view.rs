@@ -137,3 +137,16 @@ pub struct Host {
 pub struct List<T> {
     pub items: Vec<T>,
 }
+
+/// A pipeline template as the API shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PipelineTemplate {
+    pub name: String,
+    pub description: String,
+    /// Shipped with Phoenix (from `pipelines/`), as opposed to applied by a user.
+    pub builtin: bool,
+    pub variables: Vec<crate::resource::TemplateVariable>,
+    pub config: String,
+    pub updated_at: DateTime<Utc>,
+}

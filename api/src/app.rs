@@ -1,0 +1,106 @@
+//! The application layer: what a request means, between the thin handlers and the
+//! storage queries. Checks that need the database (does the pipeline exist, does
+//! the selector match a host) live here.
+
+use phoenix_storage::{PgConnection, StoreError, experiments, hosts, templates};
+use phoenix_wire::names::selector_matches;
+use phoenix_wire::problem::FieldError;
+use phoenix_wire::resource::{self, ExperimentDocument, PipelineRef, template_variables};
+use phoenix_wire::view::{Experiment, PipelineTemplate};
+
+use crate::body::DocumentBody;
+use crate::error::ApiError;
+
+/// Parses a document body: a syntax error is 400, a document that does not fit
+/// the schema (unknown or missing field, wrong type) is 422, naming the field.
+pub fn parse_body<T: serde::de::DeserializeOwned>(body: &DocumentBody) -> Result<T, ApiError> {
+    let tree = resource::parse_tree(&body.bytes, body.format).map_err(ApiError::Malformed)?;
+    resource::from_tree(tree).map_err(ApiError::Invalid)
+}
+
+/// Validates an experiment document against the types, the catalog and the fleet,
+/// then stores it in phase `pending`. Nothing is written unless all checks pass.
+pub async fn create_experiment(conn: &mut PgConnection, body: &DocumentBody) -> Result<Experiment, ApiError> {
+    let doc: ExperimentDocument = parse_body(body)?;
+    doc.validate().map_err(ApiError::Invalid)?;
+    check_pipeline(conn, "spec.baseline", &doc.spec.baseline).await?;
+    check_pipeline(conn, "spec.candidate", &doc.spec.candidate).await?;
+    check_hosts(conn, &doc).await?;
+    let experiment = experiments::create(
+        conn,
+        experiments::NewExperiment {
+            name: &doc.metadata.name,
+            labels: &doc.metadata.labels,
+            spec: &doc.spec,
+            managed_by: None,
+        },
+    )
+    .await?;
+    Ok(experiment)
+}
+
+async fn check_pipeline(conn: &mut PgConnection, field: &str, pipeline: &PipelineRef) -> Result<(), ApiError> {
+    let template = match templates::get(conn, &pipeline.pipeline).await {
+        Ok(t) => t,
+        Err(StoreError::NotFound(_)) => {
+            let known: Vec<String> = templates::list(conn).await?.into_iter().map(|t| t.name).collect();
+            return Err(ApiError::Invalid(FieldError::new(
+                format!("{field}.pipeline"),
+                format!("there is no pipeline template `{}`; known templates: {}", pipeline.pipeline, known.join(", ")),
+            )));
+        }
+        Err(other) => return Err(other.into()),
+    };
+    let declared = template_variables(&template.config);
+    for name in pipeline.vars.keys() {
+        if !declared.iter().any(|v| &v.name == name) {
+            let names: Vec<&str> = declared.iter().map(|v| v.name.as_str()).collect();
+            return Err(ApiError::Invalid(FieldError::new(
+                format!("{field}.vars.{name}"),
+                format!(
+                    "pipeline `{}` has no variable `{name}`; its variables are: {}",
+                    pipeline.pipeline,
+                    if names.is_empty() { "(none)".to_string() } else { names.join(", ") }
+                ),
+            )));
+        }
+    }
+    Ok(())
+}
+
+async fn check_hosts(conn: &mut PgConnection, doc: &ExperimentDocument) -> Result<(), ApiError> {
+    let known = hosts::list_records(conn).await?;
+    if let Some(selector) = &doc.spec.hosts.selector {
+        if !known.iter().any(|h| selector_matches(selector, &h.labels)) {
+            return Err(ApiError::Invalid(FieldError::new(
+                "spec.hosts.selector",
+                format!(
+                    "the selector matches none of the {} registered hosts; check their labels with `phoenix host list`",
+                    known.len()
+                ),
+            )));
+        }
+    }
+    if let Some(names) = &doc.spec.hosts.names {
+        for (i, name) in names.iter().enumerate() {
+            if !known.iter().any(|h| &h.host_id == name) {
+                return Err(ApiError::Invalid(FieldError::new(
+                    format!("spec.hosts.names[{i}]"),
+                    format!("no agent has registered host `{name}`; see `phoenix host list`"),
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn template_view(stored: templates::StoredTemplate) -> PipelineTemplate {
+    PipelineTemplate {
+        variables: template_variables(&stored.config),
+        name: stored.name,
+        description: stored.description,
+        builtin: stored.builtin,
+        config: stored.config,
+        updated_at: stored.updated_at,
+    }
+}

@@ -1,0 +1,170 @@
+//! Bearer-token authentication and roles.
+//!
+//! User tokens carry a role (viewer < operator < admin); agent tokens can only call
+//! the agent API, and user tokens cannot call it. Handlers ask for a role by taking
+//! one of the extractors [`Viewer`], [`Operator`], [`Admin`] or [`Agent`].
+
+use std::str::FromStr;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    Viewer,
+    Operator,
+    Admin,
+    Agent,
+}
+
+impl Role {
+    fn parse(text: &str) -> Option<Role> {
+        match text {
+            "viewer" => Some(Role::Viewer),
+            "operator" => Some(Role::Operator),
+            "admin" => Some(Role::Admin),
+            "agent" => Some(Role::Agent),
+            _ => None,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+            Role::Agent => "agent",
+        }
+    }
+
+    /// Whether a caller with this role may do what `needed` allows.
+    fn grants(self, needed: Role) -> bool {
+        match (self, needed) {
+            (Role::Agent, Role::Agent) => true,
+            (Role::Agent, _) | (_, Role::Agent) => false,
+            (have, needed) => have >= needed,
+        }
+    }
+}
+
+/// The configured tokens: `role:token,role:token`.
+#[derive(Clone, Default)]
+pub struct TokenSet {
+    tokens: Vec<(String, Role)>,
+}
+
+impl std::fmt::Debug for TokenSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let roles: Vec<&str> = self.tokens.iter().map(|(_, r)| r.as_str()).collect();
+        write!(f, "TokenSet({roles:?})")
+    }
+}
+
+impl FromStr for TokenSet {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let mut tokens = Vec::new();
+        for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (role, token) = pair
+                .split_once(':')
+                .ok_or_else(|| format!("`{}…` is not `role:token`", &pair[..pair.len().min(8)]))?;
+            let role = Role::parse(role.trim())
+                .ok_or_else(|| format!("unknown role `{role}`; use viewer, operator, admin or agent"))?;
+            let token = token.trim();
+            if token.len() < 8 {
+                return Err(format!("the {} token is shorter than 8 characters", role.as_str()));
+            }
+            tokens.push((token.to_string(), role));
+        }
+        Ok(TokenSet { tokens })
+    }
+}
+
+impl TokenSet {
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    fn role_of(&self, presented: &str) -> Option<Role> {
+        self.tokens.iter().find(|(token, _)| constant_time_eq(token.as_bytes(), presented.as_bytes())).map(|(_, r)| *r)
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn authorize(parts: &Parts, state: &AppState, needed: Role) -> Result<(), ApiError> {
+    if state.config.dev_no_auth {
+        return Ok(());
+    }
+    let header = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .ok_or_else(|| ApiError::Unauthorized("no bearer token; send `Authorization: Bearer <token>`".into()))?;
+    let presented = header
+        .to_str()
+        .ok()
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .ok_or_else(|| ApiError::Unauthorized("the Authorization header is not `Bearer <token>`".into()))?;
+    let role = state
+        .config
+        .tokens
+        .role_of(presented.trim())
+        .ok_or_else(|| ApiError::Unauthorized("the token is not valid".into()))?;
+    if role.grants(needed) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!(
+            "a {} token cannot do this; it needs {}",
+            role.as_str(),
+            match needed {
+                Role::Agent => "an agent token".to_string(),
+                other => format!("a {} token or higher", other.as_str()),
+            }
+        )))
+    }
+}
+
+macro_rules! role_extractor {
+    ($name:ident, $role:expr, $doc:literal) => {
+        #[doc = $doc]
+        pub struct $name;
+
+        impl FromRequestParts<AppState> for $name {
+            type Rejection = ApiError;
+
+            async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+                authorize(parts, state, $role).map(|()| $name)
+            }
+        }
+    };
+}
+
+role_extractor!(Viewer, Role::Viewer, "A caller allowed to read (viewer or higher).");
+role_extractor!(Operator, Role::Operator, "A caller allowed to change experiments (operator or higher).");
+role_extractor!(Admin, Role::Admin, "A caller allowed everything on the user API.");
+role_extractor!(Agent, Role::Agent, "An agent.");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_tokens_and_grants_by_role() {
+        let set: TokenSet = "admin:aaaaaaaa, viewer:vvvvvvvv,agent:gggggggg".parse().unwrap();
+        assert_eq!(set.role_of("vvvvvvvv"), Some(Role::Viewer));
+        assert_eq!(set.role_of("nope"), None);
+        assert!(Role::Admin.grants(Role::Operator));
+        assert!(!Role::Viewer.grants(Role::Operator));
+        assert!(!Role::Admin.grants(Role::Agent));
+        assert!(!Role::Agent.grants(Role::Viewer));
+        assert!("root:xxxxxxxx".parse::<TokenSet>().is_err());
+        assert!("admin:short".parse::<TokenSet>().is_err());
+        assert!("admin".parse::<TokenSet>().is_err());
+    }
+}

@@ -1,0 +1,78 @@
+//! phoenix-api settings: flags, each with an environment variable.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use phoenix_wire::duration::HumanDuration;
+
+use crate::auth::TokenSet;
+
+/// phoenix-api: the Phoenix HTTP API. Stores desired state in Postgres and serves
+/// the agents; it never decides what should run (that is phoenix-reconciler's job).
+/// Any number of replicas may run against the same database.
+#[derive(Clone, Debug, Parser)]
+#[command(
+    name = "phoenix-api",
+    version,
+    after_help = "Example:\n  PHOENIX_API_TOKENS='admin:s3cret,agent:ag3nt' \\\n  phoenix-api --database-url postgres://phoenix@db/phoenix --listen 0.0.0.0:8080"
+)]
+pub struct ApiConfig {
+    /// Address to listen on.
+    #[arg(long, env = "PHOENIX_API_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Postgres connection URL.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+
+    /// Bearer tokens as `role:token` pairs separated by commas; roles are viewer,
+    /// operator, admin (user API) and agent (agent API only).
+    #[arg(long, env = "PHOENIX_API_TOKENS", hide_env_values = true, default_value = "")]
+    pub tokens: TokenSet,
+
+    /// DEVELOPMENT ONLY: accept every request without a token, as admin and agent.
+    #[arg(long, env = "PHOENIX_DEV_NO_AUTH")]
+    pub dev_no_auth: bool,
+
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "PHOENIX_API_MAX_BODY", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Longest an agent's task long-poll may wait.
+    #[arg(long, env = "PHOENIX_API_MAX_WAIT", default_value = "30s", value_parser = HumanDuration::parse)]
+    pub max_wait: HumanDuration,
+
+    /// How long a claimed task stays leased to an agent before it is delivered again.
+    #[arg(long, env = "PHOENIX_TASK_LEASE", default_value = "60s", value_parser = HumanDuration::parse)]
+    pub task_lease: HumanDuration,
+
+    /// Deliveries of one task before it counts as failed.
+    #[arg(long, env = "PHOENIX_TASK_MAX_ATTEMPTS", default_value_t = 5)]
+    pub task_max_attempts: i32,
+
+    /// How often coalesced heartbeats are written, in one statement.
+    #[arg(long, env = "PHOENIX_HEARTBEAT_FLUSH", default_value = "1s", value_parser = HumanDuration::parse)]
+    pub heartbeat_flush: HumanDuration,
+
+    /// A host silent for longer than this is shown as lost.
+    #[arg(long, env = "PHOENIX_HOST_GRACE", default_value = "60s", value_parser = HumanDuration::parse)]
+    pub host_grace: HumanDuration,
+
+    /// Maximum Postgres connections of this process.
+    #[arg(long, env = "PHOENIX_API_DB_CONNECTIONS", default_value_t = 16)]
+    pub db_connections: u32,
+}
+
+impl ApiConfig {
+    /// Settings for tests and embedding: defaults, with this database and tokens.
+    pub fn new(database_url: String, tokens: TokenSet) -> Self {
+        let mut config = ApiConfig::parse_from(["phoenix-api", "--database-url", &database_url]);
+        config.tokens = tokens;
+        config
+    }
+
+    pub fn max_wait(&self) -> Duration {
+        self.max_wait.as_duration()
+    }
+}

@@ -1,0 +1,85 @@
+//! phoenix-api: the stateless HTTP API.
+//!
+//! It validates and stores desired state (experiments) and serves the agents (task
+//! long-poll, task outcomes, status reports, heartbeats). It never decides what
+//! should run; phoenix-reconciler does. Any number of replicas may run.
+//!
+//! Layout: [`routes`] (thin handlers) → [`app`] (checks that need the database) →
+//! `phoenix_storage` (queries). [`auth`] holds tokens and roles, [`error`] the
+//! problem+json mapping, [`body`] document parsing, [`wakeups`] the LISTEN fan-out
+//! for long-polls, [`heartbeats`] the coalescing heartbeat writer, [`metrics`] the
+//! process's metrics.
+
+pub mod app;
+pub mod auth;
+pub mod body;
+pub mod config;
+pub mod error;
+pub mod heartbeats;
+pub mod metrics;
+pub mod routes;
+pub mod state;
+pub mod wakeups;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use config::ApiConfig;
+
+use crate::heartbeats::HeartbeatBuffer;
+use crate::metrics::Metrics;
+use crate::state::AppState;
+use crate::wakeups::TaskWakeups;
+
+/// Runs the API on `listener` until `shutdown` turns true. Applies migrations first.
+pub async fn serve(config: ApiConfig, listener: TcpListener, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    if config.dev_no_auth {
+        for _ in 0..3 {
+            tracing::warn!("AUTHENTICATION IS OFF (--dev-no-auth): anyone who can reach this port is admin. Development only.");
+        }
+    } else if config.tokens.is_empty() {
+        anyhow::bail!(
+            "no tokens configured: set PHOENIX_API_TOKENS (e.g. 'admin:<secret>,agent:<secret>'), or --dev-no-auth for local development"
+        );
+    }
+    let pool = phoenix_storage::connect(&config.database_url, config.db_connections)
+        .await
+        .context("connecting to Postgres")?;
+    phoenix_storage::migrate(&pool).await.context("migrating the schema")?;
+
+    let metrics = Metrics::new();
+    let wakeups = TaskWakeups::default();
+    let heartbeats = HeartbeatBuffer::default();
+    let (connected_tx, connected_rx) = watch::channel(false);
+    let state = AppState {
+        config: Arc::new(config.clone()),
+        pool: pool.clone(),
+        wakeups: wakeups.clone(),
+        heartbeats: heartbeats.clone(),
+        metrics: metrics.clone(),
+        listener_connected: connected_rx,
+        shutdown: shutdown.clone(),
+    };
+    let listen_task = tokio::spawn(wakeups::listen(pool.clone(), wakeups, metrics.clone(), connected_tx, shutdown.clone()));
+    let flush_task = tokio::spawn(heartbeats::flush_loop(
+        heartbeats,
+        pool.clone(),
+        metrics,
+        config.heartbeat_flush.as_duration(),
+        shutdown.clone(),
+    ));
+    tracing::info!(address = %listener.local_addr()?, "phoenix-api listening");
+    axum::serve(listener, routes::router(state))
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        })
+        .await
+        .context("serving HTTP")?;
+    let _ = listen_task.await;
+    let _ = flush_task.await;
+    pool.close().await;
+    Ok(())
+}

@@ -1,0 +1,136 @@
+//! `/agent/v1/hosts/{host_id}/...`: the agent protocol (see `phoenix_wire::agent`).
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use chrono::Utc;
+use phoenix_storage::{StoreError, hosts, tasks};
+use phoenix_wire::agent::{HostStatus, TaskBatch, TaskOutcome};
+use phoenix_wire::duration::HumanDuration;
+use phoenix_wire::names::{check_host_id, check_labels};
+use phoenix_wire::problem::FieldError;
+use serde::Deserialize;
+
+use crate::app::parse_body;
+use crate::auth::Agent;
+use crate::body::DocumentBody;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Most tasks handed out in one answer.
+const CLAIM_LIMIT: i64 = 64;
+
+#[derive(Deserialize)]
+pub struct WaitQuery {
+    /// How long to wait for a task when none is ready, e.g. `30s`; 0 answers at once.
+    wait: Option<String>,
+}
+
+fn checked_host(host_id: &str) -> Result<(), ApiError> {
+    check_host_id(host_id).map_err(|m| ApiError::Invalid(FieldError::new("host_id", m)))
+}
+
+/// Long-poll: claims the host's open tasks, or waits until a new one is announced
+/// or the wait ends. No database connection is held while waiting.
+pub async fn claim_tasks(
+    State(state): State<AppState>,
+    _: Agent,
+    Path(host_id): Path<String>,
+    Query(query): Query<WaitQuery>,
+) -> Result<Json<TaskBatch>, ApiError> {
+    checked_host(&host_id)?;
+    let wait = match query.wait.as_deref() {
+        None => state.config.max_wait(),
+        Some(text) => HumanDuration::parse(text)
+            .map_err(|m| ApiError::Invalid(FieldError::new("wait", m)))?
+            .as_duration()
+            .min(state.config.max_wait()),
+    };
+    let deadline = tokio::time::Instant::now() + wait;
+    let subscription = state.wakeups.subscribe(&host_id);
+    let mut shutdown = state.shutdown.clone();
+    state.metrics.long_polls_waiting.inc();
+    let _waiting = scopeguard(|| {
+        state.metrics.long_polls_waiting.dec();
+    });
+    loop {
+        // Register for a wake-up before looking, so a task announced between the
+        // look and the wait is not missed.
+        let notified = subscription.notify().notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let tasks = {
+            let mut conn = state.pool.acquire().await.map_err(StoreError::from)?;
+            tasks::claim(
+                &mut conn,
+                &host_id,
+                state.config.task_lease.as_duration(),
+                state.config.task_max_attempts,
+                CLAIM_LIMIT,
+            )
+            .await?
+        };
+        if !tasks.is_empty() || tokio::time::Instant::now() >= deadline || *shutdown.borrow() {
+            state.metrics.tasks_delivered.inc_by(tasks.len() as u64);
+            return Ok(Json(TaskBatch { tasks }));
+        }
+        tokio::select! {
+            _ = &mut notified => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+/// Runs `f` when dropped (when the request finishes or is cancelled).
+fn scopeguard<F: FnMut()>(f: F) -> impl Drop {
+    struct Guard<F: FnMut()>(F);
+    impl<F: FnMut()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            (self.0)()
+        }
+    }
+    Guard(f)
+}
+
+pub async fn complete_task(
+    State(state): State<AppState>,
+    _: Agent,
+    Path((host_id, task_id)): Path<(String, i64)>,
+    body: DocumentBody,
+) -> Result<StatusCode, ApiError> {
+    checked_host(&host_id)?;
+    let outcome: TaskOutcome = parse_body(&body)?;
+    let mut conn = state.pool.acquire().await.map_err(StoreError::from)?;
+    let first_answer = tasks::complete(&mut conn, &host_id, task_id, &outcome).await?;
+    if !first_answer {
+        tracing::debug!(%host_id, task_id, "task answered again; ignored");
+    } else if !outcome.ok {
+        tracing::warn!(%host_id, task_id, error = outcome.error.as_deref().unwrap_or(""), "task failed on the agent");
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn report_status(
+    State(state): State<AppState>,
+    _: Agent,
+    Path(host_id): Path<String>,
+    body: DocumentBody,
+) -> Result<StatusCode, ApiError> {
+    checked_host(&host_id)?;
+    let status: HostStatus = parse_body(&body)?;
+    check_labels(&status.labels).map_err(|m| ApiError::Invalid(FieldError::new("labels", m)))?;
+    let mut conn = state.pool.acquire().await.map_err(StoreError::from)?;
+    hosts::report_status(&mut conn, &host_id, &status).await?;
+    state.metrics.status_reports.inc();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Records the heartbeat in memory; it reaches the database with the next batch.
+pub async fn heartbeat(State(state): State<AppState>, _: Agent, Path(host_id): Path<String>) -> Result<StatusCode, ApiError> {
+    checked_host(&host_id)?;
+    state.heartbeats.record(&host_id, Utc::now());
+    state.metrics.heartbeats_received.inc();
+    Ok(StatusCode::NO_CONTENT)
+}
+

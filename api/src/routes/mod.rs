@@ -1,0 +1,55 @@
+//! HTTP routes. Handlers are thin: authorize (by extractor), parse, call one
+//! application or storage function, convert to a view.
+
+pub mod agent;
+pub mod experiments;
+pub mod health;
+pub mod hosts;
+pub mod pipelines;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post, put};
+
+use crate::metrics::RequestLabels;
+use crate::state::AppState;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .route("/api/v1/experiments", post(experiments::create).get(experiments::list))
+        .route("/api/v1/experiments/{name}", get(experiments::get).delete(experiments::delete))
+        .route("/api/v1/experiments/{name}/stop", post(experiments::stop))
+        .route("/api/v1/experiments/{name}/events", get(experiments::events))
+        .route("/api/v1/hosts", get(hosts::list))
+        .route("/api/v1/hosts/{host_id}", get(hosts::get))
+        .route("/api/v1/pipelines", get(pipelines::list))
+        .route("/api/v1/pipelines/{name}", get(pipelines::get))
+        .route("/agent/v1/hosts/{host_id}/tasks", get(agent::claim_tasks))
+        .route("/agent/v1/hosts/{host_id}/tasks/{task_id}", post(agent::complete_task))
+        .route("/agent/v1/hosts/{host_id}/status", put(agent::report_status))
+        .route("/agent/v1/hosts/{host_id}/heartbeat", post(agent::heartbeat))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), count_requests))
+        .with_state(state)
+}
+
+async fn not_found() -> crate::error::ApiError {
+    crate::error::ApiError::NotFound("no such endpoint; the API lives under /api/v1".into())
+}
+
+async fn count_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = request.method().to_string();
+    let response = next.run(request).await;
+    state.metrics.requests.get_or_create(&RequestLabels { route, method, status: response.status().as_u16() }).inc();
+    response
+}

@@ -1,0 +1,26 @@
+//! `/api/v1/pipelines`: the pipeline template catalog.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use phoenix_storage::templates;
+use phoenix_wire::view::{List, PipelineTemplate};
+
+use crate::app::template_view;
+use crate::auth::Viewer;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+pub async fn list(State(state): State<AppState>, _: Viewer) -> Result<Json<List<PipelineTemplate>>, ApiError> {
+    let mut conn = state.pool.acquire().await.map_err(phoenix_storage::StoreError::from)?;
+    let items = templates::list(&mut conn).await?.into_iter().map(template_view).collect();
+    Ok(Json(List { items }))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    _: Viewer,
+    Path(name): Path<String>,
+) -> Result<Json<PipelineTemplate>, ApiError> {
+    let mut conn = state.pool.acquire().await.map_err(phoenix_storage::StoreError::from)?;
+    Ok(Json(template_view(templates::get(&mut conn, &name).await?)))
+}

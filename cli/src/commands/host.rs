@@ -1,0 +1,193 @@
+//! `phoenix host ...`: list the hosts whose agents report in, and show one host with
+//! the collectors its agent runs.
+
+use chrono::{DateTime, Utc};
+use clap::Subcommand;
+use phoenix_wire::agent::{CollectorStatus, Health};
+use phoenix_wire::names;
+use phoenix_wire::view::{Host, HostState, List};
+
+use crate::commands::Context;
+use crate::output::{self, Details, Table};
+
+const HOSTS: &str = "/api/v1/hosts";
+
+/// The LABELS column is cut to this many characters; `get` shows them whole.
+const LABELS_WIDTH: usize = 40;
+
+#[derive(Debug, Subcommand)]
+pub enum HostCommand {
+    /// List hosts: state, labels, healthy/total collectors, when last heard from
+    #[command(after_help = "\
+Example:
+  phoenix host list
+  phoenix host list -o yaml
+
+A host is `lost` when its agent has been silent for longer than its grace period.")]
+    List,
+    /// Show one host and the collectors its agent runs
+    #[command(after_help = "Example:\n  phoenix host get web-1\n  phoenix host get web-1 -o json")]
+    Get {
+        /// The host id, as `phoenix host list` shows it
+        id: String,
+    },
+}
+
+pub async fn run(ctx: &Context, command: HostCommand) -> anyhow::Result<()> {
+    match command {
+        HostCommand::List => {
+            let list: List<Host> = ctx.client.get(HOSTS).await?;
+            match output::render_object(ctx.output, &list)? {
+                Some(text) => output::print(&text)?,
+                None if list.items.is_empty() => eprintln!(
+                    "No hosts have reported yet. Hosts appear when a phoenix-agent on them reaches the API."
+                ),
+                None => output::print(&host_table(&list.items, ctx.now).render())?,
+            }
+            Ok(())
+        }
+        HostCommand::Get { id } => {
+            names::check_host_id(&id).map_err(|m| anyhow::anyhow!("invalid host id: {m}"))?;
+            let host: Host = ctx.client.get(&format!("{HOSTS}/{id}")).await?;
+            let text = match output::render_object(ctx.output, &host)? {
+                Some(text) => text,
+                None => host_details(&host, ctx.now),
+            };
+            Ok(output::print(&text)?)
+        }
+    }
+}
+
+fn state(state: HostState) -> &'static str {
+    match state {
+        HostState::Ready => "ready",
+        HostState::Lost => "lost",
+    }
+}
+
+/// `healthy/total`, like kubectl's READY column.
+fn collectors_column(collectors: &[CollectorStatus]) -> String {
+    let healthy = collectors
+        .iter()
+        .filter(|c| c.health == Health::Healthy)
+        .count();
+    format!("{healthy}/{}", collectors.len())
+}
+
+fn host_table(hosts: &[Host], now: DateTime<Utc>) -> Table {
+    let mut table = Table::new(&["HOST", "STATE", "LABELS", "COLLECTORS", "LAST-SEEN"]);
+    for host in hosts {
+        table.row(vec![
+            host.host_id.clone(),
+            state(host.state).to_string(),
+            output::truncate(&output::labels(&host.labels), LABELS_WIDTH),
+            collectors_column(&host.collectors),
+            output::age(host.last_seen, now),
+        ]);
+    }
+    table
+}
+
+fn host_details(host: &Host, now: DateTime<Utc>) -> String {
+    let mut details = Details::new();
+    details
+        .field("Host", &host.host_id)
+        .field("State", state(host.state))
+        .field("Labels", output::labels(&host.labels))
+        .field("Agent version", &host.agent_version)
+        .field("Last seen", output::timestamp(host.last_seen, now))
+        .field("Collectors", collectors_column(&host.collectors));
+    let mut text = details.render();
+    if host.collectors.is_empty() {
+        return text;
+    }
+    let mut table = Table::new(&[
+        "COLLECTOR",
+        "VARIANT",
+        "PIPELINE",
+        "HEALTH",
+        "PID",
+        "RESTARTS",
+        "CPU-SECONDS",
+        "RSS",
+        "HASH",
+    ]);
+    for c in &host.collectors {
+        table.row(vec![
+            c.collector_id.clone(),
+            c.variant.to_string(),
+            c.pipeline.clone(),
+            c.health.as_str().to_string(),
+            c.pid.map_or_else(|| "-".to_string(), |p| p.to_string()),
+            c.restarts.to_string(),
+            format!("{:.1}", c.cpu_seconds),
+            format!("{:.1}MiB", c.rss_bytes as f64 / (1024.0 * 1024.0)),
+            c.config_hash.clone(),
+        ]);
+    }
+    text.push('\n');
+    text.push_str(&output::indent(&table.render(), "  "));
+    let errors: Vec<_> = host
+        .collectors
+        .iter()
+        .filter_map(|c| c.last_error.as_ref().map(|e| (c, e)))
+        .collect();
+    if !errors.is_empty() {
+        text.push_str("\nLast errors:\n");
+        for (c, error) in errors {
+            let mut line = Details::new();
+            line.field(&c.collector_id, error);
+            text.push_str(&output::indent(&line.render(), "  "));
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn host(now: DateTime<Utc>) -> Host {
+        serde_json::from_value(serde_json::json!({
+            "hostId": "web-1",
+            "labels": {"role": "web"},
+            "agentVersion": "0.1.0",
+            "state": "ready",
+            "lastSeen": (now - chrono::Duration::seconds(4)).to_rfc3339(),
+            "collectors": [
+                {"collectorId": "topk-web.baseline", "owner": "topk-web", "variant": "baseline",
+                 "pipeline": "process-baseline", "configHash": "00112233aabbccdd", "pid": 41,
+                 "health": "healthy", "restarts": 0, "cpuSeconds": 1.25, "rssBytes": 52428800},
+                {"collectorId": "topk-web.candidate", "owner": "topk-web", "variant": "candidate",
+                 "pipeline": "process-topk", "configHash": "44556677aabbccdd",
+                 "health": "restarting", "restarts": 3, "lastError": "bind: address in use"}
+            ]
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_host_table_counts_healthy_collectors() {
+        let now = Utc.with_ymd_and_hms(2025, 6, 1, 12, 0, 0).unwrap();
+        assert_eq!(
+            host_table(&[host(now)], now).render(),
+            "HOST    STATE   LABELS     COLLECTORS   LAST-SEEN\n\
+             web-1   ready   role=web   1/2          4s\n"
+        );
+    }
+
+    #[test]
+    fn host_details_list_collectors_and_their_errors() {
+        let now = Utc.with_ymd_and_hms(2025, 6, 1, 12, 0, 0).unwrap();
+        let text = host_details(&host(now), now);
+        assert!(text.starts_with("Host:          web-1\n"), "{text}");
+        assert!(text.contains("  COLLECTOR "), "{text}");
+        assert!(text.contains("50.0MiB"), "{text}");
+        assert!(text.contains("restarting"), "{text}");
+        assert!(
+            text.ends_with("Last errors:\n  topk-web.candidate: bind: address in use\n"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,126 @@
+//! The command line: global flags, one module per noun (`experiment`, `host`), and
+//! [`run`], which loads the configuration and hands the command to its noun.
+//!
+//! Each noun module holds its clap subcommands (with an about text and an example
+//! each) and the code that calls the API and prints the answer.
+
+pub mod experiment;
+pub mod host;
+
+use chrono::{DateTime, Utc};
+use clap::{Parser, Subcommand};
+
+use crate::client::ApiClient;
+use crate::config::{Config, Settings};
+use crate::output::OutputFormat;
+
+const TOP_LEVEL_HELP: &str = "\
+Typical flow:
+  phoenix experiment create -f topk-web.yaml   submit an experiment
+  phoenix experiment list                      see every experiment and its phase
+  phoenix experiment get topk-web              details: target hosts, criteria, reason
+  phoenix experiment events topk-web           every phase change and why
+  phoenix experiment stop topk-web             end it early (collectors are removed)
+  phoenix experiment delete topk-web           forget it
+  phoenix host list                            the hosts whose agents report in
+
+Configuration (flags beat environment beat file):
+  --api-url   PHOENIX_API_URL   apiUrl   (default http://127.0.0.1:8080)
+  --token     PHOENIX_TOKEN     token
+  The file is $PHOENIX_CONFIG, or ~/.config/phoenix/config.yaml.";
+
+/// Run a cheaper OpenTelemetry collector pipeline beside your current one, measure
+/// both, and keep the winner.
+#[derive(Debug, Parser)]
+#[command(name = "phoenix", version, after_help = TOP_LEVEL_HELP)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GlobalArgs {
+    /// Base URL of phoenix-api [env: PHOENIX_API_URL] [default: http://127.0.0.1:8080]
+    #[arg(long, global = true, value_name = "URL")]
+    pub api_url: Option<String>,
+    /// Bearer token; prefer PHOENIX_TOKEN, which other users cannot see in `ps` [env: PHOENIX_TOKEN]
+    #[arg(long, global = true, value_name = "TOKEN")]
+    pub token: Option<String>,
+    /// Output format: table for people, json or yaml for the API objects as sent
+    #[arg(short, long, global = true, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create, inspect, stop and delete experiments
+    #[command(visible_alias = "exp", subcommand)]
+    Experiment(experiment::ExperimentCommand),
+    /// List and inspect the hosts whose agents report in
+    #[command(subcommand)]
+    Host(host::HostCommand),
+}
+
+/// What every command needs: the API client, the output format, and one "now" so
+/// that all ages printed by one command agree.
+pub struct Context {
+    pub client: ApiClient,
+    pub output: OutputFormat,
+    pub now: DateTime<Utc>,
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = Config::load(Settings {
+        api_url: cli.global.api_url,
+        token: cli.global.token,
+    })?;
+    let ctx = Context {
+        client: ApiClient::new(&config)?,
+        output: cli.global.output,
+        now: Utc::now(),
+    };
+    match cli.command {
+        Command::Experiment(command) => experiment::run(&ctx, command).await,
+        Command::Host(command) => host::run(&ctx, command).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_command_has_an_about_and_an_example() {
+        let cli = Cli::command();
+        for noun in cli.get_subcommands() {
+            assert!(noun.get_about().is_some(), "{}", noun.get_name());
+            for verb in noun.get_subcommands() {
+                let name = format!("{} {}", noun.get_name(), verb.get_name());
+                assert!(verb.get_about().is_some(), "{name} has no about");
+                let example = verb.get_after_help().map(|h| h.to_string());
+                assert!(
+                    example.is_some_and(|e| e.contains("phoenix ")),
+                    "{name} has no example"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn exp_is_an_alias_and_flags_are_global() {
+        let cli = Cli::try_parse_from(["phoenix", "exp", "get", "topk-web", "-o", "yaml"]).unwrap();
+        assert_eq!(cli.global.output, OutputFormat::Yaml);
+        assert!(matches!(
+            cli.command,
+            Command::Experiment(experiment::ExperimentCommand::Get { .. })
+        ));
+    }
+}

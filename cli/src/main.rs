@@ -1,0 +1,73 @@
+//! `phoenix`, the user's command line for Phoenix.
+//!
+//! - [`commands`]: the clap command tree and one module per noun (`experiment`,
+//!   `host`) that calls the API and prints the answer.
+//! - [`client`]: the HTTP client for the user API and its typed error, which renders
+//!   `problem+json` answers and connection failures with a hint of what to do next.
+//! - [`config`]: API URL and token from flags, environment and config file.
+//! - [`output`]: `-o table|json|yaml`, the column-aligning table printer and the
+//!   `Key: value` block of `get` commands.
+//!
+//! This file only parses, runs, prints the error and picks the exit code: 0 on
+//! success, 1 for any error (usage, configuration, API, connection).
+
+mod client;
+mod commands;
+mod config;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::client::ClientError;
+
+fn main() -> ExitCode {
+    let cli = match commands::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            // `--help` and `--version` arrive here too, and are not failures.
+            let _ = err.print();
+            return if err.use_stderr() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(commands::run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("{}", render_error(&err));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn render_error(err: &anyhow::Error) -> String {
+    match err.downcast_ref::<ClientError>() {
+        Some(client_error) => client_error.render(),
+        None => format!("error: {err:#}"),
+    }
+}
+
+/// The reader of our stdout went away (`phoenix experiment list | head -1`): not an
+/// error worth reporting.
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}

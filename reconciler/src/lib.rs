@@ -1,0 +1,162 @@
+//! phoenix-reconciler: a level-triggered control loop.
+//!
+//! Replicas compete for leadership ([`phoenix_storage::leader`]); the leader runs
+//! [`pass::run_pass`] whenever the database announces a change (`NOTIFY
+//! phoenix_reconcile`, a hint) and at least every resync interval (the truth), so a
+//! lost wake-up, a crashed agent or a deleted row only delays convergence.
+//!
+//! Modules: [`render`] (experiment + template → collector spec), [`diff`] (desired
+//! vs reported vs open tasks → tasks to write), [`lifecycle`] (phase decisions),
+//! [`pass`] (one transactional pass), [`metrics`], [`config`].
+
+pub mod config;
+pub mod diff;
+pub mod lifecycle;
+pub mod metrics;
+pub mod pass;
+pub mod render;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use phoenix_storage::leader::LeaderLock;
+use phoenix_storage::{PgPool, RECONCILE_CHANNEL};
+use sqlx::postgres::PgListener;
+use tokio::sync::{Notify, watch};
+
+pub use config::ReconcilerConfig;
+use metrics::{Metrics, PassLabels};
+
+/// Runs the reconciler until `shutdown` turns true: migrations, the wake-up
+/// listener, then leader election and passes.
+pub async fn run(config: ReconcilerConfig, metrics: Metrics, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let pool = phoenix_storage::connect(&config.database_url, 4).await?;
+    phoenix_storage::migrate(&pool).await?;
+    let wake = Arc::new(Notify::new());
+    let listener = tokio::spawn(listen_for_changes(pool.clone(), wake.clone(), shutdown.clone()));
+
+    while !*shutdown.borrow() {
+        match LeaderLock::try_acquire(&config.database_url).await {
+            Ok(Some(lock)) => {
+                tracing::info!("leading: this replica now reconciles");
+                metrics.is_leader.set(1);
+                lead(lock, &config, &metrics, &wake, &mut shutdown).await;
+                metrics.is_leader.set(0);
+                tracing::info!("no longer leading");
+            }
+            Ok(None) => tracing::debug!("another replica leads; standing by"),
+            Err(err) => tracing::warn!(error = %err, "cannot reach the database for leader election"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(config.standby_retry.as_duration()) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+    listener.abort();
+    pool.close().await;
+    Ok(())
+}
+
+/// Runs passes while the lock holds; returns when it is lost or on shutdown.
+async fn lead(
+    mut lock: LeaderLock,
+    config: &ReconcilerConfig,
+    metrics: &Metrics,
+    wake: &Notify,
+    shutdown: &mut watch::Receiver<bool>,
+) {
+    let resync = config.resync_interval.as_duration();
+    while !*shutdown.borrow() {
+        match lock.still_held().await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(err) => {
+                tracing::warn!(error = %err, "leader connection failed");
+                return;
+            }
+        }
+        let started = Instant::now();
+        match pass::run_pass(lock.connection(), config).await {
+            Ok(report) => {
+                metrics.passes.get_or_create(&PassLabels { result: "ok" }).inc();
+                metrics.tasks_emitted.inc_by(report.tasks_created);
+                metrics.tasks_cancelled.inc_by(report.tasks_cancelled);
+                metrics.transitions.inc_by(report.transitions.len() as u64);
+                if report.tasks_created > 0 || report.tasks_cancelled > 0 {
+                    tracing::info!(
+                        created = report.tasks_created,
+                        cancelled = report.tasks_cancelled,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "reconcile pass"
+                    );
+                }
+            }
+            Err(err) => {
+                metrics.passes.get_or_create(&PassLabels { result: "error" }).inc();
+                tracing::warn!(error = %err, "reconcile pass failed");
+                if matches!(err, phoenix_storage::StoreError::Database(_)) {
+                    return; // the connection may be gone; re-elect
+                }
+            }
+        }
+        metrics.pass_seconds.observe(started.elapsed().as_secs_f64());
+        tokio::select! {
+            _ = wake.notified() => {
+                // Let a burst of changes settle into one pass.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            _ = tokio::time::sleep(resync) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+/// Turns `NOTIFY phoenix_reconcile` into wake-ups. On reconnect it wakes once,
+/// since changes may have been missed.
+async fn listen_for_changes(pool: PgPool, wake: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
+    while !*shutdown.borrow() {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(err) => {
+                tracing::warn!(error = %err, "change listener cannot connect; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if listener.listen(RECONCILE_CHANNEL).await.is_err() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        wake.notify_one();
+        loop {
+            tokio::select! {
+                received = listener.try_recv() => match received {
+                    Ok(Some(_)) => wake.notify_one(),
+                    Ok(None) | Err(_) => break,
+                },
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+/// Serves `/metrics` and `/healthz` on `listener` until shutdown.
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    metrics: Metrics,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    use axum::routing::get;
+    let app = axum::Router::new().route("/healthz", get(|| async { "ok\n" })).route(
+        "/metrics",
+        get(move || {
+            let metrics = metrics.clone();
+            async move { metrics.encode() }
+        }),
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+        })
+        .await
+}

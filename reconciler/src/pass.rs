@@ -1,0 +1,132 @@
+//! One reconcile pass: load desired and actual state, make due phase transitions,
+//! compute every host's desired collectors, and write the tasks that close the gap.
+//! The whole pass is one transaction on the leader's connection, so it either
+//! happens completely or not at all, and never after leadership is lost.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use phoenix_storage::{PgConnection, Result, experiments, hosts, tasks, templates};
+use phoenix_wire::agent::{CollectorSpec, Variant};
+use phoenix_wire::view::{Experiment, Phase};
+use sqlx::Connection;
+
+use crate::config::ReconcilerConfig;
+use crate::diff::{self, Blocked, DesiredState};
+use crate::lifecycle::{self, Decision, DeployLimits};
+
+/// What a pass did, for logs, metrics and tests.
+#[derive(Debug, Default, PartialEq)]
+pub struct PassReport {
+    pub tasks_created: u64,
+    pub tasks_cancelled: u64,
+    pub transitions: Vec<(String, Phase, Phase)>,
+}
+
+/// Runs one pass. Time is the database's, like every timestamp it stores.
+pub async fn run_pass(conn: &mut PgConnection, config: &ReconcilerConfig) -> Result<PassReport> {
+    let mut tx = conn.begin().await?;
+    let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(&mut *tx).await?;
+    let mut report = PassReport::default();
+    tasks::fail_exhausted(&mut tx, config.task_max_attempts).await?;
+
+    let host_records = hosts::list_records(&mut tx).await?;
+    let mut active =
+        experiments::list_in_phases(&mut tx, &[Phase::Pending, Phase::Deploying, Phase::Running, Phase::Analyzing])
+            .await?;
+    let template_configs: HashMap<String, String> =
+        templates::list(&mut tx).await?.into_iter().map(|t| (t.name, t.config)).collect();
+    let actual = hosts::collectors_by_host(&mut tx).await?;
+    let open = tasks::list_open(&mut tx).await?;
+    let oldest_start = active.iter().map(|e| e.phase_changed_at).min().unwrap_or(now);
+    let failures = tasks::failures_since(&mut tx, oldest_start).await?;
+
+    let mut desired = DesiredState::new();
+    let mut blocked = Blocked::new();
+    let limits = DeployLimits { timeout: config.deploy_timeout.as_duration(), max_start_failures: config.max_start_failures };
+
+    for experiment in &mut active {
+        if experiment.phase == Phase::Pending {
+            let decision = lifecycle::decide_pending(experiment, &host_records);
+            apply(&mut tx, experiment, decision, now, &mut report).await?;
+        }
+        if !experiment.phase.wants_collectors() {
+            continue;
+        }
+        let specs = match render_experiment(experiment, &template_configs, &config.remote_write_url) {
+            Ok(specs) => specs,
+            Err(reason) => {
+                apply(&mut tx, experiment, Decision::Fail { reason }, now, &mut report).await?;
+                continue;
+            }
+        };
+        if experiment.phase == Phase::Deploying {
+            let decision = lifecycle::decide_deploying(experiment, &specs, &actual, &failures, &limits, now);
+            apply(&mut tx, experiment, decision, now, &mut report).await?;
+            if !experiment.phase.wants_collectors() {
+                continue;
+            }
+        }
+        for (host, spec) in specs {
+            let failed = lifecycle::failures_of(&failures, &host, &spec, experiment.phase_changed_at);
+            if failed.len() >= config.max_start_failures {
+                blocked.insert((host.clone(), spec.collector_id.clone(), spec.config_hash.clone()));
+            }
+            desired.entry(host).or_default().insert(spec.collector_id.clone(), spec);
+        }
+    }
+
+    let plan = diff::plan(&desired, &actual, &open, &blocked);
+    report.tasks_created = tasks::insert(&mut tx, &plan.new_tasks).await?;
+    report.tasks_cancelled = tasks::cancel_pending(&mut tx, &plan.cancel).await?;
+    tx.commit().await?;
+    Ok(report)
+}
+
+/// Every (host, collector) an experiment wants, or why it cannot be rendered.
+fn render_experiment(
+    experiment: &Experiment,
+    template_configs: &HashMap<String, String>,
+    remote_write_url: &str,
+) -> std::result::Result<Vec<(String, CollectorSpec)>, String> {
+    let mut specs = Vec::new();
+    for variant in [Variant::Baseline, Variant::Candidate] {
+        let pipeline = &crate::render::pipeline_of(experiment, variant).pipeline;
+        let config = template_configs
+            .get(pipeline)
+            .ok_or_else(|| format!("the {variant} pipeline template `{pipeline}` no longer exists"))?;
+        for host in &experiment.target_hosts {
+            let spec = crate::render::experiment_collector(experiment, variant, host, config, remote_write_url);
+            specs.push((host.clone(), spec));
+        }
+    }
+    Ok(specs)
+}
+
+/// Applies a decision: a compare-and-set phase change with its event.
+async fn apply(
+    conn: &mut PgConnection,
+    experiment: &mut Experiment,
+    decision: Decision,
+    now: DateTime<Utc>,
+    report: &mut PassReport,
+) -> Result<()> {
+    let (to, reason, targets) = match decision {
+        Decision::Stay => return Ok(()),
+        Decision::Deploy { targets, reason } => (Phase::Deploying, reason, Some(targets)),
+        Decision::Run { reason } => (Phase::Running, reason, None),
+        Decision::Fail { reason } => (Phase::Failed, reason, None),
+    };
+    let from = experiment.phase;
+    if experiments::transition(conn, &experiment.name, from, to, &reason, targets.as_deref()).await? {
+        tracing::info!(experiment = %experiment.name, %from, %to, %reason, "phase transition");
+        experiment.phase = to;
+        experiment.reason = Some(reason);
+        experiment.phase_changed_at = now;
+        if let Some(targets) = targets {
+            experiment.target_hosts = targets;
+        }
+        report.transitions.push((experiment.name.clone(), from, to));
+    }
+    Ok(())
+}

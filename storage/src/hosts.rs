@@ -1,0 +1,226 @@
+//! Hosts and the collectors their agents report (actual state).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use phoenix_wire::agent::{CollectorStatus, Health, HostStatus, Variant};
+use phoenix_wire::names::Labels;
+use phoenix_wire::view::{Host, HostState};
+use sqlx::postgres::PgConnection;
+use sqlx::{Connection, FromRow};
+
+use crate::{Result, StoreError, corrupt};
+
+/// Whether a host last seen at `last_seen` counts as lost at `now`.
+pub fn host_state(last_seen: DateTime<Utc>, now: DateTime<Utc>, grace: Duration) -> HostState {
+    let silent = now.signed_duration_since(last_seen).to_std().unwrap_or_default();
+    if silent > grace { HostState::Lost } else { HostState::Ready }
+}
+
+/// Stores a full status report: registers or updates the host and replaces its
+/// reported collectors, in one transaction.
+pub async fn report_status(conn: &mut PgConnection, host_id: &str, status: &HostStatus) -> Result<()> {
+    let mut tx = conn.begin().await?;
+    sqlx::query(
+        "INSERT INTO hosts (host_id, labels, agent_version, last_seen, status_at) VALUES ($1, $2, $3, now(), now()) \
+         ON CONFLICT (host_id) DO UPDATE SET labels = EXCLUDED.labels, agent_version = EXCLUDED.agent_version, \
+         last_seen = now(), status_at = now()",
+    )
+    .bind(host_id)
+    .bind(serde_json::to_value(&status.labels).expect("labels serialize"))
+    .bind(&status.agent_version)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("DELETE FROM host_collectors WHERE host_id = $1").bind(host_id).execute(&mut *tx).await?;
+    let c = &status.collectors;
+    if !c.is_empty() {
+        sqlx::query(
+            "INSERT INTO host_collectors (host_id, collector_id, owner, variant, pipeline, config_hash, pid, health, \
+             restarts, cpu_seconds, rss_bytes, last_error) \
+             SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[], \
+             $8::text[], $9::int[], $10::float8[], $11::int8[], $12::text[])",
+        )
+        .bind(host_id)
+        .bind(c.iter().map(|c| c.collector_id.clone()).collect::<Vec<_>>())
+        .bind(c.iter().map(|c| c.owner.clone()).collect::<Vec<_>>())
+        .bind(c.iter().map(|c| c.variant.as_str()).collect::<Vec<_>>())
+        .bind(c.iter().map(|c| c.pipeline.clone()).collect::<Vec<_>>())
+        .bind(c.iter().map(|c| c.config_hash.clone()).collect::<Vec<_>>())
+        .bind(c.iter().map(|c| c.pid.map(|p| p as i32)).collect::<Vec<_>>())
+        .bind(c.iter().map(|c| c.health.as_str()).collect::<Vec<_>>())
+        .bind(c.iter().map(|c| c.restarts as i32).collect::<Vec<_>>())
+        .bind(c.iter().map(|c| c.cpu_seconds).collect::<Vec<_>>())
+        .bind(c.iter().map(|c| c.rss_bytes as i64).collect::<Vec<_>>())
+        .bind(c.iter().map(|c| c.last_error.clone()).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Writes a batch of coalesced heartbeats in one statement. Unknown hosts are
+/// ignored (an agent registers with a full status report). Returns rows updated.
+pub async fn record_heartbeats(conn: &mut PgConnection, beats: &[(String, DateTime<Utc>)]) -> Result<u64> {
+    if beats.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<&str> = beats.iter().map(|(id, _)| id.as_str()).collect();
+    let times: Vec<DateTime<Utc>> = beats.iter().map(|(_, at)| *at).collect();
+    let result = sqlx::query(
+        "UPDATE hosts SET last_seen = beat.at FROM unnest($1::text[], $2::timestamptz[]) AS beat(host_id, at) \
+         WHERE hosts.host_id = beat.host_id AND hosts.last_seen < beat.at",
+    )
+    .bind(&ids)
+    .bind(&times)
+    .execute(conn)
+    .await?;
+    Ok(result.rows_affected())
+}
+
+/// A host's identity and liveness, without its collectors.
+#[derive(Clone, Debug)]
+pub struct HostRecord {
+    pub host_id: String,
+    pub labels: Labels,
+    pub agent_version: String,
+    pub last_seen: DateTime<Utc>,
+}
+
+#[derive(FromRow)]
+struct HostRow {
+    host_id: String,
+    labels: serde_json::Value,
+    agent_version: String,
+    last_seen: DateTime<Utc>,
+}
+
+impl TryFrom<HostRow> for HostRecord {
+    type Error = StoreError;
+    fn try_from(row: HostRow) -> Result<Self> {
+        Ok(HostRecord {
+            labels: serde_json::from_value(row.labels).map_err(|e| corrupt(&format!("host {}", row.host_id), e))?,
+            host_id: row.host_id,
+            agent_version: row.agent_version,
+            last_seen: row.last_seen,
+        })
+    }
+}
+
+/// Every registered host, ordered by id.
+pub async fn list_records(conn: &mut PgConnection) -> Result<Vec<HostRecord>> {
+    let rows: Vec<HostRow> =
+        sqlx::query_as("SELECT host_id, labels, agent_version, last_seen FROM hosts ORDER BY host_id")
+            .fetch_all(conn)
+            .await?;
+    rows.into_iter().map(HostRecord::try_from).collect()
+}
+
+#[derive(FromRow)]
+struct CollectorRow {
+    host_id: String,
+    collector_id: String,
+    owner: String,
+    variant: String,
+    pipeline: String,
+    config_hash: String,
+    pid: Option<i32>,
+    health: String,
+    restarts: i32,
+    cpu_seconds: f64,
+    rss_bytes: i64,
+    last_error: Option<String>,
+}
+
+impl TryFrom<CollectorRow> for (String, CollectorStatus) {
+    type Error = StoreError;
+    fn try_from(row: CollectorRow) -> Result<Self> {
+        let what = format!("collector {} on {}", row.collector_id, row.host_id);
+        let variant = match row.variant.as_str() {
+            "baseline" => Variant::Baseline,
+            "candidate" => Variant::Candidate,
+            "standing" => Variant::Standing,
+            other => return Err(corrupt(&what, format!("unknown variant {other}"))),
+        };
+        let health = match row.health.as_str() {
+            "starting" => Health::Starting,
+            "healthy" => Health::Healthy,
+            "unhealthy" => Health::Unhealthy,
+            "restarting" => Health::Restarting,
+            other => return Err(corrupt(&what, format!("unknown health {other}"))),
+        };
+        Ok((
+            row.host_id,
+            CollectorStatus {
+                collector_id: row.collector_id,
+                owner: row.owner,
+                variant,
+                pipeline: row.pipeline,
+                config_hash: row.config_hash,
+                pid: row.pid.map(|p| p as u32),
+                health,
+                restarts: row.restarts as u32,
+                cpu_seconds: row.cpu_seconds,
+                rss_bytes: row.rss_bytes as u64,
+                last_error: row.last_error,
+            },
+        ))
+    }
+}
+
+const COLLECTOR_COLUMNS: &str = "host_id, collector_id, owner, variant, pipeline, config_hash, pid, health, restarts, \
+                                 cpu_seconds, rss_bytes, last_error";
+
+/// Every reported collector, grouped by host.
+pub async fn collectors_by_host(conn: &mut PgConnection) -> Result<HashMap<String, Vec<CollectorStatus>>> {
+    let sql = format!("SELECT {COLLECTOR_COLUMNS} FROM host_collectors ORDER BY host_id, collector_id");
+    let rows: Vec<CollectorRow> = sqlx::query_as(&sql).fetch_all(conn).await?;
+    let mut by_host: HashMap<String, Vec<CollectorStatus>> = HashMap::new();
+    for row in rows {
+        let (host, status) = row.try_into()?;
+        by_host.entry(host).or_default().push(status);
+    }
+    Ok(by_host)
+}
+
+fn to_view(record: HostRecord, collectors: Vec<CollectorStatus>, now: DateTime<Utc>, grace: Duration) -> Host {
+    Host {
+        state: host_state(record.last_seen, now, grace),
+        host_id: record.host_id,
+        labels: record.labels,
+        agent_version: record.agent_version,
+        last_seen: record.last_seen,
+        collectors,
+    }
+}
+
+/// Every host with its collectors; hosts silent for longer than `grace` are `lost`.
+pub async fn list(conn: &mut PgConnection, grace: Duration) -> Result<Vec<Host>> {
+    let records = list_records(conn).await?;
+    let mut collectors = collectors_by_host(conn).await?;
+    let now = Utc::now();
+    Ok(records
+        .into_iter()
+        .map(|r| {
+            let c = collectors.remove(&r.host_id).unwrap_or_default();
+            to_view(r, c, now, grace)
+        })
+        .collect())
+}
+
+pub async fn get(conn: &mut PgConnection, host_id: &str, grace: Duration) -> Result<Host> {
+    let row: Option<HostRow> =
+        sqlx::query_as("SELECT host_id, labels, agent_version, last_seen FROM hosts WHERE host_id = $1")
+            .bind(host_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let record: HostRecord = row.ok_or_else(|| StoreError::NotFound(format!("host {host_id}")))?.try_into()?;
+    let sql = format!("SELECT {COLLECTOR_COLUMNS} FROM host_collectors WHERE host_id = $1 ORDER BY collector_id");
+    let rows: Vec<CollectorRow> = sqlx::query_as(&sql).bind(host_id).fetch_all(conn).await?;
+    let collectors = rows
+        .into_iter()
+        .map(|row| <(String, CollectorStatus)>::try_from(row).map(|(_, c)| c))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(to_view(record, collectors, Utc::now(), grace))
+}

@@ -1,0 +1,87 @@
+//! Phoenix's Postgres layer, shared by the api and the reconciler.
+//!
+//! - [`connect`] opens a bounded pool and [`migrate`] brings the schema up to date
+//!   (embedded migrations from `migrations/`; sqlx serialises concurrent migrators
+//!   with an advisory lock, so several replicas may start at once) and seeds the
+//!   built-in pipeline catalog.
+//! - [`experiments`], [`hosts`], [`tasks`], [`templates`]: the queries, as free
+//!   functions over a `&mut PgConnection`, so a caller chooses the transaction (the
+//!   reconciler runs a whole pass in one, on the connection that holds leadership).
+//! - [`leader`]: leader election with a session advisory lock.
+//! - [`throwaway`]: a private Postgres cluster started from the machine's binaries,
+//!   for tests and the local demo when `DATABASE_URL` is not set.
+
+pub mod experiments;
+pub mod hosts;
+pub mod leader;
+pub mod tasks;
+pub mod templates;
+pub mod throwaway;
+
+use std::time::Duration;
+
+pub use sqlx::postgres::{PgConnection, PgPool};
+use sqlx::postgres::PgPoolOptions;
+
+/// Channel on which a new task's host id is announced (see the migration's trigger).
+pub const TASKS_CHANNEL: &str = "phoenix_agent_tasks";
+/// Channel on which changes of desired or actual state wake the reconciler.
+pub const RECONCILE_CHANNEL: &str = "phoenix_reconcile";
+
+/// Errors of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl StoreError {
+    /// A short, stable label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            StoreError::NotFound(_) => "not_found",
+            StoreError::AlreadyExists(_) => "already_exists",
+            StoreError::Conflict(_) => "conflict",
+            StoreError::Corrupt(_) => "corrupt",
+            StoreError::Database(_) => "database",
+            StoreError::Migrate(_) => "migrate",
+        }
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Opens a pool of at most `max_connections`, waiting up to 10 s for a connection.
+pub async fn connect(database_url: &str, max_connections: u32) -> Result<PgPool> {
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(database_url)
+        .await?;
+    Ok(pool)
+}
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// Applies pending migrations and seeds the built-in pipeline templates.
+/// Safe to run from several processes at once.
+pub async fn migrate(pool: &PgPool) -> Result<()> {
+    MIGRATOR.run(pool).await?;
+    let mut conn = pool.acquire().await?;
+    templates::seed_builtin(&mut conn).await?;
+    Ok(())
+}
+
+fn corrupt(what: &str, err: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {err}"))
+}

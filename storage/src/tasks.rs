@@ -1,0 +1,202 @@
+//! Agent tasks: idempotent, leased units of work for one host.
+//!
+//! Status: `pending` → `leased` (claimed by the agent, until `lease_until`) →
+//! `succeeded` | `failed`; or `cancelled` when the reconciler no longer wants a task
+//! that was not yet claimed. A lease that expires unanswered makes the task
+//! claimable again; after `max_attempts` deliveries it fails instead. A partial
+//! unique index allows one open task per (host, collector, hash, action).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use phoenix_wire::agent::{CollectorSpec, Task, TaskAction, TaskOutcome};
+use sqlx::FromRow;
+use sqlx::postgres::PgConnection;
+
+use crate::{Result, StoreError, corrupt};
+
+/// A task the reconciler wants to exist.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewTask {
+    pub host_id: String,
+    pub collector_id: String,
+    pub action: TaskAction,
+    /// The hash of `collector` for start/update; empty for stop.
+    pub config_hash: String,
+    pub collector: Option<CollectorSpec>,
+}
+
+/// Inserts tasks in one statement; a task that is already open is skipped.
+/// Returns how many were new.
+pub async fn insert(conn: &mut PgConnection, tasks: &[NewTask]) -> Result<u64> {
+    if tasks.is_empty() {
+        return Ok(0);
+    }
+    let payloads: Vec<Option<serde_json::Value>> = tasks
+        .iter()
+        .map(|t| t.collector.as_ref().map(|c| serde_json::to_value(c).expect("spec serializes")))
+        .collect();
+    let result = sqlx::query(
+        "INSERT INTO agent_tasks (host_id, collector_id, action, config_hash, payload) \
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[]) \
+         ON CONFLICT (host_id, collector_id, config_hash, action) WHERE status IN ('pending', 'leased') DO NOTHING",
+    )
+    .bind(tasks.iter().map(|t| t.host_id.as_str()).collect::<Vec<_>>())
+    .bind(tasks.iter().map(|t| t.collector_id.as_str()).collect::<Vec<_>>())
+    .bind(tasks.iter().map(|t| t.action.as_str()).collect::<Vec<_>>())
+    .bind(tasks.iter().map(|t| t.config_hash.as_str()).collect::<Vec<_>>())
+    .bind(&payloads)
+    .execute(conn)
+    .await?;
+    Ok(result.rows_affected())
+}
+
+#[derive(FromRow)]
+struct ClaimedRow {
+    id: i64,
+    action: String,
+    collector_id: String,
+    attempts: i32,
+    payload: Option<serde_json::Value>,
+}
+
+/// Claims up to `limit` open tasks of a host in one atomic statement: pending
+/// ones, and leased ones whose lease expired (re-delivery), oldest first. Tasks
+/// already delivered `max_attempts` times are left for [`fail_exhausted`].
+pub async fn claim(
+    conn: &mut PgConnection,
+    host_id: &str,
+    lease: Duration,
+    max_attempts: i32,
+    limit: i64,
+) -> Result<Vec<Task>> {
+    let rows: Vec<ClaimedRow> = sqlx::query_as(
+        "UPDATE agent_tasks t SET status = 'leased', attempts = t.attempts + 1, \
+         lease_until = now() + $2 * interval '1 millisecond', updated_at = now() \
+         FROM (SELECT id FROM agent_tasks WHERE host_id = $1 AND attempts < $3 \
+               AND (status = 'pending' OR (status = 'leased' AND lease_until < now())) \
+               ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED) claimable \
+         WHERE t.id = claimable.id \
+         RETURNING t.id, t.action, t.collector_id, t.attempts, t.payload",
+    )
+    .bind(host_id)
+    .bind(lease.as_millis() as f64)
+    .bind(max_attempts)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    let mut tasks = rows
+        .into_iter()
+        .map(|row| {
+            let what = format!("task {}", row.id);
+            Ok(Task {
+                id: row.id,
+                action: TaskAction::parse(&row.action)
+                    .ok_or_else(|| corrupt(&what, format!("unknown action {}", row.action)))?,
+                collector_id: row.collector_id,
+                attempt: row.attempts,
+                collector: row
+                    .payload
+                    .map(serde_json::from_value::<CollectorSpec>)
+                    .transpose()
+                    .map_err(|e| corrupt(&what, e))?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    tasks.sort_by_key(|t| t.id);
+    Ok(tasks)
+}
+
+/// Records an agent's answer. Answering a task that is already finished changes
+/// nothing (a re-delivered task may be answered twice) and returns `false`.
+pub async fn complete(conn: &mut PgConnection, host_id: &str, task_id: i64, outcome: &TaskOutcome) -> Result<bool> {
+    let status = if outcome.ok { "succeeded" } else { "failed" };
+    let updated = sqlx::query(
+        "UPDATE agent_tasks SET status = $3, error = $4, lease_until = NULL, updated_at = now() \
+         WHERE id = $1 AND host_id = $2 AND status IN ('pending', 'leased')",
+    )
+    .bind(task_id)
+    .bind(host_id)
+    .bind(status)
+    .bind(outcome.error.as_deref())
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if updated == 1 {
+        return Ok(true);
+    }
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM agent_tasks WHERE id = $1 AND host_id = $2)")
+        .bind(task_id)
+        .bind(host_id)
+        .fetch_one(conn)
+        .await?;
+    if exists { Ok(false) } else { Err(StoreError::NotFound(format!("task {task_id} of host {host_id}"))) }
+}
+
+/// Fails leased tasks whose lease expired after their last allowed delivery.
+pub async fn fail_exhausted(conn: &mut PgConnection, max_attempts: i32) -> Result<u64> {
+    let result = sqlx::query(
+        "UPDATE agent_tasks SET status = 'failed', updated_at = now(), \
+         error = 'the agent did not answer within the lease, ' || attempts || ' times' \
+         WHERE status = 'leased' AND lease_until < now() AND attempts >= $1",
+    )
+    .bind(max_attempts)
+    .execute(conn)
+    .await?;
+    Ok(result.rows_affected())
+}
+
+/// Cancels tasks that were not yet claimed.
+pub async fn cancel_pending(conn: &mut PgConnection, ids: &[i64]) -> Result<u64> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let result = sqlx::query(
+        "UPDATE agent_tasks SET status = 'cancelled', updated_at = now() WHERE id = ANY($1) AND status = 'pending'",
+    )
+    .bind(ids)
+    .execute(conn)
+    .await?;
+    Ok(result.rows_affected())
+}
+
+/// An open (pending or leased) task, as the reconciler sees it.
+#[derive(Clone, Debug, FromRow)]
+pub struct OpenTask {
+    pub id: i64,
+    pub host_id: String,
+    pub collector_id: String,
+    pub action: String,
+    pub config_hash: String,
+    pub status: String,
+}
+
+pub async fn list_open(conn: &mut PgConnection) -> Result<Vec<OpenTask>> {
+    Ok(sqlx::query_as(
+        "SELECT id, host_id, collector_id, action, config_hash, status FROM agent_tasks \
+         WHERE status IN ('pending', 'leased') ORDER BY id",
+    )
+    .fetch_all(conn)
+    .await?)
+}
+
+/// A failed start or update, for judging whether a collector keeps failing.
+#[derive(Clone, Debug, FromRow)]
+pub struct FailedTask {
+    pub host_id: String,
+    pub collector_id: String,
+    pub config_hash: String,
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Failed starts and updates created since `since`.
+pub async fn failures_since(conn: &mut PgConnection, since: DateTime<Utc>) -> Result<Vec<FailedTask>> {
+    Ok(sqlx::query_as(
+        "SELECT host_id, collector_id, config_hash, error, created_at FROM agent_tasks \
+         WHERE status = 'failed' AND action <> 'stop' AND created_at >= $1 ORDER BY id",
+    )
+    .bind(since)
+    .fetch_all(conn)
+    .await?)
+}

@@ -1,0 +1,185 @@
+//! A private, throwaway Postgres cluster started from the machine's own binaries
+//! (`/usr/lib/postgresql/*/bin`, or `PHOENIX_PG_BIN`), for `cargo test` and the
+//! local demo when `DATABASE_URL` is not set.
+//!
+//! The cluster lives in a temporary directory and listens on a free loopback port.
+//! It is owned through a pipe: a small `sh` wrapper starts `postgres` and waits on
+//! its stdin; when the owner drops the handle *or dies in any way* the pipe closes,
+//! and the wrapper stops the server and deletes the directory. Nothing is left
+//! behind, even after a SIGKILL of the test runner.
+//!
+//! Postgres refuses to run as root; when running as root the cluster runs as the
+//! `postgres` system user (present wherever the server package is installed).
+
+use std::ffi::CString;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Why a throwaway cluster could not be started; the message says what to do.
+#[derive(Debug, thiserror::Error)]
+#[error("throwaway Postgres: {0}")]
+pub struct ThrowawayError(String);
+
+/// A running throwaway cluster. Dropping it stops the server and removes its files.
+pub struct ThrowawayPostgres {
+    port: u16,
+    owner_pipe: Option<ChildStdin>,
+    wrapper: Child,
+}
+
+/// The directory holding `initdb` and `postgres`: `PHOENIX_PG_BIN`, else the newest
+/// `/usr/lib/postgresql/<version>/bin`.
+pub fn find_bin_dir() -> Result<PathBuf, ThrowawayError> {
+    if let Ok(dir) = std::env::var("PHOENIX_PG_BIN") {
+        return Ok(PathBuf::from(dir));
+    }
+    let mut candidates: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .map_err(|_| ThrowawayError(no_postgres_hint()))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let version: u32 = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((version, bin))
+        })
+        .collect();
+    candidates.sort();
+    candidates.pop().map(|(_, bin)| bin).ok_or_else(|| ThrowawayError(no_postgres_hint()))
+}
+
+fn no_postgres_hint() -> String {
+    "no Postgres server binaries under /usr/lib/postgresql/*/bin; install them (apt-get install -y postgresql) \
+     or set DATABASE_URL to an existing server"
+        .into()
+}
+
+const WRAPPER: &str = r#"
+bin=$0; data=$1; port=$2; root=$3
+"$bin/postgres" -D "$data" -p "$port" -k "$root" -h 127.0.0.1 \
+  -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
+  -c max_connections=500 -c shared_buffers=128MB >"$root/postgres.log" 2>&1 &
+pid=$!
+read -r _
+kill -INT "$pid" 2>/dev/null
+wait "$pid"
+rm -rf "$root"
+"#;
+
+/// The uid and gid to run Postgres as: ours, or the `postgres` user's when we are root.
+fn server_identity() -> Result<Option<(u32, u32)>, ThrowawayError> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(None);
+    }
+    let name = CString::new("postgres").expect("no NUL");
+    // SAFETY: getpwnam reads a static buffer; we copy the ids out immediately.
+    let entry = unsafe { libc::getpwnam(name.as_ptr()) };
+    if entry.is_null() {
+        return Err(ThrowawayError(
+            "running as root, and there is no `postgres` user to run the server as; create one (useradd postgres) \
+             or set DATABASE_URL"
+                .into(),
+        ));
+    }
+    // SAFETY: entry is non-null and points to a valid passwd record.
+    let (uid, gid) = unsafe { ((*entry).pw_uid, (*entry).pw_gid) };
+    Ok(Some((uid, gid)))
+}
+
+fn as_server(command: &mut Command, identity: Option<(u32, u32)>) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    if let Some((uid, gid)) = identity {
+        command.uid(uid).gid(gid);
+    }
+    command
+}
+
+fn free_port() -> Result<u16, ThrowawayError> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| ThrowawayError(format!("no free port: {e}")))?;
+    Ok(listener.local_addr().map_err(|e| ThrowawayError(e.to_string()))?.port())
+}
+
+impl ThrowawayPostgres {
+    /// Creates and starts a cluster; blocks until it accepts connections (a few
+    /// seconds). The superuser is `phoenix`, trusted on loopback.
+    pub fn start() -> Result<Self, ThrowawayError> {
+        let bin = find_bin_dir()?;
+        let identity = server_identity()?;
+        let root = tempfile::Builder::new()
+            .prefix("phoenix-pg-")
+            .tempdir()
+            .map_err(|e| ThrowawayError(format!("cannot create a temporary directory: {e}")))?
+            .keep();
+        let data = root.join("data");
+        if let Some((uid, gid)) = identity {
+            std::os::unix::fs::chown(&root, Some(uid), Some(gid))
+                .map_err(|e| ThrowawayError(format!("cannot hand {} to the postgres user: {e}", root.display())))?;
+        }
+        let initdb = as_server(&mut Command::new(bin.join("initdb")), identity)
+            .args(["-U", "phoenix", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync", "-D"])
+            .arg(&data)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| ThrowawayError(format!("cannot run initdb: {e}")))?;
+        if !initdb.status.success() {
+            let _ = std::fs::remove_dir_all(&root);
+            return Err(ThrowawayError(format!("initdb failed: {}", String::from_utf8_lossy(&initdb.stderr))));
+        }
+        let port = free_port()?;
+        let wrapper = as_server(&mut Command::new("sh"), identity)
+            .arg("-c")
+            .arg(WRAPPER)
+            .arg(&bin)
+            .arg(&data)
+            .arg(port.to_string())
+            .arg(&root)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| ThrowawayError(format!("cannot start postgres: {e}")))?;
+        let mut cluster = ThrowawayPostgres { port, owner_pipe: None, wrapper };
+        cluster.owner_pipe = cluster.wrapper.stdin.take();
+        cluster.wait_ready(&bin, &root)?;
+        Ok(cluster)
+    }
+
+    fn wait_ready(&mut self, bin: &Path, root: &Path) -> Result<(), ThrowawayError> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = Command::new(bin.join("pg_isready"))
+                .args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string()])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if ready {
+                return Ok(());
+            }
+            let exited = self.wrapper.try_wait().ok().flatten().is_some();
+            if exited || Instant::now() > deadline {
+                let mut log = String::new();
+                let _ = std::fs::File::open(root.join("postgres.log")).and_then(|mut f| f.read_to_string(&mut log));
+                return Err(ThrowawayError(format!("postgres did not start: {log}")));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A connection URL for `database` on this cluster.
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://phoenix@127.0.0.1:{}/{database}", self.port)
+    }
+}
+
+impl Drop for ThrowawayPostgres {
+    fn drop(&mut self) {
+        // Closing the pipe tells the wrapper to stop the server and clean up.
+        drop(self.owner_pipe.take());
+        let _ = self.wrapper.wait();
+    }
+}

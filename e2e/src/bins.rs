@@ -19,7 +19,10 @@ pub fn binary(name: &str) -> PathBuf {
         assert!(status.success(), "cargo build --workspace --bins failed");
         // Test executables live in <target>/<profile>/deps; binaries one level up.
         let exe = std::env::current_exe().expect("current test executable");
-        exe.parent().and_then(|deps| deps.parent()).expect("target profile dir").to_path_buf()
+        exe.parent()
+            .and_then(|deps| deps.parent())
+            .expect("target profile dir")
+            .to_path_buf()
     });
     let path = dir.join(name);
     assert!(path.exists(), "binary {} was not built", path.display());

@@ -7,3 +7,4 @@
 //! endpoint, exit codes), for tests that do not need the real OpenTelemetry Collector.
 
 pub mod bins;
+pub mod harness;

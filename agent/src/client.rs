@@ -1,0 +1,284 @@
+//! HTTP to the Phoenix API's agent endpoints (`/agent/v1/hosts/{host_id}/...`), and
+//! retrying failed requests with jittered exponential backoff.
+
+use std::error::Error as _;
+use std::future::Future;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use phoenix_wire::agent::{HostStatus, TaskBatch, TaskOutcome};
+use phoenix_wire::duration::HumanDuration;
+use phoenix_wire::problem::Problem;
+use reqwest::{RequestBuilder, Response, StatusCode};
+
+use crate::metrics::Metrics;
+
+/// How long requests other than the task long-poll may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How much longer than its `wait` a long-poll may take before we give up on it.
+const LONG_POLL_GRACE: Duration = Duration::from_secs(10);
+
+/// A failed request to the API.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No answer: connection refused, timeout, broken connection.
+    #[error("cannot reach the API for {endpoint}: {detail}")]
+    Transport {
+        endpoint: &'static str,
+        detail: String,
+    },
+    /// An error status, with the problem document the API sent (or one made up from
+    /// the status and body when it sent none).
+    #[error("the API refused {endpoint}: {problem}")]
+    Refused {
+        endpoint: &'static str,
+        problem: Problem,
+    },
+    /// A success status with a body that is not what the protocol says.
+    #[error("the API answered {endpoint} with an unreadable body: {detail}")]
+    Decode {
+        endpoint: &'static str,
+        detail: String,
+    },
+}
+
+impl ApiError {
+    /// True for failures that may go away by themselves: no answer, 5xx, 408, 429.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ApiError::Transport { .. } => true,
+            ApiError::Refused { problem, .. } => {
+                problem.status >= 500 || problem.status == 408 || problem.status == 429
+            }
+            ApiError::Decode { .. } => false,
+        }
+    }
+
+    /// The HTTP status the API answered with, if it answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ApiError::Refused { problem, .. } => Some(problem.status),
+            _ => None,
+        }
+    }
+
+    fn kind_label(&self) -> &'static str {
+        match self {
+            ApiError::Transport { .. } => "transport",
+            ApiError::Refused { problem, .. } if problem.status >= 500 => "server",
+            ApiError::Refused { .. } => "client",
+            ApiError::Decode { .. } => "decode",
+        }
+    }
+}
+
+/// Which failures [`retry`] retries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryPolicy {
+    /// Every failure, until the request succeeds (the task long-poll: there is
+    /// nothing else to do but ask again).
+    UntilSuccess,
+    /// Only transient failures ([`ApiError::is_transient`]); a refusal is returned.
+    TransientOnly,
+}
+
+/// Delays between attempts: 200 ms doubling up to 15 s, each plus up to as much
+/// again of random jitter, so 200 ms to 30 s, and agents do not retry in step.
+fn api_backoff() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(15))
+        .with_jitter()
+        .without_max_times()
+}
+
+/// Runs `request` until it succeeds or fails in a way `policy` does not retry,
+/// logging each failure. Callers race this with their shutdown signal.
+pub async fn retry<T, F, Fut>(policy: RetryPolicy, request: F) -> Result<T, ApiError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, ApiError>>,
+{
+    request
+        .retry(api_backoff())
+        .when(|err: &ApiError| policy == RetryPolicy::UntilSuccess || err.is_transient())
+        .notify(|err: &ApiError, delay: Duration| {
+            tracing::warn!("{err}; retrying in {:.1}s", delay.as_secs_f64());
+        })
+        .await
+}
+
+/// The agent's side of the agent protocol, for one host.
+#[derive(Clone)]
+pub struct ApiClient {
+    http: reqwest::Client,
+    /// `{api_url}/agent/v1/hosts/{host_id}`
+    host_url: String,
+    token: String,
+    metrics: Metrics,
+}
+
+impl ApiClient {
+    /// A client for `host_id` (which must be a valid host id, so it needs no escaping
+    /// in a URL path).
+    pub fn new(api_url: &reqwest::Url, host_id: &str, token: String, metrics: Metrics) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .user_agent(concat!("phoenix-agent/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("a plain HTTP client always builds");
+        let base = api_url.as_str().trim_end_matches('/');
+        Self {
+            http,
+            host_url: format!("{base}/agent/v1/hosts/{host_id}"),
+            token,
+            metrics,
+        }
+    }
+
+    /// `GET tasks?wait=...`: waits up to `wait` for tasks; the batch may be empty.
+    pub async fn poll_tasks(&self, wait: Duration) -> Result<TaskBatch, ApiError> {
+        const ENDPOINT: &str = "tasks";
+        let wait_text = HumanDuration(wait).to_string();
+        let request = self
+            .http
+            .get(format!("{}/tasks", self.host_url))
+            .query(&[("wait", wait_text.as_str())])
+            .timeout(wait + LONG_POLL_GRACE);
+        let response = self.send(ENDPOINT, request).await?;
+        response.json().await.map_err(|err| {
+            self.failed(ApiError::Decode {
+                endpoint: ENDPOINT,
+                detail: error_chain(&err),
+            })
+        })
+    }
+
+    /// `POST tasks/{task_id}`: reports how a task went.
+    pub async fn report_outcome(
+        &self,
+        task_id: i64,
+        outcome: &TaskOutcome,
+    ) -> Result<(), ApiError> {
+        let request = self
+            .http
+            .post(format!("{}/tasks/{task_id}", self.host_url))
+            .json(outcome);
+        self.send("task outcome", request).await.map(drop)
+    }
+
+    /// `PUT status`: the host's full status.
+    pub async fn put_status(&self, status: &HostStatus) -> Result<(), ApiError> {
+        let request = self
+            .http
+            .put(format!("{}/status", self.host_url))
+            .json(status);
+        self.send("status", request).await.map(drop)
+    }
+
+    /// `POST heartbeat`: "still here".
+    pub async fn heartbeat(&self) -> Result<(), ApiError> {
+        let request = self.http.post(format!("{}/heartbeat", self.host_url));
+        self.send("heartbeat", request).await.map(drop)
+    }
+
+    /// Sends with the token; turns transport failures and error statuses into errors.
+    async fn send(
+        &self,
+        endpoint: &'static str,
+        request: RequestBuilder,
+    ) -> Result<Response, ApiError> {
+        let response = request
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|err| {
+                self.failed(ApiError::Transport {
+                    endpoint,
+                    detail: error_chain(&err),
+                })
+            })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let body = response.bytes().await.unwrap_or_default();
+        Err(self.failed(ApiError::Refused {
+            endpoint,
+            problem: problem_from(status, &body),
+        }))
+    }
+
+    fn failed(&self, err: ApiError) -> ApiError {
+        let endpoint = match &err {
+            ApiError::Transport { endpoint, .. }
+            | ApiError::Refused { endpoint, .. }
+            | ApiError::Decode { endpoint, .. } => *endpoint,
+        };
+        self.metrics.api_error(endpoint, err.kind_label());
+        err
+    }
+}
+
+/// The problem document in an error body, or one made from the status and the body.
+fn problem_from(status: StatusCode, body: &[u8]) -> Problem {
+    if let Ok(problem) = serde_json::from_slice::<Problem>(body) {
+        return problem;
+    }
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    Problem {
+        problem_type: "about:blank".into(),
+        title: status.canonical_reason().unwrap_or("error").into(),
+        status: status.as_u16(),
+        detail: (!text.is_empty()).then(|| text.chars().take(500).collect()),
+        field: None,
+    }
+}
+
+/// An error with its causes, `outer: inner: innermost` (reqwest's own message names
+/// only the URL).
+fn error_chain(err: &reqwest::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn problems_are_read_or_made_up() {
+        let body = br#"{"type":"about:blank","title":"Unauthorized","status":401,"detail":"unknown agent token"}"#;
+        let problem = problem_from(StatusCode::UNAUTHORIZED, body);
+        assert_eq!(problem.detail.as_deref(), Some("unknown agent token"));
+
+        let problem = problem_from(StatusCode::BAD_GATEWAY, b"upstream down");
+        assert_eq!(problem.status, 502);
+        assert_eq!(problem.title, "Bad Gateway");
+        assert_eq!(problem.detail.as_deref(), Some("upstream down"));
+    }
+
+    #[test]
+    fn only_unanswered_and_server_errors_are_transient() {
+        let refused = |status| ApiError::Refused {
+            endpoint: "status",
+            problem: problem_from(StatusCode::from_u16(status).unwrap(), b""),
+        };
+        assert!(refused(503).is_transient());
+        assert!(refused(429).is_transient());
+        assert!(!refused(400).is_transient());
+        assert!(!refused(401).is_transient());
+        let transport = ApiError::Transport {
+            endpoint: "tasks",
+            detail: "connection refused".into(),
+        };
+        assert!(transport.is_transient());
+    }
+}

@@ -1,0 +1,252 @@
+//! The agent's settings, from command-line flags or the environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use phoenix_wire::duration::HumanDuration;
+use phoenix_wire::names::{self, Labels};
+
+use crate::supervisor::SupervisorSettings;
+
+const ABOUT: &str = "Phoenix host agent: runs the collectors the Phoenix API asks for on this host";
+
+const LONG_ABOUT: &str = "\
+Phoenix host agent: runs the collectors the Phoenix API asks for on this host.
+
+The agent long-polls the API for tasks (start, update or stop a collector), runs each
+collector as a child process with a config written to its state directory, checks its
+health, restarts it with backoff when it dies, and reports what runs (pid, health,
+restarts, CPU, memory) with regular heartbeats. When the API is unreachable it keeps
+every collector running and retries.
+
+The agent records its collectors in <state-dir>/state.json. Stopping the agent leaves
+its collectors running; a restarted agent adopts them and kills any process it started
+but no longer accounts for.
+
+Every flag can also be given as the environment variable shown with it.";
+
+const EXAMPLES: &str = "\
+Examples:
+  phoenix-agent --api-url http://phoenix-api:8080 --token \"$TOKEN\" \\
+      --collector-bin /usr/local/bin/otelcol-phoenix --labels role=web,zone=a
+
+  PHOENIX_API_URL=http://127.0.0.1:8080 PHOENIX_AGENT_TOKEN=secret \\
+  PHOENIX_COLLECTOR_BIN=./otelcol PHOENIX_STATE_DIR=/tmp/agent phoenix-agent";
+
+/// Everything the agent is configured with.
+#[derive(Clone, Debug, Parser)]
+#[command(
+    name = "phoenix-agent",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_help = EXAMPLES
+)]
+pub struct AgentConfig {
+    /// Base URL of the Phoenix API, e.g. http://phoenix-api:8080
+    #[arg(long, env = "PHOENIX_API_URL", value_name = "URL")]
+    pub api_url: reqwest::Url,
+
+    /// Agent token the API issued for this host (sent as a Bearer token)
+    #[arg(
+        long,
+        env = "PHOENIX_AGENT_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub token: String,
+
+    /// This host's id as the API knows it, e.g. web-01 or the Kubernetes node name
+    /// [default: the machine's hostname]
+    #[arg(long, env = "PHOENIX_HOST_ID", value_name = "ID")]
+    pub host_id: Option<String>,
+
+    /// Labels experiments select this host by, as comma-separated key=value pairs,
+    /// e.g. role=web,zone=a
+    #[arg(
+        long,
+        env = "PHOENIX_HOST_LABELS",
+        value_name = "KEY=VALUE,...",
+        value_parser = parse_labels,
+        default_value = ""
+    )]
+    pub labels: Labels,
+
+    /// Directory for state.json and each collector's config and log
+    /// (collectors/<id>/config.yaml, collectors/<id>/collector.log)
+    #[arg(
+        long,
+        env = "PHOENIX_STATE_DIR",
+        value_name = "DIR",
+        default_value = "/var/lib/phoenix-agent"
+    )]
+    pub state_dir: PathBuf,
+
+    /// The collector executable, started as `<collector-bin> --config=<file>`,
+    /// e.g. /usr/local/bin/otelcol-phoenix
+    #[arg(long, env = "PHOENIX_COLLECTOR_BIN", value_name = "PATH")]
+    pub collector_bin: PathBuf,
+
+    /// Where the host's root filesystem is mounted, passed to collectors as
+    /// PHOENIX_HOSTFS, e.g. /hostfs in a container (empty: the agent runs on the host)
+    #[arg(long, env = "PHOENIX_HOSTFS", value_name = "DIR", default_value = "")]
+    pub hostfs: String,
+
+    /// Address for the agent's own /metrics and /healthz, e.g. 0.0.0.0:9464
+    /// (port 0 picks a free port)
+    #[arg(
+        long,
+        env = "PHOENIX_AGENT_LISTEN",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:9464"
+    )]
+    pub listen: SocketAddr,
+
+    /// How often to tell the API this agent is alive, e.g. 10s
+    #[arg(
+        long,
+        env = "PHOENIX_HEARTBEAT_INTERVAL",
+        value_name = "DURATION",
+        default_value = "10s",
+        value_parser = parse_duration
+    )]
+    pub heartbeat_interval: Duration,
+
+    /// How long a started collector may take to pass its health check before the
+    /// start fails, e.g. 30s
+    #[arg(
+        long,
+        env = "PHOENIX_START_TIMEOUT",
+        value_name = "DURATION",
+        default_value = "30s",
+        value_parser = parse_duration
+    )]
+    pub start_timeout: Duration,
+
+    /// How long a collector may take to exit after SIGTERM before it gets SIGKILL,
+    /// e.g. 10s
+    #[arg(
+        long,
+        env = "PHOENIX_STOP_TIMEOUT",
+        value_name = "DURATION",
+        default_value = "10s",
+        value_parser = parse_duration
+    )]
+    pub stop_timeout: Duration,
+
+    /// Stop every collector when the agent exits, instead of leaving them running
+    /// for the next agent to adopt
+    #[arg(long, env = "PHOENIX_STOP_COLLECTORS_ON_EXIT")]
+    pub stop_collectors_on_exit: bool,
+}
+
+/// A setting that is wrong in a way flag parsing cannot tell.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid --host-id: {0}")]
+    HostId(String),
+    #[error(
+        "cannot read this machine's hostname ({0}); give the host id with --host-id or PHOENIX_HOST_ID"
+    )]
+    Hostname(std::io::Error),
+}
+
+impl AgentConfig {
+    /// The host id: the flag, or else the machine's hostname; checked either way.
+    pub fn resolved_host_id(&self) -> Result<String, ConfigError> {
+        let id = match &self.host_id {
+            Some(id) => id.clone(),
+            None => hostname().map_err(ConfigError::Hostname)?,
+        };
+        names::check_host_id(&id).map_err(ConfigError::HostId)?;
+        Ok(id)
+    }
+
+    /// The part of the settings the supervisor needs.
+    pub fn supervisor_settings(&self) -> SupervisorSettings {
+        SupervisorSettings {
+            state_dir: self.state_dir.clone(),
+            collector_bin: self.collector_bin.clone(),
+            hostfs: self.hostfs.clone(),
+            start_timeout: self.start_timeout,
+            stop_timeout: self.stop_timeout,
+        }
+    }
+}
+
+/// Parses `role=web,zone=a` into labels, checking keys and values.
+pub fn parse_labels(text: &str) -> Result<Labels, String> {
+    let mut labels = Labels::new();
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("`{pair}` is not key=value (e.g. role=web,zone=a)"))?;
+        let (key, value) = (key.trim(), value.trim());
+        names::check_label_key(key)?;
+        names::check_label_value(value)?;
+        if labels.insert(key.to_string(), value.to_string()).is_some() {
+            return Err(format!("label `{key}` is given twice"));
+        }
+    }
+    Ok(labels)
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    HumanDuration::parse(text).map(HumanDuration::as_duration)
+}
+
+fn hostname() -> std::io::Result<String> {
+    let mut buffer = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it
+    // when the name fits, and we stop at the first NUL or the buffer's end.
+    let rc = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let len = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
+    Ok(String::from_utf8_lossy(&buffer[..len]).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_parse_and_explain_mistakes() {
+        let labels = parse_labels("role=web, zone=a").unwrap();
+        assert_eq!(labels["role"], "web");
+        assert_eq!(labels["zone"], "a");
+        assert!(parse_labels("").unwrap().is_empty());
+        assert!(parse_labels("role").unwrap_err().contains("key=value"));
+        assert!(
+            parse_labels("role=web,role=db")
+                .unwrap_err()
+                .contains("twice")
+        );
+        assert!(parse_labels("ro le=web").is_err());
+    }
+
+    #[test]
+    fn flags_parse_with_defaults() {
+        let config = AgentConfig::try_parse_from([
+            "phoenix-agent",
+            "--api-url",
+            "http://127.0.0.1:8080",
+            "--token",
+            "t",
+            "--collector-bin",
+            "/bin/otelcol",
+            "--host-id",
+            "web-01",
+        ])
+        .unwrap();
+        assert_eq!(config.heartbeat_interval, Duration::from_secs(10));
+        assert_eq!(config.start_timeout, Duration::from_secs(30));
+        assert_eq!(config.stop_timeout, Duration::from_secs(10));
+        assert_eq!(config.state_dir, PathBuf::from("/var/lib/phoenix-agent"));
+        assert_eq!(config.resolved_host_id().unwrap(), "web-01");
+        assert!(!config.stop_collectors_on_exit);
+    }
+}

@@ -1,0 +1,415 @@
+//! The Phoenix agent: one per host. It long-polls the API for tasks, converges the
+//! host's collectors to them, and reports what runs.
+//!
+//! Layout:
+//! - [`config`]: flags and environment ([`AgentConfig`]).
+//! - [`client`]: HTTP to the API's agent endpoints, retried with jittered backoff.
+//! - [`supervisor`]: collector processes: start, health, restart, stop, adopt, reap.
+//! - [`procfs`]: reading `/proc` (CPU, RSS, start times, environments).
+//! - [`state`]: `state.json`, what the agent supervises, written atomically.
+//! - [`ports`]: the loopback ports each collector is given.
+//! - [`metrics`]: the agent's own Prometheus metrics.
+//! - this file: [`run`], which ties them together in four independent loops: the task
+//!   long-poll, heartbeats, status reports, and the `/metrics` + `/healthz` server. A
+//!   long poll never delays a heartbeat.
+//!
+//! While the API is unreachable or failing, every loop retries with backoff and the
+//! collectors keep running as they are (last known good): the agent never stops a
+//! collector because the server is down.
+//!
+//! Shutdown (SIGTERM/SIGINT in the binary): the loops stop (a batch of tasks in hand
+//! is finished first; its start and stop timeouts bound that), and the collectors are
+//! left running, recorded in `state.json`. That choice makes an agent upgrade or
+//! restart invisible to the measurements: the next agent adopts the same processes.
+//! `--stop-collectors-on-exit` stops and forgets them instead.
+
+pub mod client;
+pub mod config;
+pub mod metrics;
+pub mod ports;
+pub mod procfs;
+pub mod state;
+pub mod supervisor;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use phoenix_wire::agent::{HostStatus, Task, TaskAction, TaskOutcome};
+use phoenix_wire::names::Labels;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+use tokio::time::{Instant, MissedTickBehavior};
+
+pub use config::AgentConfig;
+
+use client::{ApiClient, RetryPolicy, retry};
+use config::ConfigError;
+use metrics::Metrics;
+use supervisor::{OnExit, Supervisor, SupervisorError};
+
+/// How long one task long-poll waits on the API.
+pub const TASK_WAIT: Duration = Duration::from_secs(30);
+/// The full status is sent at least this often, changed or not.
+pub const STATUS_REFRESH: Duration = Duration::from_secs(5 * 60);
+/// An empty task batch that came back sooner than this is followed by a pause of
+/// this length, so an API that does not hold long polls is not asked in a hot loop.
+const MIN_EMPTY_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// How long the last status report on exit (with `--stop-collectors-on-exit`) may take.
+const FINAL_STATUS_TIMEOUT: Duration = Duration::from_secs(5);
+/// The version reported to the API.
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Why the agent could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr} for /metrics and /healthz: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Supervisor(#[from] SupervisorError),
+}
+
+/// Runs the agent until `shutdown` completes, then stops its loops and leaves the
+/// collectors running (or stops them, with `--stop-collectors-on-exit`).
+pub async fn run(
+    config: AgentConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let host_id = config.resolved_host_id()?;
+    let metrics = Metrics::new();
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| AgentError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let listen_addr = listener.local_addr().unwrap_or(config.listen);
+    let supervisor = Supervisor::open(config.supervisor_settings()).await?;
+    tracing::info!(
+        host_id = %host_id,
+        api = %config.api_url,
+        state_dir = %supervisor.state_dir().display(),
+        metrics = %listen_addr,
+        collectors = supervisor.statuses().len(),
+        "phoenix-agent {AGENT_VERSION} started"
+    );
+
+    let client = ApiClient::new(
+        &config.api_url,
+        &host_id,
+        config.token.clone(),
+        metrics.clone(),
+    );
+    let status_wanted = Arc::new(Notify::new());
+    let (stop_sender, stop) = watch::channel(false);
+    let mut loops = JoinSet::new();
+    loops.spawn(serve_metrics(listener, metrics.clone(), stop.clone()));
+    loops.spawn(heartbeat_loop(
+        client.clone(),
+        config.heartbeat_interval,
+        status_wanted.clone(),
+        stop.clone(),
+    ));
+    loops.spawn(status_loop(
+        client.clone(),
+        supervisor.clone(),
+        metrics.clone(),
+        config.labels.clone(),
+        status_wanted,
+        stop.clone(),
+    ));
+    loops.spawn(task_loop(
+        client.clone(),
+        supervisor.clone(),
+        metrics.clone(),
+        stop,
+    ));
+
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = stop_sender.send(true);
+    while let Some(finished) = loops.join_next().await {
+        if let Err(err) = finished {
+            tracing::error!("an agent loop failed: {err}");
+        }
+    }
+    if config.stop_collectors_on_exit {
+        supervisor.shutdown(OnExit::StopCollectors).await;
+        // One short attempt to tell the API; it learns the rest when the host goes silent.
+        let status = host_status(&supervisor, &config.labels);
+        match tokio::time::timeout(FINAL_STATUS_TIMEOUT, client.put_status(&status)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::warn!("could not report the stopped collectors: {err}"),
+            Err(_) => tracing::warn!("could not report the stopped collectors in time"),
+        }
+    } else {
+        supervisor.shutdown(OnExit::LeaveRunning).await;
+        tracing::info!("collectors left running for the next agent to adopt");
+    }
+    Ok(())
+}
+
+/// Resolves once the stop signal is raised (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|&stop| stop).await;
+}
+
+/// Long-polls for tasks and applies each batch. Tasks for different collectors run
+/// in parallel; tasks for one collector run in the order given.
+async fn task_loop(
+    client: ApiClient,
+    supervisor: Supervisor,
+    metrics: Metrics,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let polled_at = Instant::now();
+        let polled = tokio::select! {
+            () = stopped(&mut stop) => return,
+            polled = retry(RetryPolicy::UntilSuccess, || client.poll_tasks(TASK_WAIT)) => polled,
+        };
+        let batch = match polled {
+            Ok(batch) => batch,
+            Err(err) => {
+                // Not expected: UntilSuccess retries every failure.
+                tracing::error!("task poll failed: {err}");
+                continue;
+            }
+        };
+        if batch.tasks.is_empty() {
+            let pause_until = polled_at + MIN_EMPTY_POLL_INTERVAL;
+            tokio::select! {
+                () = stopped(&mut stop) => return,
+                () = tokio::time::sleep_until(pause_until) => {}
+            }
+            continue;
+        }
+        tracing::info!(tasks = batch.tasks.len(), "received tasks");
+        let mut per_collector: Vec<Vec<Task>> = Vec::new();
+        for task in batch.tasks {
+            match per_collector
+                .iter_mut()
+                .find(|tasks| tasks[0].collector_id == task.collector_id)
+            {
+                Some(tasks) => tasks.push(task),
+                None => per_collector.push(vec![task]),
+            }
+        }
+        let mut running = JoinSet::new();
+        for tasks in per_collector {
+            let (client, supervisor, metrics, stop) = (
+                client.clone(),
+                supervisor.clone(),
+                metrics.clone(),
+                stop.clone(),
+            );
+            running.spawn(async move {
+                for task in tasks {
+                    handle_task(&client, &supervisor, &metrics, stop.clone(), task).await;
+                }
+            });
+        }
+        while let Some(finished) = running.join_next().await {
+            if let Err(err) = finished {
+                tracing::error!("a task handler failed: {err}");
+            }
+        }
+    }
+}
+
+/// Applies one task and reports its outcome (unless the agent stops meanwhile; the
+/// task is then delivered again when its lease expires, and applying is idempotent).
+async fn handle_task(
+    client: &ApiClient,
+    supervisor: &Supervisor,
+    metrics: &Metrics,
+    mut stop: watch::Receiver<bool>,
+    task: Task,
+) {
+    let outcome = apply_task(supervisor, &task).await;
+    metrics.task_handled(task.action, outcome.ok);
+    match &outcome.error {
+        None => {
+            tracing::info!(task = task.id, action = task.action.as_str(), collector = %task.collector_id, "task done")
+        }
+        Some(error) => {
+            tracing::warn!(task = task.id, action = task.action.as_str(), collector = %task.collector_id, "task failed: {error}")
+        }
+    }
+    let reported = tokio::select! {
+        () = stopped(&mut stop) => {
+            tracing::info!(task = task.id, "stopping before the outcome was reported; the task will come again");
+            return;
+        }
+        reported = retry(RetryPolicy::TransientOnly, || client.report_outcome(task.id, &outcome)) => reported,
+    };
+    if let Err(err) = reported {
+        tracing::error!(task = task.id, "outcome not accepted: {err}");
+    }
+}
+
+/// Does what a task asks. `start` and `update` both mean "converge this collector to
+/// this spec"; `stop` stops and forgets.
+async fn apply_task(supervisor: &Supervisor, task: &Task) -> TaskOutcome {
+    let result = match task.action {
+        TaskAction::Start | TaskAction::Update => match &task.collector {
+            None => Err(format!(
+                "task {} ({}) carries no collector spec",
+                task.id,
+                task.action.as_str()
+            )),
+            Some(spec) if spec.collector_id != task.collector_id => Err(format!(
+                "task {} is for collector {} but carries a spec for {}",
+                task.id, task.collector_id, spec.collector_id
+            )),
+            Some(spec) => supervisor
+                .converge(spec.clone())
+                .await
+                .map(drop)
+                .map_err(|err| err.to_string()),
+        },
+        TaskAction::Stop => supervisor
+            .stop(&task.collector_id)
+            .await
+            .map_err(|err| err.to_string()),
+    };
+    match result {
+        Ok(()) => TaskOutcome {
+            ok: true,
+            error: None,
+        },
+        Err(error) => TaskOutcome {
+            ok: false,
+            error: Some(error),
+        },
+    }
+}
+
+/// Sends a heartbeat every `interval` (the first one interval after start: the first
+/// status report announces the agent). A heartbeat the API refuses because it does
+/// not know this host asks the status loop to send the full status again.
+async fn heartbeat_loop(
+    client: ApiClient,
+    interval: Duration,
+    status_wanted: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stopped(&mut stop) => return,
+            _ = ticker.tick() => {}
+        }
+        let sent = tokio::select! {
+            () = stopped(&mut stop) => return,
+            sent = retry(RetryPolicy::TransientOnly, || client.heartbeat()) => sent,
+        };
+        if let Err(err) = sent {
+            tracing::warn!("heartbeat refused: {err}");
+            if err.status() == Some(404) {
+                status_wanted.notify_one();
+            }
+        }
+    }
+}
+
+/// Sends the host status on start, whenever its stable part changes (collectors,
+/// hashes, pids, health, restarts, errors; not CPU or memory), when asked, and at
+/// least every [`STATUS_REFRESH`]. Also keeps the collector metrics current.
+async fn status_loop(
+    client: ApiClient,
+    supervisor: Supervisor,
+    metrics: Metrics,
+    labels: Labels,
+    status_wanted: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut changes = supervisor.subscribe();
+    let mut last_sent: Option<HostStatus> = None;
+    let mut last_sent_at = Instant::now();
+    let mut force = true;
+    loop {
+        changes.borrow_and_update();
+        let status = host_status(&supervisor, &labels);
+        metrics.observe_collectors(&status.collectors);
+        let stable = stable_part(&status);
+        if force || last_sent.as_ref() != Some(&stable) || last_sent_at.elapsed() >= STATUS_REFRESH
+        {
+            let sent = tokio::select! {
+                () = stopped(&mut stop) => return,
+                sent = retry(RetryPolicy::TransientOnly, || client.put_status(&status)) => sent,
+            };
+            if let Err(err) = sent {
+                // Sending the same status again will not help; the next change will.
+                tracing::error!("status not accepted: {err}");
+            }
+            last_sent = Some(stable);
+            last_sent_at = Instant::now();
+            force = false;
+        }
+        tokio::select! {
+            () = stopped(&mut stop) => return,
+            _ = changes.changed() => {}
+            () = status_wanted.notified() => force = true,
+            () = tokio::time::sleep_until(last_sent_at + STATUS_REFRESH) => {}
+        }
+    }
+}
+
+fn host_status(supervisor: &Supervisor, labels: &Labels) -> HostStatus {
+    HostStatus {
+        labels: labels.clone(),
+        agent_version: AGENT_VERSION.to_string(),
+        collectors: supervisor.statuses(),
+    }
+}
+
+/// The status without the numbers that change all the time.
+fn stable_part(status: &HostStatus) -> HostStatus {
+    let mut stable = status.clone();
+    for collector in &mut stable.collectors {
+        collector.cpu_seconds = 0.0;
+        collector.rss_bytes = 0;
+    }
+    stable
+}
+
+/// Serves `/metrics` and `/healthz` until the stop signal.
+async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    metrics: Metrics,
+    mut stop: watch::Receiver<bool>,
+) {
+    let app = Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(metrics);
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stopped(&mut stop).await })
+        .await;
+    if let Err(err) = served {
+        tracing::error!("the /metrics server failed: {err}");
+    }
+}
+
+async fn metrics_handler(State(metrics): State<Metrics>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        metrics.encode(),
+    )
+}

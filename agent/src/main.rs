@@ -1,0 +1,36 @@
+//! `phoenix-agent`: parses flags, sets up logging and signals, and runs the agent
+//! (see the library's [`phoenix_agent::run`]).
+
+use std::io::IsTerminal;
+
+use anyhow::Context;
+use clap::Parser;
+use phoenix_agent::AgentConfig;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = AgentConfig::parse();
+    // Logs go to stderr; colours only on a terminal, not in log files.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+
+    // Registered before the agent starts, so an early SIGTERM is a clean shutdown too.
+    let mut terminate = signal(SignalKind::terminate()).context("listen for SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("listen for SIGINT")?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("received SIGTERM"),
+            _ = interrupt.recv() => tracing::info!("received SIGINT"),
+        }
+    };
+    phoenix_agent::run(config, shutdown)
+        .await
+        .context("phoenix-agent stopped with an error")
+}

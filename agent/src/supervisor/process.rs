@@ -1,0 +1,270 @@
+//! One collector process: starting it (config file, environment, log file, its own
+//! process group), noticing that it exited, stopping its whole process group, and
+//! reading the end of its log for error messages.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use phoenix_wire::agent::CollectorSpec;
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+use super::{SupervisorError, SupervisorSettings};
+use crate::ports::CollectorPorts;
+use crate::procfs;
+use crate::state::write_atomically;
+
+/// The environment variable every collector is started with, set to the agent's
+/// absolute state directory. It marks the processes an agent owns, so that an agent
+/// that restarts can find and kill the ones it no longer supervises.
+pub const STATE_DIR_MARKER: &str = "PHOENIX_AGENT_STATE_DIR";
+
+/// How many lines of a collector's log an error message quotes.
+const LOG_TAIL_LINES: usize = 20;
+/// Logs larger than this are moved to `collector.log.1` when the collector starts.
+const LOG_ROTATE_BYTES: u64 = 10 * 1024 * 1024;
+/// How often a stopping process is checked for having exited, when it is not our child.
+const EXIT_POLL: Duration = Duration::from_millis(100);
+/// How long a process group may take to vanish after SIGKILL before we give up on it.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+
+/// `<state-dir>/collectors/<collector-id>`: the collector's config and log.
+pub fn collector_dir(state_dir: &Path, collector_id: &str) -> PathBuf {
+    state_dir.join("collectors").join(collector_id)
+}
+
+/// A collector process that is (or was, until we look) running.
+pub struct RunningProcess {
+    pid: u32,
+    /// Field 22 of `/proc/<pid>/stat`; `None` only if it exited before we looked.
+    start_time: Option<u64>,
+    log_path: PathBuf,
+    /// Where this run's output starts in the log.
+    log_offset: u64,
+    owner: Owner,
+}
+
+/// Who reaps the process.
+enum Owner {
+    /// Started by this agent: we reap it.
+    Us(Box<Child>),
+    /// Started by an earlier agent and found still running: not our child, so it is
+    /// watched through `/proc`, and its new parent reaps it.
+    EarlierAgent { start_time: u64 },
+}
+
+impl RunningProcess {
+    /// A process an earlier agent started, found running with the recorded start time.
+    pub fn adopted(pid: u32, start_time: u64, log_path: PathBuf) -> Self {
+        Self {
+            pid,
+            start_time: Some(start_time),
+            log_path,
+            log_offset: 0,
+            owner: Owner::EarlierAgent { start_time },
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub fn start_time(&self) -> Option<u64> {
+        self.start_time
+    }
+
+    /// If the process has exited, how it ended (reaping it when it is our child).
+    pub fn exit_description(&mut self) -> Option<String> {
+        match &mut self.owner {
+            Owner::Us(child) => match child.try_wait() {
+                Ok(Some(status)) => Some(format!("exited with {status}")),
+                Ok(None) => None,
+                Err(err) => Some(format!("could not be waited for: {err}")),
+            },
+            Owner::EarlierAgent { start_time } => {
+                (!procfs::is_same_process_running(self.pid, *start_time)).then(|| {
+                    "exited (exit status unknown: it was started by an earlier agent)".into()
+                })
+            }
+        }
+    }
+
+    /// The last lines this run of the process wrote to its log.
+    pub fn log_tail(&self) -> String {
+        read_log_tail(&self.log_path, self.log_offset)
+    }
+
+    /// Stops the process and everything in its process group: SIGTERM, up to `grace`
+    /// to exit, then SIGKILL. Our own child is reaped.
+    pub async fn terminate(self, grace: Duration) {
+        let pid = self.pid;
+        signal_group(pid, libc::SIGTERM);
+        match self.owner {
+            Owner::Us(mut child) => {
+                if tokio::time::timeout(grace, child.wait()).await.is_err() {
+                    tracing::warn!(
+                        pid,
+                        "collector ignored SIGTERM for {grace:?}; sending SIGKILL"
+                    );
+                    signal_group(pid, libc::SIGKILL);
+                    if let Err(err) = child.wait().await {
+                        tracing::error!(pid, "could not reap the collector: {err}");
+                    }
+                }
+            }
+            Owner::EarlierAgent { start_time } => {
+                let exited = || !procfs::is_same_process_running(pid, start_time);
+                if !wait_until(exited, grace).await {
+                    tracing::warn!(
+                        pid,
+                        "collector ignored SIGTERM for {grace:?}; sending SIGKILL"
+                    );
+                    signal_group(pid, libc::SIGKILL);
+                    wait_until(exited, KILL_WAIT).await;
+                }
+            }
+        }
+        kill_leftovers(pid);
+    }
+}
+
+/// Kills whatever is left in the process group `pgid` after its leader exited (a
+/// collector's own children). The group id cannot have been reused yet: pids are
+/// handed out cyclically, and the leader was reaped moments ago.
+pub fn kill_leftovers(pgid: u32) {
+    signal_group(pgid, libc::SIGKILL);
+}
+
+/// Sends `signal` to the process group `pgid`; false when the group no longer exists.
+pub fn signal_group(pgid: u32, signal: libc::c_int) -> bool {
+    let Ok(pgid) = libc::pid_t::try_from(pgid) else {
+        return false;
+    };
+    if pgid <= 1 {
+        return false; // never signal init or "every process"
+    }
+    // SAFETY: killpg only sends a signal; a stale group id yields ESRCH.
+    unsafe { libc::killpg(pgid, signal) == 0 }
+}
+
+/// Polls `done` until it holds or `limit` passes; returns whether it held.
+pub async fn wait_until(mut done: impl FnMut() -> bool, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(EXIT_POLL).await;
+    }
+}
+
+/// Writes the spec's config to `<collector dir>/config.yaml` and starts
+/// `<collector-bin> --config=<that file>` in its own process group, with the spec's
+/// environment plus the ports, the host filesystem and the state-dir marker, its
+/// output appended to `<collector dir>/collector.log`.
+pub fn spawn(
+    settings: &SupervisorSettings,
+    spec: &CollectorSpec,
+    ports: CollectorPorts,
+) -> Result<RunningProcess, SupervisorError> {
+    let dir = collector_dir(&settings.state_dir, &spec.collector_id);
+    let io_error = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| SupervisorError::Io { path, source }
+    };
+    std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+    let config_path = dir.join("config.yaml");
+    write_atomically(&config_path, spec.config.as_bytes()).map_err(io_error(&config_path))?;
+
+    let log_path = dir.join("collector.log");
+    let log = open_log(&log_path).map_err(io_error(&log_path))?;
+    let log_offset = log.metadata().map_err(io_error(&log_path))?.len();
+    let log_for_stderr = log.try_clone().map_err(io_error(&log_path))?;
+
+    let mut command = Command::new(&settings.collector_bin);
+    command.arg(format!("--config={}", config_path.display()));
+    // The agent's own settings (its token above all) are not the collector's business.
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("PHOENIX_") {
+            command.env_remove(name);
+        }
+    }
+    command
+        .envs(&spec.env)
+        .env("PHOENIX_HEALTH_PORT", ports.health.to_string())
+        .env("PHOENIX_TELEMETRY_PORT", ports.telemetry.to_string())
+        .env("PHOENIX_HOSTFS", &settings.hostfs)
+        .env(STATE_DIR_MARKER, &settings.state_dir)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_for_stderr)
+        .process_group(0)
+        .kill_on_drop(false);
+    let child = command.spawn().map_err(|source| SupervisorError::Spawn {
+        bin: settings.collector_bin.clone(),
+        source,
+    })?;
+    let pid = child.id().expect("a just-spawned child has a pid");
+    // Read before anything could reap it; None only if it already exited.
+    let start_time = procfs::read_stat(pid).ok().map(|stat| stat.start_time);
+    Ok(RunningProcess {
+        pid,
+        start_time,
+        log_path,
+        log_offset,
+        owner: Owner::Us(Box::new(child)),
+    })
+}
+
+fn open_log(path: &Path) -> io::Result<File> {
+    if std::fs::metadata(path).is_ok_and(|meta| meta.len() > LOG_ROTATE_BYTES) {
+        let mut rotated = path.as_os_str().to_owned();
+        rotated.push(".1");
+        std::fs::rename(path, rotated)?;
+    }
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+/// The last [`LOG_TAIL_LINES`] lines of the log after `offset`, trimmed.
+pub fn read_log_tail(path: &Path, offset: u64) -> String {
+    const MAX_BYTES: u64 = 16 * 1024;
+    let Ok(mut file) = File::open(path) else {
+        return String::new();
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = offset.max(len.saturating_sub(MAX_BYTES)).min(len);
+    let mut bytes = Vec::new();
+    if file.seek(SeekFrom::Start(start)).is_err() || file.read_to_end(&mut bytes).is_err() {
+        return String::new();
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let lines: Vec<&str> = text.trim_end().lines().collect();
+    let first = lines.len().saturating_sub(LOG_TAIL_LINES);
+    lines[first..].join("\n").trim().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_tail_reads_only_this_run_and_at_most_twenty_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("collector.log");
+        std::fs::write(&path, "old run\n").unwrap();
+        let offset = std::fs::metadata(&path).unwrap().len();
+        let lines: Vec<String> = (1..=30).map(|i| format!("line {i}")).collect();
+        std::fs::write(&path, format!("old run\n{}\n", lines.join("\n"))).unwrap();
+        let tail = read_log_tail(&path, offset);
+        assert!(!tail.contains("old run"));
+        assert!(tail.starts_with("line 11\n"), "{tail}");
+        assert!(tail.ends_with("line 30"), "{tail}");
+        assert_eq!(read_log_tail(&dir.path().join("missing"), 0), "");
+    }
+}

@@ -1,0 +1,461 @@
+//! A real Phoenix stack for one test: a fresh database on a real Postgres, the real
+//! api on a loopback port, the real reconciler, and agent processes.
+//!
+//! Postgres: `DATABASE_URL` when set (its server hosts the test databases), else
+//! one throwaway cluster per test process, started on first use and removed when
+//! the process exits. Every [`Stack`] gets a database of its own.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use phoenix_api::ApiConfig;
+use phoenix_reconciler::ReconcilerConfig;
+use phoenix_storage::PgPool;
+use phoenix_storage::throwaway::ThrowawayPostgres;
+use phoenix_wire::duration::HumanDuration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::bins::binary;
+
+pub const ADMIN_TOKEN: &str = "admin-token-for-tests";
+pub const OPERATOR_TOKEN: &str = "operator-token-for-tests";
+pub const VIEWER_TOKEN: &str = "viewer-token-for-tests";
+pub const AGENT_TOKEN: &str = "agent-token-for-tests";
+
+/// The URL of the server's maintenance database, on which test databases are made.
+fn admin_url() -> String {
+    if let Ok(url) = std::env::var("DATABASE_URL") {
+        return url;
+    }
+    static CLUSTER: OnceLock<ThrowawayPostgres> = OnceLock::new();
+    CLUSTER
+        .get_or_init(|| ThrowawayPostgres::start().expect("start a throwaway Postgres"))
+        .url("postgres")
+}
+
+/// Creates an empty database and returns its URL.
+pub async fn fresh_database() -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let admin = tokio::task::spawn_blocking(admin_url)
+        .await
+        .expect("admin url");
+    let name = format!(
+        "phoenix_test_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    let pool = phoenix_storage::connect(&admin, 1)
+        .await
+        .expect("connect to the test server");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&pool)
+        .await
+        .expect("create database");
+    pool.close().await;
+    match admin.rsplit_once('/') {
+        Some((base, _)) => format!("{base}/{name}"),
+        None => panic!("DATABASE_URL {admin} has no database part"),
+    }
+}
+
+/// Settings of a test stack, fast enough for tests.
+pub struct StackOptions {
+    pub deploy_timeout: Duration,
+    pub resync: Duration,
+    pub task_lease: Duration,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        Self {
+            deploy_timeout: Duration::from_secs(60),
+            resync: Duration::from_secs(1),
+            task_lease: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The api and the reconciler, in this process, on a fresh database.
+pub struct Stack {
+    pub api_url: String,
+    pub database_url: String,
+    pub pool: PgPool,
+    pub http: reqwest::Client,
+    pub reconciler_config: ReconcilerConfig,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Stack {
+    pub async fn start() -> Stack {
+        Stack::start_with(StackOptions::default()).await
+    }
+
+    pub async fn start_with(options: StackOptions) -> Stack {
+        let database_url = fresh_database().await;
+        let (stop, stop_rx) = watch::channel(false);
+        let tokens = format!(
+            "admin:{ADMIN_TOKEN},operator:{OPERATOR_TOKEN},viewer:{VIEWER_TOKEN},agent:{AGENT_TOKEN}"
+        );
+        let mut api_config = ApiConfig::new(database_url.clone(), tokens.parse().expect("tokens"));
+        api_config.task_lease = HumanDuration(options.task_lease);
+        api_config.heartbeat_flush = HumanDuration(Duration::from_millis(200));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind api");
+        let api_url = format!("http://{}", listener.local_addr().expect("api address"));
+        let api = tokio::spawn({
+            let stop_rx = stop_rx.clone();
+            async move {
+                phoenix_api::serve(api_config, listener, stop_rx)
+                    .await
+                    .expect("api runs")
+            }
+        });
+        let mut reconciler_config = ReconcilerConfig::new(database_url.clone());
+        reconciler_config.deploy_timeout = HumanDuration(options.deploy_timeout);
+        reconciler_config.resync_interval = HumanDuration(options.resync);
+        reconciler_config.standby_retry = HumanDuration(Duration::from_millis(200));
+        let mut stack = Stack {
+            api_url,
+            pool: phoenix_storage::connect(&database_url, 4)
+                .await
+                .expect("test pool"),
+            database_url,
+            http: reqwest::Client::new(),
+            reconciler_config,
+            stop,
+            tasks: vec![api],
+        };
+        stack.wait_ready().await;
+        stack.spawn_reconciler();
+        stack
+    }
+
+    /// Starts one more reconciler replica in this process.
+    pub fn spawn_reconciler(&mut self) {
+        let config = self.reconciler_config.clone();
+        let stop_rx = self.stop.subscribe();
+        self.tasks.push(tokio::spawn(async move {
+            phoenix_reconciler::run(config, phoenix_reconciler::metrics::Metrics::new(), stop_rx)
+                .await
+                .expect("reconciler runs")
+        }));
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = self
+                .http
+                .get(format!("{}/readyz", self.api_url))
+                .send()
+                .await
+                && r.status().is_success()
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "api did not become ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.api_url)
+    }
+
+    /// A request with a bearer token.
+    pub fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+    ) -> reqwest::RequestBuilder {
+        self.http.request(method, self.url(path)).bearer_auth(token)
+    }
+
+    /// Creates an experiment from a YAML document, as an operator; panics on failure.
+    pub async fn create_experiment(&self, yaml: &str) -> phoenix_wire::view::Experiment {
+        let response = self
+            .request(reqwest::Method::POST, "/api/v1/experiments", OPERATOR_TOKEN)
+            .header("content-type", "application/yaml")
+            .body(yaml.to_string())
+            .send()
+            .await
+            .expect("create request");
+        let status = response.status();
+        let text = response.text().await.expect("body");
+        assert_eq!(status, 201, "create failed: {text}");
+        serde_json::from_str(&text).expect("experiment json")
+    }
+
+    pub async fn experiment(&self, name: &str) -> phoenix_wire::view::Experiment {
+        let response = self
+            .request(
+                reqwest::Method::GET,
+                &format!("/api/v1/experiments/{name}"),
+                VIEWER_TOKEN,
+            )
+            .send()
+            .await
+            .expect("get experiment");
+        assert!(
+            response.status().is_success(),
+            "get {name}: {}",
+            response.status()
+        );
+        response.json().await.expect("experiment json")
+    }
+
+    /// Polls until the experiment reaches `phase`; panics with its events if it
+    /// lands in another terminal phase or time runs out.
+    pub async fn wait_for_phase(
+        &self,
+        name: &str,
+        phase: phoenix_wire::view::Phase,
+        timeout: Duration,
+    ) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let experiment = self.experiment(name).await;
+            if experiment.phase == phase {
+                return;
+            }
+            if experiment.phase.is_terminal() || Instant::now() > deadline {
+                panic!(
+                    "experiment {name} is {} ({:?}), waited for {phase}",
+                    experiment.phase,
+                    experiment.reason.unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops the api and every reconciler, and waits for them.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+    }
+}
+
+/// A `phoenix-agent` process with its own state directory, supervising
+/// `stand-in-collector` (or another collector binary).
+pub struct AgentProcess {
+    pub host_id: String,
+    pub labels: BTreeMap<String, String>,
+    pub state_dir: PathBuf,
+    api_url: String,
+    collector_bin: PathBuf,
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl AgentProcess {
+    pub fn spawn(api_url: &str, host_id: &str, labels: &[(&str, &str)]) -> AgentProcess {
+        Self::spawn_with_collector(api_url, host_id, labels, &binary("stand-in-collector"))
+    }
+
+    pub fn spawn_with_collector(
+        api_url: &str,
+        host_id: &str,
+        labels: &[(&str, &str)],
+        collector: &Path,
+    ) -> AgentProcess {
+        let dir = tempfile::Builder::new()
+            .prefix("phoenix-agent-")
+            .tempdir()
+            .expect("agent state dir");
+        let mut agent = AgentProcess {
+            host_id: host_id.to_string(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            state_dir: dir.path().canonicalize().expect("canonical state dir"),
+            api_url: api_url.to_string(),
+            collector_bin: collector.to_path_buf(),
+            child: None,
+            _dir: dir,
+        };
+        agent.start();
+        agent
+    }
+
+    /// Starts the agent process (again, after a kill).
+    pub fn start(&mut self) {
+        assert!(
+            self.child.is_none(),
+            "agent {} already running",
+            self.host_id
+        );
+        let labels: Vec<String> = self
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.state_dir.join("agent.log"))
+            .expect("agent log");
+        let child = Command::new(binary("phoenix-agent"))
+            .arg("--api-url")
+            .arg(&self.api_url)
+            .arg("--token")
+            .arg(AGENT_TOKEN)
+            .arg("--host-id")
+            .arg(&self.host_id)
+            .arg("--labels")
+            .arg(labels.join(","))
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .arg("--collector-bin")
+            .arg(&self.collector_bin)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--heartbeat-interval")
+            .arg("1s")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn phoenix-agent");
+        self.child = Some(child);
+    }
+
+    /// Kills the agent process with SIGKILL, leaving its collectors running.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The agent's log so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.state_dir.join("agent.log")).unwrap_or_default()
+    }
+
+    /// Live collector processes this agent owns, from the OS process table: every
+    /// process whose environment carries this agent's state directory.
+    pub fn collector_processes(&self) -> Vec<CollectorProcess> {
+        collector_processes_of(&self.state_dir)
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.kill();
+        for process in self.collector_processes() {
+            // SAFETY: plain kill(2) on a pid we found in /proc.
+            unsafe { libc::kill(process.pid as i32, libc::SIGKILL) };
+        }
+    }
+}
+
+/// A collector process found in /proc.
+#[derive(Clone, Debug)]
+pub struct CollectorProcess {
+    pub pid: u32,
+    /// The `--config` file it was started with.
+    pub config_path: PathBuf,
+    pub env: BTreeMap<String, String>,
+}
+
+impl CollectorProcess {
+    pub fn config(&self) -> String {
+        std::fs::read_to_string(&self.config_path).unwrap_or_default()
+    }
+}
+
+/// Live processes whose environment has `PHOENIX_AGENT_STATE_DIR=<state_dir>`.
+pub fn collector_processes_of(state_dir: &Path) -> Vec<CollectorProcess> {
+    let marker = format!("PHOENIX_AGENT_STATE_DIR={}", state_dir.display());
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        let vars: Vec<String> = environ
+            .split(|b| *b == 0)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .collect();
+        if !vars.iter().any(|v| v == &marker) {
+            continue;
+        }
+        // A zombie has an empty environ; anything here is alive.
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        if stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+        {
+            continue;
+        }
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .collect();
+        let config_path = args
+            .iter()
+            .find_map(|a| a.strip_prefix("--config=").map(PathBuf::from))
+            .or_else(|| {
+                args.iter()
+                    .position(|a| a == "--config")
+                    .and_then(|i| args.get(i + 1))
+                    .map(PathBuf::from)
+            })
+            .unwrap_or_default();
+        let env = vars
+            .iter()
+            .filter_map(|v| v.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        found.push(CollectorProcess {
+            pid,
+            config_path,
+            env,
+        });
+    }
+    found.sort_by_key(|p| p.pid);
+    found
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or panics with `what`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,345 @@
+//! Bad input gets the right 4xx with an `application/problem+json` body naming the
+//! field, and leaves the database exactly as it was. One test per case.
+
+use phoenix_e2e::harness::{ADMIN_TOKEN, AGENT_TOKEN, OPERATOR_TOKEN, Stack, VIEWER_TOKEN};
+use phoenix_wire::agent::HostStatus;
+use phoenix_wire::problem::Problem;
+use reqwest::Method;
+
+const GOOD: &str = r#"
+apiVersion: phoenix.dev/v1
+kind: Experiment
+metadata:
+  name: topk-web
+spec:
+  hosts: {selector: {role: web}}
+  baseline: {pipeline: process-baseline}
+  candidate: {pipeline: process-topk}
+  duration: 10m
+  criticalProcesses: [nginx]
+"#;
+
+/// A stack with one registered host labelled role=web.
+async fn stack_with_host() -> Stack {
+    let stack = Stack::start().await;
+    let status = HostStatus {
+        labels: [("role".to_string(), "web".to_string())].into(),
+        agent_version: "test".into(),
+        collectors: vec![],
+    };
+    let response = stack
+        .request(Method::PUT, "/agent/v1/hosts/web-1/status", AGENT_TOKEN)
+        .json(&status)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    stack
+}
+
+/// Row counts of every desired-state and work table.
+async fn snapshot(stack: &Stack) -> Vec<i64> {
+    let mut counts = Vec::new();
+    for table in [
+        "experiments",
+        "experiment_events",
+        "agent_tasks",
+        "pipeline_templates",
+    ] {
+        let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(&stack.pool)
+            .await
+            .unwrap();
+        counts.push(n);
+    }
+    counts
+}
+
+/// Sends a create request and checks status, problem body, named field, and that
+/// nothing changed in the database.
+async fn assert_rejected(
+    stack: &Stack,
+    token: Option<&str>,
+    content_type: &str,
+    body: impl Into<reqwest::Body>,
+    status: u16,
+    field: Option<&str>,
+) -> Problem {
+    let before = snapshot(stack).await;
+    let mut request = stack
+        .http
+        .post(stack.url("/api/v1/experiments"))
+        .header("content-type", content_type);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.body(body).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), status);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let problem: Problem = response.json().await.unwrap();
+    assert_eq!(problem.status, status);
+    assert_eq!(problem.field.as_deref(), field, "{problem}");
+    assert_eq!(snapshot(stack).await, before, "the database changed");
+    problem
+}
+
+#[tokio::test]
+async fn a_valid_document_is_accepted_as_yaml_and_json() {
+    let stack = stack_with_host().await;
+    let created = stack.create_experiment(GOOD).await;
+    assert_eq!(created.phase, phoenix_wire::view::Phase::Pending);
+    let mut doc: serde_json::Value = serde_json::to_value(serde_saphyr_free_parse(GOOD)).unwrap();
+    doc["metadata"]["name"] = "topk-web-json".into();
+    let response = stack
+        .request(Method::POST, "/api/v1/experiments", OPERATOR_TOKEN)
+        .json(&doc)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    stack.shutdown().await;
+}
+
+fn serde_saphyr_free_parse(yaml: &str) -> serde_json::Value {
+    phoenix_wire::resource::parse_tree(
+        yaml.as_bytes(),
+        phoenix_wire::resource::DocumentFormat::Yaml,
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn malformed_json_is_400() {
+    let stack = stack_with_host().await;
+    let p = assert_rejected(
+        &stack,
+        Some(OPERATOR_TOKEN),
+        "application/json",
+        "{\"apiVersion\": ",
+        400,
+        None,
+    )
+    .await;
+    assert!(p.detail.unwrap().contains("malformed JSON"));
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn malformed_yaml_is_400() {
+    let stack = stack_with_host().await;
+    let p = assert_rejected(
+        &stack,
+        Some(OPERATOR_TOKEN),
+        "application/yaml",
+        "spec: [unclosed",
+        400,
+        None,
+    )
+    .await;
+    assert!(p.detail.unwrap().contains("malformed YAML"));
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn unknown_field_is_422_naming_it() {
+    let stack = stack_with_host().await;
+    let body = GOOD.replace("  duration: 10m", "  duration: 10m\n  colour: red");
+    let p = assert_rejected(
+        &stack,
+        Some(OPERATOR_TOKEN),
+        "application/yaml",
+        body,
+        422,
+        Some("spec.colour"),
+    )
+    .await;
+    assert!(p.detail.unwrap().contains("unknown field `colour`"));
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn missing_name_is_422() {
+    let stack = stack_with_host().await;
+    let body = GOOD.replace("  name: topk-web\n", "  labels: {team: sre}\n");
+    assert_rejected(
+        &stack,
+        Some(OPERATOR_TOKEN),
+        "application/yaml",
+        body,
+        422,
+        Some("metadata.name"),
+    )
+    .await;
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn invalid_name_is_422() {
+    let stack = stack_with_host().await;
+    let body = GOOD.replace("name: topk-web", "name: Top_K");
+    assert_rejected(
+        &stack,
+        Some(OPERATOR_TOKEN),
+        "application/yaml",
+        body,
+        422,
+        Some("metadata.name"),
+    )
+    .await;
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn invalid_selector_is_422() {
+    let stack = stack_with_host().await;
+    let body = GOOD.replace("{selector: {role: web}}", "{selector: {'bad key!': web}}");
+    assert_rejected(
+        &stack,
+        Some(OPERATOR_TOKEN),
+        "application/yaml",
+        body,
+        422,
+        Some("spec.hosts.selector"),
+    )
+    .await;
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn selector_matching_no_host_is_422() {
+    let stack = stack_with_host().await;
+    let body = GOOD.replace("{role: web}", "{role: db}");
+    let p = assert_rejected(
+        &stack,
+        Some(OPERATOR_TOKEN),
+        "application/yaml",
+        body,
+        422,
+        Some("spec.hosts.selector"),
+    )
+    .await;
+    assert!(p.detail.unwrap().contains("matches none"));
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn unknown_pipeline_is_422() {
+    let stack = stack_with_host().await;
+    let body = GOOD.replace("process-topk", "process-nope");
+    assert_rejected(
+        &stack,
+        Some(OPERATOR_TOKEN),
+        "application/yaml",
+        body,
+        422,
+        Some("spec.candidate.pipeline"),
+    )
+    .await;
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn duplicate_name_is_409() {
+    let stack = stack_with_host().await;
+    stack.create_experiment(GOOD).await;
+    let p = assert_rejected(
+        &stack,
+        Some(OPERATOR_TOKEN),
+        "application/yaml",
+        GOOD,
+        409,
+        None,
+    )
+    .await;
+    assert!(p.detail.unwrap().contains("already exists"));
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn oversized_body_is_413() {
+    let stack = stack_with_host().await;
+    let body = format!("{GOOD}\n# {}\n", "x".repeat(2 * 1024 * 1024));
+    assert_rejected(
+        &stack,
+        Some(OPERATOR_TOKEN),
+        "application/yaml",
+        body,
+        413,
+        None,
+    )
+    .await;
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn no_token_is_401() {
+    let stack = stack_with_host().await;
+    assert_rejected(&stack, None, "application/yaml", GOOD, 401, None).await;
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn invalid_token_is_401() {
+    let stack = stack_with_host().await;
+    assert_rejected(
+        &stack,
+        Some("not-a-real-token"),
+        "application/yaml",
+        GOOD,
+        401,
+        None,
+    )
+    .await;
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn viewer_token_on_a_write_is_403() {
+    let stack = stack_with_host().await;
+    assert_rejected(
+        &stack,
+        Some(VIEWER_TOKEN),
+        "application/yaml",
+        GOOD,
+        403,
+        None,
+    )
+    .await;
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn agent_token_on_a_user_endpoint_is_403() {
+    let stack = stack_with_host().await;
+    assert_rejected(
+        &stack,
+        Some(AGENT_TOKEN),
+        "application/yaml",
+        GOOD,
+        403,
+        None,
+    )
+    .await;
+    let response = stack
+        .request(Method::GET, "/api/v1/experiments", AGENT_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn user_token_on_an_agent_endpoint_is_403() {
+    let stack = stack_with_host().await;
+    let response = stack
+        .request(Method::POST, "/agent/v1/hosts/web-1/heartbeat", ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    stack.shutdown().await;
+}

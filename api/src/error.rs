@@ -83,7 +83,7 @@ impl From<StoreError> for ApiError {
         match err {
             StoreError::NotFound(what) => ApiError::NotFound(format!("{what} does not exist")),
             StoreError::AlreadyExists(what) => {
-                ApiError::Conflict(format!("{what}; pick another name or delete the existing one first"))
+                ApiError::Conflict(format!("{what} already exists; pick another name or delete the existing one first"))
             }
             StoreError::Conflict(message) => ApiError::Conflict(message),
             StoreError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)) => {

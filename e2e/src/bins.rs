@@ -17,12 +17,11 @@ pub fn binary(name: &str) -> PathBuf {
             .status()
             .expect("run cargo build for the test binaries");
         assert!(status.success(), "cargo build --workspace --bins failed");
-        // Test executables live in <target>/<profile>/deps; binaries one level up.
-        let exe = std::env::current_exe().expect("current test executable");
-        exe.parent()
-            .and_then(|deps| deps.parent())
-            .expect("target profile dir")
-            .to_path_buf()
+        // Test executables live in <target>/<profile>/deps, binaries (like the
+        // demo) in <target>/<profile>; workspace binaries are in the latter.
+        let exe = std::env::current_exe().expect("current executable");
+        let dir = exe.parent().expect("executable directory");
+        if dir.ends_with("deps") { dir.parent().expect("target profile dir").to_path_buf() } else { dir.to_path_buf() }
     });
     let path = dir.join(name);
     assert!(path.exists(), "binary {} was not built", path.display());

@@ -7,16 +7,22 @@ use phoenix_wire::agent::{CollectorSpec, Variant};
 use phoenix_wire::resource::{PipelineRef, variable_env_name};
 use phoenix_wire::view::Experiment;
 
-/// A regular expression (RE2 and Rust syntax alike) that matches no executable
-/// name, for experiments without critical processes.
-pub const MATCH_NOTHING: &str = "[^\\s\\S]";
+/// A regular expression (RE2 and Rust syntax alike) that matches nothing, for
+/// experiments without critical processes: a character, then the start of the
+/// text, cannot both match. Free of backslashes, like every regex we render.
+pub const MATCH_NOTHING: &str = "x^";
 
-/// The anchored alternation of the critical process names, each escaped.
+/// The anchored alternation of the critical process names. Names are validated to
+/// letters, digits and `. _ - + @ :`; `.` and `+` become `[.]` and `[+]`, so the
+/// regex holds no backslash or quote and can sit inside an OTTL string literal.
 pub fn critical_processes_regex(names: &[String]) -> String {
     if names.is_empty() {
         return MATCH_NOTHING.to_string();
     }
-    let escaped: Vec<String> = names.iter().map(|n| regex::escape(n)).collect();
+    let escaped: Vec<String> = names
+        .iter()
+        .map(|n| n.chars().map(|c| if matches!(c, '.' | '+') { format!("[{c}]") } else { c.to_string() }).collect())
+        .collect();
     format!("^({})$", escaped.join("|"))
 }
 
@@ -65,8 +71,9 @@ mod tests {
 
     #[test]
     fn critical_regex_is_anchored_and_escaped() {
-        let re = critical_processes_regex(&["nginx".into(), "java".into(), "a.b+".into()]);
-        assert_eq!(re, "^(nginx|java|a\\.b\\+)$");
+        let re = critical_processes_regex(&["nginx".into(), "java".into(), "a.b+".into(), "phoenix-agent".into()]);
+        assert_eq!(re, "^(nginx|java|a[.]b[+]|phoenix-agent)$");
+        assert!(!re.contains('\\') && !re.contains('"'));
         let compiled = regex::Regex::new(&re).unwrap();
         assert!(compiled.is_match("nginx"));
         assert!(compiled.is_match("a.b+"));

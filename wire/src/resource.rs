@@ -333,12 +333,7 @@ impl ExperimentSpec {
             ));
         }
         for (i, name) in self.critical_processes.iter().enumerate() {
-            if name.trim().is_empty() || name.len() > 255 || name.contains('\0') {
-                return Err(FieldError::new(
-                    format!("spec.criticalProcesses[{i}]"),
-                    "must be a non-empty executable name of at most 255 characters",
-                ));
-            }
+            check_process_name(name).map_err(|m| FieldError::new(format!("spec.criticalProcesses[{i}]"), m))?;
         }
         let c = &self.criteria;
         for (field, value) in [
@@ -441,6 +436,20 @@ pub fn template_variables(config: &str) -> Vec<TemplateVariable> {
 /// The environment variable that carries a template variable to the collector.
 pub fn variable_env_name(name: &str) -> String {
     format!("PHOENIX_VAR_{}", name.to_ascii_uppercase())
+}
+
+/// Critical process names are executable names: letters, digits and `. _ - + @ :`.
+/// (They end up inside a regular expression inside an OTTL string, where quotes and
+/// backslashes would change meaning; no real executable name needs them.)
+pub fn check_process_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 255
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'+' | b'@' | b':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("`{name}` is not an executable name: use letters, digits and . _ - + @ :"))
+    }
 }
 
 /// Variable names are lower snake case; they reach the collector as

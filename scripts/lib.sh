@@ -1,0 +1,18 @@
+# Shared by scripts/demo, scripts/test and .ci/run: one cargo target directory per
+# machine (builds are slow on small machines), and the collector from its cache.
+
+# A machine-wide target dir when we may write there, else the usual ./target.
+if [[ -z "${CARGO_TARGET_DIR:-}" ]]; then
+  if mkdir -p /var/cache/phoenix/cargo-target 2>/dev/null && [[ -w /var/cache/phoenix/cargo-target ]]; then
+    export CARGO_TARGET_DIR=/var/cache/phoenix/cargo-target
+  fi
+fi
+
+# Postgres server binaries for throwaway clusters (tests, demo) when DATABASE_URL is unset.
+ensure_postgres_binaries() {
+  if [[ -n "${DATABASE_URL:-}" ]] || compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+    return
+  fi
+  echo "installing the Postgres server binaries (apt-get install postgresql)…" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+}

@@ -49,8 +49,9 @@ pub struct Keeper {
 enum RunEnd {
     /// The process exited; how.
     Exited(String),
-    /// A start did not become healthy within the start timeout.
-    NotHealthyInTime,
+    /// A start did not become healthy within the start timeout; its reply is
+    /// still to be sent.
+    StartTimedOut(StartReply),
 }
 
 /// Restart delays: 1 s doubling up to 30 s, for ever.
@@ -123,33 +124,25 @@ impl Keeper {
                 end = self.watch(&mut running, &mut start_reply, start_deadline) => end,
             };
 
+            let how = match end {
+                RunEnd::StartTimedOut(reply) => {
+                    let timeout = self.inner.settings.start_timeout;
+                    let tail = running.log_tail();
+                    running.terminate(self.inner.settings.stop_timeout).await;
+                    let reason = format!("did not become healthy within {timeout:?}");
+                    self.fail_start(reply, with_log_tail(reason, &tail));
+                    return;
+                }
+                RunEnd::Exited(how) => how,
+            };
+            process::kill_leftovers(running.pid());
             if let Some(reply) = start_reply.take() {
-                let text = match end {
-                    RunEnd::Exited(how) => {
-                        process::kill_leftovers(running.pid());
-                        with_log_tail(
-                            format!("{how} before it became healthy"),
-                            &running.log_tail(),
-                        )
-                    }
-                    RunEnd::NotHealthyInTime => {
-                        let timeout = self.inner.settings.start_timeout;
-                        let tail = running.log_tail();
-                        running.terminate(self.inner.settings.stop_timeout).await;
-                        with_log_tail(format!("did not become healthy within {timeout:?}"), &tail)
-                    }
-                };
-                tracing::warn!(collector = %id, "collector failed to start: {text}");
-                self.inner.forget_failed_start(&id, &self.live);
-                let _ = reply.send(Err(text));
+                let reason = format!("{how} before it became healthy");
+                self.fail_start(reply, with_log_tail(reason, &running.log_tail()));
                 return;
             }
 
-            // A running collector died (start deadlines apply only to starts).
-            let RunEnd::Exited(how) = end else {
-                unreachable!("only starts have a deadline")
-            };
-            process::kill_leftovers(running.pid());
+            // A running collector died: restart it after a backoff.
             let text = with_log_tail(how, &running.log_tail());
             tracing::warn!(collector = %id, "collector {text}");
             self.update(|live| {
@@ -190,8 +183,10 @@ impl Keeper {
             if healthy && let Some(reply) = start_reply.take() {
                 let _ = reply.send(Ok(()));
             }
-            if start_reply.is_some() && start_deadline.is_some_and(|d| Instant::now() >= d) {
-                return RunEnd::NotHealthyInTime;
+            if start_deadline.is_some_and(|deadline| Instant::now() >= deadline)
+                && let Some(reply) = start_reply.take()
+            {
+                return RunEnd::StartTimedOut(reply);
             }
             let interval = if ever_healthy {
                 HEALTH_INTERVAL
@@ -216,6 +211,14 @@ impl Keeper {
             Ok(response) => response.status().is_success(),
             Err(_) => false,
         }
+    }
+
+    /// Forgets the collector and answers its start with the error text.
+    fn fail_start(&self, reply: StartReply, text: String) {
+        tracing::warn!(collector = %self.spec.collector_id, "collector failed to start: {text}");
+        self.inner
+            .forget_failed_start(&self.spec.collector_id, &self.live);
+        let _ = reply.send(Err(text));
     }
 
     /// Changes the live status, telling status watchers when something changed.

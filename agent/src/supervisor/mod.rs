@@ -205,6 +205,7 @@ impl Supervisor {
             }),
         };
 
+        let mut seen = BTreeSet::new();
         let mut adopted_groups = BTreeSet::new();
         let mut gone = Vec::new();
         for record in recorded.collectors {
@@ -212,7 +213,7 @@ impl Supervisor {
                 tracing::warn!("ignoring a recorded collector: {err}");
                 continue;
             }
-            if supervisor.contains(&record.spec.collector_id) {
+            if !seen.insert(record.spec.collector_id.clone()) {
                 tracing::warn!(collector = %record.spec.collector_id, "ignoring a duplicate record");
                 continue;
             }
@@ -444,11 +445,6 @@ impl Supervisor {
         }
         self.inner.persist_logging_errors();
         self.inner.notify_change();
-    }
-
-    fn contains(&self, collector_id: &str) -> bool {
-        let collectors = self.inner.collectors.lock().expect("collectors lock");
-        collectors.contains_key(collector_id)
     }
 
     fn ports_in_use(&self) -> BTreeSet<u16> {

@@ -20,7 +20,10 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(body: &DocumentBody) -> Result
 
 /// Validates an experiment document against the types, the catalog and the fleet,
 /// then stores it in phase `pending`. Nothing is written unless all checks pass.
-pub async fn create_experiment(conn: &mut PgConnection, body: &DocumentBody) -> Result<Experiment, ApiError> {
+pub async fn create_experiment(
+    conn: &mut PgConnection,
+    body: &DocumentBody,
+) -> Result<Experiment, ApiError> {
     let doc: ExperimentDocument = parse_body(body)?;
     doc.validate().map_err(ApiError::Invalid)?;
     check_pipeline(conn, "spec.baseline", &doc.spec.baseline).await?;
@@ -39,14 +42,26 @@ pub async fn create_experiment(conn: &mut PgConnection, body: &DocumentBody) -> 
     Ok(experiment)
 }
 
-async fn check_pipeline(conn: &mut PgConnection, field: &str, pipeline: &PipelineRef) -> Result<(), ApiError> {
+async fn check_pipeline(
+    conn: &mut PgConnection,
+    field: &str,
+    pipeline: &PipelineRef,
+) -> Result<(), ApiError> {
     let template = match templates::get(conn, &pipeline.pipeline).await {
         Ok(t) => t,
         Err(StoreError::NotFound(_)) => {
-            let known: Vec<String> = templates::list(conn).await?.into_iter().map(|t| t.name).collect();
+            let known: Vec<String> = templates::list(conn)
+                .await?
+                .into_iter()
+                .map(|t| t.name)
+                .collect();
             return Err(ApiError::Invalid(FieldError::new(
                 format!("{field}.pipeline"),
-                format!("there is no pipeline template `{}`; known templates: {}", pipeline.pipeline, known.join(", ")),
+                format!(
+                    "there is no pipeline template `{}`; known templates: {}",
+                    pipeline.pipeline,
+                    known.join(", ")
+                ),
             )));
         }
         Err(other) => return Err(other.into()),
@@ -60,7 +75,11 @@ async fn check_pipeline(conn: &mut PgConnection, field: &str, pipeline: &Pipelin
                 format!(
                     "pipeline `{}` has no variable `{name}`; its variables are: {}",
                     pipeline.pipeline,
-                    if names.is_empty() { "(none)".to_string() } else { names.join(", ") }
+                    if names.is_empty() {
+                        "(none)".to_string()
+                    } else {
+                        names.join(", ")
+                    }
                 ),
             )));
         }

@@ -72,11 +72,15 @@ impl FromStr for TokenSet {
             let (role, token) = pair
                 .split_once(':')
                 .ok_or_else(|| format!("`{}…` is not `role:token`", &pair[..pair.len().min(8)]))?;
-            let role = Role::parse(role.trim())
-                .ok_or_else(|| format!("unknown role `{role}`; use viewer, operator, admin or agent"))?;
+            let role = Role::parse(role.trim()).ok_or_else(|| {
+                format!("unknown role `{role}`; use viewer, operator, admin or agent")
+            })?;
             let token = token.trim();
             if token.len() < 8 {
-                return Err(format!("the {} token is shorter than 8 characters", role.as_str()));
+                return Err(format!(
+                    "the {} token is shorter than 8 characters",
+                    role.as_str()
+                ));
             }
             tokens.push((token.to_string(), role));
         }
@@ -90,7 +94,10 @@ impl TokenSet {
     }
 
     fn role_of(&self, presented: &str) -> Option<Role> {
-        self.tokens.iter().find(|(token, _)| constant_time_eq(token.as_bytes(), presented.as_bytes())).map(|(_, r)| *r)
+        self.tokens
+            .iter()
+            .find(|(token, _)| constant_time_eq(token.as_bytes(), presented.as_bytes()))
+            .map(|(_, r)| *r)
     }
 }
 
@@ -105,12 +112,16 @@ fn authorize(parts: &Parts, state: &AppState, needed: Role) -> Result<(), ApiErr
     let header = parts
         .headers
         .get(axum::http::header::AUTHORIZATION)
-        .ok_or_else(|| ApiError::Unauthorized("no bearer token; send `Authorization: Bearer <token>`".into()))?;
+        .ok_or_else(|| {
+            ApiError::Unauthorized("no bearer token; send `Authorization: Bearer <token>`".into())
+        })?;
     let presented = header
         .to_str()
         .ok()
         .and_then(|h| h.strip_prefix("Bearer "))
-        .ok_or_else(|| ApiError::Unauthorized("the Authorization header is not `Bearer <token>`".into()))?;
+        .ok_or_else(|| {
+            ApiError::Unauthorized("the Authorization header is not `Bearer <token>`".into())
+        })?;
     let role = state
         .config
         .tokens
@@ -138,16 +149,31 @@ macro_rules! role_extractor {
         impl FromRequestParts<AppState> for $name {
             type Rejection = ApiError;
 
-            async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+            async fn from_request_parts(
+                parts: &mut Parts,
+                state: &AppState,
+            ) -> Result<Self, Self::Rejection> {
                 authorize(parts, state, $role).map(|()| $name)
             }
         }
     };
 }
 
-role_extractor!(Viewer, Role::Viewer, "A caller allowed to read (viewer or higher).");
-role_extractor!(Operator, Role::Operator, "A caller allowed to change experiments (operator or higher).");
-role_extractor!(Admin, Role::Admin, "A caller allowed everything on the user API.");
+role_extractor!(
+    Viewer,
+    Role::Viewer,
+    "A caller allowed to read (viewer or higher)."
+);
+role_extractor!(
+    Operator,
+    Role::Operator,
+    "A caller allowed to change experiments (operator or higher)."
+);
+role_extractor!(
+    Admin,
+    Role::Admin,
+    "A caller allowed everything on the user API."
+);
 role_extractor!(Agent, Role::Agent, "An agent.");
 
 #[cfg(test)]
@@ -156,7 +182,9 @@ mod tests {
 
     #[test]
     fn parses_tokens_and_grants_by_role() {
-        let set: TokenSet = "admin:aaaaaaaa, viewer:vvvvvvvv,agent:gggggggg".parse().unwrap();
+        let set: TokenSet = "admin:aaaaaaaa, viewer:vvvvvvvv,agent:gggggggg"
+            .parse()
+            .unwrap();
         assert_eq!(set.role_of("vvvvvvvv"), Some(Role::Viewer));
         assert_eq!(set.role_of("nope"), None);
         assert!(Role::Admin.grants(Role::Operator));

@@ -4,8 +4,8 @@
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::header;
-use phoenix_wire::resource::DocumentFormat;
 use phoenix_wire::problem::FieldError;
+use phoenix_wire::resource::DocumentFormat;
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -20,8 +20,15 @@ impl FromRequest<AppState> for DocumentBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let format = match content_type.as_deref().map(|ct| ct.split(';').next().unwrap_or("").trim()) {
+        let content_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let format = match content_type
+            .as_deref()
+            .map(|ct| ct.split(';').next().unwrap_or("").trim())
+        {
             None | Some("application/json") => DocumentFormat::Json,
             Some("application/yaml" | "application/x-yaml" | "text/yaml") => DocumentFormat::Yaml,
             Some(other) => {
@@ -39,17 +46,28 @@ impl FromRequest<AppState> for DocumentBody {
         if declared_length.is_some_and(|len| len > limit) {
             return Err(ApiError::TooLarge(limit));
         }
-        let body = axum::body::to_bytes(req.into_body(), limit).await.map_err(|err| {
-            // A chunked body without Content-Length hits the limit while streaming.
-            if err.to_string().contains("length limit exceeded") {
-                ApiError::TooLarge(limit)
-            } else {
-                ApiError::Malformed(FieldError::new("", format!("could not read the body: {err}")))
-            }
-        })?;
+        let body = axum::body::to_bytes(req.into_body(), limit)
+            .await
+            .map_err(|err| {
+                // A chunked body without Content-Length hits the limit while streaming.
+                if err.to_string().contains("length limit exceeded") {
+                    ApiError::TooLarge(limit)
+                } else {
+                    ApiError::Malformed(FieldError::new(
+                        "",
+                        format!("could not read the body: {err}"),
+                    ))
+                }
+            })?;
         if body.is_empty() {
-            return Err(ApiError::Malformed(FieldError::new("", "the body is empty; send a resource document")));
+            return Err(ApiError::Malformed(FieldError::new(
+                "",
+                "the body is empty; send a resource document",
+            )));
         }
-        Ok(DocumentBody { bytes: body, format })
+        Ok(DocumentBody {
+            bytes: body,
+            format,
+        })
     }
 }

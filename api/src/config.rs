@@ -28,7 +28,12 @@ pub struct ApiConfig {
 
     /// Bearer tokens as `role:token` pairs separated by commas; roles are viewer,
     /// operator, admin (user API) and agent (agent API only).
-    #[arg(long, env = "PHOENIX_API_TOKENS", hide_env_values = true, default_value = "")]
+    #[arg(
+        long,
+        env = "PHOENIX_API_TOKENS",
+        hide_env_values = true,
+        default_value = ""
+    )]
     pub tokens: TokenSet,
 
     /// DEVELOPMENT ONLY: accept every request without a token, as admin and agent.

@@ -63,9 +63,10 @@ impl ApiError {
 
     pub fn to_problem(&self) -> Problem {
         let (detail, field) = match self {
-            ApiError::Malformed(e) | ApiError::Invalid(e) => {
-                (e.message.clone(), Some(e.field.clone()).filter(|f| !f.is_empty()))
-            }
+            ApiError::Malformed(e) | ApiError::Invalid(e) => (
+                e.message.clone(),
+                Some(e.field.clone()).filter(|f| !f.is_empty()),
+            ),
             other => (other.to_string(), None),
         };
         Problem {
@@ -82,9 +83,9 @@ impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {
             StoreError::NotFound(what) => ApiError::NotFound(format!("{what} does not exist")),
-            StoreError::AlreadyExists(what) => {
-                ApiError::Conflict(format!("{what} already exists; pick another name or delete the existing one first"))
-            }
+            StoreError::AlreadyExists(what) => ApiError::Conflict(format!(
+                "{what} already exists; pick another name or delete the existing one first"
+            )),
             StoreError::Conflict(message) => ApiError::Conflict(message),
             StoreError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)) => {
                 tracing::warn!(error = %err, "database unavailable");
@@ -92,7 +93,9 @@ impl From<StoreError> for ApiError {
             }
             other => {
                 tracing::error!(error = %other, "storage error");
-                ApiError::Internal("an internal error occurred; the server log has the details".into())
+                ApiError::Internal(
+                    "an internal error occurred; the server log has the details".into(),
+                )
             }
         }
     }
@@ -104,7 +107,10 @@ impl IntoResponse for ApiError {
         let body = serde_json::to_vec(&problem).expect("problem serializes");
         let mut response = (self.status(), body).into_response();
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_CONTENT_TYPE));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(PROBLEM_CONTENT_TYPE),
+        );
         if matches!(self, ApiError::Unauthorized(_)) {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }

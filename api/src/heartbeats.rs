@@ -30,7 +30,9 @@ impl HeartbeatBuffer {
     }
 
     fn take(&self) -> Vec<(String, DateTime<Utc>)> {
-        std::mem::take(&mut *self.pending.lock().expect("heartbeat lock")).into_iter().collect()
+        std::mem::take(&mut *self.pending.lock().expect("heartbeat lock"))
+            .into_iter()
+            .collect()
     }
 
     /// Puts back beats that could not be written, keeping newer ones.
@@ -49,7 +51,11 @@ impl HeartbeatBuffer {
     }
 
     /// Writes what is buffered now. Returns the number of beats written.
-    pub async fn flush(&self, pool: &PgPool, metrics: &Metrics) -> Result<usize, phoenix_storage::StoreError> {
+    pub async fn flush(
+        &self,
+        pool: &PgPool,
+        metrics: &Metrics,
+    ) -> Result<usize, phoenix_storage::StoreError> {
         let beats = self.take();
         if beats.is_empty() {
             return Ok(0);
@@ -62,7 +68,9 @@ impl HeartbeatBuffer {
         .await;
         match result {
             Ok(_) => {
-                metrics.heartbeat_flush_seconds.observe(started.elapsed().as_secs_f64());
+                metrics
+                    .heartbeat_flush_seconds
+                    .observe(started.elapsed().as_secs_f64());
                 metrics.heartbeats_written.inc_by(beats.len() as u64);
                 Ok(beats.len())
             }

@@ -35,10 +35,16 @@ use crate::state::AppState;
 use crate::wakeups::TaskWakeups;
 
 /// Runs the API on `listener` until `shutdown` turns true. Applies migrations first.
-pub async fn serve(config: ApiConfig, listener: TcpListener, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub async fn serve(
+    config: ApiConfig,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     if config.dev_no_auth {
         for _ in 0..3 {
-            tracing::warn!("AUTHENTICATION IS OFF (--dev-no-auth): anyone who can reach this port is admin. Development only.");
+            tracing::warn!(
+                "AUTHENTICATION IS OFF (--dev-no-auth): anyone who can reach this port is admin. Development only."
+            );
         }
     } else if config.tokens.is_empty() {
         anyhow::bail!(
@@ -48,7 +54,9 @@ pub async fn serve(config: ApiConfig, listener: TcpListener, mut shutdown: watch
     let pool = phoenix_storage::connect(&config.database_url, config.db_connections)
         .await
         .context("connecting to Postgres")?;
-    phoenix_storage::migrate(&pool).await.context("migrating the schema")?;
+    phoenix_storage::migrate(&pool)
+        .await
+        .context("migrating the schema")?;
 
     let metrics = Metrics::new();
     let wakeups = TaskWakeups::default();
@@ -63,7 +71,13 @@ pub async fn serve(config: ApiConfig, listener: TcpListener, mut shutdown: watch
         listener_connected: connected_rx,
         shutdown: shutdown.clone(),
     };
-    let listen_task = tokio::spawn(wakeups::listen(pool.clone(), wakeups, metrics.clone(), connected_tx, shutdown.clone()));
+    let listen_task = tokio::spawn(wakeups::listen(
+        pool.clone(),
+        wakeups,
+        metrics.clone(),
+        connected_tx,
+        shutdown.clone(),
+    ));
     let flush_task = tokio::spawn(heartbeats::flush_loop(
         heartbeats,
         pool.clone(),

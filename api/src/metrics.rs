@@ -35,23 +35,59 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("phoenix_api");
         let requests = Family::<RequestLabels, Counter>::default();
-        registry.register("http_requests", "HTTP requests by route, method and status", requests.clone());
+        registry.register(
+            "http_requests",
+            "HTTP requests by route, method and status",
+            requests.clone(),
+        );
         let tasks_delivered = Counter::default();
-        registry.register("tasks_delivered", "Tasks handed to agents", tasks_delivered.clone());
+        registry.register(
+            "tasks_delivered",
+            "Tasks handed to agents",
+            tasks_delivered.clone(),
+        );
         let task_notifications = Counter::default();
-        registry.register("task_notifications", "New-task notifications received", task_notifications.clone());
+        registry.register(
+            "task_notifications",
+            "New-task notifications received",
+            task_notifications.clone(),
+        );
         let long_polls_waiting = Gauge::default();
-        registry.register("long_polls_waiting", "Agent long-polls currently waiting", long_polls_waiting.clone());
+        registry.register(
+            "long_polls_waiting",
+            "Agent long-polls currently waiting",
+            long_polls_waiting.clone(),
+        );
         let heartbeats_received = Counter::default();
-        registry.register("heartbeats_received", "Heartbeats received", heartbeats_received.clone());
+        registry.register(
+            "heartbeats_received",
+            "Heartbeats received",
+            heartbeats_received.clone(),
+        );
         let heartbeats_written = Counter::default();
-        registry.register("heartbeats_written", "Heartbeats written to the database", heartbeats_written.clone());
+        registry.register(
+            "heartbeats_written",
+            "Heartbeats written to the database",
+            heartbeats_written.clone(),
+        );
         let heartbeats_buffered = Gauge::default();
-        registry.register("heartbeats_buffered", "Heartbeats waiting for the next flush", heartbeats_buffered.clone());
+        registry.register(
+            "heartbeats_buffered",
+            "Heartbeats waiting for the next flush",
+            heartbeats_buffered.clone(),
+        );
         let heartbeat_flush_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
-        registry.register("heartbeat_flush_seconds", "Time to write one heartbeat batch", heartbeat_flush_seconds.clone());
+        registry.register(
+            "heartbeat_flush_seconds",
+            "Time to write one heartbeat batch",
+            heartbeat_flush_seconds.clone(),
+        );
         let status_reports = Counter::default();
-        registry.register("status_reports", "Full host status reports stored", status_reports.clone());
+        registry.register(
+            "status_reports",
+            "Full host status reports stored",
+            status_reports.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
             requests,
@@ -68,7 +104,8 @@ impl Metrics {
 
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String");
         out
     }
 }

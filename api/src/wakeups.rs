@@ -49,7 +49,11 @@ impl TaskWakeups {
     pub fn subscribe(&self, host_id: &str) -> Subscription {
         let mut hosts = self.hosts.lock().expect("wakeups lock");
         let notify = hosts.entry(host_id.to_string()).or_default().clone();
-        Subscription { wakeups: self.clone(), host_id: host_id.to_string(), notify }
+        Subscription {
+            wakeups: self.clone(),
+            host_id: host_id.to_string(),
+            notify,
+        }
     }
 
     pub fn wake(&self, host_id: &str) {

@@ -21,7 +21,11 @@ pub fn binary(name: &str) -> PathBuf {
         // demo) in <target>/<profile>; workspace binaries are in the latter.
         let exe = std::env::current_exe().expect("current executable");
         let dir = exe.parent().expect("executable directory");
-        if dir.ends_with("deps") { dir.parent().expect("target profile dir").to_path_buf() } else { dir.to_path_buf() }
+        if dir.ends_with("deps") {
+            dir.parent().expect("target profile dir").to_path_buf()
+        } else {
+            dir.to_path_buf()
+        }
     });
     let path = dir.join(name);
     assert!(path.exists(), "binary {} was not built", path.display());

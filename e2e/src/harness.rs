@@ -68,6 +68,9 @@ pub struct StackOptions {
     pub deploy_timeout: Duration,
     pub resync: Duration,
     pub task_lease: Duration,
+    /// Start a reconciler (off for benchmarks of the api alone, where it would
+    /// cancel the hand-written tasks nobody desires).
+    pub reconciler: bool,
 }
 
 impl Default for StackOptions {
@@ -76,6 +79,7 @@ impl Default for StackOptions {
             deploy_timeout: Duration::from_secs(60),
             resync: Duration::from_secs(1),
             task_lease: Duration::from_secs(60),
+            reconciler: true,
         }
     }
 }
@@ -133,7 +137,9 @@ impl Stack {
             tasks: vec![api],
         };
         stack.wait_ready().await;
-        stack.spawn_reconciler();
+        if options.reconciler {
+            stack.spawn_reconciler();
+        }
         stack
     }
 

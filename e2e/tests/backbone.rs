@@ -386,8 +386,12 @@ async fn two_reconcilers_never_emit_duplicate_tasks() {
     // Besides the two elected replicas, run unelected passes side by side: the
     // unique index alone must hold the line.
     let config = stack.reconciler_config.clone();
-    let mut a = sqlx::PgConnection::connect(&stack.database_url).await.unwrap();
-    let mut b = sqlx::PgConnection::connect(&stack.database_url).await.unwrap();
+    let mut a = sqlx::PgConnection::connect(&stack.database_url)
+        .await
+        .unwrap();
+    let mut b = sqlx::PgConnection::connect(&stack.database_url)
+        .await
+        .unwrap();
     for _ in 0..5 {
         let (ra, rb) = tokio::join!(
             phoenix_reconciler::pass::run_pass(&mut a, &config),

@@ -21,7 +21,11 @@ pub struct ReconcilerConfig {
     pub database_url: String,
 
     /// Where experiment collectors send their metrics (Prometheus remote-write endpoint).
-    #[arg(long, env = "PHOENIX_REMOTE_WRITE_URL", default_value = "http://127.0.0.1:9090/api/v1/write")]
+    #[arg(
+        long,
+        env = "PHOENIX_REMOTE_WRITE_URL",
+        default_value = "http://127.0.0.1:9090/api/v1/write"
+    )]
     pub remote_write_url: String,
 
     /// Full resync period; a change in the database also wakes the reconciler at once.
@@ -45,13 +49,23 @@ pub struct ReconcilerConfig {
     pub standby_retry: HumanDuration,
 
     /// Address for /metrics and /healthz.
-    #[arg(long, env = "PHOENIX_RECONCILER_LISTEN", default_value = "127.0.0.1:9465")]
+    #[arg(
+        long,
+        env = "PHOENIX_RECONCILER_LISTEN",
+        default_value = "127.0.0.1:9465"
+    )]
     pub listen: SocketAddr,
 }
 
 impl ReconcilerConfig {
     /// Settings for tests and embedding: defaults, with this database.
     pub fn new(database_url: String) -> Self {
-        ReconcilerConfig::parse_from(["phoenix-reconciler", "--database-url", &database_url, "--listen", "127.0.0.1:0"])
+        ReconcilerConfig::parse_from([
+            "phoenix-reconciler",
+            "--database-url",
+            &database_url,
+            "--listen",
+            "127.0.0.1:0",
+        ])
     }
 }

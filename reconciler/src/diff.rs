@@ -30,13 +30,20 @@ pub fn plan(
     let mut plan = Plan::default();
     let no_desired = BTreeMap::new();
     let no_actual = Vec::new();
-    let hosts: std::collections::BTreeSet<&String> =
-        desired.keys().chain(actual.keys()).chain(open.iter().map(|t| &t.host_id)).collect();
+    let hosts: std::collections::BTreeSet<&String> = desired
+        .keys()
+        .chain(actual.keys())
+        .chain(open.iter().map(|t| &t.host_id))
+        .collect();
 
     for host in hosts {
         let want = desired.get(host).unwrap_or(&no_desired);
-        let have: HashMap<&str, &CollectorStatus> =
-            actual.get(host).unwrap_or(&no_actual).iter().map(|c| (c.collector_id.as_str(), c)).collect();
+        let have: HashMap<&str, &CollectorStatus> = actual
+            .get(host)
+            .unwrap_or(&no_actual)
+            .iter()
+            .map(|c| (c.collector_id.as_str(), c))
+            .collect();
         let host_open: Vec<&OpenTask> = open.iter().filter(|t| &t.host_id == host).collect();
         // The one task per collector that leads to the desired state, if any.
         let mut wanted: HashMap<&str, (TaskAction, &str)> = HashMap::new();
@@ -52,7 +59,9 @@ pub fn plan(
             }
             wanted.insert(id, (action, &spec.config_hash));
             let already_open = host_open.iter().any(|t| {
-                &t.collector_id == id && t.config_hash == spec.config_hash && t.action != TaskAction::Stop.as_str()
+                &t.collector_id == id
+                    && t.config_hash == spec.config_hash
+                    && t.action != TaskAction::Stop.as_str()
             });
             if !already_open {
                 plan.new_tasks.push(NewTask {
@@ -69,7 +78,9 @@ pub fn plan(
                 continue;
             }
             wanted.insert(id, (TaskAction::Stop, ""));
-            let already_open = host_open.iter().any(|t| t.collector_id == *id && t.action == TaskAction::Stop.as_str());
+            let already_open = host_open
+                .iter()
+                .any(|t| t.collector_id == *id && t.action == TaskAction::Stop.as_str());
             if !already_open {
                 plan.new_tasks.push(NewTask {
                     host_id: host.clone(),
@@ -86,7 +97,9 @@ pub fn plan(
             }
             let still_useful = match wanted.get(task.collector_id.as_str()) {
                 Some((TaskAction::Stop, _)) => task.action == TaskAction::Stop.as_str(),
-                Some((_, hash)) => task.action != TaskAction::Stop.as_str() && task.config_hash == *hash,
+                Some((_, hash)) => {
+                    task.action != TaskAction::Stop.as_str() && task.config_hash == *hash
+                }
                 None => false,
             };
             if !still_useful {
@@ -103,7 +116,14 @@ mod tests {
     use phoenix_wire::agent::{Health, Variant};
 
     fn spec(id: &str, config: &str) -> CollectorSpec {
-        CollectorSpec::new(id.into(), "exp".into(), Variant::Baseline, "p".into(), config.into(), BTreeMap::new())
+        CollectorSpec::new(
+            id.into(),
+            "exp".into(),
+            Variant::Baseline,
+            "p".into(),
+            config.into(),
+            BTreeMap::new(),
+        )
     }
 
     fn running(spec: &CollectorSpec) -> CollectorStatus {
@@ -122,7 +142,14 @@ mod tests {
         }
     }
 
-    fn open(id: i64, host: &str, collector: &str, action: TaskAction, hash: &str, status: &str) -> OpenTask {
+    fn open(
+        id: i64,
+        host: &str,
+        collector: &str,
+        action: TaskAction,
+        hash: &str,
+        status: &str,
+    ) -> OpenTask {
         OpenTask {
             id,
             host_id: host.into(),
@@ -135,7 +162,13 @@ mod tests {
 
     fn desired(host: &str, specs: &[&CollectorSpec]) -> DesiredState {
         let mut d = DesiredState::new();
-        d.insert(host.into(), specs.iter().map(|s| (s.collector_id.clone(), (*s).clone())).collect());
+        d.insert(
+            host.into(),
+            specs
+                .iter()
+                .map(|s| (s.collector_id.clone(), (*s).clone()))
+                .collect(),
+        );
         d
     }
 
@@ -147,8 +180,18 @@ mod tests {
         assert_eq!(p.new_tasks.len(), 1);
         assert_eq!(p.new_tasks[0].action, TaskAction::Start);
         // With the task open, the same pass asks for nothing.
-        let o = [open(1, "h1", "e.baseline", TaskAction::Start, &a.config_hash, "pending")];
-        assert_eq!(plan(&d, &HashMap::new(), &o, &Blocked::new()), Plan::default());
+        let o = [open(
+            1,
+            "h1",
+            "e.baseline",
+            TaskAction::Start,
+            &a.config_hash,
+            "pending",
+        )];
+        assert_eq!(
+            plan(&d, &HashMap::new(), &o, &Blocked::new()),
+            Plan::default()
+        );
         // Once running with the right hash, nothing either.
         let actual = HashMap::from([("h1".to_string(), vec![running(&a)])]);
         assert_eq!(plan(&d, &actual, &[], &Blocked::new()), Plan::default());
@@ -159,7 +202,14 @@ mod tests {
         let old = spec("e.baseline", "old");
         let new = spec("e.baseline", "new");
         let actual = HashMap::from([("h1".to_string(), vec![running(&old)])]);
-        let o = [open(7, "h1", "e.baseline", TaskAction::Update, "stale", "pending")];
+        let o = [open(
+            7,
+            "h1",
+            "e.baseline",
+            TaskAction::Update,
+            "stale",
+            "pending",
+        )];
         let p = plan(&desired("h1", &[&new]), &actual, &o, &Blocked::new());
         assert_eq!(p.new_tasks.len(), 1);
         assert_eq!(p.new_tasks[0].action, TaskAction::Update);
@@ -187,7 +237,14 @@ mod tests {
     #[test]
     fn blocked_collectors_are_not_retried() {
         let a = spec("e.baseline", "a");
-        let blocked = Blocked::from([("h1".to_string(), "e.baseline".to_string(), a.config_hash.clone())]);
-        assert_eq!(plan(&desired("h1", &[&a]), &HashMap::new(), &[], &blocked), Plan::default());
+        let blocked = Blocked::from([(
+            "h1".to_string(),
+            "e.baseline".to_string(),
+            a.config_hash.clone(),
+        )]);
+        assert_eq!(
+            plan(&desired("h1", &[&a]), &HashMap::new(), &[], &blocked),
+            Plan::default()
+        );
     }
 }

@@ -29,11 +29,19 @@ use metrics::{Metrics, PassLabels};
 
 /// Runs the reconciler until `shutdown` turns true: migrations, the wake-up
 /// listener, then leader election and passes.
-pub async fn run(config: ReconcilerConfig, metrics: Metrics, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub async fn run(
+    config: ReconcilerConfig,
+    metrics: Metrics,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let pool = phoenix_storage::connect(&config.database_url, 4).await?;
     phoenix_storage::migrate(&pool).await?;
     let wake = Arc::new(Notify::new());
-    let listener = tokio::spawn(listen_for_changes(pool.clone(), wake.clone(), shutdown.clone()));
+    let listener = tokio::spawn(listen_for_changes(
+        pool.clone(),
+        wake.clone(),
+        shutdown.clone(),
+    ));
 
     while !*shutdown.borrow() {
         match LeaderLock::try_acquire(&config.database_url).await {
@@ -45,7 +53,9 @@ pub async fn run(config: ReconcilerConfig, metrics: Metrics, mut shutdown: watch
                 tracing::info!("no longer leading");
             }
             Ok(None) => tracing::debug!("another replica leads; standing by"),
-            Err(err) => tracing::warn!(error = %err, "cannot reach the database for leader election"),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot reach the database for leader election")
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(config.standby_retry.as_duration()) => {}
@@ -78,7 +88,10 @@ async fn lead(
         let started = Instant::now();
         match pass::run_pass(lock.connection(), config).await {
             Ok(report) => {
-                metrics.passes.get_or_create(&PassLabels { result: "ok" }).inc();
+                metrics
+                    .passes
+                    .get_or_create(&PassLabels { result: "ok" })
+                    .inc();
                 metrics.tasks_emitted.inc_by(report.tasks_created);
                 metrics.tasks_cancelled.inc_by(report.tasks_cancelled);
                 metrics.transitions.inc_by(report.transitions.len() as u64);
@@ -92,14 +105,19 @@ async fn lead(
                 }
             }
             Err(err) => {
-                metrics.passes.get_or_create(&PassLabels { result: "error" }).inc();
+                metrics
+                    .passes
+                    .get_or_create(&PassLabels { result: "error" })
+                    .inc();
                 tracing::warn!(error = %err, "reconcile pass failed");
                 if matches!(err, phoenix_storage::StoreError::Database(_)) {
                     return; // the connection may be gone; re-elect
                 }
             }
         }
-        metrics.pass_seconds.observe(started.elapsed().as_secs_f64());
+        metrics
+            .pass_seconds
+            .observe(started.elapsed().as_secs_f64());
         tokio::select! {
             _ = wake.notified() => {
                 // Let a burst of changes settle into one pass.
@@ -147,13 +165,15 @@ pub async fn serve_metrics(
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     use axum::routing::get;
-    let app = axum::Router::new().route("/healthz", get(|| async { "ok\n" })).route(
-        "/metrics",
-        get(move || {
-            let metrics = metrics.clone();
-            async move { metrics.encode() }
-        }),
-    );
+    let app = axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move { metrics.encode() }
+            }),
+        );
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = shutdown.wait_for(|s| *s).await;

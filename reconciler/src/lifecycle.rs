@@ -18,9 +18,16 @@ use phoenix_wire::view::Experiment;
 #[derive(Debug, PartialEq)]
 pub enum Decision {
     Stay,
-    Deploy { targets: Vec<String>, reason: String },
-    Run { reason: String },
-    Fail { reason: String },
+    Deploy {
+        targets: Vec<String>,
+        reason: String,
+    },
+    Run {
+        reason: String,
+    },
+    Fail {
+        reason: String,
+    },
 }
 
 /// A pending experiment deploys to the hosts it selects now.
@@ -31,9 +38,15 @@ pub fn decide_pending(experiment: &Experiment, hosts: &[HostRecord]) -> Decision
         .map(|h| h.host_id.clone())
         .collect();
     if targets.is_empty() {
-        return Decision::Fail { reason: "no registered host matches spec.hosts".into() };
+        return Decision::Fail {
+            reason: "no registered host matches spec.hosts".into(),
+        };
     }
-    let reason = format!("deploying to {} host(s): {}", targets.len(), targets.join(", "));
+    let reason = format!(
+        "deploying to {} host(s): {}",
+        targets.len(),
+        targets.join(", ")
+    );
     Decision::Deploy { targets, reason }
 }
 
@@ -75,7 +88,10 @@ pub fn decide_deploying(
     for (host, spec) in desired {
         let failed = failures_of(failures, host, spec, since);
         if failed.len() >= limits.max_start_failures {
-            let error = failed.last().and_then(|f| f.error.as_deref()).unwrap_or("no error text");
+            let error = failed
+                .last()
+                .and_then(|f| f.error.as_deref())
+                .unwrap_or("no error text");
             return Decision::Fail {
                 reason: format!(
                     "collector {} ({}) failed to start on host {host} {} times: {error}",
@@ -88,31 +104,48 @@ pub fn decide_deploying(
     }
     let mut not_ready = Vec::new();
     for (host, spec) in desired {
-        let reported = actual.get(host).and_then(|cs| cs.iter().find(|c| c.collector_id == spec.collector_id));
+        let reported = actual
+            .get(host)
+            .and_then(|cs| cs.iter().find(|c| c.collector_id == spec.collector_id));
         match reported {
             Some(c) if c.config_hash == spec.config_hash && c.health == Health::Healthy => {}
             Some(c) if c.config_hash == spec.config_hash => not_ready.push(format!(
                 "{host}: {} is {}{}",
                 spec.collector_id,
                 c.health.as_str(),
-                c.last_error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default()
+                c.last_error
+                    .as_deref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
             )),
-            Some(_) => not_ready.push(format!("{host}: {} runs an older config", spec.collector_id)),
+            Some(_) => not_ready.push(format!(
+                "{host}: {} runs an older config",
+                spec.collector_id
+            )),
             None => {
-                let last_error = failures_of(failures, host, spec, since).last().and_then(|f| f.error.clone());
+                let last_error = failures_of(failures, host, spec, since)
+                    .last()
+                    .and_then(|f| f.error.clone());
                 not_ready.push(format!(
                     "{host}: {} not running{}",
                     spec.collector_id,
-                    last_error.map(|e| format!(" (last error: {e})")).unwrap_or_default()
+                    last_error
+                        .map(|e| format!(" (last error: {e})"))
+                        .unwrap_or_default()
                 ))
             }
         }
     }
     if not_ready.is_empty() {
         let hosts = experiment.target_hosts.len();
-        return Decision::Run { reason: format!("both collectors healthy on all {hosts} host(s)") };
+        return Decision::Run {
+            reason: format!("both collectors healthy on all {hosts} host(s)"),
+        };
     }
-    let elapsed = now.signed_duration_since(since).to_std().unwrap_or_default();
+    let elapsed = now
+        .signed_duration_since(since)
+        .to_std()
+        .unwrap_or_default();
     if elapsed > limits.timeout {
         return Decision::Fail {
             reason: format!(

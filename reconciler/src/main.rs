@@ -6,13 +6,15 @@ use tokio::sync::watch;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .init();
     let config = ReconcilerConfig::parse();
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -23,7 +25,11 @@ async fn main() -> anyhow::Result<()> {
     let metrics = Metrics::new();
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     tracing::info!(address = %listener.local_addr()?, "metrics on /metrics");
-    let server = tokio::spawn(phoenix_reconciler::serve_metrics(listener, metrics.clone(), stop_rx.clone()));
+    let server = tokio::spawn(phoenix_reconciler::serve_metrics(
+        listener,
+        metrics.clone(),
+        stop_rx.clone(),
+    ));
     phoenix_reconciler::run(config, metrics, stop_rx).await?;
     server.await??;
     Ok(())

@@ -31,21 +31,46 @@ impl Metrics {
         let passes = Family::<PassLabels, Counter>::default();
         registry.register("passes", "Reconcile passes by result", passes.clone());
         let pass_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
-        registry.register("pass_seconds", "Duration of one reconcile pass", pass_seconds.clone());
+        registry.register(
+            "pass_seconds",
+            "Duration of one reconcile pass",
+            pass_seconds.clone(),
+        );
         let tasks_emitted = Counter::default();
-        registry.register("tasks_emitted", "Agent tasks created", tasks_emitted.clone());
+        registry.register(
+            "tasks_emitted",
+            "Agent tasks created",
+            tasks_emitted.clone(),
+        );
         let tasks_cancelled = Counter::default();
-        registry.register("tasks_cancelled", "Unclaimed agent tasks cancelled", tasks_cancelled.clone());
+        registry.register(
+            "tasks_cancelled",
+            "Unclaimed agent tasks cancelled",
+            tasks_cancelled.clone(),
+        );
         let transitions = Counter::default();
-        registry.register("transitions", "Experiment phase transitions", transitions.clone());
+        registry.register(
+            "transitions",
+            "Experiment phase transitions",
+            transitions.clone(),
+        );
         let is_leader = Gauge::default();
         registry.register("is_leader", "1 while this replica leads", is_leader.clone());
-        Metrics { registry: Arc::new(registry), passes, pass_seconds, tasks_emitted, tasks_cancelled, transitions, is_leader }
+        Metrics {
+            registry: Arc::new(registry),
+            passes,
+            pass_seconds,
+            tasks_emitted,
+            tasks_cancelled,
+            transitions,
+            is_leader,
+        }
     }
 
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String");
         out
     }
 }

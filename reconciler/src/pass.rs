@@ -26,24 +26,43 @@ pub struct PassReport {
 /// Runs one pass. Time is the database's, like every timestamp it stores.
 pub async fn run_pass(conn: &mut PgConnection, config: &ReconcilerConfig) -> Result<PassReport> {
     let mut tx = conn.begin().await?;
-    let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(&mut *tx).await?;
+    let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
+        .fetch_one(&mut *tx)
+        .await?;
     let mut report = PassReport::default();
     tasks::fail_exhausted(&mut tx, config.task_max_attempts).await?;
 
     let host_records = hosts::list_records(&mut tx).await?;
-    let mut active =
-        experiments::list_in_phases(&mut tx, &[Phase::Pending, Phase::Deploying, Phase::Running, Phase::Analyzing])
-            .await?;
-    let template_configs: HashMap<String, String> =
-        templates::list(&mut tx).await?.into_iter().map(|t| (t.name, t.config)).collect();
+    let mut active = experiments::list_in_phases(
+        &mut tx,
+        &[
+            Phase::Pending,
+            Phase::Deploying,
+            Phase::Running,
+            Phase::Analyzing,
+        ],
+    )
+    .await?;
+    let template_configs: HashMap<String, String> = templates::list(&mut tx)
+        .await?
+        .into_iter()
+        .map(|t| (t.name, t.config))
+        .collect();
     let actual = hosts::collectors_by_host(&mut tx).await?;
     let open = tasks::list_open(&mut tx).await?;
-    let oldest_start = active.iter().map(|e| e.phase_changed_at).min().unwrap_or(now);
+    let oldest_start = active
+        .iter()
+        .map(|e| e.phase_changed_at)
+        .min()
+        .unwrap_or(now);
     let failures = tasks::failures_since(&mut tx, oldest_start).await?;
 
     let mut desired = DesiredState::new();
     let mut blocked = Blocked::new();
-    let limits = DeployLimits { timeout: config.deploy_timeout.as_duration(), max_start_failures: config.max_start_failures };
+    let limits = DeployLimits {
+        timeout: config.deploy_timeout.as_duration(),
+        max_start_failures: config.max_start_failures,
+    };
 
     for experiment in &mut active {
         if experiment.phase == Phase::Pending {
@@ -53,26 +72,43 @@ pub async fn run_pass(conn: &mut PgConnection, config: &ReconcilerConfig) -> Res
         if !experiment.phase.wants_collectors() {
             continue;
         }
-        let specs = match render_experiment(experiment, &template_configs, &config.remote_write_url) {
+        let specs = match render_experiment(experiment, &template_configs, &config.remote_write_url)
+        {
             Ok(specs) => specs,
             Err(reason) => {
-                apply(&mut tx, experiment, Decision::Fail { reason }, now, &mut report).await?;
+                apply(
+                    &mut tx,
+                    experiment,
+                    Decision::Fail { reason },
+                    now,
+                    &mut report,
+                )
+                .await?;
                 continue;
             }
         };
         if experiment.phase == Phase::Deploying {
-            let decision = lifecycle::decide_deploying(experiment, &specs, &actual, &failures, &limits, now);
+            let decision =
+                lifecycle::decide_deploying(experiment, &specs, &actual, &failures, &limits, now);
             apply(&mut tx, experiment, decision, now, &mut report).await?;
             if !experiment.phase.wants_collectors() {
                 continue;
             }
         }
         for (host, spec) in specs {
-            let failed = lifecycle::failures_of(&failures, &host, &spec, experiment.phase_changed_at);
+            let failed =
+                lifecycle::failures_of(&failures, &host, &spec, experiment.phase_changed_at);
             if failed.len() >= config.max_start_failures {
-                blocked.insert((host.clone(), spec.collector_id.clone(), spec.config_hash.clone()));
+                blocked.insert((
+                    host.clone(),
+                    spec.collector_id.clone(),
+                    spec.config_hash.clone(),
+                ));
             }
-            desired.entry(host).or_default().insert(spec.collector_id.clone(), spec);
+            desired
+                .entry(host)
+                .or_default()
+                .insert(spec.collector_id.clone(), spec);
         }
     }
 
@@ -92,11 +128,17 @@ fn render_experiment(
     let mut specs = Vec::new();
     for variant in [Variant::Baseline, Variant::Candidate] {
         let pipeline = &crate::render::pipeline_of(experiment, variant).pipeline;
-        let config = template_configs
-            .get(pipeline)
-            .ok_or_else(|| format!("the {variant} pipeline template `{pipeline}` no longer exists"))?;
+        let config = template_configs.get(pipeline).ok_or_else(|| {
+            format!("the {variant} pipeline template `{pipeline}` no longer exists")
+        })?;
         for host in &experiment.target_hosts {
-            let spec = crate::render::experiment_collector(experiment, variant, host, config, remote_write_url);
+            let spec = crate::render::experiment_collector(
+                experiment,
+                variant,
+                host,
+                config,
+                remote_write_url,
+            );
             specs.push((host.clone(), spec));
         }
     }
@@ -118,7 +160,16 @@ async fn apply(
         Decision::Fail { reason } => (Phase::Failed, reason, None),
     };
     let from = experiment.phase;
-    if experiments::transition(conn, &experiment.name, from, to, &reason, targets.as_deref()).await? {
+    if experiments::transition(
+        conn,
+        &experiment.name,
+        from,
+        to,
+        &reason,
+        targets.as_deref(),
+    )
+    .await?
+    {
         tracing::info!(experiment = %experiment.name, %from, %to, %reason, "phase transition");
         experiment.phase = to;
         experiment.reason = Some(reason);

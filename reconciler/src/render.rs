@@ -21,7 +21,17 @@ pub fn critical_processes_regex(names: &[String]) -> String {
     }
     let escaped: Vec<String> = names
         .iter()
-        .map(|n| n.chars().map(|c| if matches!(c, '.' | '+') { format!("[{c}]") } else { c.to_string() }).collect())
+        .map(|n| {
+            n.chars()
+                .map(|c| {
+                    if matches!(c, '.' | '+') {
+                        format!("[{c}]")
+                    } else {
+                        c.to_string()
+                    }
+                })
+                .collect()
+        })
         .collect();
     format!("^({})$", escaped.join("|"))
 }
@@ -47,7 +57,10 @@ pub fn experiment_collector(
     env.insert("PHOENIX_EXPERIMENT".to_string(), experiment.name.clone());
     env.insert("PHOENIX_VARIANT".to_string(), variant.as_str().to_string());
     env.insert("PHOENIX_HOST".to_string(), host_id.to_string());
-    env.insert("PHOENIX_REMOTE_WRITE_URL".to_string(), remote_write_url.to_string());
+    env.insert(
+        "PHOENIX_REMOTE_WRITE_URL".to_string(),
+        remote_write_url.to_string(),
+    );
     env.insert(
         "PHOENIX_CRITICAL_PROCESSES_REGEX".to_string(),
         critical_processes_regex(&experiment.spec.critical_processes),
@@ -71,7 +84,12 @@ mod tests {
 
     #[test]
     fn critical_regex_is_anchored_and_escaped() {
-        let re = critical_processes_regex(&["nginx".into(), "java".into(), "a.b+".into(), "phoenix-agent".into()]);
+        let re = critical_processes_regex(&[
+            "nginx".into(),
+            "java".into(),
+            "a.b+".into(),
+            "phoenix-agent".into(),
+        ]);
         assert_eq!(re, "^(nginx|java|a[.]b[+]|phoenix-agent)$");
         assert!(!re.contains('\\') && !re.contains('"'));
         let compiled = regex::Regex::new(&re).unwrap();

@@ -36,8 +36,10 @@ impl TryFrom<ExperimentRow> for Experiment {
         let what = format!("experiment {}", row.name);
         Ok(Experiment {
             labels: serde_json::from_value::<Labels>(row.labels).map_err(|e| corrupt(&what, e))?,
-            spec: serde_json::from_value::<ExperimentSpec>(row.spec).map_err(|e| corrupt(&what, e))?,
-            phase: Phase::parse(&row.phase).ok_or_else(|| corrupt(&what, format!("unknown phase {}", row.phase)))?,
+            spec: serde_json::from_value::<ExperimentSpec>(row.spec)
+                .map_err(|e| corrupt(&what, e))?,
+            phase: Phase::parse(&row.phase)
+                .ok_or_else(|| corrupt(&what, format!("unknown phase {}", row.phase)))?,
             name: row.name,
             uid: row.uid,
             generation: row.generation,
@@ -75,7 +77,10 @@ pub async fn create(conn: &mut PgConnection, new: NewExperiment<'_>) -> Result<E
         .fetch_optional(&mut *tx)
         .await?;
     let Some(row) = row else {
-        return Err(StoreError::AlreadyExists(format!("experiment {}", new.name)));
+        return Err(StoreError::AlreadyExists(format!(
+            "experiment {}",
+            new.name
+        )));
     };
     record_event(&mut tx, new.name, None, Phase::Pending, "created").await?;
     tx.commit().await?;
@@ -85,7 +90,8 @@ pub async fn create(conn: &mut PgConnection, new: NewExperiment<'_>) -> Result<E
 pub async fn get(conn: &mut PgConnection, name: &str) -> Result<Experiment> {
     let sql = format!("SELECT {COLUMNS} FROM experiments WHERE name = $1");
     let row: Option<ExperimentRow> = sqlx::query_as(&sql).bind(name).fetch_optional(conn).await?;
-    row.ok_or_else(|| StoreError::NotFound(format!("experiment {name}")))?.try_into()
+    row.ok_or_else(|| StoreError::NotFound(format!("experiment {name}")))?
+        .try_into()
 }
 
 pub async fn list(conn: &mut PgConnection) -> Result<Vec<Experiment>> {
@@ -97,7 +103,9 @@ pub async fn list(conn: &mut PgConnection) -> Result<Vec<Experiment>> {
 /// Experiments in the given phases (the reconciler's working set).
 pub async fn list_in_phases(conn: &mut PgConnection, phases: &[Phase]) -> Result<Vec<Experiment>> {
     let phases: Vec<&str> = phases.iter().map(|p| p.as_str()).collect();
-    let sql = format!("SELECT {COLUMNS} FROM experiments WHERE phase = ANY($1) ORDER BY created_at, name");
+    let sql = format!(
+        "SELECT {COLUMNS} FROM experiments WHERE phase = ANY($1) ORDER BY created_at, name"
+    );
     let rows: Vec<ExperimentRow> = sqlx::query_as(&sql).bind(&phases).fetch_all(conn).await?;
     rows.into_iter().map(Experiment::try_from).collect()
 }
@@ -106,10 +114,11 @@ pub async fn list_in_phases(conn: &mut PgConnection, phases: &[Phase]) -> Result
 /// more; its events stay as history.
 pub async fn delete(conn: &mut PgConnection, name: &str) -> Result<()> {
     let mut tx = conn.begin().await?;
-    let phase: Option<String> = sqlx::query_scalar("DELETE FROM experiments WHERE name = $1 RETURNING phase")
-        .bind(name)
-        .fetch_optional(&mut *tx)
-        .await?;
+    let phase: Option<String> =
+        sqlx::query_scalar("DELETE FROM experiments WHERE name = $1 RETURNING phase")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?;
     let Some(phase) = phase else {
         return Err(StoreError::NotFound(format!("experiment {name}")));
     };
@@ -165,12 +174,20 @@ pub async fn stop(conn: &mut PgConnection, name: &str, reason: &str) -> Result<E
         )));
     }
     if !transition(conn, name, current.phase, Phase::Stopped, reason, None).await? {
-        return Err(StoreError::Conflict(format!("experiment {name} changed phase while stopping; try again")));
+        return Err(StoreError::Conflict(format!(
+            "experiment {name} changed phase while stopping; try again"
+        )));
     }
     get(conn, name).await
 }
 
-async fn record_event(conn: &mut PgConnection, name: &str, from: Option<Phase>, to: Phase, reason: &str) -> Result<()> {
+async fn record_event(
+    conn: &mut PgConnection,
+    name: &str,
+    from: Option<Phase>,
+    to: Phase,
+    reason: &str,
+) -> Result<()> {
     sqlx::query("INSERT INTO experiment_events (experiment, from_phase, to_phase, reason) VALUES ($1, $2, $3, $4)")
         .bind(name)
         .bind(from.map(Phase::as_str))
@@ -202,7 +219,9 @@ pub async fn events(conn: &mut PgConnection, name: &str) -> Result<Vec<Experimen
     .await?;
     rows.into_iter()
         .map(|row| {
-            let phase = |p: &str| Phase::parse(p).ok_or_else(|| corrupt("event", format!("unknown phase {p}")));
+            let phase = |p: &str| {
+                Phase::parse(p).ok_or_else(|| corrupt("event", format!("unknown phase {p}")))
+            };
             Ok(ExperimentEvent {
                 id: row.id,
                 from_phase: row.from_phase.as_deref().map(phase).transpose()?,

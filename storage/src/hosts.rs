@@ -14,13 +14,24 @@ use crate::{Result, StoreError, corrupt};
 
 /// Whether a host last seen at `last_seen` counts as lost at `now`.
 pub fn host_state(last_seen: DateTime<Utc>, now: DateTime<Utc>, grace: Duration) -> HostState {
-    let silent = now.signed_duration_since(last_seen).to_std().unwrap_or_default();
-    if silent > grace { HostState::Lost } else { HostState::Ready }
+    let silent = now
+        .signed_duration_since(last_seen)
+        .to_std()
+        .unwrap_or_default();
+    if silent > grace {
+        HostState::Lost
+    } else {
+        HostState::Ready
+    }
 }
 
 /// Stores a full status report: registers or updates the host and replaces its
 /// reported collectors, in one transaction.
-pub async fn report_status(conn: &mut PgConnection, host_id: &str, status: &HostStatus) -> Result<()> {
+pub async fn report_status(
+    conn: &mut PgConnection,
+    host_id: &str,
+    status: &HostStatus,
+) -> Result<()> {
     let mut tx = conn.begin().await?;
     sqlx::query(
         "INSERT INTO hosts (host_id, labels, agent_version, last_seen, status_at) VALUES ($1, $2, $3, now(), now()) \
@@ -32,7 +43,10 @@ pub async fn report_status(conn: &mut PgConnection, host_id: &str, status: &Host
     .bind(&status.agent_version)
     .execute(&mut *tx)
     .await?;
-    sqlx::query("DELETE FROM host_collectors WHERE host_id = $1").bind(host_id).execute(&mut *tx).await?;
+    sqlx::query("DELETE FROM host_collectors WHERE host_id = $1")
+        .bind(host_id)
+        .execute(&mut *tx)
+        .await?;
     let c = &status.collectors;
     if !c.is_empty() {
         sqlx::query(
@@ -62,7 +76,10 @@ pub async fn report_status(conn: &mut PgConnection, host_id: &str, status: &Host
 
 /// Writes a batch of coalesced heartbeats in one statement. Unknown hosts are
 /// ignored (an agent registers with a full status report). Returns rows updated.
-pub async fn record_heartbeats(conn: &mut PgConnection, beats: &[(String, DateTime<Utc>)]) -> Result<u64> {
+pub async fn record_heartbeats(
+    conn: &mut PgConnection,
+    beats: &[(String, DateTime<Utc>)],
+) -> Result<u64> {
     if beats.is_empty() {
         return Ok(0);
     }
@@ -100,7 +117,8 @@ impl TryFrom<HostRow> for HostRecord {
     type Error = StoreError;
     fn try_from(row: HostRow) -> Result<Self> {
         Ok(HostRecord {
-            labels: serde_json::from_value(row.labels).map_err(|e| corrupt(&format!("host {}", row.host_id), e))?,
+            labels: serde_json::from_value(row.labels)
+                .map_err(|e| corrupt(&format!("host {}", row.host_id), e))?,
             host_id: row.host_id,
             agent_version: row.agent_version,
             last_seen: row.last_seen,
@@ -110,10 +128,11 @@ impl TryFrom<HostRow> for HostRecord {
 
 /// Every registered host, ordered by id.
 pub async fn list_records(conn: &mut PgConnection) -> Result<Vec<HostRecord>> {
-    let rows: Vec<HostRow> =
-        sqlx::query_as("SELECT host_id, labels, agent_version, last_seen FROM hosts ORDER BY host_id")
-            .fetch_all(conn)
-            .await?;
+    let rows: Vec<HostRow> = sqlx::query_as(
+        "SELECT host_id, labels, agent_version, last_seen FROM hosts ORDER BY host_id",
+    )
+    .fetch_all(conn)
+    .await?;
     rows.into_iter().map(HostRecord::try_from).collect()
 }
 
@@ -173,8 +192,11 @@ const COLLECTOR_COLUMNS: &str = "host_id, collector_id, owner, variant, pipeline
                                  cpu_seconds, rss_bytes, last_error";
 
 /// Every reported collector, grouped by host.
-pub async fn collectors_by_host(conn: &mut PgConnection) -> Result<HashMap<String, Vec<CollectorStatus>>> {
-    let sql = format!("SELECT {COLLECTOR_COLUMNS} FROM host_collectors ORDER BY host_id, collector_id");
+pub async fn collectors_by_host(
+    conn: &mut PgConnection,
+) -> Result<HashMap<String, Vec<CollectorStatus>>> {
+    let sql =
+        format!("SELECT {COLLECTOR_COLUMNS} FROM host_collectors ORDER BY host_id, collector_id");
     let rows: Vec<CollectorRow> = sqlx::query_as(&sql).fetch_all(conn).await?;
     let mut by_host: HashMap<String, Vec<CollectorStatus>> = HashMap::new();
     for row in rows {
@@ -184,7 +206,12 @@ pub async fn collectors_by_host(conn: &mut PgConnection) -> Result<HashMap<Strin
     Ok(by_host)
 }
 
-fn to_view(record: HostRecord, collectors: Vec<CollectorStatus>, now: DateTime<Utc>, grace: Duration) -> Host {
+fn to_view(
+    record: HostRecord,
+    collectors: Vec<CollectorStatus>,
+    now: DateTime<Utc>,
+    grace: Duration,
+) -> Host {
     Host {
         state: host_state(record.last_seen, now, grace),
         host_id: record.host_id,
@@ -210,13 +237,18 @@ pub async fn list(conn: &mut PgConnection, grace: Duration) -> Result<Vec<Host>>
 }
 
 pub async fn get(conn: &mut PgConnection, host_id: &str, grace: Duration) -> Result<Host> {
-    let row: Option<HostRow> =
-        sqlx::query_as("SELECT host_id, labels, agent_version, last_seen FROM hosts WHERE host_id = $1")
-            .bind(host_id)
-            .fetch_optional(&mut *conn)
-            .await?;
-    let record: HostRecord = row.ok_or_else(|| StoreError::NotFound(format!("host {host_id}")))?.try_into()?;
-    let sql = format!("SELECT {COLLECTOR_COLUMNS} FROM host_collectors WHERE host_id = $1 ORDER BY collector_id");
+    let row: Option<HostRow> = sqlx::query_as(
+        "SELECT host_id, labels, agent_version, last_seen FROM hosts WHERE host_id = $1",
+    )
+    .bind(host_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let record: HostRecord = row
+        .ok_or_else(|| StoreError::NotFound(format!("host {host_id}")))?
+        .try_into()?;
+    let sql = format!(
+        "SELECT {COLLECTOR_COLUMNS} FROM host_collectors WHERE host_id = $1 ORDER BY collector_id"
+    );
     let rows: Vec<CollectorRow> = sqlx::query_as(&sql).bind(host_id).fetch_all(conn).await?;
     let collectors = rows
         .into_iter()

@@ -24,7 +24,11 @@ impl LeaderLock {
             .bind(RECONCILER_LOCK_KEY)
             .fetch_one(&mut conn)
             .await?;
-        if acquired { Ok(Some(LeaderLock { conn })) } else { Ok(None) }
+        if acquired {
+            Ok(Some(LeaderLock { conn }))
+        } else {
+            Ok(None)
+        }
     }
 
     /// The connection that holds the lock.

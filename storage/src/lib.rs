@@ -20,8 +20,8 @@ pub mod throwaway;
 
 use std::time::Duration;
 
-pub use sqlx::postgres::{PgConnection, PgPool};
 use sqlx::postgres::PgPoolOptions;
+pub use sqlx::postgres::{PgConnection, PgPool};
 
 /// Channel on which a new task's host id is announced (see the migration's trigger).
 pub const TASKS_CHANNEL: &str = "phoenix_agent_tasks";

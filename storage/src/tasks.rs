@@ -34,7 +34,11 @@ pub async fn insert(conn: &mut PgConnection, tasks: &[NewTask]) -> Result<u64> {
     }
     let payloads: Vec<Option<serde_json::Value>> = tasks
         .iter()
-        .map(|t| t.collector.as_ref().map(|c| serde_json::to_value(c).expect("spec serializes")))
+        .map(|t| {
+            t.collector
+                .as_ref()
+                .map(|c| serde_json::to_value(c).expect("spec serializes"))
+        })
         .collect();
     let result = sqlx::query(
         "INSERT INTO agent_tasks (host_id, collector_id, action, config_hash, payload) \
@@ -109,7 +113,12 @@ pub async fn claim(
 
 /// Records an agent's answer. Answering a task that is already finished changes
 /// nothing (a re-delivered task may be answered twice) and returns `false`.
-pub async fn complete(conn: &mut PgConnection, host_id: &str, task_id: i64, outcome: &TaskOutcome) -> Result<bool> {
+pub async fn complete(
+    conn: &mut PgConnection,
+    host_id: &str,
+    task_id: i64,
+    outcome: &TaskOutcome,
+) -> Result<bool> {
     let status = if outcome.ok { "succeeded" } else { "failed" };
     let updated = sqlx::query(
         "UPDATE agent_tasks SET status = $3, error = $4, lease_until = NULL, updated_at = now() \
@@ -125,12 +134,20 @@ pub async fn complete(conn: &mut PgConnection, host_id: &str, task_id: i64, outc
     if updated == 1 {
         return Ok(true);
     }
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM agent_tasks WHERE id = $1 AND host_id = $2)")
-        .bind(task_id)
-        .bind(host_id)
-        .fetch_one(conn)
-        .await?;
-    if exists { Ok(false) } else { Err(StoreError::NotFound(format!("task {task_id} of host {host_id}"))) }
+    let exists: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM agent_tasks WHERE id = $1 AND host_id = $2)",
+    )
+    .bind(task_id)
+    .bind(host_id)
+    .fetch_one(conn)
+    .await?;
+    if exists {
+        Ok(false)
+    } else {
+        Err(StoreError::NotFound(format!(
+            "task {task_id} of host {host_id}"
+        )))
+    }
 }
 
 /// Fails leased tasks whose lease expired after their last allowed delivery.
@@ -191,7 +208,10 @@ pub struct FailedTask {
 }
 
 /// Failed starts and updates created since `since`.
-pub async fn failures_since(conn: &mut PgConnection, since: DateTime<Utc>) -> Result<Vec<FailedTask>> {
+pub async fn failures_since(
+    conn: &mut PgConnection,
+    since: DateTime<Utc>,
+) -> Result<Vec<FailedTask>> {
     Ok(sqlx::query_as(
         "SELECT host_id, collector_id, config_hash, error, created_at FROM agent_tasks \
          WHERE status = 'failed' AND action <> 'stop' AND created_at >= $1 ORDER BY id",

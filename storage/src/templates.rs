@@ -17,7 +17,8 @@ pub fn builtin() -> Result<Vec<PipelineTemplateDocument>> {
         .iter()
         .map(|(file, text)| {
             let doc: PipelineTemplateDocument =
-                parse_document(text.as_bytes(), DocumentFormat::Yaml).map_err(|e| corrupt(file, e))?;
+                parse_document(text.as_bytes(), DocumentFormat::Yaml)
+                    .map_err(|e| corrupt(file, e))?;
             doc.validate().map_err(|e| corrupt(file, e))?;
             Ok(doc)
         })

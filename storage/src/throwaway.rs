@@ -45,7 +45,10 @@ pub fn find_bin_dir() -> Result<PathBuf, ThrowawayError> {
         })
         .collect();
     candidates.sort();
-    candidates.pop().map(|(_, bin)| bin).ok_or_else(|| ThrowawayError(no_postgres_hint()))
+    candidates
+        .pop()
+        .map(|(_, bin)| bin)
+        .ok_or_else(|| ThrowawayError(no_postgres_hint()))
 }
 
 fn no_postgres_hint() -> String {
@@ -96,8 +99,12 @@ fn as_server(command: &mut Command, identity: Option<(u32, u32)>) -> &mut Comman
 }
 
 fn free_port() -> Result<u16, ThrowawayError> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| ThrowawayError(format!("no free port: {e}")))?;
-    Ok(listener.local_addr().map_err(|e| ThrowawayError(e.to_string()))?.port())
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| ThrowawayError(format!("no free port: {e}")))?;
+    Ok(listener
+        .local_addr()
+        .map_err(|e| ThrowawayError(e.to_string()))?
+        .port())
 }
 
 impl ThrowawayPostgres {
@@ -113,18 +120,35 @@ impl ThrowawayPostgres {
             .keep();
         let data = root.join("data");
         if let Some((uid, gid)) = identity {
-            std::os::unix::fs::chown(&root, Some(uid), Some(gid))
-                .map_err(|e| ThrowawayError(format!("cannot hand {} to the postgres user: {e}", root.display())))?;
+            std::os::unix::fs::chown(&root, Some(uid), Some(gid)).map_err(|e| {
+                ThrowawayError(format!(
+                    "cannot hand {} to the postgres user: {e}",
+                    root.display()
+                ))
+            })?;
         }
         let initdb = as_server(&mut Command::new(bin.join("initdb")), identity)
-            .args(["-U", "phoenix", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync", "-D"])
+            .args([
+                "-U",
+                "phoenix",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+                "-D",
+            ])
             .arg(&data)
             .stdin(Stdio::null())
             .output()
             .map_err(|e| ThrowawayError(format!("cannot run initdb: {e}")))?;
         if !initdb.status.success() {
             let _ = std::fs::remove_dir_all(&root);
-            return Err(ThrowawayError(format!("initdb failed: {}", String::from_utf8_lossy(&initdb.stderr))));
+            return Err(ThrowawayError(format!(
+                "initdb failed: {}",
+                String::from_utf8_lossy(&initdb.stderr)
+            )));
         }
         let port = free_port()?;
         let wrapper = as_server(&mut Command::new("sh"), identity)
@@ -139,7 +163,11 @@ impl ThrowawayPostgres {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| ThrowawayError(format!("cannot start postgres: {e}")))?;
-        let mut cluster = ThrowawayPostgres { port, owner_pipe: None, wrapper };
+        let mut cluster = ThrowawayPostgres {
+            port,
+            owner_pipe: None,
+            wrapper,
+        };
         cluster.owner_pipe = cluster.wrapper.stdin.take();
         cluster.wait_ready(&bin, &root)?;
         Ok(cluster)
@@ -159,7 +187,8 @@ impl ThrowawayPostgres {
             let exited = self.wrapper.try_wait().ok().flatten().is_some();
             if exited || Instant::now() > deadline {
                 let mut log = String::new();
-                let _ = std::fs::File::open(root.join("postgres.log")).and_then(|mut f| f.read_to_string(&mut log));
+                let _ = std::fs::File::open(root.join("postgres.log"))
+                    .and_then(|mut f| f.read_to_string(&mut log));
                 return Err(ThrowawayError(format!("postgres did not start: {log}")));
             }
             std::thread::sleep(Duration::from_millis(100));

@@ -333,7 +333,8 @@ impl ExperimentSpec {
             ));
         }
         for (i, name) in self.critical_processes.iter().enumerate() {
-            check_process_name(name).map_err(|m| FieldError::new(format!("spec.criticalProcesses[{i}]"), m))?;
+            check_process_name(name)
+                .map_err(|m| FieldError::new(format!("spec.criticalProcesses[{i}]"), m))?;
         }
         let c = &self.criteria;
         for (field, value) in [
@@ -402,7 +403,10 @@ impl PipelineTemplateDocument {
     pub fn validate(&self) -> Result<(), FieldError> {
         check_envelope(&self.api_version, &self.kind, Self::KIND, &self.metadata)?;
         if self.spec.config.trim().is_empty() {
-            return Err(FieldError::new("spec.config", "must hold a collector config"));
+            return Err(FieldError::new(
+                "spec.config",
+                "must hold a collector config",
+            ));
         }
         Ok(())
     }
@@ -426,7 +430,10 @@ pub fn template_variables(config: &str) -> Vec<TemplateVariable> {
     for caps in pattern.captures_iter(config) {
         let name = caps[1].to_ascii_lowercase();
         if found.iter().all(|v| v.name != name) {
-            let default = caps.get(2).map(|m| m.as_str().to_string()).unwrap_or_default();
+            let default = caps
+                .get(2)
+                .map(|m| m.as_str().to_string())
+                .unwrap_or_default();
             found.push(TemplateVariable { name, default });
         }
     }
@@ -444,11 +451,15 @@ pub fn variable_env_name(name: &str) -> String {
 pub fn check_process_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 255
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'+' | b'@' | b':'));
+        && name.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'+' | b'@' | b':')
+        });
     if ok {
         Ok(())
     } else {
-        Err(format!("`{name}` is not an executable name: use letters, digits and . _ - + @ :"))
+        Err(format!(
+            "`{name}` is not an executable name: use letters, digits and . _ - + @ :"
+        ))
     }
 }
 
@@ -554,11 +565,20 @@ spec:
         assert_eq!(
             vars,
             vec![
-                TemplateVariable { name: "cpu_threshold".into(), default: "0.05".into() },
-                TemplateVariable { name: "interval".into(), default: "10s".into() },
+                TemplateVariable {
+                    name: "cpu_threshold".into(),
+                    default: "0.05".into()
+                },
+                TemplateVariable {
+                    name: "interval".into(),
+                    default: "10s".into()
+                },
             ]
         );
-        assert_eq!(variable_env_name("cpu_threshold"), "PHOENIX_VAR_CPU_THRESHOLD");
+        assert_eq!(
+            variable_env_name("cpu_threshold"),
+            "PHOENIX_VAR_CPU_THRESHOLD"
+        );
     }
 
     #[test]

@@ -127,10 +127,13 @@ pub async fn report_status(
 }
 
 /// Records the heartbeat in memory; it reaches the database with the next batch.
-pub async fn heartbeat(State(state): State<AppState>, _: Agent, Path(host_id): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn heartbeat(
+    State(state): State<AppState>,
+    _: Agent,
+    Path(host_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     checked_host(&host_id)?;
     state.heartbeats.record(&host_id, Utc::now());
     state.metrics.heartbeats_received.inc();
     Ok(StatusCode::NO_CONTENT)
 }
-

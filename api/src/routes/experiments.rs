@@ -17,31 +17,68 @@ pub async fn create(
     _: Operator,
     body: DocumentBody,
 ) -> Result<(StatusCode, Json<Experiment>), ApiError> {
-    let mut conn = state.pool.acquire().await.map_err(phoenix_storage::StoreError::from)?;
+    let mut conn = state
+        .pool
+        .acquire()
+        .await
+        .map_err(phoenix_storage::StoreError::from)?;
     let experiment = app::create_experiment(&mut conn, &body).await?;
     tracing::info!(experiment = %experiment.name, "experiment created");
     Ok((StatusCode::CREATED, Json(experiment)))
 }
 
-pub async fn list(State(state): State<AppState>, _: Viewer) -> Result<Json<List<Experiment>>, ApiError> {
-    let mut conn = state.pool.acquire().await.map_err(phoenix_storage::StoreError::from)?;
-    Ok(Json(List { items: experiments::list(&mut conn).await? }))
+pub async fn list(
+    State(state): State<AppState>,
+    _: Viewer,
+) -> Result<Json<List<Experiment>>, ApiError> {
+    let mut conn = state
+        .pool
+        .acquire()
+        .await
+        .map_err(phoenix_storage::StoreError::from)?;
+    Ok(Json(List {
+        items: experiments::list(&mut conn).await?,
+    }))
 }
 
-pub async fn get(State(state): State<AppState>, _: Viewer, Path(name): Path<String>) -> Result<Json<Experiment>, ApiError> {
-    let mut conn = state.pool.acquire().await.map_err(phoenix_storage::StoreError::from)?;
+pub async fn get(
+    State(state): State<AppState>,
+    _: Viewer,
+    Path(name): Path<String>,
+) -> Result<Json<Experiment>, ApiError> {
+    let mut conn = state
+        .pool
+        .acquire()
+        .await
+        .map_err(phoenix_storage::StoreError::from)?;
     Ok(Json(experiments::get(&mut conn, &name).await?))
 }
 
-pub async fn delete(State(state): State<AppState>, _: Operator, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
-    let mut conn = state.pool.acquire().await.map_err(phoenix_storage::StoreError::from)?;
+pub async fn delete(
+    State(state): State<AppState>,
+    _: Operator,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let mut conn = state
+        .pool
+        .acquire()
+        .await
+        .map_err(phoenix_storage::StoreError::from)?;
     experiments::delete(&mut conn, &name).await?;
     tracing::info!(experiment = %name, "experiment deleted");
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn stop(State(state): State<AppState>, _: Operator, Path(name): Path<String>) -> Result<Json<Experiment>, ApiError> {
-    let mut conn = state.pool.acquire().await.map_err(phoenix_storage::StoreError::from)?;
+pub async fn stop(
+    State(state): State<AppState>,
+    _: Operator,
+    Path(name): Path<String>,
+) -> Result<Json<Experiment>, ApiError> {
+    let mut conn = state
+        .pool
+        .acquire()
+        .await
+        .map_err(phoenix_storage::StoreError::from)?;
     let experiment = experiments::stop(&mut conn, &name, "stopped by user").await?;
     tracing::info!(experiment = %name, "experiment stopped");
     Ok(Json(experiment))
@@ -52,10 +89,16 @@ pub async fn events(
     _: Viewer,
     Path(name): Path<String>,
 ) -> Result<Json<List<ExperimentEvent>>, ApiError> {
-    let mut conn = state.pool.acquire().await.map_err(phoenix_storage::StoreError::from)?;
+    let mut conn = state
+        .pool
+        .acquire()
+        .await
+        .map_err(phoenix_storage::StoreError::from)?;
     let items = experiments::events(&mut conn, &name).await?;
     if items.is_empty() {
-        return Err(ApiError::NotFound(format!("experiment {name} has no events; it never existed")));
+        return Err(ApiError::NotFound(format!(
+            "experiment {name} has no events; it never existed"
+        )));
     }
     Ok(Json(List { items }))
 }

@@ -19,7 +19,9 @@ pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiEr
         .await
         .map_err(|e| ApiError::Unavailable(format!("database: {e}")))?;
     if !*state.listener_connected.borrow() {
-        return Err(ApiError::Unavailable("the task listener is not connected yet".into()));
+        return Err(ApiError::Unavailable(
+            "the task listener is not connected yet".into(),
+        ));
     }
     Ok("ready\n")
 }
@@ -27,7 +29,10 @@ pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiEr
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.metrics.encode(),
     )
 }

@@ -21,20 +21,41 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
-        .route("/api/v1/experiments", post(experiments::create).get(experiments::list))
-        .route("/api/v1/experiments/{name}", get(experiments::get).delete(experiments::delete))
+        .route(
+            "/api/v1/experiments",
+            post(experiments::create).get(experiments::list),
+        )
+        .route(
+            "/api/v1/experiments/{name}",
+            get(experiments::get).delete(experiments::delete),
+        )
         .route("/api/v1/experiments/{name}/stop", post(experiments::stop))
-        .route("/api/v1/experiments/{name}/events", get(experiments::events))
+        .route(
+            "/api/v1/experiments/{name}/events",
+            get(experiments::events),
+        )
         .route("/api/v1/hosts", get(hosts::list))
         .route("/api/v1/hosts/{host_id}", get(hosts::get))
         .route("/api/v1/pipelines", get(pipelines::list))
         .route("/api/v1/pipelines/{name}", get(pipelines::get))
         .route("/agent/v1/hosts/{host_id}/tasks", get(agent::claim_tasks))
-        .route("/agent/v1/hosts/{host_id}/tasks/{task_id}", post(agent::complete_task))
-        .route("/agent/v1/hosts/{host_id}/status", put(agent::report_status))
-        .route("/agent/v1/hosts/{host_id}/heartbeat", post(agent::heartbeat))
+        .route(
+            "/agent/v1/hosts/{host_id}/tasks/{task_id}",
+            post(agent::complete_task),
+        )
+        .route(
+            "/agent/v1/hosts/{host_id}/status",
+            put(agent::report_status),
+        )
+        .route(
+            "/agent/v1/hosts/{host_id}/heartbeat",
+            post(agent::heartbeat),
+        )
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(state.clone(), count_requests))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
         .with_state(state)
 }
 
@@ -50,6 +71,14 @@ async fn count_requests(State(state): State<AppState>, request: Request, next: N
         .unwrap_or_else(|| "unmatched".into());
     let method = request.method().to_string();
     let response = next.run(request).await;
-    state.metrics.requests.get_or_create(&RequestLabels { route, method, status: response.status().as_u16() }).inc();
+    state
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            route,
+            method,
+            status: response.status().as_u16(),
+        })
+        .inc();
     response
 }

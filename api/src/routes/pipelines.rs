@@ -10,9 +10,20 @@ use crate::auth::Viewer;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-pub async fn list(State(state): State<AppState>, _: Viewer) -> Result<Json<List<PipelineTemplate>>, ApiError> {
-    let mut conn = state.pool.acquire().await.map_err(phoenix_storage::StoreError::from)?;
-    let items = templates::list(&mut conn).await?.into_iter().map(template_view).collect();
+pub async fn list(
+    State(state): State<AppState>,
+    _: Viewer,
+) -> Result<Json<List<PipelineTemplate>>, ApiError> {
+    let mut conn = state
+        .pool
+        .acquire()
+        .await
+        .map_err(phoenix_storage::StoreError::from)?;
+    let items = templates::list(&mut conn)
+        .await?
+        .into_iter()
+        .map(template_view)
+        .collect();
     Ok(Json(List { items }))
 }
 
@@ -21,6 +32,10 @@ pub async fn get(
     _: Viewer,
     Path(name): Path<String>,
 ) -> Result<Json<PipelineTemplate>, ApiError> {
-    let mut conn = state.pool.acquire().await.map_err(phoenix_storage::StoreError::from)?;
+    let mut conn = state
+        .pool
+        .acquire()
+        .await
+        .map_err(phoenix_storage::StoreError::from)?;
     Ok(Json(template_view(templates::get(&mut conn, &name).await?)))
 }

@@ -13,7 +13,10 @@ use reqwest::Method;
 
 /// Runs the example experiment on a local Phoenix and cleans up afterwards.
 #[derive(Parser)]
-#[command(name = "phoenix-demo", after_help = "Run through scripts/demo, which builds the collector and the binaries first.")]
+#[command(
+    name = "phoenix-demo",
+    after_help = "Run through scripts/demo, which builds the collector and the binaries first."
+)]
 struct Args {
     /// The collector binary the agents run (collector/build.sh prints it).
     #[arg(long)]
@@ -38,20 +41,39 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
 
     step("starting Postgres (throwaway), phoenix-api and phoenix-reconciler");
-    let stack = Stack::start_with(StackOptions { deploy_timeout: Duration::from_secs(120), ..Default::default() }).await;
+    let stack = Stack::start_with(StackOptions {
+        deploy_timeout: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await;
     eprintln!("    api at {}", stack.api_url);
 
     step("starting two agents (web-1, web-2) with the Phoenix collector");
     let agents = [
-        AgentProcess::spawn_with_collector(&stack.api_url, "web-1", &[("role", "web")], &args.collector),
-        AgentProcess::spawn_with_collector(&stack.api_url, "web-2", &[("role", "web")], &args.collector),
+        AgentProcess::spawn_with_collector(
+            &stack.api_url,
+            "web-1",
+            &[("role", "web")],
+            &args.collector,
+        ),
+        AgentProcess::spawn_with_collector(
+            &stack.api_url,
+            "web-2",
+            &[("role", "web")],
+            &args.collector,
+        ),
     ];
-    wait_until("both agents registered", Duration::from_secs(60), || async {
-        hosts(&stack).await.len() == 2
-    })
+    wait_until(
+        "both agents registered",
+        Duration::from_secs(60),
+        || async { hosts(&stack).await.len() == 2 },
+    )
     .await?;
 
-    step(&format!("creating the experiment from {}", args.experiment.display()));
+    step(&format!(
+        "creating the experiment from {}",
+        args.experiment.display()
+    ));
     let response = stack
         .request(Method::POST, "/api/v1/experiments", OPERATOR_TOKEN)
         .header("content-type", "application/yaml")
@@ -69,7 +91,11 @@ async fn main() -> anyhow::Result<()> {
     loop {
         let e = stack.experiment(&name).await;
         if last != Some(e.phase) {
-            eprintln!("    {name}: {} — {}", e.phase, e.reason.clone().unwrap_or_default());
+            eprintln!(
+                "    {name}: {} — {}",
+                e.phase,
+                e.reason.clone().unwrap_or_default()
+            );
             last = Some(e.phase);
         }
         if e.phase == Phase::Running {
@@ -77,19 +103,32 @@ async fn main() -> anyhow::Result<()> {
         }
         if e.phase.is_terminal() || Instant::now() > deadline {
             for agent in &agents {
-                eprintln!("--- {} agent log (tail) ---\n{}", agent.host_id, tail(&agent.log(), 20));
+                eprintln!(
+                    "--- {} agent log (tail) ---\n{}",
+                    agent.host_id,
+                    tail(&agent.log(), 20)
+                );
             }
-            anyhow::bail!("the experiment did not reach running: {}", e.reason.unwrap_or_default());
+            anyhow::bail!(
+                "the experiment did not reach running: {}",
+                e.reason.unwrap_or_default()
+            );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 
-    step(&format!("both collectors healthy on every host; watching for {}", args.watch));
+    step(&format!(
+        "both collectors healthy on every host; watching for {}",
+        args.watch
+    ));
     let watch_until = Instant::now() + args.watch.as_duration();
     while Instant::now() < watch_until {
         tokio::time::sleep(Duration::from_secs(5).min(watch_until - Instant::now())).await;
     }
-    println!("{:<8} {:<22} {:<10} {:>7} {:>9} {:>8} {:>9}", "HOST", "COLLECTOR", "HEALTH", "PID", "RESTARTS", "CPU(s)", "RSS(MiB)");
+    println!(
+        "{:<8} {:<22} {:<10} {:>7} {:>9} {:>8} {:>9}",
+        "HOST", "COLLECTOR", "HEALTH", "PID", "RESTARTS", "CPU(s)", "RSS(MiB)"
+    );
     for host in hosts(&stack).await {
         for c in host.collectors {
             println!(
@@ -104,10 +143,20 @@ async fn main() -> anyhow::Result<()> {
             );
         }
     }
-    println!("\nexperiment {name}: running on {} host(s). The verdict (KPIs from Prometheus) arrives with the analyzer.", 2);
+    println!(
+        "\nexperiment {name}: running on {} host(s). The verdict (KPIs from Prometheus) arrives with the analyzer.",
+        2
+    );
 
     step("cleaning up: deleting the experiment, stopping agents, Postgres");
-    stack.request(Method::DELETE, &format!("/api/v1/experiments/{name}"), OPERATOR_TOKEN).send().await?;
+    stack
+        .request(
+            Method::DELETE,
+            &format!("/api/v1/experiments/{name}"),
+            OPERATOR_TOKEN,
+        )
+        .send()
+        .await?;
     wait_until("collectors stopped", Duration::from_secs(60), || async {
         agents.iter().all(|a| a.collector_processes().is_empty())
     })
@@ -119,8 +168,16 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn hosts(stack: &Stack) -> Vec<Host> {
-    match stack.request(Method::GET, "/api/v1/hosts", VIEWER_TOKEN).send().await {
-        Ok(r) => r.json::<List<Host>>().await.map(|l| l.items).unwrap_or_default(),
+    match stack
+        .request(Method::GET, "/api/v1/hosts", VIEWER_TOKEN)
+        .send()
+        .await
+    {
+        Ok(r) => r
+            .json::<List<Host>>()
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default(),
         Err(_) => Vec::new(),
     }
 }

@@ -89,16 +89,16 @@ async fn check_pipeline(
 
 async fn check_hosts(conn: &mut PgConnection, doc: &ExperimentDocument) -> Result<(), ApiError> {
     let known = hosts::list_records(conn).await?;
-    if let Some(selector) = &doc.spec.hosts.selector {
-        if !known.iter().any(|h| selector_matches(selector, &h.labels)) {
-            return Err(ApiError::Invalid(FieldError::new(
-                "spec.hosts.selector",
-                format!(
-                    "the selector matches none of the {} registered hosts; check their labels with `phoenix host list`",
-                    known.len()
-                ),
-            )));
-        }
+    if let Some(selector) = &doc.spec.hosts.selector
+        && !known.iter().any(|h| selector_matches(selector, &h.labels))
+    {
+        return Err(ApiError::Invalid(FieldError::new(
+            "spec.hosts.selector",
+            format!(
+                "the selector matches none of the {} registered hosts; check their labels with `phoenix host list`",
+                known.len()
+            ),
+        )));
     }
     if let Some(names) = &doc.spec.hosts.names {
         for (i, name) in names.iter().enumerate() {

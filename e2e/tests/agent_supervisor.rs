@@ -442,15 +442,6 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// A loopback port nothing listens on (free when this returns).
-fn unused_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `GET path` on a loopback port; the whole response, or `None` if nothing answers.
 fn http_get(port: u16, path: &str) -> Option<String> {
     let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).ok()?;
@@ -475,17 +466,18 @@ async fn the_agent_binary_adopts_collectors_and_keeps_them_while_the_api_is_down
     let pid = supervisor.status("exp.baseline").unwrap().pid.unwrap();
     supervisor.shutdown(OnExit::LeaveRunning).await;
 
-    let metrics_port = unused_port();
-    let log = std::fs::File::create(host.path().join("agent.log")).unwrap();
+    let log_path = host.path().join("agent.log");
+    let log = std::fs::File::create(&log_path).unwrap();
     let mut agent = KillOnDrop(
         std::process::Command::new(phoenix_e2e::bins::binary("phoenix-agent"))
-            .args(["--api-url", &format!("http://127.0.0.1:{}", unused_port())])
+            // Port 1 refuses connections at once: the API is down for the whole test.
+            .args(["--api-url", "http://127.0.0.1:1"])
             .args(["--token", "test-token", "--host-id", "test-host"])
             .arg("--state-dir")
             .arg(host.path())
             .arg("--collector-bin")
             .arg(stand_in())
-            .args(["--listen", &format!("127.0.0.1:{metrics_port}")])
+            .args(["--listen", "127.0.0.1:0"])
             .args(["--heartbeat-interval", "1s"])
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -493,6 +485,13 @@ async fn the_agent_binary_adopts_collectors_and_keeps_them_while_the_api_is_down
             .unwrap(),
     );
 
+    // The agent logs the address it bound for /metrics.
+    let metrics_port: u16 = eventually("the agent logs its metrics address", || {
+        let log = std::fs::read_to_string(&log_path).ok()?;
+        let address = log.split("metrics=").nth(1)?.split_whitespace().next()?;
+        address.rsplit(':').next()?.parse().ok()
+    })
+    .await;
     let metrics = eventually(
         "the agent reports the adopted collector and API errors",
         || {

@@ -164,20 +164,26 @@ pub async fn transition(
     Ok(updated == 1)
 }
 
-/// A user's stop: any phase that is not terminal becomes `stopped`.
+/// A user's stop: any phase that is not terminal becomes `stopped`. The row is
+/// locked first, so a concurrent reconciler transition waits and then finds the
+/// phase changed (its compare-and-set fails) instead of the user's stop failing.
 pub async fn stop(conn: &mut PgConnection, name: &str, reason: &str) -> Result<Experiment> {
-    let current = get(conn, name).await?;
-    if current.phase.is_terminal() {
+    let mut tx = conn.begin().await?;
+    let phase: Option<String> =
+        sqlx::query_scalar("SELECT phase FROM experiments WHERE name = $1 FOR UPDATE")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let phase = phase.ok_or_else(|| StoreError::NotFound(format!("experiment {name}")))?;
+    let phase = Phase::parse(&phase)
+        .ok_or_else(|| corrupt(&format!("experiment {name}"), "unknown phase"))?;
+    if phase.is_terminal() {
         return Err(StoreError::Conflict(format!(
-            "experiment {name} is already {}; only an experiment that is still pending, deploying, running or analyzing can be stopped",
-            current.phase
+            "experiment {name} is already {phase}; only an experiment that is still pending, deploying, running or analyzing can be stopped"
         )));
     }
-    if !transition(conn, name, current.phase, Phase::Stopped, reason, None).await? {
-        return Err(StoreError::Conflict(format!(
-            "experiment {name} changed phase while stopping; try again"
-        )));
-    }
+    transition(&mut tx, name, phase, Phase::Stopped, reason, None).await?;
+    tx.commit().await?;
     get(conn, name).await
 }
 

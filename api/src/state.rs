@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use phoenix_storage::PgPool;
+use phoenix_storage::{PgPool, StoreError};
+use sqlx::Postgres;
+use sqlx::pool::PoolConnection;
 use tokio::sync::watch;
 
 use crate::config::ApiConfig;
@@ -21,4 +23,11 @@ pub struct AppState {
     pub listener_connected: watch::Receiver<bool>,
     /// Turns true when the server shuts down; long-polls return early.
     pub shutdown: watch::Receiver<bool>,
+}
+
+impl AppState {
+    /// A pooled connection for one request; released when dropped.
+    pub async fn conn(&self) -> Result<PoolConnection<Postgres>, crate::error::ApiError> {
+        Ok(self.pool.acquire().await.map_err(StoreError::from)?)
+    }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use phoenix_e2e::harness::{AGENT_TOKEN, Stack, StackOptions};
 use phoenix_storage::tasks::{self, NewTask};
-use phoenix_wire::agent::{HostStatus, TaskAction, TaskBatch, TaskOutcome};
+use phoenix_wire::agent::{TaskAction, TaskBatch, TaskOutcome};
 use reqwest::Method;
 
 const ROUNDS: usize = 100;
@@ -22,18 +22,7 @@ async fn main() {
         ..Default::default()
     })
     .await;
-    let status = HostStatus {
-        labels: Default::default(),
-        agent_version: "bench".into(),
-        collectors: vec![],
-    };
-    let response = stack
-        .request(Method::PUT, "/agent/v1/hosts/bench-1/status", AGENT_TOKEN)
-        .json(&status)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 204);
+    stack.register_host("bench-1", &[]).await;
 
     let mut latencies = Vec::with_capacity(ROUNDS);
     for round in 0..ROUNDS {

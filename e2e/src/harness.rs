@@ -185,6 +185,29 @@ impl Stack {
         self.http.request(method, self.url(path)).bearer_auth(token)
     }
 
+    /// Registers a host through the agent protocol, without an agent behind it.
+    pub async fn register_host(&self, host_id: &str, labels: &[(&str, &str)]) {
+        let status = phoenix_wire::agent::HostStatus {
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            agent_version: "test".into(),
+            collectors: vec![],
+        };
+        let response = self
+            .request(
+                reqwest::Method::PUT,
+                &format!("/agent/v1/hosts/{host_id}/status"),
+                AGENT_TOKEN,
+            )
+            .json(&status)
+            .send()
+            .await
+            .expect("status request");
+        assert_eq!(response.status(), 204, "registering {host_id}");
+    }
+
     /// Creates an experiment from a YAML document, as an operator; panics on failure.
     pub async fn create_experiment(&self, yaml: &str) -> phoenix_wire::view::Experiment {
         let response = self

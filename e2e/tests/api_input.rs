@@ -2,7 +2,6 @@
 //! field, and leaves the database exactly as it was. One test per case.
 
 use phoenix_e2e::harness::{ADMIN_TOKEN, AGENT_TOKEN, OPERATOR_TOKEN, Stack, VIEWER_TOKEN};
-use phoenix_wire::agent::HostStatus;
 use phoenix_wire::problem::Problem;
 use reqwest::Method;
 
@@ -22,18 +21,7 @@ spec:
 /// A stack with one registered host labelled role=web.
 async fn stack_with_host() -> Stack {
     let stack = Stack::start().await;
-    let status = HostStatus {
-        labels: [("role".to_string(), "web".to_string())].into(),
-        agent_version: "test".into(),
-        collectors: vec![],
-    };
-    let response = stack
-        .request(Method::PUT, "/agent/v1/hosts/web-1/status", AGENT_TOKEN)
-        .json(&status)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 204);
+    stack.register_host("web-1", &[("role", "web")]).await;
     stack
 }
 

@@ -10,7 +10,7 @@ use phoenix_e2e::harness::{
     AGENT_TOKEN, AgentProcess, OPERATOR_TOKEN, Stack, StackOptions, VIEWER_TOKEN, eventually,
 };
 use phoenix_storage::{tasks, templates};
-use phoenix_wire::agent::{HostStatus, TaskBatch, TaskOutcome, Variant};
+use phoenix_wire::agent::{TaskBatch, TaskOutcome, Variant};
 use phoenix_wire::view::{Host, List, Phase};
 use reqwest::Method;
 use sqlx::Connection;
@@ -285,26 +285,6 @@ async fn a_task_delivered_twice_changes_nothing() {
     stack.shutdown().await;
 }
 
-/// Registers a host through the agent protocol, without an agent behind it.
-async fn register_host(stack: &Stack, host_id: &str, role: &str) {
-    let status = HostStatus {
-        labels: [("role".to_string(), role.to_string())].into(),
-        agent_version: "test".into(),
-        collectors: vec![],
-    };
-    let response = stack
-        .request(
-            Method::PUT,
-            &format!("/agent/v1/hosts/{host_id}/status"),
-            AGENT_TOKEN,
-        )
-        .json(&status)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 204);
-}
-
 async fn claim(stack: &Stack, host_id: &str) -> TaskBatch {
     stack
         .request(
@@ -327,7 +307,7 @@ async fn an_unanswered_lease_expires_and_the_task_is_delivered_again() {
         ..Default::default()
     })
     .await;
-    register_host(&stack, "web-1", "web").await;
+    stack.register_host("web-1", &[("role", "web")]).await;
     stack
         .create_experiment(&experiment_yaml("lease", "role: web", "process-topk"))
         .await;
@@ -377,7 +357,9 @@ async fn two_reconcilers_never_emit_duplicate_tasks() {
     let mut stack = Stack::start().await;
     stack.spawn_reconciler();
     for i in 0..5 {
-        register_host(&stack, &format!("web-{i}"), "web").await;
+        stack
+            .register_host(&format!("web-{i}"), &[("role", "web")])
+            .await;
     }
     stack
         .create_experiment(&experiment_yaml("dupes", "role: web", "process-topk"))
@@ -458,7 +440,7 @@ async fn a_deploy_that_times_out_names_the_hosts_that_were_not_ready() {
         ..Default::default()
     })
     .await;
-    register_host(&stack, "silent-1", "web").await; // no agent behind it
+    stack.register_host("silent-1", &[("role", "web")]).await; // no agent behind it
     stack
         .create_experiment(&experiment_yaml("slow", "role: web", "process-topk"))
         .await;

@@ -3,10 +3,8 @@
 use std::process::Command;
 
 use phoenix_e2e::bins::binary;
-use phoenix_e2e::harness::{AGENT_TOKEN, OPERATOR_TOKEN, Stack, VIEWER_TOKEN};
-use phoenix_wire::agent::HostStatus;
+use phoenix_e2e::harness::{OPERATOR_TOKEN, Stack, VIEWER_TOKEN};
 use phoenix_wire::view::{Experiment, List};
-use reqwest::Method;
 
 fn phoenix(stack: &Stack, token: &str, args: &[&str]) -> std::process::Output {
     Command::new(binary("phoenix"))
@@ -22,18 +20,7 @@ fn phoenix(stack: &Stack, token: &str, args: &[&str]) -> std::process::Output {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_list_get_stop_delete_through_the_cli() {
     let stack = Stack::start().await;
-    let status = HostStatus {
-        labels: [("role".to_string(), "web".to_string())].into(),
-        agent_version: "test".into(),
-        collectors: vec![],
-    };
-    let response = stack
-        .request(Method::PUT, "/agent/v1/hosts/web-1/status", AGENT_TOKEN)
-        .json(&status)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 204);
+    stack.register_host("web-1", &[("role", "web")]).await;
 
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/topk-web.yaml");
     let out = phoenix(

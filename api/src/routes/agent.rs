@@ -4,7 +4,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use chrono::Utc;
-use phoenix_storage::{StoreError, hosts, tasks};
+use phoenix_storage::{hosts, tasks};
 use phoenix_wire::agent::{HostStatus, TaskBatch, TaskOutcome};
 use phoenix_wire::duration::HumanDuration;
 use phoenix_wire::names::{check_host_id, check_labels};
@@ -60,7 +60,7 @@ pub async fn claim_tasks(
         tokio::pin!(notified);
         notified.as_mut().enable();
         let tasks = {
-            let mut conn = state.pool.acquire().await.map_err(StoreError::from)?;
+            let mut conn = state.conn().await?;
             tasks::claim(
                 &mut conn,
                 &host_id,
@@ -101,7 +101,7 @@ pub async fn complete_task(
 ) -> Result<StatusCode, ApiError> {
     checked_host(&host_id)?;
     let outcome: TaskOutcome = parse_body(&body)?;
-    let mut conn = state.pool.acquire().await.map_err(StoreError::from)?;
+    let mut conn = state.conn().await?;
     let first_answer = tasks::complete(&mut conn, &host_id, task_id, &outcome).await?;
     if !first_answer {
         tracing::debug!(%host_id, task_id, "task answered again; ignored");
@@ -120,7 +120,7 @@ pub async fn report_status(
     checked_host(&host_id)?;
     let status: HostStatus = parse_body(&body)?;
     check_labels(&status.labels).map_err(|m| ApiError::Invalid(FieldError::new("labels", m)))?;
-    let mut conn = state.pool.acquire().await.map_err(StoreError::from)?;
+    let mut conn = state.conn().await?;
     hosts::report_status(&mut conn, &host_id, &status).await?;
     state.metrics.status_reports.inc();
     Ok(StatusCode::NO_CONTENT)

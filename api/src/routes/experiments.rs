@@ -17,11 +17,7 @@ pub async fn create(
     _: Operator,
     body: DocumentBody,
 ) -> Result<(StatusCode, Json<Experiment>), ApiError> {
-    let mut conn = state
-        .pool
-        .acquire()
-        .await
-        .map_err(phoenix_storage::StoreError::from)?;
+    let mut conn = state.conn().await?;
     let experiment = app::create_experiment(&mut conn, &body).await?;
     tracing::info!(experiment = %experiment.name, "experiment created");
     Ok((StatusCode::CREATED, Json(experiment)))
@@ -31,11 +27,7 @@ pub async fn list(
     State(state): State<AppState>,
     _: Viewer,
 ) -> Result<Json<List<Experiment>>, ApiError> {
-    let mut conn = state
-        .pool
-        .acquire()
-        .await
-        .map_err(phoenix_storage::StoreError::from)?;
+    let mut conn = state.conn().await?;
     Ok(Json(List {
         items: experiments::list(&mut conn).await?,
     }))
@@ -46,11 +38,7 @@ pub async fn get(
     _: Viewer,
     Path(name): Path<String>,
 ) -> Result<Json<Experiment>, ApiError> {
-    let mut conn = state
-        .pool
-        .acquire()
-        .await
-        .map_err(phoenix_storage::StoreError::from)?;
+    let mut conn = state.conn().await?;
     Ok(Json(experiments::get(&mut conn, &name).await?))
 }
 
@@ -59,11 +47,7 @@ pub async fn delete(
     _: Operator,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let mut conn = state
-        .pool
-        .acquire()
-        .await
-        .map_err(phoenix_storage::StoreError::from)?;
+    let mut conn = state.conn().await?;
     experiments::delete(&mut conn, &name).await?;
     tracing::info!(experiment = %name, "experiment deleted");
     Ok(StatusCode::NO_CONTENT)
@@ -74,11 +58,7 @@ pub async fn stop(
     _: Operator,
     Path(name): Path<String>,
 ) -> Result<Json<Experiment>, ApiError> {
-    let mut conn = state
-        .pool
-        .acquire()
-        .await
-        .map_err(phoenix_storage::StoreError::from)?;
+    let mut conn = state.conn().await?;
     let experiment = experiments::stop(&mut conn, &name, "stopped by user").await?;
     tracing::info!(experiment = %name, "experiment stopped");
     Ok(Json(experiment))
@@ -89,11 +69,7 @@ pub async fn events(
     _: Viewer,
     Path(name): Path<String>,
 ) -> Result<Json<List<ExperimentEvent>>, ApiError> {
-    let mut conn = state
-        .pool
-        .acquire()
-        .await
-        .map_err(phoenix_storage::StoreError::from)?;
+    let mut conn = state.conn().await?;
     let items = experiments::events(&mut conn, &name).await?;
     if items.is_empty() {
         return Err(ApiError::NotFound(format!(

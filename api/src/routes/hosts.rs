@@ -10,11 +10,7 @@ use crate::error::ApiError;
 use crate::state::AppState;
 
 pub async fn list(State(state): State<AppState>, _: Viewer) -> Result<Json<List<Host>>, ApiError> {
-    let mut conn = state
-        .pool
-        .acquire()
-        .await
-        .map_err(phoenix_storage::StoreError::from)?;
+    let mut conn = state.conn().await?;
     Ok(Json(List {
         items: hosts::list(&mut conn, state.config.host_grace.as_duration()).await?,
     }))
@@ -25,11 +21,7 @@ pub async fn get(
     _: Viewer,
     Path(host_id): Path<String>,
 ) -> Result<Json<Host>, ApiError> {
-    let mut conn = state
-        .pool
-        .acquire()
-        .await
-        .map_err(phoenix_storage::StoreError::from)?;
+    let mut conn = state.conn().await?;
     Ok(Json(
         hosts::get(&mut conn, &host_id, state.config.host_grace.as_duration()).await?,
     ))

@@ -14,11 +14,7 @@ pub async fn list(
     State(state): State<AppState>,
     _: Viewer,
 ) -> Result<Json<List<PipelineTemplate>>, ApiError> {
-    let mut conn = state
-        .pool
-        .acquire()
-        .await
-        .map_err(phoenix_storage::StoreError::from)?;
+    let mut conn = state.conn().await?;
     let items = templates::list(&mut conn)
         .await?
         .into_iter()
@@ -32,10 +28,6 @@ pub async fn get(
     _: Viewer,
     Path(name): Path<String>,
 ) -> Result<Json<PipelineTemplate>, ApiError> {
-    let mut conn = state
-        .pool
-        .acquire()
-        .await
-        .map_err(phoenix_storage::StoreError::from)?;
+    let mut conn = state.conn().await?;
     Ok(Json(template_view(templates::get(&mut conn, &name).await?)))
 }

@@ -140,6 +140,22 @@ pub struct AgentConfig {
     /// for the next agent to adopt
     #[arg(long, env = "PHOENIX_STOP_COLLECTORS_ON_EXIT")]
     pub stop_collectors_on_exit: bool,
+
+    /// Prometheus Pushgateway to push each collector's CPU seconds and RSS to,
+    /// labelled with experiment, variant and host, e.g. http://pushgateway:9091
+    /// (unset: no pushes)
+    #[arg(long, env = "PHOENIX_PUSHGATEWAY_URL", value_name = "URL")]
+    pub pushgateway_url: Option<reqwest::Url>,
+
+    /// How often collector resource use is pushed, e.g. 5s
+    #[arg(
+        long,
+        env = "PHOENIX_PUSH_INTERVAL",
+        value_name = "DURATION",
+        default_value = "5s",
+        value_parser = parse_duration
+    )]
+    pub push_interval: Duration,
 }
 
 /// A setting that is wrong in a way flag parsing cannot tell.

@@ -9,6 +9,7 @@
 //! - [`state`]: `state.json`, what the agent supervises, written atomically.
 //! - [`ports`]: the loopback ports each collector is given.
 //! - [`metrics`]: the agent's own Prometheus metrics.
+//! - [`pushgateway`]: per-collector CPU and RSS pushed to a Pushgateway (optional).
 //! - this file: [`run`], which ties them together in four independent loops: the task
 //!   long-poll, heartbeats, status reports, and the `/metrics` + `/healthz` server. A
 //!   long poll never delays a heartbeat.
@@ -28,6 +29,7 @@ pub mod config;
 pub mod metrics;
 pub mod ports;
 pub mod procfs;
+pub mod pushgateway;
 pub mod state;
 pub mod supervisor;
 
@@ -129,6 +131,15 @@ pub async fn run(
         status_wanted,
         stop.clone(),
     ));
+    if let Some(url) = &config.pushgateway_url {
+        let gateway = pushgateway::Pushgateway::new(url.clone(), host_id.clone());
+        loops.spawn(pushgateway::push_loop(
+            gateway,
+            supervisor.clone(),
+            config.push_interval,
+            stop.clone(),
+        ));
+    }
     loops.spawn(task_loop(
         client.clone(),
         supervisor.clone(),

@@ -9,6 +9,7 @@
 //! - [`state`]: `state.json`, what the agent supervises, written atomically.
 //! - [`ports`]: the loopback ports each collector is given.
 //! - [`metrics`]: the agent's own Prometheus metrics.
+//! - [`node_labels`]: in a Kubernetes pod, the Node's labels join the host labels.
 //! - [`pushgateway`]: per-collector CPU and RSS pushed to a Pushgateway (optional).
 //! - this file: [`run`], which ties them together in four independent loops: the task
 //!   long-poll, heartbeats, status reports, and the `/metrics` + `/healthz` server. A
@@ -27,6 +28,7 @@
 pub mod client;
 pub mod config;
 pub mod metrics;
+pub mod node_labels;
 pub mod ports;
 pub mod procfs;
 pub mod pushgateway;
@@ -89,6 +91,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
     let host_id = config.resolved_host_id()?;
+    // In a Kubernetes pod (NODE_NAME set), the Node's labels join the flag labels.
+    let mut config = config;
+    config.labels = node_labels::host_labels(&config.labels).await;
     let metrics = Metrics::new();
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

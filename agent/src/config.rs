@@ -141,6 +141,16 @@ pub struct AgentConfig {
     #[arg(long, env = "PHOENIX_STOP_COLLECTORS_ON_EXIT")]
     pub stop_collectors_on_exit: bool,
 
+    /// The most load-simulation processes this host runs at once, over all load
+    /// runs; a run asking for more is refused (0: run no load)
+    #[arg(
+        long,
+        env = "PHOENIX_MAX_LOAD_PROCESSES",
+        value_name = "N",
+        default_value_t = 2000
+    )]
+    pub max_load_processes: u32,
+
     /// Prometheus Pushgateway to push each collector's CPU seconds and RSS to,
     /// labelled with experiment, variant and host, e.g. http://pushgateway:9091
     /// (unset: no pushes)
@@ -264,5 +274,6 @@ mod tests {
         assert_eq!(config.state_dir, PathBuf::from("/var/lib/phoenix-agent"));
         assert_eq!(config.resolved_host_id().unwrap(), "web-01");
         assert!(!config.stop_collectors_on_exit);
+        assert_eq!(config.max_load_processes, 2000);
     }
 }

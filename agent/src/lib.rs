@@ -11,6 +11,8 @@
 //! - [`metrics`]: the agent's own Prometheus metrics.
 //! - [`node_labels`]: in a Kubernetes pod, the Node's labels join the host labels.
 //! - [`pushgateway`]: per-collector CPU and RSS pushed to a Pushgateway (optional).
+//! - [`loadsim`]: load simulation: runs of real worker processes, bounded and
+//!   always cleaned up (stopped on exit; a restarted agent kills leftovers).
 //! - this file: [`run`], which ties them together in four independent loops: the task
 //!   long-poll, heartbeats, status reports, and the `/metrics` + `/healthz` server. A
 //!   long poll never delays a heartbeat.
@@ -27,6 +29,7 @@
 
 pub mod client;
 pub mod config;
+pub mod loadsim;
 pub mod metrics;
 pub mod node_labels;
 pub mod ports;
@@ -45,7 +48,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use phoenix_wire::agent::{HostStatus, Task, TaskAction, TaskOutcome};
+use phoenix_wire::agent::{HostStatus, Task, TaskAction, TaskKind, TaskOutcome};
 use phoenix_wire::names::Labels;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
@@ -55,6 +58,7 @@ pub use config::AgentConfig;
 
 use client::{ApiClient, RetryPolicy, retry};
 use config::ConfigError;
+use loadsim::{LoadRunner, LoadSettings};
 use metrics::Metrics;
 use supervisor::{OnExit, Supervisor, SupervisorError};
 
@@ -103,6 +107,13 @@ pub async fn run(
         })?;
     let listen_addr = listener.local_addr().unwrap_or(config.listen);
     let supervisor = Supervisor::open(config.supervisor_settings()).await?;
+    let loads = LoadRunner::open(LoadSettings {
+        state_dir: supervisor.state_dir().to_path_buf(),
+        worker_bin: loadsim::own_executable(),
+        max_processes: config.max_load_processes,
+        stop_timeout: config.stop_timeout,
+    })
+    .await;
     tracing::info!(
         host_id = %host_id,
         api = %config.api_url,
@@ -131,6 +142,7 @@ pub async fn run(
     loops.spawn(status_loop(
         client.clone(),
         supervisor.clone(),
+        loads.clone(),
         metrics.clone(),
         config.labels.clone(),
         status_wanted,
@@ -148,6 +160,7 @@ pub async fn run(
     loops.spawn(task_loop(
         client.clone(),
         supervisor.clone(),
+        loads.clone(),
         metrics.clone(),
         stop,
     ));
@@ -160,10 +173,12 @@ pub async fn run(
             tracing::error!("an agent loop failed: {err}");
         }
     }
+    // Load is never left running: a next agent would not adopt it.
+    loads.shutdown().await;
     if config.stop_collectors_on_exit {
         supervisor.shutdown(OnExit::StopCollectors).await;
         // One short attempt to tell the API; it learns the rest when the host goes silent.
-        let status = host_status(&supervisor, &config.labels);
+        let status = host_status(&supervisor, &loads, &config.labels);
         match tokio::time::timeout(FINAL_STATUS_TIMEOUT, client.put_status(&status)).await {
             Ok(Ok(())) => {}
             Ok(Err(err)) => tracing::warn!("could not report the stopped collectors: {err}"),
@@ -186,6 +201,7 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 async fn task_loop(
     client: ApiClient,
     supervisor: Supervisor,
+    loads: LoadRunner,
     metrics: Metrics,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -224,15 +240,16 @@ async fn task_loop(
         }
         let mut running = JoinSet::new();
         for tasks in per_collector {
-            let (client, supervisor, metrics, stop) = (
+            let (client, supervisor, loads, metrics, stop) = (
                 client.clone(),
                 supervisor.clone(),
+                loads.clone(),
                 metrics.clone(),
                 stop.clone(),
             );
             running.spawn(async move {
                 for task in tasks {
-                    handle_task(&client, &supervisor, &metrics, stop.clone(), task).await;
+                    handle_task(&client, &supervisor, &loads, &metrics, stop.clone(), task).await;
                 }
             });
         }
@@ -249,11 +266,15 @@ async fn task_loop(
 async fn handle_task(
     client: &ApiClient,
     supervisor: &Supervisor,
+    loads: &LoadRunner,
     metrics: &Metrics,
     mut stop: watch::Receiver<bool>,
     task: Task,
 ) {
-    let outcome = apply_task(supervisor, &task).await;
+    let outcome = match task.kind {
+        TaskKind::Collector => apply_task(supervisor, &task).await,
+        TaskKind::Load => apply_load_task(loads, &task).await,
+    };
     metrics.task_handled(task.action, outcome.ok);
     match &outcome.error {
         None => {
@@ -312,6 +333,39 @@ async fn apply_task(supervisor: &Supervisor, task: &Task) -> TaskOutcome {
     }
 }
 
+/// Does what a load task asks: `start` and `update` run the load spec (the same hash
+/// is a no-op), `stop` ends the run and forgets it.
+async fn apply_load_task(loads: &LoadRunner, task: &Task) -> TaskOutcome {
+    let result = match task.action {
+        TaskAction::Start | TaskAction::Update => match &task.load {
+            None => Err(format!(
+                "task {} ({}) carries no load spec",
+                task.id,
+                task.action.as_str()
+            )),
+            Some(spec) if spec.unit_id() != task.collector_id => Err(format!(
+                "task {} is for {} but carries a load spec for {}",
+                task.id,
+                task.collector_id,
+                spec.unit_id()
+            )),
+            Some(spec) => loads
+                .start(spec.clone())
+                .await
+                .map(drop)
+                .map_err(|err| err.to_string()),
+        },
+        TaskAction::Stop => loads
+            .stop(&task.collector_id)
+            .await
+            .map_err(|err| err.to_string()),
+    };
+    TaskOutcome {
+        ok: result.is_ok(),
+        error: result.err(),
+    }
+}
+
 /// Sends a heartbeat every `interval` (the first one interval after start: the first
 /// status report announces the agent). A heartbeat the API refuses because it does
 /// not know this host asks the status loop to send the full status again.
@@ -347,18 +401,22 @@ async fn heartbeat_loop(
 async fn status_loop(
     client: ApiClient,
     supervisor: Supervisor,
+    loads: LoadRunner,
     metrics: Metrics,
     labels: Labels,
     status_wanted: Arc<Notify>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut changes = supervisor.subscribe();
+    // Load runs report starting, ending, and progress at most every few seconds.
+    let mut load_changes = loads.subscribe();
     let mut last_sent: Option<HostStatus> = None;
     let mut last_sent_at = Instant::now();
     let mut force = true;
     loop {
         changes.borrow_and_update();
-        let status = host_status(&supervisor, &labels);
+        load_changes.borrow_and_update();
+        let status = host_status(&supervisor, &loads, &labels);
         metrics.observe_collectors(&status.collectors);
         let stable = stable_part(&status);
         if force || last_sent.as_ref() != Some(&stable) || last_sent_at.elapsed() >= STATUS_REFRESH
@@ -378,17 +436,20 @@ async fn status_loop(
         tokio::select! {
             () = stopped(&mut stop) => return,
             _ = changes.changed() => {}
+            _ = load_changes.changed() => {}
             () = status_wanted.notified() => force = true,
             () = tokio::time::sleep_until(last_sent_at + STATUS_REFRESH) => {}
         }
     }
 }
 
-fn host_status(supervisor: &Supervisor, labels: &Labels) -> HostStatus {
+fn host_status(supervisor: &Supervisor, loads: &LoadRunner, labels: &Labels) -> HostStatus {
     HostStatus {
         labels: labels.clone(),
         agent_version: AGENT_VERSION.to_string(),
         collectors: supervisor.statuses(),
+        load: loads.statuses(),
+        max_load_processes: loads.max_processes(),
     }
 }
 

@@ -1,5 +1,6 @@
 //! `phoenix-agent`: parses flags, sets up logging and signals, and runs the agent
-//! (see the library's [`phoenix_agent::run`]).
+//! (see the library's [`phoenix_agent::run`]). Started as `phoenix-agent load-worker
+//! ...` it is a load worker instead (see [`phoenix_agent::loadsim::worker`]).
 
 use std::io::IsTerminal;
 
@@ -9,8 +10,20 @@ use phoenix_agent::AgentConfig;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
+fn main() -> anyhow::Result<()> {
+    // `phoenix-agent load-worker ...` is a load process: no runtime, no logging.
+    if let Some(code) = phoenix_agent::loadsim::worker::run_if_invoked(std::env::args_os()) {
+        std::process::exit(if code == std::process::ExitCode::SUCCESS {
+            0
+        } else {
+            1
+        });
+    }
+    agent_main()
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn agent_main() -> anyhow::Result<()> {
     let config = AgentConfig::parse();
     // Logs go to stderr; colours only on a terminal, not in log files.
     tracing_subscriber::fmt()

@@ -8,7 +8,7 @@
 //! `phoenix_storage` (queries). [`auth`] holds tokens and roles, [`error`] the
 //! problem+json mapping, [`body`] document parsing, [`wakeups`] the LISTEN fan-out
 //! for long-polls, [`heartbeats`] the coalescing heartbeat writer, [`metrics`] the
-//! process's metrics.
+//! process's metrics. [`loadsims`] is the application layer of load simulations.
 
 pub mod app;
 pub mod auth;
@@ -16,6 +16,7 @@ pub mod body;
 pub mod config;
 pub mod error;
 pub mod heartbeats;
+pub mod loadsims;
 pub mod metrics;
 pub mod routes;
 pub mod state;

@@ -187,14 +187,10 @@ impl Stack {
 
     /// Registers a host through the agent protocol, without an agent behind it.
     pub async fn register_host(&self, host_id: &str, labels: &[(&str, &str)]) {
-        let status = phoenix_wire::agent::HostStatus {
-            labels: labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            agent_version: "test".into(),
-            collectors: vec![],
-        };
+        // Plain JSON: what a minimal agent sends; later protocol fields default.
+        let labels: BTreeMap<&str, &str> = labels.iter().copied().collect();
+        let status =
+            serde_json::json!({ "labels": labels, "agentVersion": "test", "collectors": [] });
         let response = self
             .request(
                 reqwest::Method::PUT,

@@ -7,11 +7,13 @@
 //!
 //! Modules: [`render`] (experiment + template → collector spec), [`diff`] (desired
 //! vs reported vs open tasks → tasks to write), [`lifecycle`] (phase decisions),
-//! [`pass`] (one transactional pass), [`metrics`], [`config`].
+//! [`load`] (desired vs reported load runs → load tasks), [`pass`] (one
+//! transactional pass), [`metrics`], [`config`].
 
 pub mod config;
 pub mod diff;
 pub mod lifecycle;
+pub mod load;
 pub mod metrics;
 pub mod pass;
 pub mod render;

@@ -1,5 +1,6 @@
 //! One reconcile pass: load desired and actual state, make due phase transitions,
-//! compute every host's desired collectors, and write the tasks that close the gap.
+//! compute every host's desired collectors, and write the tasks that close the gap;
+//! then the same for load runs ([`crate::load`]), as a step of its own.
 //! The whole pass is one transaction on the leader's connection, so it either
 //! happens completely or not at all, and never after leadership is lost.
 
@@ -115,6 +116,10 @@ pub async fn run_pass(conn: &mut PgConnection, config: &ReconcilerConfig) -> Res
     let plan = diff::plan(&desired, &actual, &open, &blocked);
     report.tasks_created = tasks::insert(&mut tx, &plan.new_tasks).await?;
     report.tasks_cancelled = tasks::cancel_pending(&mut tx, &plan.cancel).await?;
+
+    let load = crate::load::reconcile(&mut tx, &active, config, now).await?;
+    report.tasks_created += load.tasks_created;
+    report.tasks_cancelled += load.tasks_cancelled;
     tx.commit().await?;
     Ok(report)
 }

@@ -26,7 +26,7 @@ pub fn host_state(last_seen: DateTime<Utc>, now: DateTime<Utc>, grace: Duration)
 }
 
 /// Stores a full status report: registers or updates the host and replaces its
-/// reported collectors, in one transaction.
+/// reported collectors (and load runs, see [`crate::loads`]), in one transaction.
 pub async fn report_status(
     conn: &mut PgConnection,
     host_id: &str,
@@ -70,6 +70,7 @@ pub async fn report_status(
         .execute(&mut *tx)
         .await?;
     }
+    crate::loads::replace_reported(&mut tx, host_id, status).await?;
     tx.commit().await?;
     Ok(())
 }

@@ -4,7 +4,7 @@
 //!   (embedded migrations from `migrations/`; sqlx serialises concurrent migrators
 //!   with an advisory lock, so several replicas may start at once) and seeds the
 //!   built-in pipeline catalog.
-//! - [`experiments`], [`hosts`], [`tasks`], [`templates`]: the queries, as free
+//! - [`experiments`], [`hosts`], [`loads`], [`tasks`], [`templates`]: the queries, as free
 //!   functions over a `&mut PgConnection`, so a caller chooses the transaction (the
 //!   reconciler runs a whole pass in one, on the connection that holds leadership).
 //! - [`leader`]: leader election with a session advisory lock.
@@ -14,6 +14,7 @@
 pub mod experiments;
 pub mod hosts;
 pub mod leader;
+pub mod loads;
 pub mod tasks;
 pub mod templates;
 pub mod throwaway;

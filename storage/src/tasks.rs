@@ -5,11 +5,17 @@
 //! that was not yet claimed. A lease that expires unanswered makes the task
 //! claimable again; after `max_attempts` deliveries it fails instead. A partial
 //! unique index allows one open task per (host, collector, hash, action).
+//!
+//! Tasks have a kind: `collector` (the default) or `load`, whose unit id
+//! (`load.<run id>`) sits in `collector_id` and whose payload is a load run spec.
+//! [`list_open`] and [`failures_since`] see collector tasks only, their `*_load`
+//! twins load tasks only, so neither diff ever touches the other's units.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use phoenix_wire::agent::{CollectorSpec, Task, TaskAction, TaskOutcome};
+use phoenix_wire::agent::{CollectorSpec, Task, TaskAction, TaskKind, TaskOutcome};
+use phoenix_wire::load::LoadRunSpec;
 use sqlx::FromRow;
 use sqlx::postgres::PgConnection;
 
@@ -58,6 +64,7 @@ pub async fn insert(conn: &mut PgConnection, tasks: &[NewTask]) -> Result<u64> {
 #[derive(FromRow)]
 struct ClaimedRow {
     id: i64,
+    kind: String,
     action: String,
     collector_id: String,
     attempts: i32,
@@ -81,7 +88,7 @@ pub async fn claim(
                AND (status = 'pending' OR (status = 'leased' AND lease_until < now())) \
                ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED) claimable \
          WHERE t.id = claimable.id \
-         RETURNING t.id, t.action, t.collector_id, t.attempts, t.payload",
+         RETURNING t.id, t.kind, t.action, t.collector_id, t.attempts, t.payload",
     )
     .bind(host_id)
     .bind(lease.as_millis() as f64)
@@ -93,17 +100,32 @@ pub async fn claim(
         .into_iter()
         .map(|row| {
             let what = format!("task {}", row.id);
+            let kind = TaskKind::parse(&row.kind)
+                .ok_or_else(|| corrupt(&what, format!("unknown kind {}", row.kind)))?;
+            let (collector, load) = match (kind, row.payload) {
+                (_, None) => (None, None),
+                (TaskKind::Collector, Some(payload)) => (
+                    Some(serde_json::from_value::<CollectorSpec>(payload))
+                        .transpose()
+                        .map_err(|e| corrupt(&what, e))?,
+                    None,
+                ),
+                (TaskKind::Load, Some(payload)) => (
+                    None,
+                    Some(serde_json::from_value::<LoadRunSpec>(payload))
+                        .transpose()
+                        .map_err(|e| corrupt(&what, e))?,
+                ),
+            };
             Ok(Task {
                 id: row.id,
                 action: TaskAction::parse(&row.action)
                     .ok_or_else(|| corrupt(&what, format!("unknown action {}", row.action)))?,
                 collector_id: row.collector_id,
                 attempt: row.attempts,
-                collector: row
-                    .payload
-                    .map(serde_json::from_value::<CollectorSpec>)
-                    .transpose()
-                    .map_err(|e| corrupt(&what, e))?,
+                collector,
+                kind,
+                load,
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -188,10 +210,11 @@ pub struct OpenTask {
     pub status: String,
 }
 
+/// Open collector tasks (load tasks: [`list_open_load`]).
 pub async fn list_open(conn: &mut PgConnection) -> Result<Vec<OpenTask>> {
     Ok(sqlx::query_as(
         "SELECT id, host_id, collector_id, action, config_hash, status FROM agent_tasks \
-         WHERE status IN ('pending', 'leased') ORDER BY id",
+         WHERE status IN ('pending', 'leased') AND kind = 'collector' ORDER BY id",
     )
     .fetch_all(conn)
     .await?)
@@ -207,14 +230,78 @@ pub struct FailedTask {
     pub created_at: DateTime<Utc>,
 }
 
-/// Failed starts and updates created since `since`.
+/// Failed collector starts and updates created since `since`.
 pub async fn failures_since(
     conn: &mut PgConnection,
     since: DateTime<Utc>,
 ) -> Result<Vec<FailedTask>> {
     Ok(sqlx::query_as(
         "SELECT host_id, collector_id, config_hash, error, created_at FROM agent_tasks \
-         WHERE status = 'failed' AND action <> 'stop' AND created_at >= $1 ORDER BY id",
+         WHERE status = 'failed' AND action <> 'stop' AND kind = 'collector' AND created_at >= $1 ORDER BY id",
+    )
+    .bind(since)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// A load task the reconciler wants to exist. Its unit id goes in `collector_id`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewLoadTask {
+    pub host_id: String,
+    pub unit_id: String,
+    pub action: TaskAction,
+    /// The spec's hash for start/update; empty for stop.
+    pub spec_hash: String,
+    pub load: Option<LoadRunSpec>,
+}
+
+/// Inserts load tasks in one statement; a task that is already open is skipped.
+/// Returns how many were new.
+pub async fn insert_load(conn: &mut PgConnection, tasks: &[NewLoadTask]) -> Result<u64> {
+    if tasks.is_empty() {
+        return Ok(0);
+    }
+    let payloads: Vec<Option<serde_json::Value>> = tasks
+        .iter()
+        .map(|t| {
+            t.load
+                .as_ref()
+                .map(|l| serde_json::to_value(l).expect("load spec serializes"))
+        })
+        .collect();
+    let result = sqlx::query(
+        "INSERT INTO agent_tasks (kind, host_id, collector_id, action, config_hash, payload) \
+         SELECT 'load', * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[]) \
+         ON CONFLICT (host_id, collector_id, config_hash, action) WHERE status IN ('pending', 'leased') DO NOTHING",
+    )
+    .bind(tasks.iter().map(|t| t.host_id.as_str()).collect::<Vec<_>>())
+    .bind(tasks.iter().map(|t| t.unit_id.as_str()).collect::<Vec<_>>())
+    .bind(tasks.iter().map(|t| t.action.as_str()).collect::<Vec<_>>())
+    .bind(tasks.iter().map(|t| t.spec_hash.as_str()).collect::<Vec<_>>())
+    .bind(&payloads)
+    .execute(conn)
+    .await?;
+    Ok(result.rows_affected())
+}
+
+/// Open load tasks (their unit id in `collector_id`, their spec hash in `config_hash`).
+pub async fn list_open_load(conn: &mut PgConnection) -> Result<Vec<OpenTask>> {
+    Ok(sqlx::query_as(
+        "SELECT id, host_id, collector_id, action, config_hash, status FROM agent_tasks \
+         WHERE status IN ('pending', 'leased') AND kind = 'load' ORDER BY id",
+    )
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Failed load starts and updates created since `since`, oldest first.
+pub async fn load_failures_since(
+    conn: &mut PgConnection,
+    since: DateTime<Utc>,
+) -> Result<Vec<FailedTask>> {
+    Ok(sqlx::query_as(
+        "SELECT host_id, collector_id, config_hash, error, created_at FROM agent_tasks \
+         WHERE status = 'failed' AND action <> 'stop' AND kind = 'load' AND created_at >= $1 ORDER BY id",
     )
     .bind(since)
     .fetch_all(conn)

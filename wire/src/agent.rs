@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::load::{LoadRunSpec, LoadStatus};
 use crate::names::Labels;
 
 /// Which side of an experiment a collector is, or a host's standing pipeline.
@@ -125,18 +126,54 @@ impl TaskAction {
     }
 }
 
+/// What a task's unit is: a collector, or a load run ([`crate::load`]).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskKind {
+    #[default]
+    Collector,
+    Load,
+}
+
+impl TaskKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskKind::Collector => "collector",
+            TaskKind::Load => "load",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<TaskKind> {
+        [TaskKind::Collector, TaskKind::Load]
+            .into_iter()
+            .find(|k| k.as_str() == text)
+    }
+
+    fn is_collector(&self) -> bool {
+        *self == TaskKind::Collector
+    }
+}
+
 /// One unit of work for one host, leased to its agent.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Task {
     pub id: i64,
     pub action: TaskAction,
+    /// The unit the task is for: a collector id, or `load.<run id>` for a load run.
     pub collector_id: String,
     /// 1 on first delivery; higher when a lease expired and the task came back.
     pub attempt: i32,
     /// The collector to run, for `start` and `update`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub collector: Option<CollectorSpec>,
+    /// Whether the unit is a collector (the default, and all older agents know) or
+    /// a load run.
+    #[serde(default, skip_serializing_if = "TaskKind::is_collector")]
+    pub kind: TaskKind,
+    /// The load run to run, for `start` and `update` of a load unit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<LoadRunSpec>,
 }
 
 /// The answer to a task long-poll.
@@ -212,6 +249,13 @@ pub struct HostStatus {
     pub labels: Labels,
     pub agent_version: String,
     pub collectors: Vec<CollectorStatus>,
+    /// The load runs the agent has (running, or finished and not yet stopped).
+    #[serde(default)]
+    pub load: Vec<LoadStatus>,
+    /// The most load processes this host runs at once (`--max-load-processes`);
+    /// 0 for an agent that runs no load (older agents report nothing).
+    #[serde(default)]
+    pub max_load_processes: u32,
 }
 
 #[cfg(test)]

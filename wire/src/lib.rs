@@ -8,12 +8,15 @@
 //! - [`agent`]: the agent protocol: tasks, task outcomes, host status, collector specs
 //!   and their config hash.
 //! - [`problem`]: `application/problem+json` error bodies shared by the API and clients.
+//! - [`load`]: load simulation: profiles, the run spec a task carries, what agents
+//!   report about runs, and the loadsim requests and views of the user API.
 //!
 //! The api, the reconciler, the agent and the CLI all depend on this crate; it links
 //! neither a database driver nor an HTTP stack.
 
 pub mod agent;
 pub mod duration;
+pub mod load;
 pub mod names;
 pub mod problem;
 pub mod resource;

@@ -164,6 +164,34 @@ pub struct LoadSpec {
     pub processes: Option<u32>,
 }
 
+impl LoadSpec {
+    /// The profile and its parameters (its defaults, with `processes` if given),
+    /// checked; errors name `spec.load.<field>`.
+    pub fn parameters(
+        &self,
+    ) -> Result<(crate::load::LoadProfile, crate::load::LoadParameters), FieldError> {
+        use crate::load::{LoadOverrides, LoadProfile};
+        let profile = LoadProfile::parse(&self.profile).ok_or_else(|| {
+            FieldError::new(
+                "spec.load.profile",
+                format!(
+                    "there is no load profile `{}`; the profiles are: {}",
+                    self.profile,
+                    LoadProfile::names()
+                ),
+            )
+        })?;
+        let overrides = LoadOverrides {
+            processes: self.processes,
+            ..LoadOverrides::default()
+        };
+        let parameters = overrides
+            .resolve(profile)
+            .map_err(|e| FieldError::new(format!("spec.load.{}", e.field), e.message))?;
+        Ok((profile, parameters))
+    }
+}
+
 /// What the candidate must achieve to pass.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -369,8 +397,7 @@ impl ExperimentSpec {
             }
         }
         if let Some(load) = &self.load {
-            names::check_resource_name(&load.profile)
-                .map_err(|m| FieldError::new("spec.load.profile", m))?;
+            load.parameters()?;
         }
         Ok(())
     }

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod experiments;
 pub mod health;
 pub mod hosts;
+pub mod loadsims;
 pub mod pipelines;
 
 use axum::Router;
@@ -36,6 +37,15 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/hosts", get(hosts::list))
         .route("/api/v1/hosts/{host_id}", get(hosts::get))
+        .route(
+            "/api/v1/loadsims",
+            post(loadsims::start).get(loadsims::list),
+        )
+        .route("/api/v1/loadsims/profiles", get(loadsims::profiles))
+        .route(
+            "/api/v1/loadsims/{name}",
+            get(loadsims::get).delete(loadsims::stop),
+        )
         .route("/api/v1/pipelines", get(pipelines::list))
         .route("/api/v1/pipelines/{name}", get(pipelines::get))
         .route("/agent/v1/hosts/{host_id}/tasks", get(agent::claim_tasks))

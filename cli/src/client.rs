@@ -68,6 +68,15 @@ impl ApiClient {
         self.send(Method::DELETE, path, None).await.map(drop)
     }
 
+    /// `DELETE path`, decoding the JSON answer (for deletes that return the object).
+    pub async fn delete_returning<T: DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<T, ClientError> {
+        let bytes = self.send(Method::DELETE, path, None).await?;
+        decode(&Method::DELETE, path, &bytes)
+    }
+
     /// Sends one request and returns the body of a 2xx answer.
     async fn send(
         &self,
@@ -234,6 +243,9 @@ fn api_hint(method: &str, path: &str, status: u16) -> Option<String> {
             "list experiments with `phoenix experiment list`"
         }
         404 if path.starts_with(&format!("{HOSTS}/")) => "list hosts with `phoenix host list`",
+        404 if path.starts_with("/api/v1/loadsims/") => {
+            "list load simulations with `phoenix loadsim status`"
+        }
         409 if method == "POST" && path == EXPERIMENTS => {
             "choose another metadata.name, or delete the existing experiment with `phoenix experiment delete NAME`"
         }

@@ -1,11 +1,13 @@
-//! The command line: global flags, one module per noun (`experiment`, `host`), and
-//! [`run`], which loads the configuration and hands the command to its noun.
+//! The command line: global flags, one module per noun (`experiment`, `host`,
+//! `loadsim`, ...), and [`run`], which loads the configuration and hands the
+//! command to its noun.
 //!
 //! Each noun module holds its clap subcommands (with an about text and an example
 //! each) and the code that calls the API and prints the answer.
 
 pub mod experiment;
 pub mod host;
+pub mod loadsim;
 
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
@@ -23,6 +25,9 @@ Typical flow:
   phoenix experiment stop topk-web             end it early (collectors are removed)
   phoenix experiment delete topk-web           forget it
   phoenix host list                            the hosts whose agents report in
+  phoenix loadsim start --host web-1 --profile high-cardinality
+                                               generate process load on a host
+  phoenix loadsim status                       load simulations and their live processes
 
 Configuration (flags beat environment beat file):
   --api-url   PHOENIX_API_URL   apiUrl   (default http://127.0.0.1:8080)
@@ -61,6 +66,9 @@ pub enum Command {
     /// List and inspect the hosts whose agents report in
     #[command(subcommand)]
     Host(host::HostCommand),
+    /// Generate process load on hosts (real processes), stop it, and see it
+    #[command(subcommand)]
+    Loadsim(loadsim::LoadsimCommand),
 }
 
 /// What every command needs: the API client, the output format, and one "now" so
@@ -84,6 +92,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Experiment(command) => experiment::run(&ctx, command).await,
         Command::Host(command) => host::run(&ctx, command).await,
+        Command::Loadsim(command) => loadsim::run(&ctx, command).await,
     }
 }
 

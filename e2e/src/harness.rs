@@ -384,7 +384,107 @@ impl Drop for AgentProcess {
             // SAFETY: plain kill(2) on a pid we found in /proc.
             unsafe { libc::kill(process.pid as i32, libc::SIGKILL) };
         }
+        // Load workers die with their agent; these are any that did not.
+        for process in self.load_processes() {
+            // SAFETY: plain kill(2) on a pid we found in /proc.
+            unsafe { libc::kill(process.pid as i32, libc::SIGKILL) };
+        }
     }
+}
+
+impl AgentProcess {
+    /// Live load workers of this agent, from the OS process table: every process
+    /// whose environment carries this agent's load marker.
+    pub fn load_processes(&self) -> Vec<LoadProcess> {
+        load_processes_of(&self.state_dir)
+    }
+}
+
+/// A load worker (or a run's group leader) found in /proc.
+#[derive(Clone, Debug)]
+pub struct LoadProcess {
+    pub pid: u32,
+    /// Its `--run`, e.g. `run.demo`.
+    pub run: String,
+    /// Its `--tag`, unique per worker; a run's group leader ends in `-group`.
+    pub tag: String,
+    pub cmdline: Vec<String>,
+}
+
+impl LoadProcess {
+    pub fn is_group_leader(&self) -> bool {
+        self.tag.ends_with("-group")
+    }
+}
+
+/// Live (not zombie) processes whose environment has
+/// `PHOENIX_LOAD_STATE_DIR=<state_dir>`.
+pub fn load_processes_of(state_dir: &Path) -> Vec<LoadProcess> {
+    let marker = format!("PHOENIX_LOAD_STATE_DIR={}", state_dir.display());
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if !environ.split(|b| *b == 0).any(|v| v == marker.as_bytes()) {
+            continue;
+        }
+        if is_zombie(pid) {
+            continue;
+        }
+        let cmdline: Vec<String> = std::fs::read(entry.path().join("cmdline"))
+            .unwrap_or_default()
+            .split(|b| *b == 0)
+            .filter(|v| !v.is_empty())
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .collect();
+        let flag = |name: &str| {
+            cmdline
+                .iter()
+                .position(|a| a == name)
+                .and_then(|i| cmdline.get(i + 1))
+                .cloned()
+                .unwrap_or_default()
+        };
+        found.push(LoadProcess {
+            pid,
+            run: flag("--run"),
+            tag: flag("--tag"),
+            cmdline,
+        });
+    }
+    found.sort_by_key(|p| p.pid);
+    found
+}
+
+/// True when `pid` is a zombie (exited, not yet reaped) or gone.
+pub fn is_zombie(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit(')')
+        .next()
+        .is_none_or(|rest| rest.trim_start().starts_with(['Z', 'X']) || rest.is_empty())
+}
+
+/// How many live (not zombie) processes the OS process table holds.
+pub fn live_process_count() -> usize {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()))
+        .filter(|&pid| !is_zombie(pid))
+        .count()
 }
 
 /// A collector process found in /proc.

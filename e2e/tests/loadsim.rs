@@ -527,3 +527,115 @@ spec:
     drop((agent, other));
     stack.shutdown().await;
 }
+
+fn phoenix(stack: &Stack, token: &str, args: &[&str]) -> std::process::Output {
+    Command::new(binary("phoenix"))
+        .args(args)
+        .env("PHOENIX_API_URL", &stack.api_url)
+        .env("PHOENIX_TOKEN", token)
+        .env_remove("PHOENIX_CONFIG")
+        .env("HOME", "/nonexistent")
+        .output()
+        .expect("run phoenix")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_starts_shows_and_stops_a_load_simulation() {
+    let _serial = SERIAL.lock().await;
+    let stack = Stack::start().await;
+    let agent = AgentProcess::spawn(&stack.api_url, "web-1", &[("role", "web")]);
+    wait_for_host(&stack, "web-1").await;
+
+    let out = phoenix(&stack, VIEWER_TOKEN, &["loadsim", "list-profiles"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    for profile in ["realistic", "high-cardinality", "process-churn", "spike"] {
+        assert!(table.contains(profile), "{table}");
+    }
+
+    // Beyond the host's maximum: a clear error naming the field and the host.
+    let out = phoenix(
+        &stack,
+        OPERATOR_TOKEN,
+        &[
+            "loadsim",
+            "start",
+            "--host",
+            "web-1",
+            "--profile",
+            "high-cardinality",
+            "--processes",
+            "2001",
+        ],
+    );
+    assert!(!out.status.success());
+    let error = text(&out.stderr);
+    assert!(
+        error.contains("field: processes") && error.contains("host web-1 allows at most 2000"),
+        "{error}"
+    );
+    assert!(agent.load_processes().is_empty(), "nothing started");
+
+    let out = phoenix(
+        &stack,
+        OPERATOR_TOKEN,
+        &[
+            "loadsim",
+            "start",
+            "--selector",
+            "role=web",
+            "--profile",
+            "high-cardinality",
+            "--processes",
+            "10",
+            "--duration",
+            "5m",
+            "--name",
+            "cli-hc",
+            "-o",
+            "json",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let started: LoadSim = serde_json::from_slice(&out.stdout).expect("loadsim json");
+    assert_eq!(started.target_hosts, ["web-1"]);
+    eventually("10 workers", WAIT, || async {
+        (workers(&agent, "run.cli-hc").len() == 10).then_some(())
+    })
+    .await;
+    eventually("the CLI to show 10 live processes", WAIT, || async {
+        let out = phoenix(
+            &stack,
+            VIEWER_TOKEN,
+            &["loadsim", "status", "cli-hc", "-o", "json"],
+        );
+        let run: LoadSim = serde_json::from_slice(&out.stdout).ok()?;
+        (run.host_status[0].live_processes == 10).then_some(())
+    })
+    .await;
+    let out = phoenix(&stack, VIEWER_TOKEN, &["loadsim", "status"]);
+    let table = text(&out.stdout);
+    assert!(table.starts_with("NAME"), "{table}");
+    assert!(
+        table.contains("cli-hc") && table.contains("running"),
+        "{table}"
+    );
+
+    let out = phoenix(&stack, OPERATOR_TOKEN, &["loadsim", "stop", "cli-hc"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("loadsim/cli-hc stopped"));
+    wait_for_no_load(&agent, "after `phoenix loadsim stop`").await;
+    let out = phoenix(&stack, OPERATOR_TOKEN, &["loadsim", "stop", "cli-hc"]);
+    assert!(!out.status.success(), "stopping twice is a conflict");
+    assert!(
+        text(&out.stderr).contains("already stopped"),
+        "{}",
+        text(&out.stderr)
+    );
+    drop(agent);
+    stack.shutdown().await;
+}

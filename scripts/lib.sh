@@ -16,3 +16,20 @@ ensure_postgres_binaries() {
   echo "installing the Postgres server binaries (apt-get install postgresql)…" >&2
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
 }
+
+# Prometheus (remote-write receiver) and the Pushgateway, from Debian's packages; the
+# tests and the demo start private instances, nothing is started system-wide.
+ensure_measurement_binaries() {
+  if [[ -x /usr/bin/prometheus && -x /usr/bin/prometheus-pushgateway ]]; then
+    return
+  fi
+  echo "installing Prometheus and the Pushgateway (apt-get install prometheus prometheus-pushgateway)…" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    prometheus prometheus-pushgateway >/dev/null
+}
+
+# The Phoenix collector, built once per machine and cached (see collector/README.md).
+ensure_collector() {
+  PHOENIX_COLLECTOR_BIN=$(collector/build.sh)
+  export PHOENIX_COLLECTOR_BIN
+}

@@ -2,14 +2,24 @@
 //! storage queries. Checks that need the database (does the pipeline exist, does
 //! the selector match a host) live here.
 
+use std::path::Path;
+
 use phoenix_storage::{PgConnection, StoreError, experiments, hosts, templates};
+use phoenix_wire::agent::Variant;
 use phoenix_wire::names::selector_matches;
 use phoenix_wire::problem::FieldError;
-use phoenix_wire::resource::{self, ExperimentDocument, PipelineRef, template_variables};
-use phoenix_wire::view::{Experiment, PipelineTemplate};
+use phoenix_wire::resource::{
+    self, ExperimentDocument, PipelineRef, PipelineTemplateDocument, template_variables,
+};
+use phoenix_wire::view::{Experiment, PipelineTemplate, PipelineValidation};
 
 use crate::body::DocumentBody;
+use crate::collector::{self, ValidateError};
 use crate::error::ApiError;
+
+/// Stand-ins for what only a real host knows, when a config is validated centrally.
+pub(crate) const VALIDATION_HOST: &str = "validation-host";
+pub(crate) const VALIDATION_REMOTE_WRITE_URL: &str = "http://127.0.0.1:9090/api/v1/write";
 
 /// Parses a document body: a syntax error is 400, a document that does not fit
 /// the schema (unknown or missing field, wrong type) is 422, naming the field.
@@ -20,15 +30,45 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(body: &DocumentBody) -> Result
 
 /// Validates an experiment document against the types, the catalog and the fleet,
 /// then stores it in phase `pending`. Nothing is written unless all checks pass.
+/// With a collector binary, both sides are rendered with the experiment's variables
+/// and checked by the collector's own `validate` first.
 pub async fn create_experiment(
     conn: &mut PgConnection,
     body: &DocumentBody,
+    collector_bin: Option<&Path>,
 ) -> Result<Experiment, ApiError> {
     let doc: ExperimentDocument = parse_body(body)?;
     doc.validate().map_err(ApiError::Invalid)?;
-    check_pipeline(conn, "spec.baseline", &doc.spec.baseline).await?;
-    check_pipeline(conn, "spec.candidate", &doc.spec.candidate).await?;
+    let baseline_config = check_pipeline(conn, "spec.baseline", &doc.spec.baseline).await?;
+    let candidate_config = check_pipeline(conn, "spec.candidate", &doc.spec.candidate).await?;
     check_hosts(conn, &doc).await?;
+    if let Some(bin) = collector_bin {
+        for (variant, config) in [
+            (Variant::Baseline, &baseline_config),
+            (Variant::Candidate, &candidate_config),
+        ] {
+            let spec = phoenix_wire::render::experiment_collector(
+                &doc.metadata.name,
+                &doc.spec,
+                variant,
+                VALIDATION_HOST,
+                config,
+                VALIDATION_REMOTE_WRITE_URL,
+            );
+            collector::validate(bin, &spec.config, &spec.env)
+                .await
+                .map_err(|err| match err {
+                    ValidateError::Rejected(message) => ApiError::Invalid(FieldError::new(
+                        format!("spec.{variant}"),
+                        format!(
+                            "the collector rejects the rendered `{}` config: {message}",
+                            spec.pipeline
+                        ),
+                    )),
+                    ValidateError::Unavailable(message) => ApiError::Unavailable(message),
+                })?;
+        }
+    }
     let experiment = experiments::create(
         conn,
         experiments::NewExperiment {
@@ -42,11 +82,12 @@ pub async fn create_experiment(
     Ok(experiment)
 }
 
-async fn check_pipeline(
+/// Checks that the template exists and declares every variable given; returns its config.
+pub(crate) async fn check_pipeline(
     conn: &mut PgConnection,
     field: &str,
     pipeline: &PipelineRef,
-) -> Result<(), ApiError> {
+) -> Result<String, ApiError> {
     let template = match templates::get(conn, &pipeline.pipeline).await {
         Ok(t) => t,
         Err(StoreError::NotFound(_)) => {
@@ -84,7 +125,7 @@ async fn check_pipeline(
             )));
         }
     }
-    Ok(())
+    Ok(template.config)
 }
 
 async fn check_hosts(conn: &mut PgConnection, doc: &ExperimentDocument) -> Result<(), ApiError> {
@@ -122,4 +163,58 @@ pub fn template_view(stored: templates::StoredTemplate) -> PipelineTemplate {
         config: stored.config,
         updated_at: stored.updated_at,
     }
+}
+
+/// Validates a `PipelineTemplate` document with the real collector: its config with
+/// default variables, and placeholders for what hosts and experiments fill in.
+pub async fn validate_template(
+    body: &DocumentBody,
+    collector_bin: Option<&Path>,
+) -> Result<PipelineValidation, ApiError> {
+    let doc: PipelineTemplateDocument = parse_body(body)?;
+    doc.validate().map_err(ApiError::Invalid)?;
+    let bin = collector_bin.ok_or_else(|| {
+        ApiError::Unavailable(
+            "this phoenix-api has no collector binary to validate with; set PHOENIX_COLLECTOR_BIN"
+                .into(),
+        )
+    })?;
+    let spec = resource::ExperimentSpec {
+        hosts: Default::default(),
+        baseline: PipelineRef {
+            pipeline: doc.metadata.name.clone(),
+            vars: Default::default(),
+        },
+        candidate: PipelineRef {
+            pipeline: doc.metadata.name.clone(),
+            vars: Default::default(),
+        },
+        warmup: Default::default(),
+        duration: Default::default(),
+        load: None,
+        critical_processes: vec![],
+        criteria: Default::default(),
+        promotion: Default::default(),
+    };
+    let rendered = phoenix_wire::render::experiment_collector(
+        "validation",
+        &spec,
+        Variant::Candidate,
+        VALIDATION_HOST,
+        &doc.spec.config,
+        VALIDATION_REMOTE_WRITE_URL,
+    );
+    collector::validate(bin, &rendered.config, &rendered.env)
+        .await
+        .map_err(|err| match err {
+            ValidateError::Rejected(message) => {
+                ApiError::Invalid(FieldError::new("spec.config", message))
+            }
+            ValidateError::Unavailable(message) => ApiError::Unavailable(message),
+        })?;
+    Ok(PipelineValidation {
+        name: doc.metadata.name,
+        valid: true,
+        variables: template_variables(&doc.spec.config),
+    })
 }

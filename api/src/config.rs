@@ -64,6 +64,12 @@ pub struct ApiConfig {
     #[arg(long, env = "PHOENIX_HOST_GRACE", default_value = "60s", value_parser = HumanDuration::parse)]
     pub host_grace: HumanDuration,
 
+    /// The Phoenix collector binary, used to validate pipeline configs with the
+    /// collector's own `validate` before anything is stored (unset: no such check,
+    /// and the validate endpoint answers 503).
+    #[arg(long, env = "PHOENIX_COLLECTOR_BIN", value_name = "PATH")]
+    pub collector_bin: Option<std::path::PathBuf>,
+
     /// Maximum Postgres connections of this process.
     #[arg(long, env = "PHOENIX_API_DB_CONNECTIONS", default_value_t = 16)]
     pub db_connections: u32,

@@ -6,15 +6,21 @@
 //!
 //! Layout: [`routes`] (thin handlers) → [`app`] (checks that need the database) →
 //! `phoenix_storage` (queries). [`auth`] holds tokens and roles, [`error`] the
-//! problem+json mapping, [`body`] document parsing, [`wakeups`] the LISTEN fan-out
+//! problem+json mapping, [`body`] document parsing, [`collector`] validation with
+//! the real collector, [`wakeups`] the LISTEN fan-out
 //! for long-polls, [`heartbeats`] the coalescing heartbeat writer, [`metrics`] the
-//! process's metrics. [`loadsims`] is the application layer of load simulations.
+//! process's metrics. [`loadsims`] is the application layer of load simulations,
+//! [`deployments`] that of pipeline deployments and of promote and rollback.
+//! [`events`] is the event stream: one LISTEN connection fanned out to WebSockets.
 
 pub mod app;
 pub mod auth;
 pub mod body;
+pub mod collector;
 pub mod config;
+pub mod deployments;
 pub mod error;
+pub mod events;
 pub mod heartbeats;
 pub mod loadsims;
 pub mod metrics;
@@ -30,6 +36,7 @@ use tokio::sync::watch;
 
 pub use config::ApiConfig;
 
+use crate::events::EventHub;
 use crate::heartbeats::HeartbeatBuffer;
 use crate::metrics::Metrics;
 use crate::state::AppState;
@@ -63,12 +70,14 @@ pub async fn serve(
     let wakeups = TaskWakeups::default();
     let heartbeats = HeartbeatBuffer::default();
     let (connected_tx, connected_rx) = watch::channel(false);
+    let (event_hub, events_connected) = EventHub::new();
     let state = AppState {
         config: Arc::new(config.clone()),
         pool: pool.clone(),
         wakeups: wakeups.clone(),
         heartbeats: heartbeats.clone(),
         metrics: metrics.clone(),
+        events: event_hub.clone(),
         listener_connected: connected_rx,
         shutdown: shutdown.clone(),
     };
@@ -77,6 +86,13 @@ pub async fn serve(
         wakeups,
         metrics.clone(),
         connected_tx,
+        shutdown.clone(),
+    ));
+    let events_task = tokio::spawn(events::listen(
+        pool.clone(),
+        event_hub,
+        metrics.clone(),
+        events_connected,
         shutdown.clone(),
     ));
     let flush_task = tokio::spawn(heartbeats::flush_loop(
@@ -94,6 +110,7 @@ pub async fn serve(
         .await
         .context("serving HTTP")?;
     let _ = listen_task.await;
+    let _ = events_task.await;
     let _ = flush_task.await;
     pool.close().await;
     Ok(())

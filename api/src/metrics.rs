@@ -29,6 +29,10 @@ pub struct Metrics {
     pub heartbeats_buffered: Gauge,
     pub heartbeat_flush_seconds: Histogram,
     pub status_reports: Counter,
+    pub events_received: Counter,
+    pub event_streams: Gauge,
+    pub event_streams_resubscribe: Counter,
+    pub event_listener_connected: Gauge,
 }
 
 impl Metrics {
@@ -88,6 +92,30 @@ impl Metrics {
             "Full host status reports stored",
             status_reports.clone(),
         );
+        let events_received = Counter::default();
+        registry.register(
+            "events_received",
+            "Stream events received from the database",
+            events_received.clone(),
+        );
+        let event_streams = Gauge::default();
+        registry.register(
+            "event_streams",
+            "Event stream (WebSocket) subscribers connected",
+            event_streams.clone(),
+        );
+        let event_streams_resubscribe = Counter::default();
+        registry.register(
+            "event_streams_resubscribe",
+            "Event streams closed because events were dropped (subscriber behind, listener reconnected)",
+            event_streams_resubscribe.clone(),
+        );
+        let event_listener_connected = Gauge::default();
+        registry.register(
+            "event_listener_connected",
+            "1 while the event stream's LISTEN connection is up",
+            event_listener_connected.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
             requests,
@@ -99,6 +127,10 @@ impl Metrics {
             heartbeats_buffered,
             heartbeat_flush_seconds,
             status_reports,
+            events_received,
+            event_streams,
+            event_streams_resubscribe,
+            event_listener_connected,
         }
     }
 

@@ -8,6 +8,7 @@ use sqlx::pool::PoolConnection;
 use tokio::sync::watch;
 
 use crate::config::ApiConfig;
+use crate::events::EventHub;
 use crate::heartbeats::HeartbeatBuffer;
 use crate::metrics::Metrics;
 use crate::wakeups::TaskWakeups;
@@ -19,6 +20,8 @@ pub struct AppState {
     pub wakeups: TaskWakeups,
     pub heartbeats: HeartbeatBuffer,
     pub metrics: Metrics,
+    /// The event stream's fan-out (`GET /api/v1/events`).
+    pub events: EventHub,
     /// True while the task listener is connected (part of readiness).
     pub listener_connected: watch::Receiver<bool>,
     /// Turns true when the server shuts down; long-polls return early.

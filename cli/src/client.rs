@@ -47,6 +47,16 @@ impl ApiClient {
         })
     }
 
+    /// The API's base URL, e.g. `http://127.0.0.1:8080`.
+    pub fn api_url(&self) -> &str {
+        &self.api_url
+    }
+
+    /// The bearer token, if one is configured.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
     /// `GET path`, decoding the JSON answer.
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         let bytes = self.send(Method::GET, path, None).await?;
@@ -243,6 +253,9 @@ fn api_hint(method: &str, path: &str, status: u16) -> Option<String> {
             "list experiments with `phoenix experiment list`"
         }
         404 if path.starts_with(&format!("{HOSTS}/")) => "list hosts with `phoenix host list`",
+        404 if path.starts_with("/api/v1/deployments/") => {
+            "list pipeline deployments with `phoenix pipeline list-deployments`"
+        }
         404 if path.starts_with("/api/v1/loadsims/") => {
             "list load simulations with `phoenix loadsim status`"
         }

@@ -7,6 +7,8 @@
 //! - [`config`]: API URL and token from flags, environment and config file.
 //! - [`output`]: `-o table|json|yaml`, the column-aligning table printer and the
 //!   `Key: value` block of `get` commands.
+//! - [`stream`]: the event stream (a WebSocket) that `experiment status --watch`
+//!   follows, and how an event reads as one line.
 //!
 //! This file only parses, runs, prints the error and picks the exit code: 0 on
 //! success, 1 for any error (usage, configuration, API, connection).
@@ -14,7 +16,9 @@
 mod client;
 mod commands;
 mod config;
+mod document;
 mod output;
+mod stream;
 
 use std::process::ExitCode;
 

@@ -31,3 +31,26 @@ pub fn binary(name: &str) -> PathBuf {
     assert!(path.exists(), "binary {} was not built", path.display());
     path
 }
+
+/// The Phoenix collector (the real OpenTelemetry Collector distribution):
+/// `PHOENIX_COLLECTOR_BIN` when set, else whatever `collector/build.sh` prints —
+/// the cached build, or a fresh build (minutes, with progress on stderr) on a
+/// machine that never built it.
+pub fn collector() -> PathBuf {
+    static COLLECTOR: OnceLock<PathBuf> = OnceLock::new();
+    COLLECTOR
+        .get_or_init(|| {
+            if let Ok(path) = std::env::var("PHOENIX_COLLECTOR_BIN") {
+                return PathBuf::from(path);
+            }
+            let script =
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../collector/build.sh");
+            let output = Command::new(&script)
+                .stderr(std::process::Stdio::inherit())
+                .output()
+                .expect("run collector/build.sh");
+            assert!(output.status.success(), "collector/build.sh failed");
+            PathBuf::from(String::from_utf8(output.stdout).expect("a path").trim())
+        })
+        .clone()
+}

@@ -71,6 +71,14 @@ pub struct StackOptions {
     /// Start a reconciler (off for benchmarks of the api alone, where it would
     /// cancel the hand-written tasks nobody desires).
     pub reconciler: bool,
+    /// Where experiment collectors remote-write (a [`crate::measurement::MeasurementStack`]).
+    pub remote_write_url: Option<String>,
+    /// The collector the api validates configs with (none: no such check).
+    pub collector_bin: Option<PathBuf>,
+    /// The Prometheus the analyzer queries (none: a closed port, so analysis fails).
+    pub prometheus_url: Option<String>,
+    /// How long analysis may keep failing before the experiment fails.
+    pub analysis_timeout: Duration,
 }
 
 impl Default for StackOptions {
@@ -80,6 +88,10 @@ impl Default for StackOptions {
             resync: Duration::from_secs(1),
             task_lease: Duration::from_secs(60),
             reconciler: true,
+            remote_write_url: None,
+            collector_bin: None,
+            prometheus_url: None,
+            analysis_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -108,6 +120,7 @@ impl Stack {
         );
         let mut api_config = ApiConfig::new(database_url.clone(), tokens.parse().expect("tokens"));
         api_config.task_lease = HumanDuration(options.task_lease);
+        api_config.collector_bin = options.collector_bin;
         api_config.heartbeat_flush = HumanDuration(Duration::from_millis(200));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -123,6 +136,18 @@ impl Stack {
         });
         let mut reconciler_config = ReconcilerConfig::new(database_url.clone());
         reconciler_config.deploy_timeout = HumanDuration(options.deploy_timeout);
+        if let Some(url) = options.remote_write_url {
+            reconciler_config.remote_write_url = url;
+        }
+        // Port 1 refuses connections: without a Prometheus, analysis cannot succeed.
+        reconciler_config.prometheus_url = options
+            .prometheus_url
+            .unwrap_or_else(|| "http://127.0.0.1:1".into());
+        reconciler_config.analysis_timeout = HumanDuration(options.analysis_timeout);
+        // Test measurements are pushed and scraped every second.
+        reconciler_config.cpu_rate_window = HumanDuration(Duration::from_secs(5));
+        reconciler_config.sample_step = HumanDuration(Duration::from_secs(2));
+        reconciler_config.analysis_delay = HumanDuration(Duration::from_secs(5));
         reconciler_config.resync_interval = HumanDuration(options.resync);
         reconciler_config.standby_retry = HumanDuration(Duration::from_millis(200));
         let mut stack = Stack {
@@ -152,6 +177,28 @@ impl Stack {
                 .await
                 .expect("reconciler runs")
         }));
+    }
+
+    /// Starts a second api replica in this process on the same database (same
+    /// tokens; no collector validation) and returns its base URL once it is ready.
+    /// It stops with the stack.
+    pub async fn spawn_api_replica(&mut self) -> String {
+        let tokens = format!(
+            "admin:{ADMIN_TOKEN},operator:{OPERATOR_TOKEN},viewer:{VIEWER_TOKEN},agent:{AGENT_TOKEN}"
+        );
+        let config = ApiConfig::new(self.database_url.clone(), tokens.parse().expect("tokens"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind api replica");
+        let url = format!("http://{}", listener.local_addr().expect("replica address"));
+        let stop_rx = self.stop.subscribe();
+        self.tasks.push(tokio::spawn(async move {
+            phoenix_api::serve(config, listener, stop_rx)
+                .await
+                .expect("api replica runs")
+        }));
+        wait_until_ready(&self.http, &url).await;
+        url
     }
 
     async fn wait_ready(&self) {
@@ -271,6 +318,23 @@ impl Stack {
     }
 }
 
+/// Polls `{url}/readyz` until it answers 2xx (30 s at most).
+async fn wait_until_ready(http: &reqwest::Client, url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = http.get(format!("{url}/readyz")).send().await
+            && r.status().is_success()
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "api at {url} did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A `phoenix-agent` process with its own state directory, supervising
 /// `stand-in-collector` (or another collector binary).
 pub struct AgentProcess {
@@ -279,6 +343,7 @@ pub struct AgentProcess {
     pub state_dir: PathBuf,
     api_url: String,
     collector_bin: PathBuf,
+    pushgateway_url: Option<String>,
     child: Option<Child>,
     _dir: tempfile::TempDir,
 }
@@ -294,6 +359,17 @@ impl AgentProcess {
         labels: &[(&str, &str)],
         collector: &Path,
     ) -> AgentProcess {
+        Self::spawn_with(api_url, host_id, labels, collector, None)
+    }
+
+    /// An agent running `collector`, pushing resource use to `pushgateway_url` if given.
+    pub fn spawn_with(
+        api_url: &str,
+        host_id: &str,
+        labels: &[(&str, &str)],
+        collector: &Path,
+        pushgateway_url: Option<&str>,
+    ) -> AgentProcess {
         let dir = tempfile::Builder::new()
             .prefix("phoenix-agent-")
             .tempdir()
@@ -307,6 +383,7 @@ impl AgentProcess {
             state_dir: dir.path().canonicalize().expect("canonical state dir"),
             api_url: api_url.to_string(),
             collector_bin: collector.to_path_buf(),
+            pushgateway_url: pushgateway_url.map(str::to_string),
             child: None,
             _dir: dir,
         };
@@ -331,7 +408,15 @@ impl AgentProcess {
             .append(true)
             .open(self.state_dir.join("agent.log"))
             .expect("agent log");
-        let child = Command::new(binary("phoenix-agent"))
+        let mut command = Command::new(binary("phoenix-agent"));
+        if let Some(url) = &self.pushgateway_url {
+            command
+                .arg("--pushgateway-url")
+                .arg(url)
+                .arg("--push-interval")
+                .arg("1s");
+        }
+        let child = command
             .arg("--api-url")
             .arg(&self.api_url)
             .arg("--token")

@@ -8,3 +8,4 @@
 
 pub mod bins;
 pub mod harness;
+pub mod measurement;

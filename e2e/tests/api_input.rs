@@ -1,7 +1,9 @@
 //! Bad input gets the right 4xx with an `application/problem+json` body naming the
 //! field, and leaves the database exactly as it was. One test per case.
 
-use phoenix_e2e::harness::{ADMIN_TOKEN, AGENT_TOKEN, OPERATOR_TOKEN, Stack, VIEWER_TOKEN};
+use phoenix_e2e::harness::{
+    ADMIN_TOKEN, AGENT_TOKEN, OPERATOR_TOKEN, Stack, StackOptions, VIEWER_TOKEN,
+};
 use phoenix_wire::problem::Problem;
 use reqwest::Method;
 
@@ -18,9 +20,15 @@ spec:
   criticalProcesses: [nginx]
 "#;
 
-/// A stack with one registered host labelled role=web.
+/// A stack with one registered host labelled role=web. No reconciler: these tests
+/// compare the database before and after a request, and a reconciler acting on an
+/// earlier, accepted experiment would change it in between.
 async fn stack_with_host() -> Stack {
-    let stack = Stack::start().await;
+    let stack = Stack::start_with(StackOptions {
+        reconciler: false,
+        ..Default::default()
+    })
+    .await;
     stack.register_host("web-1", &[("role", "web")]).await;
     stack
 }

@@ -48,6 +48,37 @@ pub struct ReconcilerConfig {
     #[arg(long, env = "PHOENIX_STANDBY_RETRY", default_value = "2s", value_parser = HumanDuration::parse)]
     pub standby_retry: HumanDuration,
 
+    /// Prometheus holding the measurements (its HTTP API), for the analyzer.
+    #[arg(
+        long,
+        env = "PHOENIX_PROMETHEUS_URL",
+        default_value = "http://127.0.0.1:9090"
+    )]
+    pub prometheus_url: String,
+
+    /// Price of one million datapoints per minute for one month, in your currency;
+    /// the report's monthly cost is datapoints per minute / 1e6 × this.
+    #[arg(long, env = "PHOENIX_PRICE_PER_MILLION_DPM", default_value_t = 100.0)]
+    pub price_per_million_dpm: f64,
+
+    /// How long an experiment may wait in `analyzing` (Prometheus unreachable,
+    /// retried every resync) before it fails.
+    #[arg(long, env = "PHOENIX_ANALYSIS_TIMEOUT", default_value = "5m", value_parser = HumanDuration::parse)]
+    pub analysis_timeout: HumanDuration,
+
+    /// How long after the measurement window the analyzer waits, so samples still
+    /// in flight (collector batches, remote-write queues, Pushgateway scrapes) are in.
+    #[arg(long, env = "PHOENIX_ANALYSIS_DELAY", default_value = "15s", value_parser = HumanDuration::parse)]
+    pub analysis_delay: HumanDuration,
+
+    /// The rate() window for collector CPU; at least a few Pushgateway scrapes long.
+    #[arg(long, env = "PHOENIX_CPU_RATE_WINDOW", default_value = "1m", value_parser = HumanDuration::parse)]
+    pub cpu_rate_window: HumanDuration,
+
+    /// Spacing of the CPU and memory samples compared by the Mann–Whitney test.
+    #[arg(long, env = "PHOENIX_SAMPLE_STEP", default_value = "10s", value_parser = HumanDuration::parse)]
+    pub sample_step: HumanDuration,
+
     /// Address for /metrics and /healthz.
     #[arg(
         long,
@@ -58,6 +89,18 @@ pub struct ReconcilerConfig {
 }
 
 impl ReconcilerConfig {
+    /// The analyzer's settings.
+    pub fn analyzer_settings(&self) -> crate::analyzer::AnalyzerSettings {
+        crate::analyzer::AnalyzerSettings {
+            prometheus: crate::prometheus::Prometheus::new(&self.prometheus_url),
+            price_per_million_dpm: self.price_per_million_dpm,
+            timeout: self.analysis_timeout.as_duration(),
+            settle: self.analysis_delay.as_duration(),
+            rate_window: self.cpu_rate_window.as_duration(),
+            sample_step: self.sample_step.as_duration(),
+        }
+    }
+
     /// Settings for tests and embedding: defaults, with this database.
     pub fn new(database_url: String) -> Self {
         ReconcilerConfig::parse_from([

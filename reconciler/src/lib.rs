@@ -5,18 +5,25 @@
 //! phoenix_reconcile`, a hint) and at least every resync interval (the truth), so a
 //! lost wake-up, a crashed agent or a deleted row only delays convergence.
 //!
-//! Modules: [`render`] (experiment + template → collector spec), [`diff`] (desired
-//! vs reported vs open tasks → tasks to write), [`lifecycle`] (phase decisions),
+//! Modules: [`diff`] (desired vs reported vs open tasks → tasks to write), [`lifecycle`] (phase decisions),
 //! [`load`] (desired vs reported load runs → load tasks), [`pass`] (one
-//! transactional pass), [`metrics`], [`config`].
+//! transactional pass), [`analyzer`] (KPIs from [`prometheus`], judged by [`judge`];
+//! runs after each pass, outside its transaction), [`stats`] (Mann–Whitney U,
+//! Hodges–Lehmann, the resource pass/fail/inconclusive rule), [`standing`] (pipeline
+//! deployments' standing collectors and `promotion: auto`, steps of the pass),
+//! [`metrics`], [`config`].
 
+pub mod analyzer;
 pub mod config;
 pub mod diff;
+pub mod judge;
 pub mod lifecycle;
 pub mod load;
 pub mod metrics;
 pub mod pass;
-pub mod render;
+pub mod prometheus;
+pub mod standing;
+pub mod stats;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -78,6 +85,7 @@ async fn lead(
     shutdown: &mut watch::Receiver<bool>,
 ) {
     let resync = config.resync_interval.as_duration();
+    let analysis = config.analyzer_settings();
     while !*shutdown.borrow() {
         match lock.still_held().await {
             Ok(true) => {}
@@ -120,6 +128,13 @@ async fn lead(
         metrics
             .pass_seconds
             .observe(started.elapsed().as_secs_f64());
+        // Analysis talks to Prometheus, so it runs outside the pass's transaction.
+        if let Err(err) = analyzer::analyze_due(lock.connection(), &analysis).await {
+            tracing::warn!(error = %err, "analysis failed");
+            if matches!(err, phoenix_storage::StoreError::Database(_)) {
+                return;
+            }
+        }
         tokio::select! {
             _ = wake.notified() => {
                 // Let a burst of changes settle into one pass.

@@ -4,7 +4,9 @@
 //! `pending → deploying` resolves the target hosts once; `deploying → running` when
 //! every target reports both collectors healthy with the desired hash; `deploying →
 //! failed` when a collector keeps failing to start or the deploy timeout passes.
-//! (`running → analyzing → completed` comes with the analyzer.)
+//! `running → analyzing` once `warmup` plus `duration` have passed since it started
+//! running; the window analyzed is the `duration` after the warmup. (`analyzing →
+//! completed | failed` is the analyzer's, see `crate::analyzer`.)
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -23,6 +25,12 @@ pub enum Decision {
         reason: String,
     },
     Run {
+        reason: String,
+    },
+    /// Measuring is over: analyze the window from `window_start` to `window_end`.
+    Analyze {
+        window_start: DateTime<Utc>,
+        window_end: DateTime<Utc>,
         reason: String,
     },
     Fail {
@@ -156,4 +164,25 @@ pub fn decide_deploying(
         };
     }
     Decision::Stay
+}
+
+/// A running experiment is done measuring once warmup and duration have passed.
+pub fn decide_running(experiment: &Experiment, now: DateTime<Utc>) -> Decision {
+    let warmup =
+        chrono::Duration::from_std(experiment.spec.warmup.as_duration()).unwrap_or_default();
+    let duration =
+        chrono::Duration::from_std(experiment.spec.duration.as_duration()).unwrap_or_default();
+    let window_start = experiment.phase_changed_at + warmup;
+    let window_end = window_start + duration;
+    if now < window_end {
+        return Decision::Stay;
+    }
+    Decision::Analyze {
+        window_start,
+        window_end,
+        reason: format!(
+            "measured for {} after a {} warmup; analyzing",
+            experiment.spec.duration, experiment.spec.warmup
+        ),
+    }
 }

@@ -1,6 +1,8 @@
 //! One reconcile pass: load desired and actual state, make due phase transitions,
 //! compute every host's desired collectors, and write the tasks that close the gap;
-//! then the same for load runs ([`crate::load`]), as a step of its own.
+//! then the same for load runs ([`crate::load`]), as a step of its own. Standing
+//! pipelines ([`crate::standing`]: `promotion: auto`, then every host's standing
+//! collector) join the experiments' desired collectors before the diff.
 //! The whole pass is one transaction on the leader's connection, so it either
 //! happens completely or not at all, and never after leadership is lost.
 
@@ -95,6 +97,9 @@ pub async fn run_pass(conn: &mut PgConnection, config: &ReconcilerConfig) -> Res
             if !experiment.phase.wants_collectors() {
                 continue;
             }
+        } else if experiment.phase == Phase::Running {
+            let decision = lifecycle::decide_running(experiment, now);
+            apply(&mut tx, experiment, decision, now, &mut report).await?;
         }
         for (host, spec) in specs {
             let failed =
@@ -112,6 +117,21 @@ pub async fn run_pass(conn: &mut PgConnection, config: &ReconcilerConfig) -> Res
                 .insert(spec.collector_id.clone(), spec);
         }
     }
+
+    // Standing pipelines (crate::standing): first `promotion: auto`, so that a
+    // promotion's deployment is desired in this same pass; then every host's
+    // standing collector, into the same desired state as the experiments'.
+    crate::standing::promote_passing(&mut tx, &mut report).await?;
+    crate::standing::add_desired(
+        &mut tx,
+        &host_records,
+        &template_configs,
+        config,
+        now,
+        &mut desired,
+        &mut blocked,
+    )
+    .await?;
 
     let plan = diff::plan(&desired, &actual, &open, &blocked);
     report.tasks_created = tasks::insert(&mut tx, &plan.new_tasks).await?;
@@ -132,13 +152,14 @@ fn render_experiment(
 ) -> std::result::Result<Vec<(String, CollectorSpec)>, String> {
     let mut specs = Vec::new();
     for variant in [Variant::Baseline, Variant::Candidate] {
-        let pipeline = &crate::render::pipeline_of(experiment, variant).pipeline;
+        let pipeline = &phoenix_wire::render::pipeline_of(&experiment.spec, variant).pipeline;
         let config = template_configs.get(pipeline).ok_or_else(|| {
             format!("the {variant} pipeline template `{pipeline}` no longer exists")
         })?;
         for host in &experiment.target_hosts {
-            let spec = crate::render::experiment_collector(
-                experiment,
+            let spec = phoenix_wire::render::experiment_collector(
+                &experiment.name,
+                &experiment.spec,
                 variant,
                 host,
                 config,
@@ -162,6 +183,15 @@ async fn apply(
         Decision::Stay => return Ok(()),
         Decision::Deploy { targets, reason } => (Phase::Deploying, reason, Some(targets)),
         Decision::Run { reason } => (Phase::Running, reason, None),
+        Decision::Analyze {
+            window_start,
+            window_end,
+            reason,
+        } => {
+            phoenix_storage::results::begin(conn, &experiment.name, window_start, window_end)
+                .await?;
+            (Phase::Analyzing, reason, None)
+        }
         Decision::Fail { reason } => (Phase::Failed, reason, None),
     };
     let from = experiment.phase;

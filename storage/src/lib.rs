@@ -7,14 +7,18 @@
 //! - [`experiments`], [`hosts`], [`loads`], [`tasks`], [`templates`]: the queries, as free
 //!   functions over a `&mut PgConnection`, so a caller chooses the transaction (the
 //!   reconciler runs a whole pass in one, on the connection that holds leadership).
+//! - [`deployments`]: pipeline deployments (standing pipelines) and their revisions,
+//!   with an experiment's promote and rollback, each one transaction.
 //! - [`leader`]: leader election with a session advisory lock.
 //! - [`throwaway`]: a private Postgres cluster started from the machine's binaries,
 //!   for tests and the local demo when `DATABASE_URL` is not set.
 
+pub mod deployments;
 pub mod experiments;
 pub mod hosts;
 pub mod leader;
 pub mod loads;
+pub mod results;
 pub mod tasks;
 pub mod templates;
 pub mod throwaway;
@@ -28,6 +32,9 @@ pub use sqlx::postgres::{PgConnection, PgPool};
 pub const TASKS_CHANNEL: &str = "phoenix_agent_tasks";
 /// Channel on which changes of desired or actual state wake the reconciler.
 pub const RECONCILE_CHANNEL: &str = "phoenix_reconcile";
+/// Channel on which experiment, host and task events are announced as the JSON of a
+/// `phoenix_wire::events::Event` (migration 0003); the API streams them to clients.
+pub const EVENTS_CHANNEL: &str = "phoenix_events";
 
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]

@@ -5,9 +5,16 @@
 //! - [`names`]: validated names (experiments, hosts, labels) and label selectors.
 //! - [`duration`]: human durations (`30s`, `1m`, `1h30m`) as they appear in documents.
 //! - [`view`]: what the user API returns (experiments, events, hosts).
+//! - [`events`]: the event stream's messages (experiment, host and task events, exactly
+//!   as the database triggers announce them) and the filter a subscriber selects with.
 //! - [`agent`]: the agent protocol: tasks, task outcomes, host status, collector specs
 //!   and their config hash.
 //! - [`problem`]: `application/problem+json` error bodies shared by the API and clients.
+//! - [`render`]: experiment + template + host → the collector spec a host runs
+//!   (and deployment + template + host → its standing collector).
+//! - [`deployment`]: pipeline deployments (standing pipelines for a host selector),
+//!   their revisions, and the answer to an experiment's promote or rollback.
+//! - [`report`]: an experiment's KPIs per variant and host, and its verdict.
 //! - [`load`]: load simulation: profiles, the run spec a task carries, what agents
 //!   report about runs, and the loadsim requests and views of the user API.
 //!
@@ -15,10 +22,14 @@
 //! neither a database driver nor an HTTP stack.
 
 pub mod agent;
+pub mod deployment;
 pub mod duration;
+pub mod events;
 pub mod load;
 pub mod names;
 pub mod problem;
+pub mod render;
+pub mod report;
 pub mod resource;
 pub mod view;
 

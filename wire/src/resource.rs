@@ -245,7 +245,7 @@ pub enum Promotion {
 
 /// Reads a map whose values may be written as YAML scalars of any type
 /// (`cpu_threshold: 0.05`) and keeps them as strings.
-fn scalar_map<'de, D: Deserializer<'de>>(
+pub(crate) fn scalar_map<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<BTreeMap<String, String>, D::Error> {
     let raw = BTreeMap::<String, serde_json::Value>::deserialize(deserializer)?;
@@ -269,7 +269,7 @@ fn scalar_map<'de, D: Deserializer<'de>>(
 /// The longest experiment Phoenix accepts (warmup plus duration).
 pub const MAX_EXPERIMENT_LENGTH: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
 
-fn check_envelope(
+pub(crate) fn check_envelope(
     api_version: &str,
     kind: &str,
     expected_kind: &str,
@@ -456,12 +456,15 @@ pub fn template_variables(config: &str) -> Vec<TemplateVariable> {
     let mut found: Vec<TemplateVariable> = Vec::new();
     for caps in pattern.captures_iter(config) {
         let name = caps[1].to_ascii_lowercase();
-        if found.iter().all(|v| v.name != name) {
-            let default = caps
-                .get(2)
-                .map(|m| m.as_str().to_string())
-                .unwrap_or_default();
-            found.push(TemplateVariable { name, default });
+        let default = caps
+            .get(2)
+            .map(|m| m.as_str().to_string())
+            .unwrap_or_default();
+        match found.iter_mut().find(|v| v.name == name) {
+            // A later use may be the one that spells out the default.
+            Some(known) if known.default.is_empty() => known.default = default,
+            Some(_) => {}
+            None => found.push(TemplateVariable { name, default }),
         }
     }
     found
@@ -587,7 +590,7 @@ spec:
 
     #[test]
     fn template_variables_are_found_with_defaults() {
-        let config = "a: ${env:PHOENIX_VAR_CPU_THRESHOLD:-0.05}\nb: ${env:PHOENIX_VAR_INTERVAL:-10s} ${env:PHOENIX_VAR_CPU_THRESHOLD:-0.05}\nc: ${env:PHOENIX_HOST}";
+        let config = "z: ${env:PHOENIX_VAR_CPU_THRESHOLD}\na: ${env:PHOENIX_VAR_CPU_THRESHOLD:-0.05}\nb: ${env:PHOENIX_VAR_INTERVAL:-10s}\nc: ${env:PHOENIX_HOST}";
         let vars = template_variables(config);
         assert_eq!(
             vars,

@@ -150,3 +150,12 @@ pub struct PipelineTemplate {
     pub config: String,
     pub updated_at: DateTime<Utc>,
 }
+
+/// A template that passed the collector's own `validate`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PipelineValidation {
+    pub name: String,
+    pub valid: bool,
+    pub variables: Vec<crate::resource::TemplateVariable>,
+}

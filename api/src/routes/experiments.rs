@@ -18,7 +18,8 @@ pub async fn create(
     body: DocumentBody,
 ) -> Result<(StatusCode, Json<Experiment>), ApiError> {
     let mut conn = state.conn().await?;
-    let experiment = app::create_experiment(&mut conn, &body).await?;
+    let experiment =
+        app::create_experiment(&mut conn, &body, state.config.collector_bin.as_deref()).await?;
     tracing::info!(experiment = %experiment.name, "experiment created");
     Ok((StatusCode::CREATED, Json(experiment)))
 }
@@ -77,4 +78,26 @@ pub async fn events(
         )));
     }
     Ok(Json(List { items }))
+}
+
+/// The analysis report: KPIs per variant and host, the tests, and the verdict.
+pub async fn report(
+    State(state): State<AppState>,
+    _: Viewer,
+    Path(name): Path<String>,
+) -> Result<Json<phoenix_wire::report::ExperimentReport>, ApiError> {
+    let mut conn = state.conn().await?;
+    let experiment = experiments::get(&mut conn, &name).await?;
+    match phoenix_storage::results::report(&mut conn, &name).await? {
+        Some(report) => Ok(Json(report)),
+        None => Err(ApiError::NotFound(format!(
+            "experiment {name} has no report yet: it is {}{}",
+            experiment.phase,
+            if experiment.phase.is_terminal() {
+                " and ended without one"
+            } else {
+                "; a report is written when analysis completes"
+            }
+        ))),
+    }
 }

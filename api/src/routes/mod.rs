@@ -2,11 +2,14 @@
 //! application or storage function, convert to a view.
 
 pub mod agent;
+pub mod deployments;
+pub mod events;
 pub mod experiments;
 pub mod health;
 pub mod hosts;
 pub mod loadsims;
 pub mod pipelines;
+pub mod promotion;
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
@@ -32,9 +35,34 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/experiments/{name}/stop", post(experiments::stop))
         .route(
+            "/api/v1/experiments/{name}/promote",
+            post(promotion::promote),
+        )
+        .route(
+            "/api/v1/experiments/{name}/rollback",
+            post(promotion::rollback),
+        )
+        .route(
+            "/api/v1/deployments",
+            post(deployments::deploy).get(deployments::list),
+        )
+        .route(
+            "/api/v1/deployments/{name}",
+            get(deployments::get).delete(deployments::delete),
+        )
+        .route(
+            "/api/v1/deployments/{name}/rollback",
+            post(deployments::rollback),
+        )
+        .route(
+            "/api/v1/experiments/{name}/report",
+            get(experiments::report),
+        )
+        .route(
             "/api/v1/experiments/{name}/events",
             get(experiments::events),
         )
+        .route("/api/v1/events", get(events::stream))
         .route("/api/v1/hosts", get(hosts::list))
         .route("/api/v1/hosts/{host_id}", get(hosts::get))
         .route(
@@ -47,6 +75,7 @@ pub fn router(state: AppState) -> Router {
             get(loadsims::get).delete(loadsims::stop),
         )
         .route("/api/v1/pipelines", get(pipelines::list))
+        .route("/api/v1/pipelines/validate", post(pipelines::validate))
         .route("/api/v1/pipelines/{name}", get(pipelines::get))
         .route("/agent/v1/hosts/{host_id}/tasks", get(agent::claim_tasks))
         .route(

@@ -3,10 +3,11 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use phoenix_storage::templates;
-use phoenix_wire::view::{List, PipelineTemplate};
+use phoenix_wire::view::{List, PipelineTemplate, PipelineValidation};
 
-use crate::app::template_view;
+use crate::app::{self, template_view};
 use crate::auth::Viewer;
+use crate::body::DocumentBody;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -30,4 +31,16 @@ pub async fn get(
 ) -> Result<Json<PipelineTemplate>, ApiError> {
     let mut conn = state.conn().await?;
     Ok(Json(template_view(templates::get(&mut conn, &name).await?)))
+}
+
+/// Checks a `PipelineTemplate` document with the collector's own `validate`; a
+/// rejection is a 422 whose detail is the collector's message.
+pub async fn validate(
+    State(state): State<AppState>,
+    _: Viewer,
+    body: DocumentBody,
+) -> Result<Json<PipelineValidation>, ApiError> {
+    Ok(Json(
+        app::validate_template(&body, state.config.collector_bin.as_deref()).await?,
+    ))
 }

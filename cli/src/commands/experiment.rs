@@ -1,18 +1,18 @@
 //! `phoenix experiment ...` (alias `exp`): create from a resource document, list,
 //! get, events, stop, delete; and how experiments and their events look in a table.
+//! `status` shows where one is and, with `--watch`, follows the event stream.
 
-use std::io::Read;
-
-use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use clap::Subcommand;
+use phoenix_wire::events::{Event, EventFilter};
 use phoenix_wire::names;
 use phoenix_wire::resource::{ExperimentSpec, HostTarget, PipelineRef};
 use phoenix_wire::view::{Experiment, ExperimentEvent, List};
 
-use crate::client::Body;
 use crate::commands::Context;
-use crate::output::{self, Details, Table};
+use crate::document;
+use crate::output::{self, Details, OutputFormat, Table};
+use crate::stream;
 
 const EXPERIMENTS: &str = "/api/v1/experiments";
 
@@ -67,15 +67,80 @@ selector before that.")]
         /// The experiment's metadata.name
         name: String,
     },
+    /// Show where an experiment is (phase, reason, target hosts, recent events); --watch follows it live
+    #[command(after_help = "\
+Example:
+  phoenix experiment status topk-web
+  phoenix experiment status topk-web --watch
+  phoenix experiment status topk-web --watch -o json
+
+With --watch it subscribes to the API's event stream and prints each phase change
+and each of the experiment's agent tasks as it happens, one line each (-o json: one
+JSON event per line, starting with the recorded phase changes). It exits 0 when the
+experiment reaches completed, failed, stopped, promoted or rolled-back, and 1 if
+the connection drops (run it again to resume).")]
+    Status {
+        /// The experiment's metadata.name
+        name: String,
+        /// Follow the experiment's events until it reaches a terminal phase
+        #[arg(short, long)]
+        watch: bool,
+    },
     /// Show every phase change of an experiment, oldest first, with its reason
     #[command(after_help = "Example:\n  phoenix experiment events topk-web")]
     Events {
         /// The experiment's metadata.name
         name: String,
     },
+    /// Show the analysis: KPIs of baseline and candidate side by side, and the verdict
+    #[command(after_help = "\
+Example:
+  phoenix experiment report topk-web
+  phoenix experiment report topk-web -o json
+
+A report exists once the experiment has been analyzed (phase completed).")]
+    Report {
+        /// The experiment's metadata.name
+        name: String,
+    },
     /// Stop a running experiment early; its collectors are removed from the hosts
     #[command(after_help = "Example:\n  phoenix experiment stop topk-web")]
     Stop {
+        /// The experiment's metadata.name
+        name: String,
+    },
+    /// Make a completed experiment's candidate the standing pipeline of its hosts
+    #[command(after_help = "\
+Examples:
+  phoenix experiment promote topk-web
+  phoenix experiment promote topk-web --deployment web-standing
+  phoenix experiment promote topk-web --force
+
+Only a completed experiment can be promoted, and only with the verdict `pass` unless
+--force is given. The candidate (pipeline, variables, critical processes) becomes the
+current revision of a pipeline deployment: the one named by --deployment, else the one
+its hosts already run as their standing pipeline, else a new one named after the
+experiment for exactly its target hosts. Each host then runs that standing collector
+and no experiment collector. `phoenix experiment rollback` undoes it.")]
+    Promote {
+        /// The experiment's metadata.name
+        name: String,
+        /// Promote even though the verdict is not `pass`
+        #[arg(long)]
+        force: bool,
+        /// The pipeline deployment to create or update
+        #[arg(long, value_name = "NAME")]
+        deployment: Option<String>,
+    },
+    /// Undo a promotion: the deployment's previous revision runs again (or none)
+    #[command(after_help = "\
+Example:
+  phoenix experiment rollback topk-web
+
+The deployment revision the promotion made is rolled back: its hosts run the standing
+pipeline they ran before, or none if the promotion created the deployment. Refused
+when the deployment has changed since; then use `phoenix pipeline rollback`.")]
+    Rollback {
         /// The experiment's metadata.name
         name: String,
     },
@@ -94,6 +159,16 @@ With -o json or -o yaml nothing is printed on success (there is no object to sho
 pub async fn run(ctx: &Context, command: ExperimentCommand) -> anyhow::Result<()> {
     match command {
         ExperimentCommand::Create { file } => create(ctx, &file).await,
+        ExperimentCommand::Status { name, watch } => status(ctx, &name, watch).await,
+        ExperimentCommand::Report { name } => {
+            let path = format!("{}/report", experiment_path(&name)?);
+            let report: phoenix_wire::report::ExperimentReport = ctx.client.get(&path).await?;
+            let text = match output::render_object(ctx.output, &report)? {
+                Some(text) => text,
+                None => super::report::render(&report),
+            };
+            Ok(output::print(&text)?)
+        }
         ExperimentCommand::List => {
             let list: List<Experiment> = ctx.client.get(EXPERIMENTS).await?;
             match output::render_object(ctx.output, &list)? {
@@ -135,6 +210,14 @@ pub async fn run(ctx: &Context, command: ExperimentCommand) -> anyhow::Result<()
             };
             Ok(output::print(&text)?)
         }
+        ExperimentCommand::Promote {
+            name,
+            force,
+            deployment,
+        } => super::deployment::promote(ctx, &name, force, deployment.as_deref()).await,
+        ExperimentCommand::Rollback { name } => {
+            super::deployment::rollback_experiment(ctx, &name).await
+        }
         ExperimentCommand::Delete { name } => {
             ctx.client.delete(&experiment_path(&name)?).await?;
             if ctx.output == output::OutputFormat::Table {
@@ -146,17 +229,7 @@ pub async fn run(ctx: &Context, command: ExperimentCommand) -> anyhow::Result<()
 }
 
 async fn create(ctx: &Context, file: &str) -> anyhow::Result<()> {
-    let bytes = read_document(file)?;
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        anyhow::bail!(
-            "{} is empty; it should hold an Experiment document (see `phoenix experiment create --help`)",
-            describe_source(file)
-        );
-    }
-    let body = Body {
-        bytes,
-        content_type: content_type_for(file),
-    };
+    let body = document::read(file, "an Experiment", "phoenix experiment create --help")?;
     let experiment: Experiment = ctx.client.post(EXPERIMENTS, Some(body)).await?;
     let text = match output::render_object(ctx.output, &experiment)? {
         Some(text) => text,
@@ -167,36 +240,6 @@ async fn create(ctx: &Context, file: &str) -> anyhow::Result<()> {
         ),
     };
     Ok(output::print(&text)?)
-}
-
-/// Reads the document as bytes, unchanged: the API parses and validates it.
-fn read_document(file: &str) -> anyhow::Result<Vec<u8>> {
-    if file == "-" {
-        let mut bytes = Vec::new();
-        std::io::stdin()
-            .read_to_end(&mut bytes)
-            .context("cannot read the document from stdin")?;
-        return Ok(bytes);
-    }
-    std::fs::read(file).with_context(|| format!("cannot read {file}"))
-}
-
-fn describe_source(file: &str) -> String {
-    if file == "-" {
-        "stdin".into()
-    } else {
-        file.to_string()
-    }
-}
-
-/// `.json` files are JSON; everything else, stdin included, is sent as YAML (of which
-/// JSON is a subset, so a JSON document on stdin still parses).
-fn content_type_for(file: &str) -> &'static str {
-    if file.to_ascii_lowercase().ends_with(".json") {
-        "application/json"
-    } else {
-        "application/yaml"
-    }
 }
 
 /// `/api/v1/experiments/{name}`, refusing names that could not exist (and could
@@ -335,6 +378,154 @@ fn event_table(events: &[ExperimentEvent], now: DateTime<Utc>) -> Table {
     table
 }
 
+/// How many of an experiment's latest events `status` shows.
+const RECENT_EVENTS: usize = 10;
+
+/// What `status -o json|yaml` prints.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusView<'a> {
+    experiment: &'a Experiment,
+    recent_events: &'a [ExperimentEvent],
+}
+
+/// `phoenix experiment status NAME [--watch]`.
+async fn status(ctx: &Context, name: &str, watch: bool) -> anyhow::Result<()> {
+    let path = experiment_path(name)?;
+    // Subscribe first, then read the events, then the experiment: whatever happens
+    // after the read arrives on the stream (events already read are skipped by id),
+    // and a phase read as not terminal cannot already have a terminal event.
+    let stream = if watch {
+        let filter = EventFilter {
+            experiment: Some(name.to_string()),
+            host: None,
+        };
+        Some(stream::subscribe(&ctx.client, &filter).await?)
+    } else {
+        None
+    };
+    let events: List<ExperimentEvent> = ctx.client.get(&format!("{path}/events")).await?;
+    let experiment: Experiment = ctx.client.get(&path).await?;
+    let recent = &events.items[events.items.len().saturating_sub(RECENT_EVENTS)..];
+    let table = ctx.output == OutputFormat::Table;
+    let Some(mut stream) = stream else {
+        let view = StatusView {
+            experiment: &experiment,
+            recent_events: recent,
+        };
+        let text = match output::render_object(ctx.output, &view)? {
+            Some(text) => text,
+            None => status_text(&experiment, recent, events.items.len(), ctx.now),
+        };
+        return Ok(output::print(&text)?);
+    };
+    if table {
+        output::print(&status_text(
+            &experiment,
+            recent,
+            events.items.len(),
+            ctx.now,
+        ))?;
+    } else {
+        for event in recent {
+            print_event(ctx.output, &Event::Experiment(event.clone()))?;
+        }
+    }
+    if experiment.phase.is_terminal() {
+        stream.close().await;
+        if table {
+            eprintln!(
+                "experiment/{name} is {}: nothing more to watch",
+                experiment.phase
+            );
+        }
+        return Ok(());
+    }
+    if table {
+        eprintln!("\nwatching experiment/{name} until it ends (Ctrl-C to stop)...");
+    }
+    let seen = events.items.last().map_or(0, |e| e.id);
+    loop {
+        let event = match stream.next().await {
+            Ok(event) => event,
+            Err(err) => {
+                let hint = if err.asks_to_resubscribe() {
+                    "the stream can resume: run"
+                } else {
+                    "check that phoenix-api is up, then run"
+                };
+                anyhow::bail!(
+                    "{err}\n  hint: {hint} `phoenix experiment status {name} --watch` again \
+                     (`phoenix experiment events {name}` lists what happened meanwhile)"
+                );
+            }
+        };
+        let transition = match &event {
+            Event::Experiment(e) if e.id <= seen => continue,
+            Event::Experiment(e) => Some((e.from_phase, e.to_phase)),
+            _ => None,
+        };
+        print_event(ctx.output, &event)?;
+        match transition {
+            // A deletion is recorded from and to the phase the experiment had.
+            Some((Some(from), to)) if from == to => {
+                stream.close().await;
+                anyhow::bail!("experiment/{name} was deleted while being watched");
+            }
+            Some((_, to)) if to.is_terminal() => {
+                stream.close().await;
+                return Ok(());
+            }
+            _ => {}
+        }
+    }
+}
+
+fn status_text(
+    e: &Experiment,
+    recent: &[ExperimentEvent],
+    total_events: usize,
+    now: DateTime<Utc>,
+) -> String {
+    let target_hosts = if e.target_hosts.is_empty() {
+        "<not resolved yet: resolved when deploying starts>".to_string()
+    } else {
+        format!("{} ({})", e.target_hosts.join(", "), e.target_hosts.len())
+    };
+    let mut details = Details::new();
+    details
+        .field("Name", &e.name)
+        .field("Phase", e.phase.as_str())
+        .field("Reason", e.reason.as_deref().unwrap_or("<none>"))
+        .field("Target hosts", target_hosts)
+        .field("Phase changed", output::timestamp(e.phase_changed_at, now));
+    let mut text = details.render();
+    if recent.len() < total_events {
+        text.push_str(&format!(
+            "\nLatest {} of {total_events} events (all: `phoenix experiment events {}`):\n",
+            recent.len(),
+            e.name
+        ));
+    } else {
+        text.push_str("\nEvents:\n");
+    }
+    text.push_str(&event_table(recent, now).render());
+    text
+}
+
+/// One streamed event: a readable line, a JSON line, or a YAML document.
+fn print_event(format: OutputFormat, event: &Event) -> anyhow::Result<()> {
+    let text = match format {
+        OutputFormat::Table => format!("{}\n", stream::event_line(event)),
+        OutputFormat::Json => format!("{}\n", serde_json::to_string(event)?),
+        OutputFormat::Yaml => format!(
+            "---\n{}",
+            output::render_object(format, event)?.unwrap_or_default()
+        ),
+    };
+    Ok(output::print(&text)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -441,13 +632,5 @@ mod tests {
         for bad in ["../hosts", "a/b", "Topk", "a?b", ""] {
             assert!(experiment_path(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn content_type_follows_the_file_name() {
-        assert_eq!(content_type_for("x.json"), "application/json");
-        assert_eq!(content_type_for("X.JSON"), "application/json");
-        assert_eq!(content_type_for("x.yaml"), "application/yaml");
-        assert_eq!(content_type_for("-"), "application/yaml");
     }
 }

@@ -100,7 +100,7 @@ fn parse_profile(text: &str) -> Result<LoadProfile, String> {
 }
 
 /// `role=web,zone=a` as labels, each key and value checked.
-fn parse_selector(text: &str) -> Result<Labels, String> {
+pub(crate) fn parse_selector(text: &str) -> Result<Labels, String> {
     let mut labels = Labels::new();
     for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (key, value) = pair

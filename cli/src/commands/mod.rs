@@ -5,9 +5,12 @@
 //! Each noun module holds its clap subcommands (with an about text and an example
 //! each) and the code that calls the API and prints the answer.
 
+pub mod deployment;
 pub mod experiment;
 pub mod host;
 pub mod loadsim;
+pub mod pipeline;
+pub mod report;
 
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
@@ -22,12 +25,20 @@ Typical flow:
   phoenix experiment list                      see every experiment and its phase
   phoenix experiment get topk-web              details: target hosts, criteria, reason
   phoenix experiment events topk-web           every phase change and why
+  phoenix experiment status topk-web --watch  follow it live until it ends
+  phoenix experiment report topk-web           KPIs side by side and the verdict
   phoenix experiment stop topk-web             end it early (collectors are removed)
+  phoenix experiment promote topk-web          the candidate becomes the hosts' standing pipeline
+  phoenix experiment rollback topk-web         restore the standing pipeline from before
   phoenix experiment delete topk-web           forget it
   phoenix host list                            the hosts whose agents report in
   phoenix loadsim start --host web-1 --profile high-cardinality
                                                generate process load on a host
   phoenix loadsim status                       load simulations and their live processes
+  phoenix pipeline list                        the pipeline templates to choose from
+  phoenix pipeline validate -f my.yaml         check a template with the real collector
+  phoenix pipeline deploy -f standing.yaml     run a pipeline as hosts' standing collector
+  phoenix pipeline list-deployments            standing pipelines, their hosts and revisions
 
 Configuration (flags beat environment beat file):
   --api-url   PHOENIX_API_URL   apiUrl   (default http://127.0.0.1:8080)
@@ -69,6 +80,9 @@ pub enum Command {
     /// Generate process load on hosts (real processes), stop it, and see it
     #[command(subcommand)]
     Loadsim(loadsim::LoadsimCommand),
+    /// List, show and validate pipeline templates
+    #[command(subcommand)]
+    Pipeline(pipeline::PipelineCommand),
 }
 
 /// What every command needs: the API client, the output format, and one "now" so
@@ -93,6 +107,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Experiment(command) => experiment::run(&ctx, command).await,
         Command::Host(command) => host::run(&ctx, command).await,
         Command::Loadsim(command) => loadsim::run(&ctx, command).await,
+        Command::Pipeline(command) => pipeline::run(&ctx, command).await,
     }
 }
 

@@ -1,13 +1,16 @@
-//! phoenix-demo: the README's demo. Starts a whole local Phoenix (throwaway
-//! Postgres, api, reconciler, two agents running the real collector), runs the
-//! example experiment, shows what each host runs, and cleans everything up.
-//! Until the analyzer lands the demo ends at `running` (no verdict yet).
+//! phoenix-demo: the README's demo. Starts a whole local Phoenix — a throwaway
+//! Postgres, a private Prometheus and Pushgateway, the api, the reconciler and two
+//! agents running the real collector — runs the example experiment to a verdict,
+//! prints its report, and shuts everything down (on Ctrl-C too).
 
 use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use phoenix_e2e::bins;
 use phoenix_e2e::harness::{AgentProcess, OPERATOR_TOKEN, Stack, StackOptions, VIEWER_TOKEN};
+use phoenix_e2e::measurement::MeasurementStack;
 use phoenix_wire::view::{Host, List, Phase};
 use reqwest::Method;
 
@@ -15,7 +18,7 @@ use reqwest::Method;
 #[derive(Parser)]
 #[command(
     name = "phoenix-demo",
-    after_help = "Run through scripts/demo, which builds the collector and the binaries first."
+    after_help = "Run it through scripts/demo, which installs what is missing and builds the collector and the binaries first."
 )]
 struct Args {
     /// The collector binary the agents run (collector/build.sh prints it).
@@ -24,9 +27,9 @@ struct Args {
     /// The experiment document to run.
     #[arg(long, default_value = "examples/topk-web.yaml")]
     experiment: PathBuf,
-    /// How long to watch the running experiment before cleaning up.
-    #[arg(long, default_value = "20s", value_parser = phoenix_wire::duration::HumanDuration::parse)]
-    watch: phoenix_wire::duration::HumanDuration,
+    /// Keep the stack running after the report, until Ctrl-C, to explore it.
+    #[arg(long)]
+    keep_running: bool,
 }
 
 fn step(text: &str) {
@@ -40,44 +43,89 @@ async fn main() -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", args.experiment.display()))?;
     let started = Instant::now();
 
+    step("starting Prometheus and the Pushgateway (private, on loopback)");
+    let measurement = MeasurementStack::start(Duration::from_secs(2)).await?;
     step("starting Postgres (throwaway), phoenix-api and phoenix-reconciler");
     let stack = Stack::start_with(StackOptions {
         deploy_timeout: Duration::from_secs(120),
+        remote_write_url: Some(measurement.remote_write_url()),
+        prometheus_url: Some(measurement.prometheus_url.clone()),
+        collector_bin: Some(args.collector.clone()),
         ..Default::default()
     })
     .await;
-    eprintln!("    api at {}", stack.api_url);
-
-    step("starting two agents (web-1, web-2) with the Phoenix collector");
+    step("starting two agents (web-1, web-2) running the Phoenix collector");
     let agents = [
-        AgentProcess::spawn_with_collector(
+        AgentProcess::spawn_with(
             &stack.api_url,
             "web-1",
             &[("role", "web")],
             &args.collector,
+            Some(&measurement.pushgateway_url),
         ),
-        AgentProcess::spawn_with_collector(
+        AgentProcess::spawn_with(
             &stack.api_url,
             "web-2",
             &[("role", "web")],
             &args.collector,
+            Some(&measurement.pushgateway_url),
         ),
     ];
+
+    let outcome = tokio::select! {
+        outcome = run_experiment(&stack, &agents, &document) => outcome,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    match &outcome {
+        Ok(name) => {
+            println!("\nWhere to look next (while it runs, with --keep-running):");
+            println!(
+                "  export PHOENIX_API_URL={} PHOENIX_TOKEN={VIEWER_TOKEN}",
+                stack.api_url
+            );
+            println!(
+                "  phoenix experiment report {name}      # this report again (-o json for machines)"
+            );
+            println!("  phoenix experiment events {name}      # every phase change and why");
+            println!("  phoenix host list                      # the agents and their collectors");
+            println!(
+                "  Prometheus: {}   Pushgateway: {}",
+                measurement.prometheus_url, measurement.pushgateway_url
+            );
+            if args.keep_running {
+                eprintln!("\nkeeping everything running; Ctrl-C to stop");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+        Err(err) => eprintln!("demo stopped: {err}"),
+    }
+
+    step("shutting down: agents and their collectors, api, reconciler, Postgres, Prometheus");
+    // Dropping an agent kills it and every collector process it owns.
+    drop(agents);
+    stack.shutdown().await;
+    drop(measurement);
+    eprintln!("done in {:.0?}", started.elapsed());
+    outcome.map(|_| ())
+}
+
+/// Registers, creates, follows the experiment to a verdict and prints the report.
+async fn run_experiment(
+    stack: &Stack,
+    agents: &[AgentProcess],
+    document: &str,
+) -> anyhow::Result<String> {
     wait_until(
         "both agents registered",
         Duration::from_secs(60),
-        || async { hosts(&stack).await.len() == 2 },
+        || async { hosts(stack).await.len() == 2 },
     )
     .await?;
-
-    step(&format!(
-        "creating the experiment from {}",
-        args.experiment.display()
-    ));
+    step("creating the experiment (the api validates both configs with the collector first)");
     let response = stack
         .request(Method::POST, "/api/v1/experiments", OPERATOR_TOKEN)
         .header("content-type", "application/yaml")
-        .body(document)
+        .body(document.to_string())
         .send()
         .await?;
     if !response.status().is_success() {
@@ -85,24 +133,39 @@ async fn main() -> anyhow::Result<()> {
     }
     let experiment: phoenix_wire::view::Experiment = response.json().await?;
     let name = experiment.name;
+    let measuring = experiment.spec.warmup.as_duration() + experiment.spec.duration.as_duration();
 
     let mut last = None;
-    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut running_since = None;
+    let deadline = Instant::now() + measuring + Duration::from_secs(300);
     loop {
         let e = stack.experiment(&name).await;
         if last != Some(e.phase) {
-            eprintln!(
-                "    {name}: {} — {}",
-                e.phase,
-                e.reason.clone().unwrap_or_default()
-            );
+            let reason = e.reason.clone().unwrap_or_else(|| "created".into());
+            eprintln!("    {name}: {} — {reason}", e.phase);
             last = Some(e.phase);
+            if e.phase == Phase::Running {
+                running_since = Some(Instant::now());
+            }
         }
-        if e.phase == Phase::Running {
+        if e.phase == Phase::Running
+            && let Some(since) = running_since
+        {
+            let done = since.elapsed().min(measuring);
+            eprint!(
+                "\r    measuring: {:>3}s of {}s (warmup {}, then {})   ",
+                done.as_secs(),
+                measuring.as_secs(),
+                e.spec.warmup,
+                e.spec.duration
+            );
+        }
+        if e.phase == Phase::Completed {
+            eprintln!();
             break;
         }
         if e.phase.is_terminal() || Instant::now() > deadline {
-            for agent in &agents {
+            for agent in agents {
                 eprintln!(
                     "--- {} agent log (tail) ---\n{}",
                     agent.host_id,
@@ -110,61 +173,28 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
             anyhow::bail!(
-                "the experiment did not reach running: {}",
+                "the experiment ended {} instead of completing: {}",
+                e.phase,
                 e.reason.unwrap_or_default()
             );
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
-    step(&format!(
-        "both collectors healthy on every host; watching for {}",
-        args.watch
-    ));
-    let watch_until = Instant::now() + args.watch.as_duration();
-    while Instant::now() < watch_until {
-        tokio::time::sleep(Duration::from_secs(5).min(watch_until - Instant::now())).await;
+    step("the report, as `phoenix experiment report` shows it");
+    let out = Command::new(bins::binary("phoenix"))
+        .args(["experiment", "report", &name])
+        .env("PHOENIX_API_URL", &stack.api_url)
+        .env("PHOENIX_TOKEN", VIEWER_TOKEN)
+        .output()?;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    if !out.status.success() {
+        anyhow::bail!(
+            "phoenix experiment report failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-    println!(
-        "{:<8} {:<22} {:<10} {:>7} {:>9} {:>8} {:>9}",
-        "HOST", "COLLECTOR", "HEALTH", "PID", "RESTARTS", "CPU(s)", "RSS(MiB)"
-    );
-    for host in hosts(&stack).await {
-        for c in host.collectors {
-            println!(
-                "{:<8} {:<22} {:<10} {:>7} {:>9} {:>8.2} {:>9.1}",
-                host.host_id,
-                c.collector_id,
-                c.health.as_str(),
-                c.pid.map(|p| p.to_string()).unwrap_or_default(),
-                c.restarts,
-                c.cpu_seconds,
-                c.rss_bytes as f64 / 1048576.0
-            );
-        }
-    }
-    println!(
-        "\nexperiment {name}: running on {} host(s). The verdict (KPIs from Prometheus) arrives with the analyzer.",
-        2
-    );
-
-    step("cleaning up: deleting the experiment, stopping agents, Postgres");
-    stack
-        .request(
-            Method::DELETE,
-            &format!("/api/v1/experiments/{name}"),
-            OPERATOR_TOKEN,
-        )
-        .send()
-        .await?;
-    wait_until("collectors stopped", Duration::from_secs(60), || async {
-        agents.iter().all(|a| a.collector_processes().is_empty())
-    })
-    .await?;
-    drop(agents);
-    stack.shutdown().await;
-    eprintln!("done in {:.0?}", started.elapsed());
-    Ok(())
+    Ok(name)
 }
 
 async fn hosts(stack: &Stack) -> Vec<Host> {

@@ -1,0 +1,267 @@
+//! The application layer of pipeline deployments (`/api/v1/deployments`) and of an
+//! experiment's promote and rollback: what a deploy request means (the template
+//! exists and declares the variables, the real collector accepts the rendered
+//! config, the hosts exist and run no other standing pipeline) and how a stored
+//! deployment looks with the hosts it selects and what they report.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use phoenix_storage::PgConnection;
+use phoenix_storage::deployments::{
+    self, Applied, NewRevision, PromotedBy, Promotion, StoredDeployment,
+};
+use phoenix_storage::hosts::{self, HostRecord};
+use phoenix_wire::agent::CollectorStatus;
+use phoenix_wire::deployment::{
+    DeploymentHost, DeploymentSpec, PipelineDeployment, PipelineDeploymentDocument, PromotionResult,
+};
+use phoenix_wire::names::{self, selector_matches};
+use phoenix_wire::problem::FieldError;
+
+use crate::app::{VALIDATION_HOST, VALIDATION_REMOTE_WRITE_URL, check_pipeline, parse_body};
+use crate::body::DocumentBody;
+use crate::collector::{self, ValidateError};
+use crate::error::ApiError;
+
+/// Validates a `PipelineDeployment` document against the types, the catalog, the
+/// collector and the fleet, then creates the deployment or makes the document its
+/// new revision (nothing new when the spec is the current one). Nothing is written
+/// unless every check passes.
+pub async fn deploy(
+    conn: &mut PgConnection,
+    body: &DocumentBody,
+    collector_bin: Option<&Path>,
+) -> Result<(PipelineDeployment, Applied), ApiError> {
+    let doc: PipelineDeploymentDocument = parse_body(body)?;
+    doc.validate().map_err(ApiError::Invalid)?;
+    let name = &doc.metadata.name;
+    let config = check_pipeline(conn, "spec", &doc.spec.pipeline_ref()).await?;
+    let records = hosts::list_records(conn).await?;
+    check_hosts(&doc.spec, &records)?;
+    let all = deployments::list(conn).await?;
+    check_overlap(name, &doc.spec, &all, &records)?;
+    if let Some(bin) = collector_bin {
+        let rendered = phoenix_wire::render::standing_collector(
+            name,
+            &doc.spec,
+            VALIDATION_HOST,
+            &config,
+            VALIDATION_REMOTE_WRITE_URL,
+        );
+        collector::validate(bin, &rendered.config, &rendered.env)
+            .await
+            .map_err(|err| match err {
+                ValidateError::Rejected(message) => ApiError::Invalid(FieldError::new(
+                    "spec.pipeline",
+                    format!(
+                        "the collector rejects the rendered `{}` config: {message}",
+                        rendered.pipeline
+                    ),
+                )),
+                ValidateError::Unavailable(message) => ApiError::Unavailable(message),
+            })?;
+    }
+    let (stored, applied) = deployments::apply(
+        conn,
+        NewRevision {
+            name,
+            labels: &doc.metadata.labels,
+            spec: &doc.spec,
+            promoted_from: None,
+            change: "deployed by user",
+        },
+    )
+    .await?;
+    Ok((one_view(conn, stored, false).await?, applied))
+}
+
+/// A selector must match a registered host, and every name must be one; like an
+/// experiment's, so that a typo does not deploy to nothing in silence.
+fn check_hosts(spec: &DeploymentSpec, known: &[HostRecord]) -> Result<(), ApiError> {
+    if let Some(selector) = &spec.hosts.selector
+        && !known.iter().any(|h| selector_matches(selector, &h.labels))
+    {
+        return Err(ApiError::Invalid(FieldError::new(
+            "spec.hosts.selector",
+            format!(
+                "the selector matches none of the {} registered hosts; check their labels with `phoenix host list`",
+                known.len()
+            ),
+        )));
+    }
+    for (i, name) in spec.hosts.names.iter().flatten().enumerate() {
+        if !known.iter().any(|h| &h.host_id == name) {
+            return Err(ApiError::Invalid(FieldError::new(
+                format!("spec.hosts.names[{i}]"),
+                format!("no agent has registered host `{name}`; see `phoenix host list`"),
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A host runs one standing pipeline: a deployment may not take on a registered
+/// host that another deployment selects. Hosts it already selects are not
+/// checked again, so re-applying a deployment whose selector a new host joined
+/// keeps working (the older deployment keeps such a host).
+fn check_overlap(
+    name: &str,
+    spec: &DeploymentSpec,
+    all: &[StoredDeployment],
+    known: &[HostRecord],
+) -> Result<(), ApiError> {
+    let current = all.iter().find(|d| d.name == name);
+    for host in known {
+        if !spec.selects(&host.host_id, &host.labels)
+            || current.is_some_and(|c| c.spec.selects(&host.host_id, &host.labels))
+        {
+            continue;
+        }
+        if let Some(other) = all
+            .iter()
+            .find(|d| d.name != name && d.spec.selects(&host.host_id, &host.labels))
+        {
+            return Err(ApiError::Conflict(format!(
+                "host {} already runs the standing pipeline of deployment {}, and a host runs one; \
+                 narrow spec.hosts, or change deployment {} instead",
+                host.host_id, other.name, other.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+pub async fn list(conn: &mut PgConnection) -> Result<Vec<PipelineDeployment>, ApiError> {
+    let all = deployments::list(conn).await?;
+    let records = hosts::list_records(conn).await?;
+    let collectors = hosts::collectors_by_host(conn).await?;
+    Ok(all
+        .iter()
+        .map(|d| view(d.clone(), &all, &records, &collectors))
+        .collect())
+}
+
+/// One deployment with its hosts and, when `with_revisions`, its history.
+async fn one_view(
+    conn: &mut PgConnection,
+    stored: StoredDeployment,
+    with_revisions: bool,
+) -> Result<PipelineDeployment, ApiError> {
+    let all = deployments::list(conn).await?;
+    let records = hosts::list_records(conn).await?;
+    let collectors = hosts::collectors_by_host(conn).await?;
+    let mut deployment = view(stored, &all, &records, &collectors);
+    if with_revisions {
+        deployment.revisions = deployments::revisions(conn, &deployment.name).await?;
+    }
+    Ok(deployment)
+}
+
+pub async fn get(conn: &mut PgConnection, name: &str) -> Result<PipelineDeployment, ApiError> {
+    let stored = deployments::get(conn, name).await?;
+    one_view(conn, stored, true).await
+}
+
+/// Rolls a deployment back to its previous revision (409 when it has none).
+pub async fn rollback(conn: &mut PgConnection, name: &str) -> Result<PipelineDeployment, ApiError> {
+    let stored = deployments::rollback(conn, name).await?;
+    one_view(conn, stored, true).await
+}
+
+/// `?force=true&deployment=NAME` of a promote.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct PromoteOptions {
+    #[serde(default)]
+    pub force: bool,
+    #[serde(default)]
+    pub deployment: Option<String>,
+}
+
+/// A user's promote of a completed experiment (see
+/// [`phoenix_storage::deployments::promote`] for which deployment it goes into).
+pub async fn promote(
+    conn: &mut PgConnection,
+    experiment: &str,
+    options: &PromoteOptions,
+) -> Result<PromotionResult, ApiError> {
+    if let Some(deployment) = &options.deployment {
+        names::check_resource_name(deployment).map_err(|m| {
+            ApiError::Malformed(FieldError::new(
+                "deployment",
+                format!("invalid deployment name: {m}"),
+            ))
+        })?;
+    }
+    let (experiment, deployment) = deployments::promote(
+        conn,
+        Promotion {
+            experiment,
+            deployment: options.deployment.as_deref(),
+            by: PromotedBy::User {
+                force: options.force,
+            },
+        },
+    )
+    .await?;
+    Ok(PromotionResult {
+        experiment,
+        deployment: Some(one_view(conn, deployment, false).await?),
+    })
+}
+
+/// A user's rollback of a promoted experiment.
+pub async fn rollback_experiment(
+    conn: &mut PgConnection,
+    experiment: &str,
+) -> Result<PromotionResult, ApiError> {
+    let (experiment, deployment) = deployments::rollback_promotion(conn, experiment).await?;
+    let deployment = match deployment {
+        Some(stored) => Some(one_view(conn, stored, false).await?),
+        None => None,
+    };
+    Ok(PromotionResult {
+        experiment,
+        deployment,
+    })
+}
+
+/// A stored deployment with the registered hosts it selects and what each reports.
+fn view(
+    stored: StoredDeployment,
+    all: &[StoredDeployment],
+    records: &[HostRecord],
+    collectors: &HashMap<String, Vec<CollectorStatus>>,
+) -> PipelineDeployment {
+    let collector_id = phoenix_wire::agent::CollectorSpec::id_for(
+        &stored.name,
+        phoenix_wire::agent::Variant::Standing,
+    );
+    let hosts = records
+        .iter()
+        .filter(|h| stored.spec.selects(&h.host_id, &h.labels))
+        .map(|h| DeploymentHost {
+            host_id: h.host_id.clone(),
+            collector: collectors
+                .get(&h.host_id)
+                .and_then(|cs| cs.iter().find(|c| c.collector_id == collector_id))
+                .cloned(),
+            shadowed_by: deployments::standing_owner(all, &h.host_id, &h.labels)
+                .filter(|owner| owner.name != stored.name)
+                .map(|owner| owner.name.clone()),
+        })
+        .collect();
+    PipelineDeployment {
+        name: stored.name,
+        labels: stored.labels,
+        spec: stored.spec,
+        revision: stored.revision,
+        promoted_from: stored.promoted_from,
+        change: stored.change,
+        managed_by: stored.managed_by,
+        created_at: stored.created_at,
+        updated_at: stored.updated_at,
+        hosts,
+        revisions: Vec::new(),
+    }
+}

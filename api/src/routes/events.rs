@@ -1,0 +1,45 @@
+//! `GET /api/v1/events?experiment=NAME&host=ID`: the event stream, a WebSocket of
+//! JSON `phoenix_wire::events::Event`s (see [`crate::events`]).
+
+use std::time::Duration;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use phoenix_wire::events::EventFilter;
+use phoenix_wire::problem::FieldError;
+
+use crate::auth::Viewer;
+use crate::error::ApiError;
+use crate::events;
+use crate::state::AppState;
+
+/// How long a new subscriber waits for a (re)connecting event listener.
+const LISTENER_WAIT: Duration = Duration::from_secs(5);
+
+/// Checks the token and the filter, subscribes, then upgrades: once the client has
+/// its `101 Switching Protocols`, it receives every later event.
+pub async fn stream(
+    State(state): State<AppState>,
+    _: Viewer,
+    query: Result<Query<EventFilter>, QueryRejection>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let Query(filter) = query.map_err(|r| ApiError::Invalid(FieldError::new("", r.body_text())))?;
+    filter.check().map_err(ApiError::Invalid)?;
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        // Not a WebSocket handshake: axum's own answer says what is missing.
+        Err(rejection) => return Ok(rejection.into_response()),
+    };
+    let receiver = state.events.subscribe(LISTENER_WAIT).await.ok_or_else(|| {
+        ApiError::Unavailable(
+            "the event stream is not connected to the database; retry shortly".into(),
+        )
+    })?;
+    Ok(upgrade.on_upgrade(move |socket| {
+        events::forward(socket, receiver, filter, state.shutdown, state.metrics)
+    }))
+}

@@ -1,0 +1,435 @@
+//! Pipeline deployments (`phoenix pipeline deploy|list-deployments|show-deployment|
+//! rollback|delete-deployment`) and an experiment's promote and rollback
+//! (`phoenix experiment promote|rollback`): the calls, and how deployments look in
+//! a table. The clap subcommands live with their nouns (`pipeline`, `experiment`).
+
+use chrono::{DateTime, Utc};
+use phoenix_wire::API_VERSION;
+use phoenix_wire::agent::Health;
+use phoenix_wire::deployment::{
+    DeploymentRevision, DeploymentSpec, PipelineDeployment, PipelineDeploymentDocument,
+    PromotionResult,
+};
+use phoenix_wire::names::{self, Labels};
+use phoenix_wire::resource::{HostTarget, Metadata};
+use phoenix_wire::view::List;
+
+use crate::client::Body;
+use crate::commands::Context;
+use crate::document;
+use crate::output::{self, Details, Table};
+
+const DEPLOYMENTS: &str = "/api/v1/deployments";
+const EXPERIMENTS: &str = "/api/v1/experiments";
+
+/// A deployment given by flags instead of a file.
+#[derive(Debug, Default)]
+pub struct DeployFlags {
+    pub name: Option<String>,
+    pub pipeline: Option<String>,
+    pub selector: Option<Labels>,
+    pub hosts: Vec<String>,
+    pub vars: Vec<(String, String)>,
+    pub critical: Vec<String>,
+}
+
+impl DeployFlags {
+    /// The document the flags describe; the API validates it like a file's.
+    fn document(self) -> anyhow::Result<PipelineDeploymentDocument> {
+        let name = self
+            .name
+            .ok_or_else(|| anyhow::anyhow!("give --name (or a document with -f FILE)"))?;
+        let pipeline = self
+            .pipeline
+            .ok_or_else(|| anyhow::anyhow!("give --pipeline (see `phoenix pipeline list`)"))?;
+        let hosts = match (self.selector, self.hosts.is_empty()) {
+            (Some(selector), true) => HostTarget {
+                selector: Some(selector),
+                names: None,
+            },
+            (None, false) => HostTarget {
+                selector: None,
+                names: Some(self.hosts),
+            },
+            _ => anyhow::bail!("give either --selector KEY=VALUE,... or --host HOST,..."),
+        };
+        Ok(PipelineDeploymentDocument {
+            api_version: API_VERSION.to_string(),
+            kind: PipelineDeploymentDocument::KIND.to_string(),
+            metadata: Metadata {
+                name,
+                labels: Labels::new(),
+            },
+            spec: DeploymentSpec {
+                hosts,
+                pipeline,
+                vars: self.vars.into_iter().collect(),
+                critical_processes: self.critical,
+            },
+        })
+    }
+}
+
+/// `k=v` for `--var`.
+pub fn parse_var(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}` is not name=value (e.g. cpu_threshold=0.05)"))?;
+    Ok((key.trim().to_string(), value.to_string()))
+}
+
+/// `phoenix pipeline deploy`: from a file, or from flags.
+pub async fn deploy(ctx: &Context, file: Option<String>, flags: DeployFlags) -> anyhow::Result<()> {
+    let body = match file {
+        Some(file) => document::read(
+            &file,
+            "a PipelineDeployment",
+            "phoenix pipeline deploy --help",
+        )?,
+        None => Body {
+            bytes: serde_json::to_vec(&flags.document()?)?,
+            content_type: "application/json",
+        },
+    };
+    let deployment: PipelineDeployment = ctx.client.post(DEPLOYMENTS, Some(body)).await?;
+    let text = match output::render_object(ctx.output, &deployment)? {
+        Some(text) => text,
+        None => format!(
+            "deployment/{name} at revision {revision}: {pipeline} on {hosts} host(s) ({target})\n  follow it with `phoenix pipeline show-deployment {name}`\n",
+            name = deployment.name,
+            revision = deployment.revision,
+            pipeline = pipeline(&deployment.spec),
+            hosts = deployment.hosts.len(),
+            target = host_target(&deployment.spec.hosts),
+        ),
+    };
+    Ok(output::print(&text)?)
+}
+
+pub async fn list(ctx: &Context) -> anyhow::Result<()> {
+    let list: List<PipelineDeployment> = ctx.client.get(DEPLOYMENTS).await?;
+    match output::render_object(ctx.output, &list)? {
+        Some(text) => output::print(&text)?,
+        None if list.items.is_empty() => eprintln!(
+            "No pipeline deployments yet. Deploy one with `phoenix pipeline deploy`, or promote an experiment."
+        ),
+        None => output::print(&deployment_table(&list.items, ctx.now).render())?,
+    }
+    Ok(())
+}
+
+pub async fn show(ctx: &Context, name: &str) -> anyhow::Result<()> {
+    let deployment: PipelineDeployment = ctx.client.get(&deployment_path(name)?).await?;
+    let text = match output::render_object(ctx.output, &deployment)? {
+        Some(text) => text,
+        None => deployment_details(&deployment, ctx.now),
+    };
+    Ok(output::print(&text)?)
+}
+
+pub async fn rollback(ctx: &Context, name: &str) -> anyhow::Result<()> {
+    let path = format!("{}/rollback", deployment_path(name)?);
+    let deployment: PipelineDeployment = ctx.client.post(&path, None).await?;
+    let text = match output::render_object(ctx.output, &deployment)? {
+        Some(text) => text,
+        None => format!(
+            "deployment/{} rolled back to revision {}: {}\n",
+            deployment.name,
+            deployment.revision,
+            pipeline(&deployment.spec)
+        ),
+    };
+    Ok(output::print(&text)?)
+}
+
+pub async fn delete(ctx: &Context, name: &str) -> anyhow::Result<()> {
+    ctx.client.delete(&deployment_path(name)?).await?;
+    if ctx.output == output::OutputFormat::Table {
+        output::print(&format!(
+            "deployment/{name} deleted; its hosts stop its collector\n"
+        ))?;
+    }
+    Ok(())
+}
+
+/// `phoenix experiment promote NAME [--force] [--deployment NAME]`.
+pub async fn promote(
+    ctx: &Context,
+    experiment: &str,
+    force: bool,
+    deployment: Option<&str>,
+) -> anyhow::Result<()> {
+    names::check_resource_name(experiment)
+        .map_err(|m| anyhow::anyhow!("invalid experiment name: {m}"))?;
+    let mut query = Vec::new();
+    if force {
+        query.push("force=true".to_string());
+    }
+    if let Some(deployment) = deployment {
+        names::check_resource_name(deployment)
+            .map_err(|m| anyhow::anyhow!("invalid deployment name: {m}"))?;
+        query.push(format!("deployment={deployment}"));
+    }
+    let mut path = format!("{EXPERIMENTS}/{experiment}/promote");
+    if !query.is_empty() {
+        path = format!("{path}?{}", query.join("&"));
+    }
+    let result: PromotionResult = ctx.client.post(&path, None).await?;
+    let text = match output::render_object(ctx.output, &result)? {
+        Some(text) => text,
+        None => format!(
+            "experiment/{name} promoted: {reason}\n  undo with `phoenix experiment rollback {name}`\n",
+            name = result.experiment.name,
+            reason = result.experiment.reason.as_deref().unwrap_or("")
+        ),
+    };
+    Ok(output::print(&text)?)
+}
+
+/// `phoenix experiment rollback NAME`.
+pub async fn rollback_experiment(ctx: &Context, experiment: &str) -> anyhow::Result<()> {
+    names::check_resource_name(experiment)
+        .map_err(|m| anyhow::anyhow!("invalid experiment name: {m}"))?;
+    let path = format!("{EXPERIMENTS}/{experiment}/rollback");
+    let result: PromotionResult = ctx.client.post(&path, None).await?;
+    let text = match output::render_object(ctx.output, &result)? {
+        Some(text) => text,
+        None => format!(
+            "experiment/{} {}\n",
+            result.experiment.name,
+            result.experiment.reason.as_deref().unwrap_or("rolled back")
+        ),
+    };
+    Ok(output::print(&text)?)
+}
+
+/// `/api/v1/deployments/{name}`, refusing names that could not exist (and could
+/// escape the path) before anything is sent.
+fn deployment_path(name: &str) -> anyhow::Result<String> {
+    names::check_resource_name(name)
+        .map_err(|m| anyhow::anyhow!("invalid deployment name: {m}"))?;
+    Ok(format!("{DEPLOYMENTS}/{name}"))
+}
+
+/// `process-topk (cpu_threshold=0.05)`.
+fn pipeline(spec: &DeploymentSpec) -> String {
+    if spec.vars.is_empty() {
+        spec.pipeline.clone()
+    } else {
+        format!("{} ({})", spec.pipeline, output::labels(&spec.vars))
+    }
+}
+
+/// `role=web` for a selector, `host-a,host-b` for a list of names.
+fn host_target(target: &HostTarget) -> String {
+    match (&target.selector, &target.names) {
+        (Some(selector), _) => output::labels(selector),
+        (None, Some(names)) => names.join(","),
+        (None, None) => "<none>".into(),
+    }
+}
+
+/// `healthy/selected`: hosts whose standing collector is this deployment's and healthy.
+fn ready(deployment: &PipelineDeployment) -> String {
+    let healthy = deployment
+        .hosts
+        .iter()
+        .filter(|h| {
+            h.collector
+                .as_ref()
+                .is_some_and(|c| c.health == Health::Healthy)
+        })
+        .count();
+    format!("{healthy}/{}", deployment.hosts.len())
+}
+
+fn deployment_table(deployments: &[PipelineDeployment], now: DateTime<Utc>) -> Table {
+    let mut table = Table::new(&[
+        "NAME", "PIPELINE", "HOSTS", "READY", "REVISION", "FROM", "AGE",
+    ]);
+    for d in deployments {
+        table.row(vec![
+            d.name.clone(),
+            output::truncate(&pipeline(&d.spec), 50),
+            output::truncate(&host_target(&d.spec.hosts), 30),
+            ready(d),
+            d.revision.to_string(),
+            d.promoted_from
+                .as_ref()
+                .map_or_else(|| "-".to_string(), |e| format!("experiment/{e}")),
+            output::age(d.created_at, now),
+        ]);
+    }
+    table
+}
+
+fn deployment_details(d: &PipelineDeployment, now: DateTime<Utc>) -> String {
+    let hosts_kind = if d.spec.hosts.selector.is_some() {
+        "selector"
+    } else {
+        "names"
+    };
+    let critical = if d.spec.critical_processes.is_empty() {
+        "<none>".to_string()
+    } else {
+        d.spec.critical_processes.join(", ")
+    };
+    let mut details = Details::new();
+    details
+        .field("Name", &d.name)
+        .field("Pipeline", pipeline(&d.spec))
+        .field(
+            "Hosts",
+            format!("{hosts_kind} {}", host_target(&d.spec.hosts)),
+        )
+        .field("Critical processes", critical)
+        .field("Collector", d.collector_id())
+        .field("Revision", d.revision.to_string())
+        .field("Change", &d.change)
+        .field(
+            "Promoted from",
+            d.promoted_from
+                .as_ref()
+                .map_or_else(|| "-".to_string(), |e| format!("experiment/{e}")),
+        )
+        .field("Labels", output::labels(&d.labels))
+        .field("Created", output::timestamp(d.created_at, now))
+        .field("Updated", output::timestamp(d.updated_at, now));
+    let mut text = details.render();
+    text.push_str("Hosts:\n");
+    if d.hosts.is_empty() {
+        text.push_str("  <no registered host is selected>\n");
+    } else {
+        let mut hosts = Table::new(&["HOST", "COLLECTOR", "PIPELINE", "PID", "RESTARTS"]);
+        for h in &d.hosts {
+            let row = match (&h.collector, &h.shadowed_by) {
+                (_, Some(other)) => vec![
+                    h.host_id.clone(),
+                    format!("runs deployment/{other} instead"),
+                ],
+                (Some(c), None) => vec![
+                    h.host_id.clone(),
+                    c.health.as_str().to_string(),
+                    c.pipeline.clone(),
+                    c.pid.map_or_else(|| "-".to_string(), |p| p.to_string()),
+                    c.restarts.to_string(),
+                ],
+                (None, None) => vec![h.host_id.clone(), "not running".to_string()],
+            };
+            hosts.row(row);
+        }
+        text.push_str(&output::indent(&hosts.render(), "  "));
+    }
+    if !d.revisions.is_empty() {
+        text.push_str("Revisions:\n");
+        text.push_str(&output::indent(
+            &revision_table(&d.revisions, d.revision, now).render(),
+            "  ",
+        ));
+    }
+    text
+}
+
+fn revision_table(revisions: &[DeploymentRevision], current: i64, now: DateTime<Utc>) -> Table {
+    let mut table = Table::new(&["REVISION", "STATE", "PIPELINE", "AGE", "CHANGE"]);
+    for r in revisions {
+        let state = if r.revision == current {
+            "current"
+        } else if r.rolled_back_at.is_some() {
+            "rolled back"
+        } else {
+            "earlier"
+        };
+        table.row(vec![
+            r.revision.to_string(),
+            state.to_string(),
+            pipeline(&r.spec),
+            output::age(r.created_at, now),
+            r.change.clone(),
+        ]);
+    }
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn deployment(now: DateTime<Utc>) -> PipelineDeployment {
+        serde_json::from_value(serde_json::json!({
+            "name": "topk-web",
+            "spec": {
+                "hosts": {"names": ["web-1", "web-2"]},
+                "pipeline": "process-topk",
+                "vars": {"cpu_threshold": "0.2"}
+            },
+            "revision": 2,
+            "promotedFrom": "topk-web",
+            "change": "promoted from experiment topk-web (verdict pass) by user",
+            "createdAt": (now - chrono::Duration::minutes(5)).to_rfc3339(),
+            "updatedAt": now.to_rfc3339(),
+            "hosts": [
+                {"hostId": "web-1", "collector": {
+                    "collectorId": "topk-web.standing", "owner": "topk-web", "variant": "standing",
+                    "pipeline": "process-topk", "configHash": "abc", "pid": 42,
+                    "health": "healthy", "restarts": 0
+                }},
+                {"hostId": "web-2"}
+            ],
+            "revisions": [
+                {"revision": 2, "spec": {"hosts": {"names": ["web-1"]}, "pipeline": "process-topk"},
+                 "change": "promoted", "createdAt": now.to_rfc3339()},
+                {"revision": 1, "spec": {"hosts": {"names": ["web-1"]}, "pipeline": "process-baseline"},
+                 "change": "deployed by user", "createdAt": now.to_rfc3339()}
+            ]
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_table_shows_readiness_and_where_it_came_from() {
+        let now = Utc.with_ymd_and_hms(2025, 6, 1, 12, 0, 0).unwrap();
+        let text = deployment_table(&[deployment(now)], now).render();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("NAME "), "{text}");
+        assert!(
+            lines[1].contains("process-topk (cpu_threshold=0.2)"),
+            "{text}"
+        );
+        assert!(lines[1].contains("web-1,web-2   1/2     2 "), "{text}");
+        assert!(lines[1].contains("experiment/topk-web"), "{text}");
+    }
+
+    #[test]
+    fn details_show_hosts_and_revisions() {
+        let now = Utc.with_ymd_and_hms(2025, 6, 1, 12, 0, 0).unwrap();
+        let text = deployment_details(&deployment(now), now);
+        assert!(
+            text.contains("Collector:          topk-web.standing\n"),
+            "{text}"
+        );
+        assert!(text.contains("  web-1   healthy"), "{text}");
+        assert!(text.contains("  web-2   not running"), "{text}");
+        assert!(text.contains("  2          current "), "{text}");
+        assert!(text.contains("  1          earlier "), "{text}");
+    }
+
+    #[test]
+    fn flags_make_a_document() {
+        let doc = DeployFlags {
+            name: Some("web".into()),
+            pipeline: Some("process-topk".into()),
+            selector: Some([("role".to_string(), "web".to_string())].into()),
+            vars: vec![parse_var("cpu_threshold=0.1").unwrap()],
+            critical: vec!["nginx".into()],
+            ..Default::default()
+        }
+        .document()
+        .unwrap();
+        doc.validate().unwrap();
+        assert_eq!(doc.spec.vars["cpu_threshold"], "0.1");
+        assert!(DeployFlags::default().document().is_err());
+        assert!(parse_var("novalue").is_err());
+    }
+}

@@ -1,0 +1,240 @@
+//! `phoenix pipeline ...`: the pipeline template catalog: list, show, and validate a
+//! template with the real collector before anyone deploys it; and pipeline
+//! deployments (standing pipelines): deploy, list-deployments, show-deployment,
+//! rollback, delete-deployment (their calls and tables: [`super::deployment`]).
+
+use clap::Subcommand;
+use phoenix_wire::names;
+use phoenix_wire::view::{List, PipelineTemplate, PipelineValidation};
+
+use crate::commands::{Context, deployment};
+use crate::document;
+use crate::output::{self, Details, Table};
+
+const PIPELINES: &str = "/api/v1/pipelines";
+
+#[derive(Debug, Subcommand)]
+pub enum PipelineCommand {
+    /// List the pipeline templates experiments can use
+    #[command(after_help = "Example:\n  phoenix pipeline list\n  phoenix pipeline list -o yaml")]
+    List,
+    /// Show one template: what it keeps, its variables and its collector config
+    #[command(
+        after_help = "Example:\n  phoenix pipeline show process-topk\n  phoenix pipeline show process-topk -o json"
+    )]
+    Show {
+        /// The template name, as `phoenix pipeline list` shows it
+        name: String,
+    },
+    /// Check a PipelineTemplate document with the collector's own `validate`
+    #[command(after_help = "\
+Example:
+  phoenix pipeline validate -f my-pipeline.yaml
+  cat my-pipeline.yaml | phoenix pipeline validate -f -
+
+The API renders the config with its variables' defaults and runs the real collector's
+`validate` on it; a rejection prints the collector's own message and exits 1.")]
+    Validate {
+        /// The PipelineTemplate document (`-` reads stdin)
+        #[arg(short = 'f', long = "filename", value_name = "FILE")]
+        file: String,
+    },
+    /// Run a pipeline as the standing collector of hosts (create a deployment, or a new revision of it)
+    #[command(after_help = "\
+Examples:
+  phoenix pipeline deploy -f web-standing.yaml
+  phoenix pipeline deploy --name web-standing --pipeline process-topk --selector role=web \\
+    --var cpu_threshold=0.05 --critical nginx,postgres
+  phoenix pipeline deploy --name pinned --pipeline process-baseline --host web-1,web-2
+
+A document looks like:
+  apiVersion: phoenix.dev/v1
+  kind: PipelineDeployment
+  metadata: {name: web-standing}
+  spec:
+    hosts: {selector: {role: web}}     # or {names: [web-1, web-2]}
+    pipeline: process-topk
+    vars: {cpu_threshold: \"0.05\"}
+    criticalProcesses: [nginx, postgres]
+
+Every host the deployment selects runs one collector `<name>.standing`; hosts that
+join later with matching labels get it too. Deploying a changed spec makes a new
+revision (the previous one is kept for `phoenix pipeline rollback`); the same spec
+again changes nothing. A host runs one standing pipeline, so a deployment may not
+select a host another deployment runs on.")]
+    Deploy {
+        /// A PipelineDeployment document (`-` reads stdin), instead of the flags
+        #[arg(
+            short = 'f',
+            long = "filename",
+            visible_alias = "file",
+            value_name = "FILE",
+            conflicts_with_all = ["name", "pipeline", "selector", "host", "var", "critical"]
+        )]
+        file: Option<String>,
+        /// The deployment's name
+        #[arg(long, required_unless_present = "file")]
+        name: Option<String>,
+        /// The pipeline template to run (see `phoenix pipeline list`)
+        #[arg(long, required_unless_present = "file")]
+        pipeline: Option<String>,
+        /// Run it on the hosts whose labels match, e.g. role=web,zone=a
+        #[arg(long, value_name = "KEY=VALUE,...", value_parser = super::loadsim::parse_selector, conflicts_with = "host")]
+        selector: Option<phoenix_wire::names::Labels>,
+        /// Run it on these host ids (repeat the flag or separate with commas)
+        #[arg(long, value_delimiter = ',', value_name = "HOST")]
+        host: Vec<String>,
+        /// A template variable, name=value (repeat for more)
+        #[arg(long, value_name = "NAME=VALUE", value_parser = super::deployment::parse_var)]
+        var: Vec<(String, String)>,
+        /// Critical executable names, for the templates that keep them (comma-separated)
+        #[arg(long, value_delimiter = ',', value_name = "NAME")]
+        critical: Vec<String>,
+    },
+    /// List pipeline deployments: what each runs, where, and how many hosts are ready
+    #[command(after_help = "\
+Example:
+  phoenix pipeline list-deployments
+  phoenix pipeline list-deployments -o yaml
+
+READY is the number of selected hosts whose agent reports the standing collector
+healthy, over the number of registered hosts selected. FROM names the experiment whose
+promotion made the current revision.")]
+    ListDeployments,
+    /// Show one deployment: its hosts, their collectors, and its revisions
+    #[command(
+        after_help = "Example:\n  phoenix pipeline show-deployment web-standing\n  phoenix pipeline show-deployment web-standing -o json"
+    )]
+    ShowDeployment {
+        /// The deployment's name
+        name: String,
+    },
+    /// Restore a deployment's previous revision on its hosts
+    #[command(after_help = "\
+Example:
+  phoenix pipeline rollback web-standing
+
+The current revision is marked rolled back and the newest earlier one is current again;
+rolling back twice goes back two revisions. A deployment with no earlier revision
+cannot be rolled back (delete it instead). If the undone revision came from promoting
+an experiment, that experiment becomes rolled-back.")]
+    Rollback {
+        /// The deployment's name
+        name: String,
+    },
+    /// Delete a deployment and its history; its hosts stop its collector
+    #[command(after_help = "Example:\n  phoenix pipeline delete-deployment web-standing")]
+    DeleteDeployment {
+        /// The deployment's name
+        name: String,
+    },
+}
+
+pub async fn run(ctx: &Context, command: PipelineCommand) -> anyhow::Result<()> {
+    match command {
+        PipelineCommand::Deploy {
+            file,
+            name,
+            pipeline,
+            selector,
+            host,
+            var,
+            critical,
+        } => {
+            let flags = deployment::DeployFlags {
+                name,
+                pipeline,
+                selector,
+                hosts: host,
+                vars: var,
+                critical,
+            };
+            deployment::deploy(ctx, file, flags).await
+        }
+        PipelineCommand::ListDeployments => deployment::list(ctx).await,
+        PipelineCommand::ShowDeployment { name } => deployment::show(ctx, &name).await,
+        PipelineCommand::Rollback { name } => deployment::rollback(ctx, &name).await,
+        PipelineCommand::DeleteDeployment { name } => deployment::delete(ctx, &name).await,
+        PipelineCommand::List => {
+            let list: List<PipelineTemplate> = ctx.client.get(PIPELINES).await?;
+            match output::render_object(ctx.output, &list)? {
+                Some(text) => output::print(&text)?,
+                None => output::print(&template_table(&list.items).render())?,
+            }
+            Ok(())
+        }
+        PipelineCommand::Show { name } => {
+            names::check_resource_name(&name)
+                .map_err(|m| anyhow::anyhow!("invalid pipeline name: {m}"))?;
+            let template: PipelineTemplate = ctx.client.get(&format!("{PIPELINES}/{name}")).await?;
+            let text = match output::render_object(ctx.output, &template)? {
+                Some(text) => text,
+                None => template_details(&template),
+            };
+            Ok(output::print(&text)?)
+        }
+        PipelineCommand::Validate { file } => {
+            let body = document::read(
+                &file,
+                "a PipelineTemplate",
+                "phoenix pipeline validate --help",
+            )?;
+            let answer: PipelineValidation = ctx
+                .client
+                .post(&format!("{PIPELINES}/validate"), Some(body))
+                .await?;
+            let text = match output::render_object(ctx.output, &answer)? {
+                Some(text) => text,
+                None => format!(
+                    "pipeline/{} is valid: the collector accepts it\n",
+                    answer.name
+                ),
+            };
+            Ok(output::print(&text)?)
+        }
+    }
+}
+
+fn variables(template: &PipelineTemplate) -> String {
+    let vars: Vec<String> = template
+        .variables
+        .iter()
+        .map(|v| format!("{}={}", v.name, v.default))
+        .collect();
+    if vars.is_empty() {
+        "-".into()
+    } else {
+        vars.join(" ")
+    }
+}
+
+fn template_table(templates: &[PipelineTemplate]) -> Table {
+    let mut table = Table::new(&["NAME", "SOURCE", "VARIABLES", "DESCRIPTION"]);
+    for t in templates {
+        table.row(vec![
+            t.name.clone(),
+            if t.builtin {
+                "builtin".into()
+            } else {
+                "user".into()
+            },
+            output::truncate(&variables(t), 60),
+            output::truncate(&t.description, 70),
+        ]);
+    }
+    table
+}
+
+fn template_details(template: &PipelineTemplate) -> String {
+    let mut details = Details::new();
+    details
+        .field("Name", &template.name)
+        .field("Source", if template.builtin { "builtin" } else { "user" })
+        .field("Description", &template.description)
+        .field("Variables", variables(template));
+    format!(
+        "{}Config:\n{}",
+        details.render(),
+        output::indent(&template.config, "  ")
+    )
+}

@@ -1,0 +1,136 @@
+//! The human form of an experiment report: the verdict, one line per criterion, and
+//! the KPIs of baseline and candidate side by side (overall, then per host).
+
+use phoenix_wire::report::{ExperimentReport, ResourceTest, VariantKpis};
+
+use crate::output::Table;
+
+fn opt(value: Option<f64>, digits: usize) -> String {
+    value
+        .map(|v| format!("{v:.digits$}"))
+        .unwrap_or_else(|| "no data".into())
+}
+
+fn change(baseline: f64, candidate: f64) -> String {
+    if baseline == 0.0 {
+        "-".into()
+    } else {
+        format!("{:+.1}%", 100.0 * (candidate / baseline - 1.0))
+    }
+}
+
+fn change_opt(baseline: Option<f64>, candidate: Option<f64>) -> String {
+    match (baseline, candidate) {
+        (Some(b), Some(c)) => change(b, c),
+        _ => "-".into(),
+    }
+}
+
+fn kpi_rows(table: &mut Table, scope: &str, b: &VariantKpis, c: &VariantKpis) {
+    let rows = [
+        (
+            "series",
+            b.series.to_string(),
+            c.series.to_string(),
+            change(b.series as f64, c.series as f64),
+        ),
+        (
+            "datapoints/min",
+            format!("{:.0}", b.datapoints_per_minute),
+            format!("{:.0}", c.datapoints_per_minute),
+            change(b.datapoints_per_minute, c.datapoints_per_minute),
+        ),
+        (
+            "monthly cost",
+            format!("{:.2}", b.monthly_cost),
+            format!("{:.2}", c.monthly_cost),
+            change(b.monthly_cost, c.monthly_cost),
+        ),
+        (
+            "collector cpu (cores)",
+            opt(b.cpu_cores, 4),
+            opt(c.cpu_cores, 4),
+            change_opt(b.cpu_cores, c.cpu_cores),
+        ),
+        (
+            "collector rss (MiB)",
+            opt(b.rss_mib, 1),
+            opt(c.rss_mib, 1),
+            change_opt(b.rss_mib, c.rss_mib),
+        ),
+        (
+            "critical processes",
+            b.critical_processes.join(",").chars().take(30).collect(),
+            c.critical_processes.join(",").chars().take(30).collect(),
+            String::new(),
+        ),
+    ];
+    for (kpi, baseline, candidate, delta) in rows {
+        table.row(vec![
+            scope.to_string(),
+            kpi.to_string(),
+            baseline,
+            candidate,
+            delta,
+        ]);
+    }
+}
+
+fn test_line(name: &str, test: &Option<ResourceTest>) -> Option<String> {
+    let t = test.as_ref()?;
+    Some(format!(
+        "  {name}: Mann–Whitney U over {}+{} samples: shift {:+.4}, effect size {:+.2}, p={:.4} (two-sided), p={} (candidate above baseline + {})",
+        t.baseline_samples,
+        t.candidate_samples,
+        t.shift,
+        t.effect_size,
+        t.p_value,
+        t.p_over_allowance
+            .map(|p| format!("{p:.4}"))
+            .unwrap_or_else(|| "-".into()),
+        t.allowance
+    ))
+}
+
+pub fn render(report: &ExperimentReport) -> String {
+    let mut out = format!(
+        "Experiment {}: verdict {}\nWindow: {} to {} (analyzed {})\n\nCriteria:\n",
+        report.experiment,
+        report.verdict.as_str().to_uppercase(),
+        report.window_start.format("%Y-%m-%d %H:%M:%S"),
+        report.window_end.format("%H:%M:%S"),
+        report.analyzed_at.format("%H:%M:%S"),
+    );
+    for c in &report.criteria {
+        out.push_str(&format!(
+            "  {:<8} {:<18} {}\n",
+            c.outcome.as_str(),
+            c.criterion,
+            c.reason
+        ));
+    }
+    out.push('\n');
+    let mut table = Table::new(&["SCOPE", "KPI", "BASELINE", "CANDIDATE", "CHANGE"]);
+    kpi_rows(&mut table, "all hosts", &report.baseline, &report.candidate);
+    for (host, kpis) in &report.hosts {
+        kpi_rows(&mut table, host, &kpis.baseline, &kpis.candidate);
+    }
+    out.push_str(&table.render());
+    let tests: Vec<String> = [
+        test_line("cpu", &report.cpu_test),
+        test_line("memory", &report.memory_test),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if !tests.is_empty() {
+        out.push_str("\nResource tests:\n");
+        out.push_str(&tests.join("\n"));
+        out.push('\n');
+    }
+    out.push_str(&format!(
+        "\nCost at {:.2} per million datapoints/min per month.\n",
+        report.price_per_million_dpm
+    ));
+    out
+}

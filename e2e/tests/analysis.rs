@@ -1,0 +1,328 @@
+//! Experiments run to a reasoned verdict: real collectors on two agents, a real
+//! Prometheus and Pushgateway, the reconciler's analyzer; the report's numbers are
+//! checked against PromQL the test runs itself.
+
+use std::collections::BTreeSet;
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use phoenix_e2e::bins;
+use phoenix_e2e::harness::{
+    AgentProcess, OPERATOR_TOKEN, Stack, StackOptions, VIEWER_TOKEN, eventually,
+};
+use phoenix_e2e::measurement::MeasurementStack;
+use phoenix_storage::templates;
+use phoenix_wire::report::{ExperimentReport, Outcome, Verdict};
+use phoenix_wire::view::Phase;
+use reqwest::Method;
+
+const CRITICAL: &str = "phx-critical";
+
+/// Idle processes with a distinctive executable name, killed on drop.
+struct CriticalProcesses {
+    children: Vec<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl CriticalProcesses {
+    fn start(n: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join(CRITICAL);
+        std::fs::copy("/bin/sleep", &exe).unwrap();
+        let children = (0..n)
+            .map(|_| Command::new(&exe).arg("900").spawn().unwrap())
+            .collect();
+        Self {
+            children,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for CriticalProcesses {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn experiment(name: &str, candidate: &str, candidate_vars: &str) -> String {
+    format!(
+        r#"
+apiVersion: phoenix.dev/v1
+kind: Experiment
+metadata: {{name: {name}}}
+spec:
+  hosts: {{selector: {{role: web}}}}
+  baseline: {{pipeline: process-baseline, vars: {{collection_interval: 3s}}}}
+  candidate: {{pipeline: {candidate}, vars: {{collection_interval: 3s{candidate_vars}}}}}
+  warmup: 10s
+  duration: 30s
+  criticalProcesses: [{CRITICAL}]
+"#
+    )
+}
+
+async fn report(stack: &Stack, name: &str) -> ExperimentReport {
+    let response = stack
+        .request(
+            Method::GET,
+            &format!("/api/v1/experiments/{name}/report"),
+            VIEWER_TOKEN,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "report of {name}");
+    response.json().await.unwrap()
+}
+
+async fn completed(stack: &Stack, name: &str) {
+    stack
+        .wait_for_phase(name, Phase::Completed, Duration::from_secs(240))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn experiments_reach_verdicts_whose_numbers_match_promql() {
+    let measurement = MeasurementStack::start(Duration::from_secs(1))
+        .await
+        .expect("prometheus and pushgateway");
+    let stack = Stack::start_with(StackOptions {
+        remote_write_url: Some(measurement.remote_write_url()),
+        prometheus_url: Some(measurement.prometheus_url.clone()),
+        deploy_timeout: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await;
+    let _critical = CriticalProcesses::start(2);
+    let agents: Vec<AgentProcess> = ["web-1", "web-2"]
+        .into_iter()
+        .map(|host| {
+            AgentProcess::spawn_with(
+                &stack.api_url,
+                host,
+                &[("role", "web")],
+                &bins::collector(),
+                Some(&measurement.pushgateway_url),
+            )
+        })
+        .collect();
+    eventually(
+        "both agents to register",
+        Duration::from_secs(30),
+        || async {
+            let r = stack
+                .request(Method::GET, "/api/v1/hosts", VIEWER_TOKEN)
+                .send()
+                .await
+                .ok()?;
+            let hosts: phoenix_wire::view::List<phoenix_wire::view::Host> = r.json().await.ok()?;
+            (hosts.items.len() == 2).then_some(())
+        },
+    )
+    .await;
+
+    // A candidate that ignores the critical list: priority-filter keeping only a
+    // high-priority regex that does not match the critical process.
+    let mut conn = stack.pool.acquire().await.unwrap();
+    let priority = templates::get(&mut conn, "process-priority-filter")
+        .await
+        .unwrap()
+        .config;
+    assert!(
+        priority.contains("${env:PHOENIX_CRITICAL_PROCESSES_REGEX}"),
+        "the template changed; update this test"
+    );
+    let drops_critical = priority.replace("${env:PHOENIX_CRITICAL_PROCESSES_REGEX}", "a^");
+    sqlx::query("INSERT INTO pipeline_templates (name, description, config) VALUES ('drops-critical', 'test', $1)")
+        .bind(&drops_critical)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+
+    stack
+        .create_experiment(&experiment("topk-pass", "process-topk", ""))
+        .await;
+    stack
+        .create_experiment(&experiment(
+            "drop-fail",
+            "drops-critical",
+            ", high_priority_regex: '^(phoenix-agent|otelcol-phoenix)$'",
+        ))
+        .await;
+    completed(&stack, "topk-pass").await;
+    completed(&stack, "drop-fail").await;
+
+    // The top-k candidate passes.
+    let passing = report(&stack, "topk-pass").await;
+    println!("{}", serde_json::to_string_pretty(&passing).unwrap());
+    assert_eq!(passing.verdict, Verdict::Pass, "{:#?}", passing.criteria);
+    assert!(passing.series_reduction().unwrap() >= 50.0);
+    assert_eq!(passing.hosts.len(), 2);
+
+    // The candidate that drops a critical process fails, naming it.
+    let failing = report(&stack, "drop-fail").await;
+    assert_eq!(failing.verdict, Verdict::Fail);
+    let critical = failing
+        .criteria
+        .iter()
+        .find(|c| c.criterion == "criticalRetention")
+        .unwrap();
+    assert_eq!(critical.outcome, Outcome::Fail);
+    assert!(critical.reason.contains(CRITICAL), "{}", critical.reason);
+    let experiment = stack.experiment("drop-fail").await;
+    assert!(
+        experiment.reason.unwrap().contains(CRITICAL),
+        "the phase reason names it too"
+    );
+
+    // The report's numbers are what PromQL says over the same window.
+    let prom = measurement.prometheus();
+    for (variant, kpis) in [
+        ("baseline", &passing.baseline),
+        ("candidate", &passing.candidate),
+    ] {
+        let selector = format!(r#"{{phoenix_experiment="topk-pass",phoenix_variant="{variant}"}}"#);
+        let series = prom
+            .series(&selector, passing.window_start, passing.window_end)
+            .await
+            .unwrap();
+        assert_eq!(kpis.series, series.len() as u64, "{variant} series");
+        let names: BTreeSet<&String> = series.iter().filter_map(|l| l.get("__name__")).collect();
+        let window_ms = (passing.window_end - passing.window_start).num_milliseconds();
+        let mut datapoints = 0.0;
+        for name in names {
+            let query = format!(
+                r#"sum(count_over_time({{__name__="{name}",phoenix_experiment="topk-pass",phoenix_variant="{variant}"}}[{window_ms}ms]))"#
+            );
+            datapoints += prom
+                .query(&query, Some(passing.window_end))
+                .await
+                .unwrap()
+                .first()
+                .map_or(0.0, |s| s.value);
+        }
+        let dpm = datapoints / (window_ms as f64 / 60_000.0);
+        assert!(
+            (kpis.datapoints_per_minute - dpm).abs() < 1e-6,
+            "{variant} DPM {} vs {dpm}",
+            kpis.datapoints_per_minute
+        );
+        assert!((kpis.monthly_cost - dpm / 1e6 * passing.price_per_million_dpm).abs() < 1e-9);
+        let rss_query = format!(
+            r#"avg(avg_over_time(phoenix_collector_rss_bytes{{experiment="topk-pass",variant="{variant}"}}[{window_ms}ms])) / 1048576"#
+        );
+        let rss = prom
+            .query(&rss_query, Some(passing.window_end))
+            .await
+            .unwrap()[0]
+            .value;
+        let reported = kpis.rss_mib.expect("rss measured");
+        assert!(
+            (reported - rss).abs() / rss < 0.15,
+            "{variant} RSS {reported} MiB vs PromQL {rss} MiB"
+        );
+        assert!(kpis.cpu_cores.is_some(), "{variant} CPU measured");
+        assert!(
+            kpis.critical_processes.contains(&CRITICAL.to_string()),
+            "{variant} saw {CRITICAL}"
+        );
+    }
+    assert!(passing.cpu_test.is_some() && passing.memory_test.is_some());
+
+    // The CLI shows the same report side by side.
+    let out = Command::new(bins::binary("phoenix"))
+        .args(["experiment", "report", "topk-pass"])
+        .env("PHOENIX_API_URL", &stack.api_url)
+        .env("PHOENIX_TOKEN", VIEWER_TOKEN)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("verdict PASS") && text.contains("BASELINE") && text.contains("web-2"),
+        "{text}"
+    );
+    println!("{text}");
+
+    drop(agents);
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_prometheus_down_analysis_retries_then_fails_and_records_no_pass() {
+    let stack = Stack::start_with(StackOptions {
+        prometheus_url: None, // a port that refuses connections
+        analysis_timeout: Duration::from_secs(4),
+        ..Default::default()
+    })
+    .await;
+    let agent = AgentProcess::spawn(&stack.api_url, "web-1", &[("role", "web")]);
+    eventually("the agent to register", Duration::from_secs(30), || async {
+        let r = stack
+            .request(Method::GET, "/api/v1/hosts/web-1", VIEWER_TOKEN)
+            .send()
+            .await
+            .ok()?;
+        r.status().is_success().then_some(())
+    })
+    .await;
+    stack
+        .create_experiment(
+            r#"
+apiVersion: phoenix.dev/v1
+kind: Experiment
+metadata: {name: blind}
+spec:
+  hosts: {names: [web-1]}
+  baseline: {pipeline: process-baseline}
+  candidate: {pipeline: process-topk}
+  warmup: 0s
+  duration: 2s
+"#,
+        )
+        .await;
+    stack
+        .wait_for_phase("blind", Phase::Analyzing, Duration::from_secs(60))
+        .await;
+    let failed = eventually(
+        "the analysis to give up",
+        Duration::from_secs(60),
+        || async {
+            let e = stack.experiment("blind").await;
+            (e.phase == Phase::Failed).then_some(e)
+        },
+    )
+    .await;
+    let reason = failed.reason.unwrap();
+    assert!(reason.contains("analysis failed after"), "{reason}");
+    assert!(reason.contains("cannot reach Prometheus"), "{reason}");
+    assert!(reason.contains("no verdict was recorded"), "{reason}");
+    let (attempts, verdict): (i32, Option<String>) = sqlx::query_as(
+        "SELECT attempts, verdict FROM experiment_results WHERE experiment = 'blind'",
+    )
+    .fetch_one(&stack.pool)
+    .await
+    .unwrap();
+    assert!(attempts >= 2, "it waited and retried ({attempts} attempts)");
+    assert_eq!(verdict, None, "nothing is recorded as a pass");
+    let response = stack
+        .request(
+            Method::GET,
+            "/api/v1/experiments/blind/report",
+            OPERATOR_TOKEN,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    drop(agent);
+    stack.shutdown().await;
+}

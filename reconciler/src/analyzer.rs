@@ -1,0 +1,492 @@
+//! The analyzer: for every experiment in `analyzing`, measure both variants over the
+//! recorded window in Prometheus, judge the candidate against the experiment's
+//! criteria, store the report and move the experiment to `completed`.
+//!
+//! KPIs, per variant, overall and per host:
+//! - **series**: true distinct series over the window (Prometheus' series API),
+//!   selected by the `phoenix_experiment` / `phoenix_variant` / `phoenix_host` labels
+//!   every catalog pipeline stamps on its output;
+//! - **datapoints per minute**: `count_over_time` over the window, per metric name
+//!   (a range function drops the metric name, so names are counted one by one), and
+//!   the **monthly cost** at the configured price per million DPM;
+//! - **collector CPU and RSS**: per-scrape samples of what the agents push to the
+//!   Pushgateway (`phoenix_collector_cpu_seconds_total` as a rate, and
+//!   `phoenix_collector_rss_bytes`), per collector;
+//! - **critical processes**: executable names from the critical list that each
+//!   variant reported.
+//!
+//! Missing data is an explicit `no-data` outcome that never passes. When Prometheus
+//! cannot be reached the experiment stays in `analyzing` and is retried on every
+//! pass; after the analysis timeout it fails with the last error, and nothing is
+//! recorded as a pass.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use phoenix_storage::{PgConnection, Result, experiments, results};
+use phoenix_wire::report::{
+    CriterionResult, ExperimentReport, HostKpis, Outcome, VariantKpis, Verdict,
+};
+use phoenix_wire::view::{Experiment, Phase};
+use sqlx::Connection;
+
+use crate::prometheus::{Prometheus, PrometheusError};
+
+/// What the analyzer needs besides the database.
+#[derive(Clone)]
+pub struct AnalyzerSettings {
+    pub prometheus: Prometheus,
+    /// Price of one million datapoints per minute for a month.
+    pub price_per_million_dpm: f64,
+    /// How long an experiment may stay in `analyzing` before it fails.
+    pub timeout: Duration,
+    /// How long after the window's end to wait for late samples before measuring.
+    pub settle: Duration,
+    /// The `rate()` window for collector CPU.
+    pub rate_window: Duration,
+    /// Spacing of the CPU and RSS samples taken from Prometheus.
+    pub sample_step: Duration,
+}
+
+/// What happened to one experiment in one analyzer run.
+#[derive(Debug, PartialEq)]
+pub enum AnalysisOutcome {
+    Completed(Verdict),
+    Retrying(String),
+    Failed(String),
+}
+
+/// Analyzes every experiment that is in `analyzing`.
+pub async fn analyze_due(
+    conn: &mut PgConnection,
+    settings: &AnalyzerSettings,
+) -> Result<Vec<(String, AnalysisOutcome)>> {
+    let due = experiments::list_in_phases(conn, &[Phase::Analyzing]).await?;
+    let mut outcomes = Vec::new();
+    for experiment in due {
+        let Some(state) = results::state(conn, &experiment.name).await? else {
+            continue; // the window is recorded with the transition; a race at most
+        };
+        let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
+            .fetch_one(&mut *conn)
+            .await?;
+        let ready_at =
+            state.window_end + chrono::Duration::from_std(settings.settle).unwrap_or_default();
+        if now < ready_at {
+            continue; // samples of the window's last seconds may still be on their way
+        }
+        let outcome = match measure(
+            settings,
+            &experiment,
+            state.window_start,
+            state.window_end,
+            now,
+        )
+        .await
+        {
+            Ok(report) => {
+                let mut tx = conn.begin().await?;
+                results::store(&mut tx, &report).await?;
+                let reason = verdict_reason(&report);
+                experiments::transition(
+                    &mut tx,
+                    &experiment.name,
+                    Phase::Analyzing,
+                    Phase::Completed,
+                    &reason,
+                    None,
+                )
+                .await?;
+                tx.commit().await?;
+                tracing::info!(experiment = %experiment.name, verdict = report.verdict.as_str(), "analyzed");
+                AnalysisOutcome::Completed(report.verdict)
+            }
+            Err(err) => {
+                let error = err.to_string();
+                let attempts = results::record_failure(conn, &experiment.name, &error).await?;
+                // Counted from when measuring could first start, not from the phase change.
+                let waited = now
+                    .signed_duration_since(ready_at)
+                    .to_std()
+                    .unwrap_or_default();
+                if waited > settings.timeout {
+                    let reason = format!(
+                        "analysis failed after {attempts} attempts over {}: {error}; no verdict was recorded",
+                        phoenix_wire::duration::HumanDuration(Duration::from_secs(
+                            waited.as_secs()
+                        ))
+                    );
+                    experiments::transition(
+                        conn,
+                        &experiment.name,
+                        Phase::Analyzing,
+                        Phase::Failed,
+                        &reason,
+                        None,
+                    )
+                    .await?;
+                    AnalysisOutcome::Failed(reason)
+                } else {
+                    tracing::warn!(experiment = %experiment.name, attempts, %error, "analysis failed; will retry");
+                    AnalysisOutcome::Retrying(error)
+                }
+            }
+        };
+        outcomes.push((experiment.name, outcome));
+    }
+    Ok(outcomes)
+}
+
+fn verdict_reason(report: &ExperimentReport) -> String {
+    let decisive: Vec<String> = report
+        .criteria
+        .iter()
+        .filter(|c| report.verdict == Verdict::Pass || c.outcome != Outcome::Pass)
+        .map(|c| format!("{}: {}", c.criterion, c.reason))
+        .collect();
+    format!(
+        "verdict {}: {}",
+        report.verdict.as_str(),
+        decisive.join("; ")
+    )
+}
+
+fn selector(experiment: &str, variant: &str) -> String {
+    format!(r#"{{phoenix_experiment="{experiment}",phoenix_variant="{variant}"}}"#)
+}
+
+/// Measured numbers of one variant, before judging.
+#[derive(Default)]
+struct Measured {
+    overall: VariantKpis,
+    per_host: BTreeMap<String, VariantKpis>,
+    cpu_samples: Vec<f64>,
+    rss_samples_mib: Vec<f64>,
+}
+
+async fn measure_variant(
+    settings: &AnalyzerSettings,
+    experiment: &Experiment,
+    variant: &str,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> std::result::Result<Measured, PrometheusError> {
+    let prom = &settings.prometheus;
+    let critical: BTreeSet<&str> = experiment
+        .spec
+        .critical_processes
+        .iter()
+        .map(String::as_str)
+        .collect();
+    let mut measured = Measured::default();
+    for host in &experiment.target_hosts {
+        measured
+            .per_host
+            .insert(host.clone(), VariantKpis::default());
+    }
+
+    // Distinct series, and which critical processes appear among them.
+    let series = prom
+        .series(&selector(&experiment.name, variant), start, end)
+        .await?;
+    let mut names = BTreeSet::new();
+    let mut critical_overall = BTreeSet::new();
+    let mut critical_by_host: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for labels in &series {
+        let host = labels.get("phoenix_host").cloned().unwrap_or_default();
+        measured.per_host.entry(host.clone()).or_default().series += 1;
+        measured.overall.series += 1;
+        if let Some(name) = labels.get("__name__") {
+            names.insert(name.clone());
+        }
+        if let Some(exe) = labels.get("process_executable_name")
+            && critical.contains(exe.as_str())
+        {
+            critical_overall.insert(exe.clone());
+            critical_by_host
+                .entry(host)
+                .or_default()
+                .insert(exe.clone());
+        }
+    }
+    measured.overall.critical_processes = critical_overall.into_iter().collect();
+    for (host, found) in critical_by_host {
+        measured
+            .per_host
+            .entry(host)
+            .or_default()
+            .critical_processes = found.into_iter().collect();
+    }
+
+    // Datapoints per minute, counted per metric name.
+    let minutes = (end - start).num_milliseconds() as f64 / 60_000.0;
+    let window = format!("{}ms", (end - start).num_milliseconds().max(1));
+    for name in &names {
+        let inner = selector(&experiment.name, variant);
+        let query = format!(
+            "sum by (phoenix_host) (count_over_time({{__name__=\"{name}\",{}}}[{window}]))",
+            &inner[1..inner.len() - 1]
+        );
+        for sample in prom.query(&query, Some(end)).await? {
+            let dpm = sample.value / minutes;
+            let host = sample
+                .labels
+                .get("phoenix_host")
+                .cloned()
+                .unwrap_or_default();
+            measured
+                .per_host
+                .entry(host)
+                .or_default()
+                .datapoints_per_minute += dpm;
+            measured.overall.datapoints_per_minute += dpm;
+        }
+    }
+
+    // Collector CPU (cores) and RSS (MiB), per scrape, from the Pushgateway series.
+    let group = format!(
+        r#"job="phoenix_collectors",experiment="{}",variant="{variant}""#,
+        experiment.name
+    );
+    let rate_window = format!("{}ms", settings.rate_window.as_millis());
+    let cpu = prom
+        .query_range(
+            &format!("rate(phoenix_collector_cpu_seconds_total{{{group}}}[{rate_window}])"),
+            start,
+            end,
+            settings.sample_step,
+        )
+        .await?;
+    let rss = prom
+        .query_range(
+            &format!("phoenix_collector_rss_bytes{{{group}}}"),
+            start,
+            end,
+            settings.sample_step,
+        )
+        .await?;
+    let mut cpu_by_host: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for s in &cpu {
+        let host = s.labels.get("host").cloned().unwrap_or_default();
+        let values: Vec<f64> = s
+            .values
+            .iter()
+            .map(|(_, v)| *v)
+            .filter(|v| v.is_finite())
+            .collect();
+        measured.cpu_samples.extend(&values);
+        cpu_by_host.entry(host).or_default().extend(values);
+    }
+    let mut rss_by_host: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for s in &rss {
+        let host = s.labels.get("host").cloned().unwrap_or_default();
+        let values: Vec<f64> = s
+            .values
+            .iter()
+            .map(|(_, v)| v / 1_048_576.0)
+            .filter(|v| v.is_finite())
+            .collect();
+        measured.rss_samples_mib.extend(&values);
+        rss_by_host.entry(host).or_default().extend(values);
+    }
+    measured.overall.cpu_cores = mean(&measured.cpu_samples);
+    measured.overall.rss_mib = mean(&measured.rss_samples_mib);
+    for (host, values) in cpu_by_host {
+        measured.per_host.entry(host).or_default().cpu_cores = mean(&values);
+    }
+    for (host, values) in rss_by_host {
+        measured.per_host.entry(host).or_default().rss_mib = mean(&values);
+    }
+    measured.per_host.remove("");
+    Ok(measured)
+}
+
+fn mean(values: &[f64]) -> Option<f64> {
+    (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+}
+
+fn cost(kpis: &mut VariantKpis, price: f64) {
+    kpis.monthly_cost = kpis.datapoints_per_minute / 1e6 * price;
+}
+
+/// Measures both variants and judges the candidate.
+pub async fn measure(
+    settings: &AnalyzerSettings,
+    experiment: &Experiment,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> std::result::Result<ExperimentReport, PrometheusError> {
+    let mut baseline = measure_variant(settings, experiment, "baseline", start, end).await?;
+    let mut candidate = measure_variant(settings, experiment, "candidate", start, end).await?;
+    let price = settings.price_per_million_dpm;
+    for m in [&mut baseline, &mut candidate] {
+        cost(&mut m.overall, price);
+        for kpis in m.per_host.values_mut() {
+            cost(kpis, price);
+        }
+    }
+    let criteria = &experiment.spec.criteria;
+    let mut results = vec![
+        judge_series(
+            &baseline.overall,
+            &candidate.overall,
+            criteria.min_series_reduction,
+        ),
+        judge_critical(
+            experiment,
+            &baseline,
+            &candidate,
+            criteria.min_critical_retention,
+        ),
+    ];
+    let (cpu_outcome, cpu_test) = crate::judge::resource(
+        "cpuOverhead",
+        &baseline.cpu_samples,
+        &candidate.cpu_samples,
+        criteria.max_cpu_overhead_cores,
+        "cores",
+    );
+    let (memory_outcome, memory_test) = crate::judge::resource(
+        "memoryOverhead",
+        &baseline.rss_samples_mib,
+        &candidate.rss_samples_mib,
+        criteria.max_memory_overhead_mib,
+        "MiB",
+    );
+    results.push(cpu_outcome);
+    results.push(memory_outcome);
+    let verdict = if results.iter().any(|c| c.outcome == Outcome::Fail) {
+        Verdict::Fail
+    } else if results
+        .iter()
+        .all(|c| matches!(c.outcome, Outcome::Pass | Outcome::NotApplicable))
+    {
+        Verdict::Pass
+    } else {
+        Verdict::Inconclusive
+    };
+    let mut hosts = BTreeMap::new();
+    for host in baseline.per_host.keys().chain(candidate.per_host.keys()) {
+        hosts.insert(
+            host.clone(),
+            HostKpis {
+                baseline: baseline.per_host.get(host).cloned().unwrap_or_default(),
+                candidate: candidate.per_host.get(host).cloned().unwrap_or_default(),
+            },
+        );
+    }
+    Ok(ExperimentReport {
+        experiment: experiment.name.clone(),
+        window_start: start,
+        window_end: end,
+        analyzed_at: now,
+        verdict,
+        criteria: results,
+        baseline: baseline.overall,
+        candidate: candidate.overall,
+        hosts,
+        cpu_test,
+        memory_test,
+        price_per_million_dpm: price,
+    })
+}
+
+fn judge_series(
+    baseline: &VariantKpis,
+    candidate: &VariantKpis,
+    min_reduction: f64,
+) -> CriterionResult {
+    let criterion = "seriesReduction".to_string();
+    if baseline.series == 0 || candidate.series == 0 {
+        return CriterionResult {
+            criterion,
+            outcome: Outcome::NoData,
+            reason: format!(
+                "no series in Prometheus for the {} over the window; are the collectors exporting?",
+                if baseline.series == 0 {
+                    "baseline"
+                } else {
+                    "candidate"
+                }
+            ),
+        };
+    }
+    let reduction = 100.0 * (1.0 - candidate.series as f64 / baseline.series as f64);
+    let outcome = if reduction >= min_reduction {
+        Outcome::Pass
+    } else {
+        Outcome::Fail
+    };
+    CriterionResult {
+        criterion,
+        outcome,
+        reason: format!(
+            "series cut by {reduction:.1}% ({} → {}); needs at least {min_reduction}%",
+            baseline.series, candidate.series
+        ),
+    }
+}
+
+fn judge_critical(
+    experiment: &Experiment,
+    baseline: &Measured,
+    candidate: &Measured,
+    min_retention: f64,
+) -> CriterionResult {
+    let criterion = "criticalRetention".to_string();
+    if experiment.spec.critical_processes.is_empty() {
+        return CriterionResult {
+            criterion,
+            outcome: Outcome::NotApplicable,
+            reason: "no critical processes listed".into(),
+        };
+    }
+    let seen: BTreeSet<&String> = baseline.overall.critical_processes.iter().collect();
+    if seen.is_empty() {
+        return CriterionResult {
+            criterion,
+            outcome: Outcome::NoData,
+            reason: format!(
+                "the baseline saw none of the critical processes ({}); are they running on the target hosts?",
+                experiment.spec.critical_processes.join(", ")
+            ),
+        };
+    }
+    let kept: BTreeSet<&String> = candidate.overall.critical_processes.iter().collect();
+    let dropped: Vec<String> = seen
+        .difference(&kept)
+        .map(|name| {
+            let hosts: Vec<&str> = baseline
+                .per_host
+                .iter()
+                .filter(|(_, k)| k.critical_processes.contains(name))
+                .map(|(h, _)| h.as_str())
+                .collect();
+            format!("{name} (seen by the baseline on {})", hosts.join(", "))
+        })
+        .collect();
+    let retention = 100.0 * (seen.len() - dropped.len()) as f64 / seen.len() as f64;
+    let outcome = if retention >= min_retention {
+        Outcome::Pass
+    } else {
+        Outcome::Fail
+    };
+    let reason = if dropped.is_empty() {
+        format!(
+            "kept all {} critical processes the baseline saw",
+            seen.len()
+        )
+    } else {
+        format!(
+            "kept {retention:.0}% of critical processes (needs {min_retention}%); the candidate dropped {}",
+            dropped.join(", ")
+        )
+    };
+    CriterionResult {
+        criterion,
+        outcome,
+        reason,
+    }
+}

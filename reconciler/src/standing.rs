@@ -1,0 +1,220 @@
+//! Standing pipelines in the reconcile pass, as two steps of their own:
+//!
+//! - [`promote_passing`]: `promotion: auto` — a completed experiment whose verdict
+//!   is `pass` is promoted (the same transaction as a user's promote, so doing it
+//!   again finds the experiment `promoted` and does nothing).
+//! - [`add_desired`]: every host a pipeline deployment selects runs the
+//!   deployment's standing collector. Hosts are resolved on every pass, so standing
+//!   pipelines follow the fleet (unlike experiments, whose hosts are fixed when
+//!   deploying starts). A host selected by several deployments runs the oldest's.
+//!
+//! Both feed the same desired state as experiments, before the diff.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use phoenix_storage::deployments::{self, PromotedBy, Promotion, StoredDeployment};
+use phoenix_storage::hosts::HostRecord;
+use phoenix_storage::tasks::{self, FailedTask};
+use phoenix_storage::{PgConnection, Result, StoreError};
+use phoenix_wire::agent::CollectorSpec;
+use phoenix_wire::render::standing_collector;
+use phoenix_wire::view::Phase;
+
+use crate::config::ReconcilerConfig;
+use crate::diff::{Blocked, DesiredState};
+use crate::pass::PassReport;
+
+/// Promotes every completed `promotion: auto` experiment with a passing verdict.
+/// One that cannot be promoted (its hosts run several deployments, say) stays
+/// `completed` and is logged; a user can promote it naming the deployment.
+pub async fn promote_passing(conn: &mut PgConnection, report: &mut PassReport) -> Result<()> {
+    for name in deployments::auto_promotable(conn).await? {
+        let promotion = Promotion {
+            experiment: &name,
+            deployment: None,
+            by: PromotedBy::Auto,
+        };
+        match deployments::promote(conn, promotion).await {
+            Ok((_, deployment)) => {
+                tracing::info!(experiment = %name, deployment = %deployment.name, revision = deployment.revision, "promoted automatically");
+                report
+                    .transitions
+                    .push((name, Phase::Completed, Phase::Promoted));
+            }
+            Err(StoreError::Conflict(reason)) => {
+                tracing::warn!(experiment = %name, %reason, "cannot promote automatically");
+            }
+            Err(other) => return Err(other),
+        }
+    }
+    Ok(())
+}
+
+/// Adds every host's standing collector to `desired`, and to `blocked` those that
+/// keep failing to start (retried once `retry_after` has passed since their last
+/// failures, so a broken pipeline does not spin the agent).
+pub async fn add_desired(
+    conn: &mut PgConnection,
+    hosts: &[HostRecord],
+    template_configs: &HashMap<String, String>,
+    config: &ReconcilerConfig,
+    now: DateTime<Utc>,
+    desired: &mut DesiredState,
+    blocked: &mut Blocked,
+) -> Result<()> {
+    let deployments = deployments::list(conn).await?;
+    if deployments.is_empty() {
+        return Ok(());
+    }
+    // Failed starts count from the later of the revision's start and one deploy
+    // timeout ago: a blocked collector is tried again after that long.
+    let retry_after = config.deploy_timeout.as_duration();
+    let window_start = now - chrono::Duration::from_std(retry_after).unwrap_or_default();
+    let failures = tasks::failures_since(conn, window_start).await?;
+    let specs = render(
+        &deployments,
+        hosts,
+        template_configs,
+        &config.remote_write_url,
+    );
+    for (host, spec, since) in specs {
+        let since = since.max(window_start);
+        if failed_starts(&failures, &host, &spec, since) >= config.max_start_failures {
+            blocked.insert((
+                host.clone(),
+                spec.collector_id.clone(),
+                spec.config_hash.clone(),
+            ));
+        }
+        desired
+            .entry(host)
+            .or_default()
+            .insert(spec.collector_id.clone(), spec);
+    }
+    Ok(())
+}
+
+/// Every (host, standing collector, time its revision became current) desired.
+/// A deployment whose template is gone is left out, with a warning.
+pub fn render(
+    deployments: &[StoredDeployment],
+    hosts: &[HostRecord],
+    template_configs: &HashMap<String, String>,
+    remote_write_url: &str,
+) -> Vec<(String, CollectorSpec, DateTime<Utc>)> {
+    let mut specs = Vec::new();
+    for host in hosts {
+        let Some(owner) = deployments::standing_owner(deployments, &host.host_id, &host.labels)
+        else {
+            continue;
+        };
+        let Some(config) = template_configs.get(&owner.spec.pipeline) else {
+            tracing::warn!(deployment = %owner.name, pipeline = %owner.spec.pipeline, host = %host.host_id, "the deployment's pipeline template no longer exists");
+            continue;
+        };
+        let spec = standing_collector(
+            &owner.name,
+            &owner.spec,
+            &host.host_id,
+            config,
+            remote_write_url,
+        );
+        specs.push((host.host_id.clone(), spec, owner.updated_at));
+    }
+    specs
+}
+
+fn failed_starts(
+    failures: &[FailedTask],
+    host: &str,
+    spec: &CollectorSpec,
+    since: DateTime<Utc>,
+) -> usize {
+    crate::lifecycle::failures_of(failures, host, spec, since).len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use phoenix_wire::deployment::DeploymentSpec;
+    use phoenix_wire::names::Labels;
+
+    fn deployment(name: &str, hosts: serde_json::Value, pipeline: &str) -> StoredDeployment {
+        let spec: DeploymentSpec = serde_json::from_value(serde_json::json!({
+            "hosts": hosts,
+            "pipeline": pipeline,
+        }))
+        .unwrap();
+        StoredDeployment {
+            name: name.into(),
+            labels: Labels::new(),
+            spec,
+            revision: 1,
+            promoted_from: None,
+            change: "deployed by user".into(),
+            managed_by: None,
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        }
+    }
+
+    fn host(id: &str, role: &str) -> HostRecord {
+        HostRecord {
+            host_id: id.into(),
+            labels: [("role".to_string(), role.to_string())].into(),
+            agent_version: "test".into(),
+            last_seen: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn standing_pipelines_follow_the_fleet_and_the_oldest_deployment_wins() {
+        let deployments = [
+            deployment(
+                "web",
+                serde_json::json!({"selector": {"role": "web"}}),
+                "p1",
+            ),
+            deployment(
+                "pinned",
+                serde_json::json!({"names": ["web-2", "db-1"]}),
+                "p2",
+            ),
+            deployment("gone", serde_json::json!({"names": ["db-2"]}), "missing"),
+        ];
+        let templates = HashMap::from([
+            ("p1".to_string(), "one".to_string()),
+            ("p2".to_string(), "two".to_string()),
+        ]);
+        let hosts = [
+            host("web-1", "web"),
+            host("web-2", "web"),
+            host("db-1", "db"),
+            host("db-2", "db"),
+            host("cache-1", "cache"),
+        ];
+        let specs = render(&deployments, &hosts, &templates, "http://prom");
+        let got: Vec<(&str, &str, &str)> = specs
+            .iter()
+            .map(|(h, s, _)| (h.as_str(), s.collector_id.as_str(), s.config.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("web-1", "web.standing", "one"),
+                // web-2 is selected by both; the older deployment wins.
+                ("web-2", "web.standing", "one"),
+                ("db-1", "pinned.standing", "two"),
+                // db-2's deployment has no template; cache-1 is selected by none.
+            ]
+        );
+        // A host that joins later is picked up on the next pass.
+        let mut more = hosts.to_vec();
+        more.push(host("web-3", "web"));
+        assert_eq!(
+            render(&deployments, &more, &templates, "http://prom").len(),
+            4
+        );
+    }
+}

@@ -1,0 +1,178 @@
+//! Rendering: from an experiment, a variant, a host and a pipeline template to the
+//! exact [`CollectorSpec`] that host should run. Pure; same inputs, same hash. The
+//! reconciler renders what hosts run; the api renders the same thing to validate it
+//! with the real collector before anything is stored. [`standing_collector`] does
+//! the same for a pipeline deployment's standing collector.
+
+use std::collections::BTreeMap;
+
+use crate::agent::{CollectorSpec, Variant};
+use crate::deployment::DeploymentSpec;
+use crate::resource::{ExperimentSpec, PipelineRef, variable_env_name};
+
+/// A regular expression (RE2 and Rust syntax alike) that matches nothing, for
+/// experiments without critical processes: a character, then the start of the
+/// text, cannot both match. Free of backslashes, like every regex we render.
+pub const MATCH_NOTHING: &str = "x^";
+
+/// The anchored alternation of the critical process names. Names are validated to
+/// letters, digits and `. _ - + @ :`; `.` and `+` become `[.]` and `[+]`, so the
+/// regex holds no backslash or quote and can sit inside an OTTL string literal.
+pub fn critical_processes_regex(names: &[String]) -> String {
+    if names.is_empty() {
+        return MATCH_NOTHING.to_string();
+    }
+    let escaped: Vec<String> = names
+        .iter()
+        .map(|n| {
+            n.chars()
+                .map(|c| {
+                    if matches!(c, '.' | '+') {
+                        format!("[{c}]")
+                    } else {
+                        c.to_string()
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    format!("^({})$", escaped.join("|"))
+}
+
+/// The pipeline reference of one side of an experiment.
+pub fn pipeline_of(spec: &ExperimentSpec, variant: Variant) -> &PipelineRef {
+    match variant {
+        Variant::Candidate => &spec.candidate,
+        Variant::Baseline | Variant::Standing => &spec.baseline,
+    }
+}
+
+/// The collector a host runs for one side of the experiment `name`.
+pub fn experiment_collector(
+    name: &str,
+    spec: &ExperimentSpec,
+    variant: Variant,
+    host_id: &str,
+    template_config: &str,
+    remote_write_url: &str,
+) -> CollectorSpec {
+    let pipeline = pipeline_of(spec, variant);
+    let mut env = BTreeMap::new();
+    env.insert("PHOENIX_EXPERIMENT".to_string(), name.to_string());
+    env.insert("PHOENIX_VARIANT".to_string(), variant.as_str().to_string());
+    env.insert("PHOENIX_HOST".to_string(), host_id.to_string());
+    env.insert(
+        "PHOENIX_REMOTE_WRITE_URL".to_string(),
+        remote_write_url.to_string(),
+    );
+    env.insert(
+        "PHOENIX_CRITICAL_PROCESSES_REGEX".to_string(),
+        critical_processes_regex(&spec.critical_processes),
+    );
+    for (var, value) in &pipeline.vars {
+        env.insert(variable_env_name(var), value.clone());
+    }
+    CollectorSpec::new(
+        CollectorSpec::id_for(name, variant),
+        name.to_string(),
+        variant,
+        pipeline.pipeline.clone(),
+        template_config.to_string(),
+        env,
+    )
+}
+
+/// The standing collector a host runs for the pipeline deployment `name`: variant
+/// `standing`, id `<name>.standing`, owned by the deployment. The catalog templates
+/// stamp `PHOENIX_EXPERIMENT` on every series as `phoenix_experiment` and need it
+/// set, so it carries the deployment's name here (with `phoenix_variant="standing"`
+/// telling it apart from an experiment of the same name); `PHOENIX_DEPLOYMENT`
+/// names the deployment for templates that want to say so.
+pub fn standing_collector(
+    name: &str,
+    spec: &DeploymentSpec,
+    host_id: &str,
+    template_config: &str,
+    remote_write_url: &str,
+) -> CollectorSpec {
+    let variant = Variant::Standing;
+    let mut env = BTreeMap::new();
+    env.insert("PHOENIX_EXPERIMENT".to_string(), name.to_string());
+    env.insert("PHOENIX_DEPLOYMENT".to_string(), name.to_string());
+    env.insert("PHOENIX_VARIANT".to_string(), variant.as_str().to_string());
+    env.insert("PHOENIX_HOST".to_string(), host_id.to_string());
+    env.insert(
+        "PHOENIX_REMOTE_WRITE_URL".to_string(),
+        remote_write_url.to_string(),
+    );
+    env.insert(
+        "PHOENIX_CRITICAL_PROCESSES_REGEX".to_string(),
+        critical_processes_regex(&spec.critical_processes),
+    );
+    for (var, value) in &spec.vars {
+        env.insert(variable_env_name(var), value.clone());
+    }
+    CollectorSpec::new(
+        CollectorSpec::id_for(name, variant),
+        name.to_string(),
+        variant,
+        spec.pipeline.clone(),
+        template_config.to_string(),
+        env,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn critical_regex_is_anchored_and_escaped() {
+        let re = critical_processes_regex(&[
+            "nginx".into(),
+            "java".into(),
+            "a.b+".into(),
+            "phoenix-agent".into(),
+        ]);
+        assert_eq!(re, "^(nginx|java|a[.]b[+]|phoenix-agent)$");
+        assert!(!re.contains('\\') && !re.contains('"'));
+        let compiled = regex::Regex::new(&re).unwrap();
+        assert!(compiled.is_match("nginx"));
+        assert!(compiled.is_match("a.b+"));
+        assert!(!compiled.is_match("nginx-worker"));
+        assert!(!compiled.is_match("axb+"));
+        let nothing = regex::Regex::new(&critical_processes_regex(&[])).unwrap();
+        assert!(!nothing.is_match("") && !nothing.is_match("nginx"));
+    }
+
+    #[test]
+    fn a_standing_collector_carries_the_deployment_and_its_variables() {
+        let spec: DeploymentSpec = serde_json::from_value(serde_json::json!({
+            "hosts": {"selector": {"role": "web"}},
+            "pipeline": "process-topk",
+            "vars": {"cpu_threshold": "0.2"},
+            "criticalProcesses": ["nginx"]
+        }))
+        .unwrap();
+        let c = standing_collector("web", &spec, "web-1", "cfg", "http://prom/api/v1/write");
+        assert_eq!(c.collector_id, "web.standing");
+        assert_eq!(c.owner, "web");
+        assert_eq!(c.variant, Variant::Standing);
+        assert_eq!(c.pipeline, "process-topk");
+        assert_eq!(c.env["PHOENIX_VARIANT"], "standing");
+        assert_eq!(c.env["PHOENIX_EXPERIMENT"], "web");
+        assert_eq!(c.env["PHOENIX_DEPLOYMENT"], "web");
+        assert_eq!(c.env["PHOENIX_HOST"], "web-1");
+        assert_eq!(c.env["PHOENIX_VAR_CPU_THRESHOLD"], "0.2");
+        assert_eq!(c.env["PHOENIX_CRITICAL_PROCESSES_REGEX"], "^(nginx)$");
+        assert_eq!(
+            c.env["PHOENIX_REMOTE_WRITE_URL"],
+            "http://prom/api/v1/write"
+        );
+        // Same inputs, same hash; another host, another hash.
+        let again = standing_collector("web", &spec, "web-1", "cfg", "http://prom/api/v1/write");
+        assert_eq!(again.config_hash, c.config_hash);
+        let other = standing_collector("web", &spec, "web-2", "cfg", "http://prom/api/v1/write");
+        assert_ne!(other.config_hash, c.config_hash);
+    }
+}

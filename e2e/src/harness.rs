@@ -669,3 +669,34 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Idle processes with a chosen executable name (a copy of `/bin/sleep`), for tests
+/// that need processes a pipeline must keep or drop by name. Killed on drop.
+pub struct NamedProcesses {
+    children: Vec<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl NamedProcesses {
+    pub fn start(name: &str, n: usize) -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let exe = dir.path().join(name);
+        std::fs::copy("/bin/sleep", &exe).expect("copy /bin/sleep");
+        let children = (0..n)
+            .map(|_| Command::new(&exe).arg("3600").spawn().expect("spawn"))
+            .collect();
+        Self {
+            children,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for NamedProcesses {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

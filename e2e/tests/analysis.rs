@@ -3,12 +3,12 @@
 //! checked against PromQL the test runs itself.
 
 use std::collections::BTreeSet;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::Duration;
 
 use phoenix_e2e::bins;
 use phoenix_e2e::harness::{
-    AgentProcess, OPERATOR_TOKEN, Stack, StackOptions, VIEWER_TOKEN, eventually,
+    AgentProcess, NamedProcesses, OPERATOR_TOKEN, Stack, StackOptions, VIEWER_TOKEN, eventually,
 };
 use phoenix_e2e::measurement::MeasurementStack;
 use phoenix_storage::templates;
@@ -17,36 +17,6 @@ use phoenix_wire::view::Phase;
 use reqwest::Method;
 
 const CRITICAL: &str = "phx-critical";
-
-/// Idle processes with a distinctive executable name, killed on drop.
-struct CriticalProcesses {
-    children: Vec<Child>,
-    _dir: tempfile::TempDir,
-}
-
-impl CriticalProcesses {
-    fn start(n: usize) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let exe = dir.path().join(CRITICAL);
-        std::fs::copy("/bin/sleep", &exe).unwrap();
-        let children = (0..n)
-            .map(|_| Command::new(&exe).arg("900").spawn().unwrap())
-            .collect();
-        Self {
-            children,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for CriticalProcesses {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 fn experiment(name: &str, candidate: &str, candidate_vars: &str) -> String {
     format!(
@@ -97,7 +67,7 @@ async fn experiments_reach_verdicts_whose_numbers_match_promql() {
         ..Default::default()
     })
     .await;
-    let _critical = CriticalProcesses::start(2);
+    let _critical = NamedProcesses::start(CRITICAL, 2);
     let agents: Vec<AgentProcess> = ["web-1", "web-2"]
         .into_iter()
         .map(|host| {

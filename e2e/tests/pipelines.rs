@@ -6,11 +6,12 @@
 //! after they stop, nothing of theirs is left there.
 
 use std::collections::BTreeSet;
-use std::process::{Child, Command};
 use std::time::Duration;
 
 use phoenix_e2e::bins;
-use phoenix_e2e::harness::{AgentProcess, OPERATOR_TOKEN, Stack, StackOptions, eventually};
+use phoenix_e2e::harness::{
+    AgentProcess, NamedProcesses, OPERATOR_TOKEN, Stack, StackOptions, eventually,
+};
 use phoenix_e2e::measurement::MeasurementStack;
 use phoenix_wire::view::Phase;
 use reqwest::Method;
@@ -24,36 +25,6 @@ const CANDIDATES: [(&str, &str, f64); 4] = [
 ];
 const CRITICAL: &str = "phx-critical";
 const WINDOW: Duration = Duration::from_secs(40);
-
-/// Idle processes with a distinctive executable name, killed on drop.
-struct CriticalProcesses {
-    children: Vec<Child>,
-    _dir: tempfile::TempDir,
-}
-
-impl CriticalProcesses {
-    fn start(n: usize) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let exe = dir.path().join(CRITICAL);
-        std::fs::copy("/bin/sleep", &exe).unwrap();
-        let children = (0..n)
-            .map(|_| Command::new(&exe).arg("600").spawn().unwrap())
-            .collect();
-        Self {
-            children,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for CriticalProcesses {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 fn experiment(name: &str, candidate: &str) -> String {
     // The adaptive template's point is a longer interval; keep it longer than the rest.
@@ -94,7 +65,7 @@ async fn every_candidate_keeps_the_critical_processes_and_cuts_series_as_promise
         ..Default::default()
     })
     .await;
-    let _critical = CriticalProcesses::start(3);
+    let _critical = NamedProcesses::start(CRITICAL, 3);
     let agent = AgentProcess::spawn_with(
         &stack.api_url,
         "catalog-host",

@@ -38,10 +38,31 @@ pub async fn create_experiment(
     collector_bin: Option<&Path>,
 ) -> Result<Experiment, ApiError> {
     let doc: ExperimentDocument = parse_body(body)?;
+    check_experiment(conn, &doc, collector_bin).await?;
+    let experiment = experiments::create(
+        conn,
+        experiments::NewExperiment {
+            name: &doc.metadata.name,
+            labels: &doc.metadata.labels,
+            spec: &doc.spec,
+            managed_by: None,
+        },
+    )
+    .await?;
+    Ok(experiment)
+}
+
+/// Every check of an experiment document (types, catalog, fleet and, with a
+/// collector binary, the collector's own `validate`); writes nothing.
+pub(crate) async fn check_experiment(
+    conn: &mut PgConnection,
+    doc: &ExperimentDocument,
+    collector_bin: Option<&Path>,
+) -> Result<(), ApiError> {
     doc.validate().map_err(ApiError::Invalid)?;
     let baseline_config = check_pipeline(conn, "spec.baseline", &doc.spec.baseline).await?;
     let candidate_config = check_pipeline(conn, "spec.candidate", &doc.spec.candidate).await?;
-    check_hosts(conn, &doc).await?;
+    check_hosts(conn, doc).await?;
     if let Some(bin) = collector_bin {
         for (variant, config) in [
             (Variant::Baseline, &baseline_config),
@@ -69,17 +90,7 @@ pub async fn create_experiment(
                 })?;
         }
     }
-    let experiment = experiments::create(
-        conn,
-        experiments::NewExperiment {
-            name: &doc.metadata.name,
-            labels: &doc.metadata.labels,
-            spec: &doc.spec,
-            managed_by: None,
-        },
-    )
-    .await?;
-    Ok(experiment)
+    Ok(())
 }
 
 /// Checks that the template exists and declares every variable given; returns its config.

@@ -34,6 +34,28 @@ pub async fn deploy(
     collector_bin: Option<&Path>,
 ) -> Result<(PipelineDeployment, Applied), ApiError> {
     let doc: PipelineDeploymentDocument = parse_body(body)?;
+    check_deployment(conn, &doc, collector_bin).await?;
+    let (stored, applied) = deployments::apply(
+        conn,
+        NewRevision {
+            name: &doc.metadata.name,
+            labels: &doc.metadata.labels,
+            spec: &doc.spec,
+            promoted_from: None,
+            change: "deployed by user",
+        },
+    )
+    .await?;
+    Ok((one_view(conn, stored, false).await?, applied))
+}
+
+/// Every check of a deployment document (types, catalog, fleet, overlap and, with
+/// a collector binary, the collector's own `validate`); writes nothing.
+pub(crate) async fn check_deployment(
+    conn: &mut PgConnection,
+    doc: &PipelineDeploymentDocument,
+    collector_bin: Option<&Path>,
+) -> Result<(), ApiError> {
     doc.validate().map_err(ApiError::Invalid)?;
     let name = &doc.metadata.name;
     let config = check_pipeline(conn, "spec", &doc.spec.pipeline_ref()).await?;
@@ -62,18 +84,7 @@ pub async fn deploy(
                 ValidateError::Unavailable(message) => ApiError::Unavailable(message),
             })?;
     }
-    let (stored, applied) = deployments::apply(
-        conn,
-        NewRevision {
-            name,
-            labels: &doc.metadata.labels,
-            spec: &doc.spec,
-            promoted_from: None,
-            change: "deployed by user",
-        },
-    )
-    .await?;
-    Ok((one_view(conn, stored, false).await?, applied))
+    Ok(())
 }
 
 /// A selector must match a registered host, and every name must be one; like an

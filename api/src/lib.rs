@@ -14,6 +14,7 @@
 //! [`events`] is the event stream: one LISTEN connection fanned out to WebSockets.
 
 pub mod app;
+pub mod apply;
 pub mod auth;
 pub mod body;
 pub mod collector;

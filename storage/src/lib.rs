@@ -13,6 +13,7 @@
 //! - [`throwaway`]: a private Postgres cluster started from the machine's binaries,
 //!   for tests and the local demo when `DATABASE_URL` is not set.
 
+pub mod apply;
 pub mod deployments;
 pub mod experiments;
 pub mod hosts;

@@ -22,6 +22,7 @@
 //! neither a database driver nor an HTTP stack.
 
 pub mod agent;
+pub mod apply;
 pub mod deployment;
 pub mod duration;
 pub mod events;

@@ -2,6 +2,7 @@
 //! application or storage function, convert to a view.
 
 pub mod agent;
+pub mod apply;
 pub mod deployments;
 pub mod events;
 pub mod experiments;
@@ -42,6 +43,7 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/experiments/{name}/rollback",
             post(promotion::rollback),
         )
+        .route("/api/v1/apply", post(apply::apply))
         .route(
             "/api/v1/deployments",
             post(deployments::deploy).get(deployments::list),

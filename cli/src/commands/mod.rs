@@ -5,6 +5,7 @@
 //! Each noun module holds its clap subcommands (with an about text and an example
 //! each) and the code that calls the API and prints the answer.
 
+pub mod apply;
 pub mod deployment;
 pub mod experiment;
 pub mod host;
@@ -39,6 +40,8 @@ Typical flow:
   phoenix pipeline validate -f my.yaml         check a template with the real collector
   phoenix pipeline deploy -f standing.yaml     run a pipeline as hosts' standing collector
   phoenix pipeline list-deployments            standing pipelines, their hosts and revisions
+  phoenix diff -f gitops/                      what applying a directory would change
+  phoenix apply -f gitops/ --prune             make the directory's documents the state (all or nothing)
 
 Configuration (flags beat environment beat file):
   --api-url   PHOENIX_API_URL   apiUrl   (default http://127.0.0.1:8080)
@@ -83,6 +86,47 @@ pub enum Command {
     /// List, show and validate pipeline templates
     #[command(subcommand)]
     Pipeline(pipeline::PipelineCommand),
+    /// Apply Experiment, PipelineTemplate and PipelineDeployment documents from a file or directory, all or nothing
+    #[command(after_help = "\
+Every *.yaml/*.yml file of a directory (recursively; several documents per file
+separated by ---) is applied in one transaction: any invalid document changes
+nothing and the error names its file and field. What apply creates is owned by
+the source (default: the path given); --prune deletes what that source owns and
+the files no longer hold, never resources created by hand or by another source.
+
+Examples:
+  phoenix apply -f gitops/
+  phoenix apply -f gitops/ --prune --source team-a
+  phoenix apply -f gitops/ --dry-run -o json")]
+    Apply {
+        /// A file or a directory of *.yaml/*.yml files
+        #[arg(short, long, value_name = "FILE|DIR")]
+        file: String,
+        /// Delete what the source owns and the files no longer hold
+        #[arg(long)]
+        prune: bool,
+        /// Print the plan and change nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Who owns what this apply creates (default: the path given with -f)
+        #[arg(long, value_name = "NAME")]
+        source: Option<String>,
+    },
+    /// Show what `phoenix apply` would change (a dry run), without changing anything
+    #[command(
+        after_help = "Examples:\n  phoenix diff -f gitops/\n  phoenix diff -f gitops/ --prune"
+    )]
+    Diff {
+        /// A file or a directory of *.yaml/*.yml files
+        #[arg(short, long, value_name = "FILE|DIR")]
+        file: String,
+        /// Include what --prune would delete
+        #[arg(long)]
+        prune: bool,
+        /// The source the documents belong to (default: the path given with -f)
+        #[arg(long, value_name = "NAME")]
+        source: Option<String>,
+    },
 }
 
 /// What every command needs: the API client, the output format, and one "now" so
@@ -108,6 +152,39 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Host(command) => host::run(&ctx, command).await,
         Command::Loadsim(command) => loadsim::run(&ctx, command).await,
         Command::Pipeline(command) => pipeline::run(&ctx, command).await,
+        Command::Apply {
+            file,
+            prune,
+            dry_run,
+            source,
+        } => {
+            apply::run(
+                &ctx,
+                apply::ApplyArgs {
+                    path: file,
+                    prune,
+                    dry_run,
+                    source,
+                },
+            )
+            .await
+        }
+        Command::Diff {
+            file,
+            prune,
+            source,
+        } => {
+            apply::run(
+                &ctx,
+                apply::ApplyArgs {
+                    path: file,
+                    prune,
+                    dry_run: true,
+                    source,
+                },
+            )
+            .await
+        }
     }
 }
 

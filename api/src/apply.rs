@@ -1,0 +1,385 @@
+//! Declarative apply (`POST /api/v1/apply?source=S&prune=&dryRun=`): a set of
+//! Experiment, PipelineTemplate and PipelineDeployment documents becomes the state
+//! of the resources that source manages, in one transaction, all or nothing.
+//!
+//! - Every document is checked as its own endpoint would (types, catalog, fleet,
+//!   collector); any error rolls everything back, and the problem's detail starts
+//!   with the document's file (or `document N`), kind and name, its `field` names
+//!   the field.
+//! - Templates are applied first, so experiments and deployments of the same body
+//!   may use them.
+//! - What apply creates records `managed_by = SOURCE`. A document naming a resource
+//!   created by hand or by another source is a 409: apply never takes one over.
+//! - A spec that equals the stored one is `unchanged` (for an experiment,
+//!   `generation` stays); labels alone are an `update` without a new generation.
+//! - An experiment's spec may change only while it is `pending` (its `generation`
+//!   bumps); once deploying or later, a new spec is a 409 naming it: running
+//!   collectors are never changed under an experiment's measurement. Delete it,
+//!   or give the new spec a new name.
+//! - `prune=true` deletes what SOURCE manages and the body no longer holds; never a
+//!   resource with another `managed_by` or none. (A pruned template is not checked
+//!   against experiments that use it; an experiment keeps its rendered config.)
+//! - `dryRun=true` does all of it, answers the plan, and rolls back.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use phoenix_storage::apply::{self as store, Managed};
+use phoenix_storage::deployments::{self, Applied, NewRevision};
+use phoenix_storage::{PgConnection, StoreError, experiments, templates};
+use phoenix_wire::apply::{Action, PlanEntry, parse_items};
+use phoenix_wire::deployment::PipelineDeploymentDocument;
+use phoenix_wire::names;
+use phoenix_wire::problem::FieldError;
+use phoenix_wire::resource::{ExperimentDocument, PipelineTemplateDocument, from_tree};
+use phoenix_wire::view::Phase;
+use sqlx::Connection;
+
+use crate::app::check_experiment;
+use crate::body::DocumentBody;
+use crate::deployments::check_deployment;
+use crate::error::ApiError;
+
+/// The query of an apply request.
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplyOptions {
+    /// Who owns what this apply creates (the CLI sends the directory path).
+    #[serde(default)]
+    pub source: String,
+    #[serde(default)]
+    pub prune: bool,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+const EXPERIMENT: &str = "Experiment";
+const TEMPLATE: &str = "PipelineTemplate";
+const DEPLOYMENT: &str = "PipelineDeployment";
+
+enum Doc {
+    Template(PipelineTemplateDocument),
+    Experiment(ExperimentDocument),
+    Deployment(PipelineDeploymentDocument),
+}
+
+struct Item {
+    origin: String,
+    kind: &'static str,
+    name: String,
+    doc: Doc,
+}
+
+impl Item {
+    /// The error, prefixed with where the document is.
+    fn error(&self, err: ApiError) -> ApiError {
+        located(&self.origin, &format!("{} {}", self.kind, self.name), err)
+    }
+}
+
+fn located(origin: &str, what: &str, err: ApiError) -> ApiError {
+    let prefix = if what.is_empty() {
+        origin.to_string()
+    } else {
+        format!("{origin}: {what}")
+    };
+    match err {
+        ApiError::Invalid(e) | ApiError::Malformed(e) => {
+            let message = if e.field.is_empty() {
+                format!("{prefix}: {}", e.message)
+            } else {
+                format!("{prefix}: {}: {}", e.field, e.message)
+            };
+            ApiError::Invalid(FieldError::new(e.field, message))
+        }
+        ApiError::Conflict(m) => ApiError::Conflict(format!("{prefix}: {m}")),
+        other => other,
+    }
+}
+
+/// Parses and statically validates every document; nothing touches the database.
+fn parse(body: &DocumentBody) -> Result<Vec<Item>, ApiError> {
+    let raw = parse_items(&body.bytes, body.format).map_err(ApiError::Malformed)?;
+    let mut items = Vec::with_capacity(raw.len());
+    let mut seen = BTreeSet::new();
+    for raw in raw {
+        let origin = raw.file.unwrap_or_default();
+        let kind = raw
+            .document
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .unwrap_or("")
+            .to_string();
+        let invalid = |e: FieldError| located(&origin, "", ApiError::Invalid(e));
+        let (kind, name, doc) = match kind.as_str() {
+            EXPERIMENT => {
+                let doc: ExperimentDocument = from_tree(raw.document).map_err(invalid)?;
+                doc.validate().map_err(invalid)?;
+                (EXPERIMENT, doc.metadata.name.clone(), Doc::Experiment(doc))
+            }
+            TEMPLATE => {
+                let doc: PipelineTemplateDocument = from_tree(raw.document).map_err(invalid)?;
+                doc.validate().map_err(invalid)?;
+                (TEMPLATE, doc.metadata.name.clone(), Doc::Template(doc))
+            }
+            DEPLOYMENT => {
+                let doc: PipelineDeploymentDocument = from_tree(raw.document).map_err(invalid)?;
+                doc.validate().map_err(invalid)?;
+                (DEPLOYMENT, doc.metadata.name.clone(), Doc::Deployment(doc))
+            }
+            other => {
+                return Err(invalid(FieldError::new(
+                    "kind",
+                    format!(
+                        "`{other}` is not a kind apply knows; use {EXPERIMENT}, {TEMPLATE} or {DEPLOYMENT}"
+                    ),
+                )));
+            }
+        };
+        if !seen.insert((kind, name.clone())) {
+            return Err(invalid(FieldError::new(
+                "metadata.name",
+                format!("{kind} {name} appears twice in this apply"),
+            )));
+        }
+        items.push(Item {
+            origin,
+            kind,
+            name,
+            doc,
+        });
+    }
+    Ok(items)
+}
+
+/// Refuses to take over a resource apply does not own.
+fn check_owner(
+    kind: &str,
+    name: &str,
+    managed_by: Option<&str>,
+    source: &str,
+) -> Result<(), ApiError> {
+    match managed_by {
+        Some(owner) if owner == source => Ok(()),
+        owner => Err(ApiError::Conflict(format!(
+            "{kind} {name} already exists and {}; apply does not take over resources it does not own: \
+             rename the document, or delete the existing {kind} first",
+            match owner {
+                Some(other) => format!("is managed by source `{other}`"),
+                None => "was created by hand".to_string(),
+            }
+        ))),
+    }
+}
+
+/// Applies (or, in a dry run, plans) the documents of `body` for `options.source`.
+pub async fn apply(
+    conn: &mut PgConnection,
+    body: &DocumentBody,
+    options: &ApplyOptions,
+    collector_bin: Option<&Path>,
+) -> Result<Vec<PlanEntry>, ApiError> {
+    let source = options.source.trim();
+    if source.is_empty() || source.len() > 1024 {
+        return Err(ApiError::Malformed(FieldError::new(
+            "source",
+            "give the source that owns these documents, e.g. ?source=examples/ (at most 1024 characters)",
+        )));
+    }
+    let mut items = parse(body)?;
+    // Templates first: experiments and deployments of this body may use them.
+    items.sort_by_key(|i| match i.kind {
+        TEMPLATE => 0,
+        EXPERIMENT => 1,
+        _ => 2,
+    });
+    let mut tx = conn.begin().await.map_err(StoreError::from)?;
+    let mut plan = Vec::new();
+    for item in &items {
+        let entry = apply_one(&mut tx, item, source, collector_bin)
+            .await
+            .map_err(|e| item.error(e))?;
+        plan.push(entry);
+    }
+    if options.prune {
+        for (kind, table) in [
+            (EXPERIMENT, Managed::Experiments),
+            (DEPLOYMENT, Managed::PipelineDeployments),
+            (TEMPLATE, Managed::PipelineTemplates),
+        ] {
+            for name in store::managed_names(&mut tx, table, source).await? {
+                if items.iter().any(|i| i.kind == kind && i.name == name) {
+                    continue;
+                }
+                match table {
+                    Managed::Experiments => experiments::delete(&mut tx, &name).await?,
+                    Managed::PipelineDeployments => deployments::delete(&mut tx, &name).await?,
+                    Managed::PipelineTemplates => store::delete_template(&mut tx, &name).await?,
+                }
+                plan.push(PlanEntry {
+                    kind: kind.into(),
+                    name,
+                    action: Action::Delete,
+                    reason: Some(format!("no longer in source `{source}`")),
+                });
+            }
+        }
+    }
+    if options.dry_run {
+        tx.rollback().await.map_err(StoreError::from)?;
+    } else {
+        tx.commit().await.map_err(StoreError::from)?;
+    }
+    Ok(plan)
+}
+
+async fn apply_one(
+    conn: &mut PgConnection,
+    item: &Item,
+    source: &str,
+    collector_bin: Option<&Path>,
+) -> Result<PlanEntry, ApiError> {
+    let entry = |action: Action, reason: Option<String>| PlanEntry {
+        kind: item.kind.into(),
+        name: item.name.clone(),
+        action,
+        reason,
+    };
+    names::check_resource_name(&item.name)
+        .map_err(|m| ApiError::Invalid(FieldError::new("metadata.name", m)))?;
+    match &item.doc {
+        Doc::Template(doc) => {
+            let current = match templates::get(conn, &item.name).await {
+                Ok(t) => Some(t),
+                Err(StoreError::NotFound(_)) => None,
+                Err(e) => return Err(e.into()),
+            };
+            if let Some(current) = &current {
+                if current.builtin {
+                    return Err(ApiError::Conflict(format!(
+                        "{TEMPLATE} {} is built in and cannot be replaced; pick another name",
+                        item.name
+                    )));
+                }
+                check_owner(TEMPLATE, &item.name, current.managed_by.as_deref(), source)?;
+                if current.config == doc.spec.config && current.description == doc.spec.description
+                {
+                    return Ok(entry(Action::Unchanged, None));
+                }
+            }
+            store::upsert_template(conn, &item.name, &doc.spec, source).await?;
+            Ok(match current {
+                Some(_) => entry(Action::Update, Some("spec changed".into())),
+                None => entry(Action::Create, None),
+            })
+        }
+        Doc::Experiment(doc) => {
+            let current = match experiments::get(conn, &item.name).await {
+                Ok(e) => Some(e),
+                Err(StoreError::NotFound(_)) => None,
+                Err(e) => return Err(e.into()),
+            };
+            let Some(current) = current else {
+                check_experiment(conn, doc, collector_bin).await?;
+                experiments::create(
+                    conn,
+                    experiments::NewExperiment {
+                        name: &item.name,
+                        labels: &doc.metadata.labels,
+                        spec: &doc.spec,
+                        managed_by: Some(source),
+                    },
+                )
+                .await?;
+                return Ok(entry(Action::Create, None));
+            };
+            check_owner(
+                EXPERIMENT,
+                &item.name,
+                current.managed_by.as_deref(),
+                source,
+            )?;
+            let spec_changed = current.spec != doc.spec;
+            let labels_changed = current.labels != doc.metadata.labels;
+            if !spec_changed && !labels_changed {
+                return Ok(entry(Action::Unchanged, None));
+            }
+            if !spec_changed {
+                store::set_experiment_labels(conn, &item.name, &doc.metadata.labels).await?;
+                return Ok(entry(Action::Update, Some("labels changed".into())));
+            }
+            if current.phase != Phase::Pending {
+                return Err(ApiError::Conflict(format!(
+                    "{EXPERIMENT} {} is {}: its spec can change only while it is pending; \
+                     delete it and apply again, or give the new spec a new name",
+                    item.name, current.phase
+                )));
+            }
+            check_experiment(conn, doc, collector_bin).await?;
+            if !store::update_pending_experiment(
+                conn,
+                &item.name,
+                &doc.metadata.labels,
+                &doc.spec,
+                true,
+            )
+            .await?
+            {
+                return Err(ApiError::Conflict(format!(
+                    "{EXPERIMENT} {} started deploying meanwhile; its spec can change only while it is pending",
+                    item.name
+                )));
+            }
+            Ok(entry(
+                Action::Update,
+                Some(format!(
+                    "spec changed (generation {})",
+                    current.generation + 1
+                )),
+            ))
+        }
+        Doc::Deployment(doc) => {
+            let current = match deployments::get(conn, &item.name).await {
+                Ok(d) => Some(d),
+                Err(StoreError::NotFound(_)) => None,
+                Err(e) => return Err(e.into()),
+            };
+            if let Some(current) = &current {
+                check_owner(
+                    DEPLOYMENT,
+                    &item.name,
+                    current.managed_by.as_deref(),
+                    source,
+                )?;
+                if current.spec == doc.spec && current.labels == doc.metadata.labels {
+                    return Ok(entry(Action::Unchanged, None));
+                }
+            }
+            check_deployment(conn, doc, collector_bin).await?;
+            let change = format!("applied from {source}");
+            let (stored, applied) = deployments::apply(
+                conn,
+                NewRevision {
+                    name: &item.name,
+                    labels: &doc.metadata.labels,
+                    spec: &doc.spec,
+                    promoted_from: None,
+                    change: &change,
+                },
+            )
+            .await?;
+            Ok(match applied {
+                Applied::Created => {
+                    store::set_managed_by(conn, Managed::PipelineDeployments, &item.name, source)
+                        .await?;
+                    entry(Action::Create, None)
+                }
+                Applied::Updated => entry(
+                    Action::Update,
+                    Some(format!("spec changed (revision {})", stored.revision)),
+                ),
+                Applied::Unchanged => entry(Action::Update, Some("labels changed".into())),
+            })
+        }
+    }
+}

@@ -1,0 +1,35 @@
+//! `/api/v1/apply`: declarative apply of a set of documents (see [`crate::apply`]).
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use phoenix_wire::apply::PlanEntry;
+use phoenix_wire::problem::FieldError;
+
+use crate::apply::{self as app, ApplyOptions};
+use crate::auth::Operator;
+use crate::body::DocumentBody;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// `?source=S&prune=true|false&dryRun=true|false`; answers the plan, a JSON list of
+/// `{kind, name, action, reason}`. All or nothing: any error changes nothing.
+pub async fn apply(
+    State(state): State<AppState>,
+    _: Operator,
+    query: Result<Query<ApplyOptions>, QueryRejection>,
+    body: DocumentBody,
+) -> Result<Json<Vec<PlanEntry>>, ApiError> {
+    let Query(options) =
+        query.map_err(|r| ApiError::Malformed(FieldError::new("", r.body_text())))?;
+    let mut conn = state.conn().await?;
+    let plan = app::apply(
+        &mut conn,
+        &body,
+        &options,
+        state.config.collector_bin.as_deref(),
+    )
+    .await?;
+    tracing::info!(source = %options.source, dry_run = options.dry_run, prune = options.prune, entries = plan.len(), "apply");
+    Ok(Json(plan))
+}

@@ -87,7 +87,7 @@ impl PipelineDeploymentDocument {
 
 impl DeploymentSpec {
     pub fn validate(&self) -> Result<(), FieldError> {
-        check_hosts(&self.hosts)?;
+        self.hosts.validate("spec.hosts")?;
         names::check_resource_name(&self.pipeline)
             .map_err(|m| FieldError::new("spec.pipeline", m))?;
         for key in self.vars.keys() {
@@ -111,43 +111,6 @@ impl DeploymentSpec {
     /// True when the host with this id and these labels runs this deployment.
     pub fn selects(&self, host_id: &str, labels: &Labels) -> bool {
         self.hosts.matches(host_id, labels)
-    }
-}
-
-/// The same rules as an experiment's `spec.hosts`: a non-empty selector or a
-/// non-empty list of valid host ids, not both.
-fn check_hosts(hosts: &HostTarget) -> Result<(), FieldError> {
-    match (&hosts.selector, &hosts.names) {
-        (Some(_), Some(_)) => Err(FieldError::new(
-            "spec.hosts",
-            "give either `selector` or `names`, not both",
-        )),
-        (None, None) => Err(FieldError::new(
-            "spec.hosts",
-            "give `selector` (e.g. {role: web}) or `names` (a list of host ids)",
-        )),
-        (Some(selector), None) => {
-            if selector.is_empty() {
-                return Err(FieldError::new(
-                    "spec.hosts.selector",
-                    "an empty selector would select every host; name at least one label",
-                ));
-            }
-            names::check_labels(selector).map_err(|m| FieldError::new("spec.hosts.selector", m))
-        }
-        (None, Some(list)) => {
-            if list.is_empty() {
-                return Err(FieldError::new(
-                    "spec.hosts.names",
-                    "name at least one host",
-                ));
-            }
-            for (i, host) in list.iter().enumerate() {
-                names::check_host_id(host)
-                    .map_err(|m| FieldError::new(format!("spec.hosts.names[{i}]"), m))?;
-            }
-            Ok(())
-        }
     }
 }
 

@@ -486,38 +486,7 @@ impl LoadSimRequest {
                 format!("`{}` is reserved; pick another name", self.name),
             ));
         }
-        match (&self.hosts.selector, &self.hosts.names) {
-            (Some(_), Some(_)) => {
-                return Err(FieldError::new(
-                    "hosts",
-                    "give either `selector` or `names`, not both",
-                ));
-            }
-            (None, None) => {
-                return Err(FieldError::new(
-                    "hosts",
-                    "give `selector` (e.g. {role: web}) or `names` (a list of host ids)",
-                ));
-            }
-            (Some(selector), None) => {
-                if selector.is_empty() {
-                    return Err(FieldError::new(
-                        "hosts.selector",
-                        "an empty selector would select every host; name at least one label",
-                    ));
-                }
-                names::check_labels(selector).map_err(|m| FieldError::new("hosts.selector", m))?;
-            }
-            (None, Some(list)) => {
-                if list.is_empty() {
-                    return Err(FieldError::new("hosts.names", "name at least one host"));
-                }
-                for (i, host) in list.iter().enumerate() {
-                    names::check_host_id(host)
-                        .map_err(|m| FieldError::new(format!("hosts.names[{i}]"), m))?;
-                }
-            }
-        }
+        self.hosts.validate("hosts")?;
         self.overrides().resolve(self.profile)
     }
 

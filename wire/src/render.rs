@@ -57,28 +57,15 @@ pub fn experiment_collector(
     remote_write_url: &str,
 ) -> CollectorSpec {
     let pipeline = pipeline_of(spec, variant);
-    let mut env = BTreeMap::new();
-    env.insert("PHOENIX_EXPERIMENT".to_string(), name.to_string());
-    env.insert("PHOENIX_VARIANT".to_string(), variant.as_str().to_string());
-    env.insert("PHOENIX_HOST".to_string(), host_id.to_string());
-    env.insert(
-        "PHOENIX_REMOTE_WRITE_URL".to_string(),
-        remote_write_url.to_string(),
-    );
-    env.insert(
-        "PHOENIX_CRITICAL_PROCESSES_REGEX".to_string(),
-        critical_processes_regex(&spec.critical_processes),
-    );
-    for (var, value) in &pipeline.vars {
-        env.insert(variable_env_name(var), value.clone());
-    }
-    CollectorSpec::new(
-        CollectorSpec::id_for(name, variant),
-        name.to_string(),
+    collector_spec(
+        name,
         variant,
-        pipeline.pipeline.clone(),
-        template_config.to_string(),
-        env,
+        host_id,
+        pipeline,
+        &spec.critical_processes,
+        template_config,
+        remote_write_url,
+        BTreeMap::new(),
     )
 }
 
@@ -95,10 +82,38 @@ pub fn standing_collector(
     template_config: &str,
     remote_write_url: &str,
 ) -> CollectorSpec {
-    let variant = Variant::Standing;
-    let mut env = BTreeMap::new();
-    env.insert("PHOENIX_EXPERIMENT".to_string(), name.to_string());
-    env.insert("PHOENIX_DEPLOYMENT".to_string(), name.to_string());
+    let pipeline = PipelineRef {
+        pipeline: spec.pipeline.clone(),
+        vars: spec.vars.clone(),
+    };
+    let extra = BTreeMap::from([("PHOENIX_DEPLOYMENT".to_string(), name.to_string())]);
+    collector_spec(
+        name,
+        Variant::Standing,
+        host_id,
+        &pipeline,
+        &spec.critical_processes,
+        template_config,
+        remote_write_url,
+        extra,
+    )
+}
+
+/// The one place a collector's environment is put together: what every catalog
+/// template expects (owner, variant, host, remote-write URL, critical regex), the
+/// pipeline's variables, and `extra`.
+#[allow(clippy::too_many_arguments)]
+fn collector_spec(
+    owner: &str,
+    variant: Variant,
+    host_id: &str,
+    pipeline: &PipelineRef,
+    critical_processes: &[String],
+    template_config: &str,
+    remote_write_url: &str,
+    mut env: BTreeMap<String, String>,
+) -> CollectorSpec {
+    env.insert("PHOENIX_EXPERIMENT".to_string(), owner.to_string());
     env.insert("PHOENIX_VARIANT".to_string(), variant.as_str().to_string());
     env.insert("PHOENIX_HOST".to_string(), host_id.to_string());
     env.insert(
@@ -107,16 +122,16 @@ pub fn standing_collector(
     );
     env.insert(
         "PHOENIX_CRITICAL_PROCESSES_REGEX".to_string(),
-        critical_processes_regex(&spec.critical_processes),
+        critical_processes_regex(critical_processes),
     );
-    for (var, value) in &spec.vars {
+    for (var, value) in &pipeline.vars {
         env.insert(variable_env_name(var), value.clone());
     }
     CollectorSpec::new(
-        CollectorSpec::id_for(name, variant),
-        name.to_string(),
+        CollectorSpec::id_for(owner, variant),
+        owner.to_string(),
         variant,
-        spec.pipeline.clone(),
+        pipeline.pipeline.clone(),
         template_config.to_string(),
         env,
     )

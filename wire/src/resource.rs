@@ -142,6 +142,47 @@ impl HostTarget {
     }
 }
 
+impl HostTarget {
+    /// A non-empty selector with valid labels, or a non-empty list of valid host
+    /// ids, not both. `field` is where the target sits in its document
+    /// (`spec.hosts`, `hosts`); errors name the field below it.
+    pub fn validate(&self, field: &str) -> Result<(), FieldError> {
+        match (&self.selector, &self.names) {
+            (Some(_), Some(_)) => Err(FieldError::new(
+                field,
+                "give either `selector` or `names`, not both",
+            )),
+            (None, None) => Err(FieldError::new(
+                field,
+                "give `selector` (e.g. {role: web}) or `names` (a list of host ids)",
+            )),
+            (Some(selector), None) => {
+                let field = format!("{field}.selector");
+                if selector.is_empty() {
+                    return Err(FieldError::new(
+                        field,
+                        "an empty selector would select every host; name at least one label",
+                    ));
+                }
+                names::check_labels(selector).map_err(|m| FieldError::new(field, m))
+            }
+            (None, Some(list)) => {
+                if list.is_empty() {
+                    return Err(FieldError::new(
+                        format!("{field}.names"),
+                        "name at least one host",
+                    ));
+                }
+                for (i, host) in list.iter().enumerate() {
+                    names::check_host_id(host)
+                        .map_err(|m| FieldError::new(format!("{field}.names[{i}]"), m))?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 /// A pipeline template by name, with values for its variables.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -304,42 +345,7 @@ impl ExperimentDocument {
 
 impl ExperimentSpec {
     pub fn validate(&self) -> Result<(), FieldError> {
-        match (&self.hosts.selector, &self.hosts.names) {
-            (Some(_), Some(_)) => {
-                return Err(FieldError::new(
-                    "spec.hosts",
-                    "give either `selector` or `names`, not both",
-                ));
-            }
-            (None, None) => {
-                return Err(FieldError::new(
-                    "spec.hosts",
-                    "give `selector` (e.g. {role: web}) or `names` (a list of host ids)",
-                ));
-            }
-            (Some(selector), None) => {
-                if selector.is_empty() {
-                    return Err(FieldError::new(
-                        "spec.hosts.selector",
-                        "an empty selector would select every host; name at least one label",
-                    ));
-                }
-                names::check_labels(selector)
-                    .map_err(|m| FieldError::new("spec.hosts.selector", m))?;
-            }
-            (None, Some(list)) => {
-                if list.is_empty() {
-                    return Err(FieldError::new(
-                        "spec.hosts.names",
-                        "name at least one host",
-                    ));
-                }
-                for (i, host) in list.iter().enumerate() {
-                    names::check_host_id(host)
-                        .map_err(|m| FieldError::new(format!("spec.hosts.names[{i}]"), m))?;
-                }
-            }
-        }
+        self.hosts.validate("spec.hosts")?;
         for (field, pipeline) in [
             ("spec.baseline", &self.baseline),
             ("spec.candidate", &self.candidate),

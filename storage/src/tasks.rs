@@ -10,12 +10,14 @@
 //! (`load.<run id>`) sits in `collector_id` and whose payload is a load run spec.
 //! [`list_open`] and [`failures_since`] see collector tasks only, their `*_load`
 //! twins load tasks only, so neither diff ever touches the other's units.
+//! [`list`] is what users see (`GET /api/v1/tasks`): both kinds, newest first.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use phoenix_wire::agent::{CollectorSpec, Task, TaskAction, TaskKind, TaskOutcome};
 use phoenix_wire::load::LoadRunSpec;
+use phoenix_wire::view::{AgentTask, TaskFilter};
 use sqlx::FromRow;
 use sqlx::postgres::PgConnection;
 
@@ -306,4 +308,60 @@ pub async fn load_failures_since(
     .bind(since)
     .fetch_all(conn)
     .await?)
+}
+
+#[derive(FromRow)]
+struct TaskRow {
+    id: i64,
+    host_id: String,
+    kind: String,
+    collector_id: String,
+    action: String,
+    config_hash: String,
+    status: String,
+    attempts: i32,
+    lease_until: Option<DateTime<Utc>>,
+    error: Option<String>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+/// Tasks of every kind that match `filter` (a host, a status), newest first, at most
+/// `filter.limit`; each names the experiment, deployment or load run it works for.
+pub async fn list(conn: &mut PgConnection, filter: &TaskFilter) -> Result<Vec<AgentTask>> {
+    let rows: Vec<TaskRow> = sqlx::query_as(
+        "SELECT id, host_id, kind, collector_id, action, config_hash, status, attempts, \
+         lease_until, error, created_at, updated_at FROM agent_tasks \
+         WHERE ($1::text IS NULL OR host_id = $1) AND ($2::text IS NULL OR status = $2) \
+         ORDER BY id DESC LIMIT $3",
+    )
+    .bind(filter.host.as_deref())
+    .bind(filter.status.map(|s| s.as_str()))
+    .bind(i64::from(filter.limit))
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let mut task = AgentTask {
+                id: row.id,
+                host: row.host_id,
+                kind: row.kind,
+                action: row.action,
+                unit: row.collector_id,
+                experiment: None,
+                deployment: None,
+                loadsim: None,
+                status: row.status,
+                attempts: row.attempts,
+                config_hash: row.config_hash,
+                lease_until: row.lease_until,
+                error: row.error,
+                created_at: row.created_at,
+                updated_at: row.updated_at,
+            };
+            task.set_owner();
+            task
+        })
+        .collect())
 }

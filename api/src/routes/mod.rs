@@ -11,6 +11,7 @@ pub mod hosts;
 pub mod loadsims;
 pub mod pipelines;
 pub mod promotion;
+pub mod tasks;
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
@@ -76,6 +77,7 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/loadsims/{name}",
             get(loadsims::get).delete(loadsims::stop),
         )
+        .route("/api/v1/tasks", get(tasks::list))
         .route("/api/v1/pipelines", get(pipelines::list))
         .route("/api/v1/pipelines/validate", post(pipelines::validate))
         .route("/api/v1/pipelines/{name}", get(pipelines::get))

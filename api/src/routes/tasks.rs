@@ -1,0 +1,27 @@
+//! `/api/v1/tasks`: the agent tasks Phoenix wrote, newest first, by host and status.
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use phoenix_storage::tasks;
+use phoenix_wire::problem::FieldError;
+use phoenix_wire::view::{AgentTask, List, TaskQuery};
+
+use crate::auth::Viewer;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// `?host=H&status=S&limit=N` (all optional; `limit` 100 by default, at most 1000).
+/// A wrong parameter is a 422 naming it.
+pub async fn list(
+    State(state): State<AppState>,
+    _: Viewer,
+    query: Result<Query<TaskQuery>, QueryRejection>,
+) -> Result<Json<List<AgentTask>>, ApiError> {
+    let Query(query) = query.map_err(|r| ApiError::Invalid(FieldError::new("", r.body_text())))?;
+    let filter = query.check().map_err(ApiError::Invalid)?;
+    let mut conn = state.conn().await?;
+    Ok(Json(List {
+        items: tasks::list(&mut conn, &filter).await?,
+    }))
+}

@@ -268,6 +268,19 @@ fn api_hint(method: &str, path: &str, status: u16) -> Option<String> {
     Some(hint.to_string())
 }
 
+/// Percent-encodes a query value (`/` is kept, for readable paths).
+pub fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
 /// The innermost cause of an error, e.g. `Connection refused (os error 111)`,
 /// which says more than reqwest's outer "error sending request".
 fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
@@ -294,6 +307,11 @@ mod tests {
                 field: field.map(String::from),
             }),
         }
+    }
+
+    #[test]
+    fn query_values_are_encoded() {
+        assert_eq!(encode("gitops/exp dir&x"), "gitops/exp%20dir%26x");
     }
 
     #[test]

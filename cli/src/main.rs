@@ -1,7 +1,8 @@
 //! `phoenix`, the user's command line for Phoenix.
 //!
 //! - [`commands`]: the clap command tree and one module per noun (`experiment`,
-//!   `host`) that calls the API and prints the answer.
+//!   `host`, `task`, ...) that calls the API and prints the answer; `sync`, which
+//!   applies a directory every interval; `completion`, which needs no API.
 //! - [`client`]: the HTTP client for the user API and its typed error, which renders
 //!   `problem+json` answers and connection failures with a hint of what to do next.
 //! - [`config`]: API URL and token from flags, environment and config file.

@@ -1,5 +1,6 @@
-//! `phoenix host ...`: list the hosts whose agents report in, and show one host with
-//! the collectors its agent runs.
+//! `phoenix host ...`: list the hosts whose agents report in, and describe one host:
+//! its last heartbeat and the collectors its agent runs, with their health, restarts
+//! and last errors.
 
 use chrono::{DateTime, Utc};
 use clap::Subcommand;
@@ -25,8 +26,17 @@ Example:
 
 A host is `lost` when its agent has been silent for longer than its grace period.")]
     List,
-    /// Show one host and the collectors its agent runs
-    #[command(after_help = "Example:\n  phoenix host get web-1\n  phoenix host get web-1 -o json")]
+    /// Show one host: last heartbeat, and each collector's health, restarts and last error
+    #[command(
+        visible_alias = "describe",
+        after_help = "\
+Examples:
+  phoenix host describe web-1
+  phoenix host get web-1 -o json
+
+`Last heartbeat` is when the agent was last heard from; a host silent for longer
+than the api's grace period is `lost`. Its tasks: phoenix task list --host web-1"
+    )]
     Get {
         /// The host id, as `phoenix host list` shows it
         id: String,
@@ -89,20 +99,26 @@ fn host_table(hosts: &[Host], now: DateTime<Utc>) -> Table {
 }
 
 fn host_details(host: &Host, now: DateTime<Utc>) -> String {
+    let collectors = if host.collectors.is_empty() {
+        "none (its agent runs no Phoenix collectors)".to_string()
+    } else {
+        format!("{} healthy", collectors_column(&host.collectors))
+    };
     let mut details = Details::new();
     details
         .field("Host", &host.host_id)
         .field("State", state(host.state))
         .field("Labels", output::labels(&host.labels))
         .field("Agent version", &host.agent_version)
-        .field("Last seen", output::timestamp(host.last_seen, now))
-        .field("Collectors", collectors_column(&host.collectors));
+        .field("Last heartbeat", output::timestamp(host.last_seen, now))
+        .field("Collectors", collectors);
     let mut text = details.render();
     if host.collectors.is_empty() {
         return text;
     }
     let mut table = Table::new(&[
         "COLLECTOR",
+        "OWNER",
         "VARIANT",
         "PIPELINE",
         "HEALTH",
@@ -115,6 +131,7 @@ fn host_details(host: &Host, now: DateTime<Utc>) -> String {
     for c in &host.collectors {
         table.row(vec![
             c.collector_id.clone(),
+            c.owner.clone(),
             c.variant.to_string(),
             c.pipeline.clone(),
             c.health.as_str().to_string(),
@@ -181,12 +198,30 @@ mod tests {
     fn host_details_list_collectors_and_their_errors() {
         let now = Utc.with_ymd_and_hms(2025, 6, 1, 12, 0, 0).unwrap();
         let text = host_details(&host(now), now);
-        assert!(text.starts_with("Host:          web-1\n"), "{text}");
+        assert!(text.starts_with("Host:           web-1\n"), "{text}");
+        assert!(
+            text.contains("Last heartbeat: 2025-06-01T11:59:56Z (4s ago)\n"),
+            "{text}"
+        );
+        assert!(text.contains("Collectors:     1/2 healthy\n"), "{text}");
         assert!(text.contains("  COLLECTOR "), "{text}");
+        assert!(text.contains("   topk-web   "), "{text}");
         assert!(text.contains("50.0MiB"), "{text}");
         assert!(text.contains("restarting"), "{text}");
         assert!(
             text.ends_with("Last errors:\n  topk-web.candidate: bind: address in use\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_host_without_collectors_says_so() {
+        let now = Utc.with_ymd_and_hms(2025, 6, 1, 12, 0, 0).unwrap();
+        let mut host = host(now);
+        host.collectors.clear();
+        let text = host_details(&host, now);
+        assert!(
+            text.ends_with("Collectors:     none (its agent runs no Phoenix collectors)\n"),
             "{text}"
         );
     }

@@ -1,20 +1,24 @@
 //! The command line: global flags, one module per noun (`experiment`, `host`,
-//! `loadsim`, ...), and [`run`], which loads the configuration and hands the
-//! command to its noun.
+//! `loadsim`, `task`, ...), and [`run`], which loads the configuration and hands the
+//! command to its noun. `completion` runs before (and without) any configuration.
 //!
 //! Each noun module holds its clap subcommands (with an about text and an example
 //! each) and the code that calls the API and prints the answer.
 
 pub mod apply;
+pub mod completion;
 pub mod deployment;
 pub mod experiment;
 pub mod host;
 pub mod loadsim;
 pub mod pipeline;
 pub mod report;
+pub mod sync;
+pub mod task;
 
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
+use phoenix_wire::duration::HumanDuration;
 
 use crate::client::ApiClient;
 use crate::config::{Config, Settings};
@@ -33,6 +37,9 @@ Typical flow:
   phoenix experiment rollback topk-web         restore the standing pipeline from before
   phoenix experiment delete topk-web           forget it
   phoenix host list                            the hosts whose agents report in
+  phoenix host describe web-1                  its last heartbeat and every collector's health
+  phoenix task list --host web-1               what Phoenix asked that host's agent to do, newest first
+  phoenix task list --status failed            tasks that failed, and why
   phoenix loadsim start --host web-1 --profile high-cardinality
                                                generate process load on a host
   phoenix loadsim status                       load simulations and their live processes
@@ -42,6 +49,8 @@ Typical flow:
   phoenix pipeline list-deployments            standing pipelines, their hosts and revisions
   phoenix diff -f gitops/                      what applying a directory would change
   phoenix apply -f gitops/ --prune             make the directory's documents the state (all or nothing)
+  phoenix sync --dir gitops/ --prune           apply it again every 30s (GitOps; the Helm chart runs this)
+  phoenix completion bash                      shell completions (see `phoenix completion --help`)
 
 Configuration (flags beat environment beat file):
   --api-url   PHOENIX_API_URL   apiUrl   (default http://127.0.0.1:8080)
@@ -86,6 +95,9 @@ pub enum Command {
     /// List, show and validate pipeline templates
     #[command(subcommand)]
     Pipeline(pipeline::PipelineCommand),
+    /// List the tasks Phoenix gave agents (start, update, stop), by host or status
+    #[command(visible_alias = "tasks", subcommand)]
+    Task(task::TaskCommand),
     /// Apply Experiment, PipelineTemplate and PipelineDeployment documents from a file or directory, all or nothing
     #[command(after_help = "\
 Every *.yaml/*.yml file of a directory (recursively; several documents per file
@@ -127,6 +139,45 @@ Examples:
         #[arg(long, value_name = "NAME")]
         source: Option<String>,
     },
+    /// Apply a directory every interval, as `phoenix apply` does (GitOps: a git-sync checkout or a ConfigMap)
+    #[command(after_help = "\
+Every round applies the directory's *.yaml/*.yml files (recursively; names that
+start with `.`, like a mounted ConfigMap's `..data`, are skipped) in one
+transaction, like `phoenix apply`, and logs one line to stderr:
+  2026-11-27T12:00:00Z applied gitops/: 1 created, 0 updated, 3 unchanged, 0 deleted
+followed by the resources that changed, if any. An invalid document or an
+unreachable API is logged (naming the file and field) and changes nothing; the
+next round tries again. SIGTERM or Ctrl-C stops it with exit code 0. An empty
+directory is an error, never a reason to prune everything. Sync only logs;
+for a plan as JSON or YAML use `phoenix diff -f DIR -o json`.
+
+Examples:
+  phoenix sync --dir /git/current/experiments --interval 30s --prune
+  phoenix sync --dir gitops/ --once            one round; the exit code says whether it applied")]
+    Sync {
+        /// The directory of *.yaml/*.yml files
+        #[arg(long, value_name = "DIR")]
+        dir: String,
+        /// Time between rounds (at least 1s)
+        #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = sync::parse_interval)]
+        interval: HumanDuration,
+        /// Delete what the source owns and the directory no longer holds
+        #[arg(long)]
+        prune: bool,
+        /// Who owns what sync creates (default: the directory given with --dir)
+        #[arg(long, value_name = "NAME")]
+        source: Option<String>,
+        /// Run one round and exit: 0 if it applied, 1 if not
+        #[arg(long)]
+        once: bool,
+    },
+    /// Print the shell completion script for bash, zsh, fish, powershell or elvish
+    #[command(after_help = completion::HELP)]
+    Completion {
+        /// The shell to complete for
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// What every command needs: the API client, the output format, and one "now" so
@@ -138,6 +189,10 @@ pub struct Context {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    // Needs no API: must work before any configuration exists.
+    if let Command::Completion { shell } = cli.command {
+        return completion::run(shell);
+    }
     let config = Config::load(Settings {
         api_url: cli.global.api_url,
         token: cli.global.token,
@@ -152,6 +207,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Host(command) => host::run(&ctx, command).await,
         Command::Loadsim(command) => loadsim::run(&ctx, command).await,
         Command::Pipeline(command) => pipeline::run(&ctx, command).await,
+        Command::Task(command) => task::run(&ctx, command).await,
+        Command::Completion { .. } => unreachable!("handled before the configuration"),
         Command::Apply {
             file,
             prune,
@@ -185,6 +242,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .await
         }
+        Command::Sync {
+            dir,
+            interval,
+            prune,
+            source,
+            once,
+        } => {
+            sync::run(
+                &ctx,
+                sync::SyncArgs {
+                    dir,
+                    interval: interval.as_duration(),
+                    prune,
+                    source,
+                    once,
+                },
+            )
+            .await
+        }
     }
 }
 
@@ -213,6 +289,44 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn tasks_and_describe_are_aliases() {
+        let cli = Cli::try_parse_from(["phoenix", "tasks", "list", "--status", "failed"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Task(task::TaskCommand::List { status: Some(ref s), limit: 100, .. }) if s == "failed"
+        ));
+        let cli = Cli::try_parse_from(["phoenix", "host", "describe", "web-1"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Host(host::HostCommand::Get { ref id }) if id == "web-1"
+        ));
+    }
+
+    #[test]
+    fn sync_takes_an_interval_and_defaults_to_30s() {
+        let cli = Cli::try_parse_from(["phoenix", "sync", "--dir", "/sync", "--prune"]).unwrap();
+        let Command::Sync {
+            dir,
+            interval,
+            prune,
+            once,
+            source,
+        } = cli.command
+        else {
+            panic!("not sync");
+        };
+        assert_eq!(
+            (dir.as_str(), prune, once, source),
+            ("/sync", true, false, None)
+        );
+        assert_eq!(interval.as_duration(), std::time::Duration::from_secs(30));
+        let err = Cli::try_parse_from(["phoenix", "sync", "--dir", "d", "--interval", "10ms"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--interval"), "{err}");
     }
 
     #[test]

@@ -885,6 +885,51 @@ fn every_environment_variable_the_chart_sets_is_read_by_its_binary() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
+/// The value set whose sync leaves removed files' resources in place.
+const SYNC_WITHOUT_PRUNE: &str = "ci/sync-existing-configmap-values.yaml";
+
+#[test]
+fn the_sync_container_runs_a_command_line_phoenix_accepts() {
+    let phoenix = phoenix_e2e::bins::binary("phoenix");
+    let mut checked = 0;
+    for (set, rendered) in rendered_sets() {
+        let Ok(rendered) = rendered else { continue };
+        for (pod, _, spec) in rendered.pod_specs() {
+            let Some(sync) = container(spec, "sync") else {
+                continue;
+            };
+            checked += 1;
+            let command = sync.command.clone().unwrap_or_default();
+            assert_eq!(
+                command.get(..2),
+                Some(&["/usr/local/bin/phoenix".to_string(), "sync".to_string()][..]),
+                "[{set}] {pod}: {command:?}"
+            );
+            assert_eq!(
+                command.contains(&"--prune".to_string()),
+                set != SYNC_WITHOUT_PRUNE,
+                "[{set}] {pod}: sync.prune (default true) decides --prune: {command:?}"
+            );
+            // The real CLI parses it: one round against nothing fails on the missing
+            // directory, not on the command line.
+            let output = Command::new(&phoenix)
+                .args(&command[1..])
+                .arg("--once")
+                .env("PHOENIX_API_URL", "http://127.0.0.1:1")
+                .env_remove("PHOENIX_CONFIG")
+                .env("HOME", "/nonexistent")
+                .output()
+                .expect("run phoenix sync");
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(
+                !output.status.success() && stderr.contains("cannot read"),
+                "[{set}] {pod}: {command:?}: {stderr}"
+            );
+        }
+    }
+    assert!(checked >= 3, "only {checked} sync containers rendered");
+}
+
 #[test]
 fn a_misspelled_value_is_refused_by_the_schema() {
     let chart = chart_dir().display().to_string();

@@ -35,6 +35,12 @@ pub fn plan(
         .chain(actual.keys())
         .chain(open.iter().map(|t| &t.host_id))
         .collect();
+    // Grouped once: looking them up per host keeps a pass linear in the fleet.
+    let mut open_by_host: HashMap<&str, Vec<&OpenTask>> = HashMap::new();
+    for task in open {
+        open_by_host.entry(&task.host_id).or_default().push(task);
+    }
+    let no_open = Vec::new();
 
     for host in hosts {
         let want = desired.get(host).unwrap_or(&no_desired);
@@ -44,7 +50,7 @@ pub fn plan(
             .iter()
             .map(|c| (c.collector_id.as_str(), c))
             .collect();
-        let host_open: Vec<&OpenTask> = open.iter().filter(|t| &t.host_id == host).collect();
+        let host_open = open_by_host.get(host.as_str()).unwrap_or(&no_open);
         // The one task per collector that leads to the desired state, if any.
         let mut wanted: HashMap<&str, (TaskAction, &str)> = HashMap::new();
 
@@ -91,7 +97,7 @@ pub fn plan(
                 });
             }
         }
-        for task in &host_open {
+        for task in host_open {
             if task.status != "pending" {
                 continue; // in flight; its outcome will be reported and diffed next pass
             }

@@ -5,27 +5,34 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 /// The path of a workspace binary (`phoenix-agent`, `stand-in-collector`, ...),
-/// after `cargo build` of all workspace binaries has run once in this process, so a
-/// test never runs a stale binary. Cheap when everything is up to date.
+/// after `cargo build` of all workspace binaries (optimized when the caller is) has
+/// run once in this process, so a test never runs a stale binary. Cheap when
+/// everything is up to date.
 pub fn binary(name: &str) -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     let dir = BUILT.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--workspace", "--bins", "--quiet"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("run cargo build for the test binaries");
-        assert!(status.success(), "cargo build --workspace --bins failed");
         // Test executables live in <target>/<profile>/deps, binaries (like the
         // demo) in <target>/<profile>; workspace binaries are in the latter.
         let exe = std::env::current_exe().expect("current executable");
         let dir = exe.parent().expect("executable directory");
-        if dir.ends_with("deps") {
+        let dir = if dir.ends_with("deps") {
             dir.parent().expect("target profile dir").to_path_buf()
         } else {
             dir.to_path_buf()
+        };
+        // Benchmarks run optimized, and so must the binaries they measure.
+        let mut args = vec!["build", "--workspace", "--bins", "--quiet"];
+        if dir.ends_with("release") {
+            args.push("--release");
         }
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(&args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo build for the test binaries");
+        assert!(status.success(), "cargo {} failed", args.join(" "));
+        dir
     });
     let path = dir.join(name);
     assert!(path.exists(), "binary {} was not built", path.display());

@@ -125,9 +125,9 @@ async fn lead(
                 }
             }
         }
-        metrics
-            .pass_seconds
-            .observe(started.elapsed().as_secs_f64());
+        let pass_seconds = started.elapsed().as_secs_f64();
+        metrics.pass_seconds.observe(pass_seconds);
+        metrics.last_pass_seconds.set(pass_seconds);
         // Analysis talks to Prometheus, so it runs outside the pass's transaction.
         if let Err(err) = analyzer::analyze_due(lock.connection(), &analysis).await {
             tracing::warn!(error = %err, "analysis failed");

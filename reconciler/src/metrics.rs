@@ -1,6 +1,7 @@
 //! The reconciler's own metrics, served on `/metrics`.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -19,6 +20,7 @@ pub struct Metrics {
     registry: Arc<Registry>,
     pub passes: Family<PassLabels, Counter>,
     pub pass_seconds: Histogram,
+    pub last_pass_seconds: Gauge<f64, AtomicU64>,
     pub tasks_emitted: Counter,
     pub tasks_cancelled: Counter,
     pub transitions: Counter,
@@ -35,6 +37,12 @@ impl Metrics {
             "pass_seconds",
             "Duration of one reconcile pass",
             pass_seconds.clone(),
+        );
+        let last_pass_seconds = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "last_pass_seconds",
+            "Duration of the latest reconcile pass",
+            last_pass_seconds.clone(),
         );
         let tasks_emitted = Counter::default();
         registry.register(
@@ -60,6 +68,7 @@ impl Metrics {
             registry: Arc::new(registry),
             passes,
             pass_seconds,
+            last_pass_seconds,
             tasks_emitted,
             tasks_cancelled,
             transitions,

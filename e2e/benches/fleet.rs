@@ -1,0 +1,1179 @@
+//! Fleet-scale benchmark: N simulated agents against the real control plane.
+//!
+//! Starts a real Postgres (throwaway, or `DATABASE_URL`), the real `phoenix-api`
+//! and `phoenix-reconciler` binaries (optimized builds, production defaults), and N
+//! simulated agents in this process: async clients that speak the real agent
+//! protocol over HTTP (register with a status report, long-poll for tasks,
+//! acknowledge them, report status when it changes, heartbeat every 10 s). Then:
+//!
+//! 1. **soak**: heartbeats only, to measure sustained heartbeat throughput, the
+//!    write backlog and the cost of an idle fleet;
+//! 2. **rollout**: one experiment over all N hosts; measures, per host, the time
+//!    from the experiment's creation until the host holds both of its tasks, and
+//!    from the commit of the task write (seen here through the same `NOTIFY` the
+//!    api listens to) until the host holds them; then the time until every host
+//!    reports its collectors and the experiment is running.
+//!
+//! Throughout, it samples the api's and the reconciler's RSS and CPU from `/proc`,
+//! the machine's CPU use, and Postgres' connections.
+//!
+//! ```sh
+//! cargo bench -p phoenix-e2e --bench fleet                      # 1k, 5k, 10k
+//! cargo bench -p phoenix-e2e --bench fleet -- --agents 20000
+//! ```
+//!
+//! Results print as a Markdown table and are written to
+//! `e2e/benches/results/fleet.json` (see BENCHMARKS.md).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use phoenix_e2e::bins;
+use phoenix_e2e::harness::{
+    ADMIN_TOKEN, AGENT_TOKEN, OPERATOR_TOKEN, VIEWER_TOKEN, fresh_database,
+};
+use phoenix_storage::TASKS_CHANNEL;
+use phoenix_wire::agent::{
+    CollectorStatus, Health, HostStatus, TaskAction, TaskBatch, TaskOutcome,
+};
+use phoenix_wire::view::{Experiment, Phase};
+use serde::Serialize;
+use sqlx::postgres::PgListener;
+use tokio::sync::{Mutex, Semaphore, watch};
+
+/// The benchmark's command line (`cargo bench` adds `--bench`).
+#[derive(Parser)]
+struct Args {
+    /// Fleet sizes to run, one after the other, each on a fresh database.
+    #[arg(long, value_delimiter = ',', default_values_t = [1000, 5000, 10000])]
+    agents: Vec<usize>,
+    /// How often each simulated agent sends a heartbeat.
+    #[arg(long, default_value = "10", value_name = "SECONDS")]
+    heartbeat_every: u64,
+    /// How long the heartbeat-only soak lasts.
+    #[arg(long, default_value = "40", value_name = "SECONDS")]
+    soak: u64,
+    /// Where the JSON results go.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/results/fleet.json"))]
+    results: PathBuf,
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+/// Milliseconds since the benchmark started, per host; 0 = not yet.
+struct HostClock {
+    created: Instant,
+    notified_ms: Vec<AtomicU64>,
+    all_tasks_ms: Vec<AtomicU64>,
+    tasks_received: Vec<AtomicU32>,
+}
+
+impl HostClock {
+    fn new(n: usize) -> Self {
+        Self {
+            created: Instant::now(),
+            notified_ms: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            all_tasks_ms: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            tasks_received: (0..n).map(|_| AtomicU32::new(0)).collect(),
+        }
+    }
+
+    /// Microseconds since `created`, never 0.
+    fn now_us(&self) -> u64 {
+        self.created.elapsed().as_micros() as u64 + 1
+    }
+}
+
+/// What the simulated agents count, for throughput figures.
+#[derive(Default)]
+struct AgentCounters {
+    heartbeats_ok: AtomicU64,
+    heartbeats_failed: AtomicU64,
+    heartbeat_latency_us: std::sync::Mutex<Vec<u64>>,
+    polls: AtomicU64,
+    poll_errors: AtomicU64,
+    acks: AtomicU64,
+    status_reports: AtomicU64,
+    request_errors: AtomicU64,
+}
+
+/// Tasks each host gets for the experiment: start its baseline and its candidate.
+const TASKS_PER_HOST: u32 = 2;
+const EXPERIMENT: &str = "fleet-bench";
+
+fn host_id(index: usize) -> String {
+    format!("fleet-{index:05}")
+}
+
+fn host_index(host_id: &str) -> Option<usize> {
+    host_id.strip_prefix("fleet-")?.parse().ok()
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    raise_open_file_limit();
+    let api_bin = bins::binary("phoenix-api");
+    let reconciler_bin = bins::binary("phoenix-reconciler");
+    let mut rows = Vec::new();
+    for &n in &args.agents {
+        eprintln!("\n=== {n} agents ===");
+        match run_fleet(&args, n, &api_bin, &reconciler_bin).await {
+            Ok(row) => {
+                eprintln!("{}", serde_json::to_string_pretty(&row)?);
+                rows.push(row);
+            }
+            Err(err) => {
+                eprintln!("{n} agents: the run failed: {err:#}");
+                break;
+            }
+        }
+    }
+    print_table(&rows);
+    let results = Results {
+        machine: machine_description(),
+        heartbeat_every_s: args.heartbeat_every,
+        rows,
+    };
+    if let Some(dir) = args.results.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(
+        &args.results,
+        serde_json::to_string_pretty(&results)? + "\n",
+    )?;
+    eprintln!("results written to {}", args.results.display());
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct Results {
+    machine: String,
+    heartbeat_every_s: u64,
+    rows: Vec<Row>,
+}
+
+/// One fleet size's results.
+#[derive(Serialize)]
+struct Row {
+    agents: usize,
+    register_s: f64,
+    long_polls_held: u64,
+    heartbeats_per_s: f64,
+    heartbeats_written_per_s: f64,
+    heartbeat_failures: u64,
+    heartbeat_latency_p99_ms: f64,
+    heartbeat_backlog_max: f64,
+    soak_reconcile_pass_mean_ms: f64,
+    /// Experiment creation -> host holds both tasks.
+    creation_to_tasks_ms: Percentiles,
+    /// Task write committed (NOTIFY) -> host holds both tasks.
+    write_to_delivery_ms: Percentiles,
+    hosts_without_tasks: usize,
+    creation_to_running_s: Option<f64>,
+    rollout_reconcile_passes: u64,
+    rollout_reconcile_pass_max_ms: f64,
+    api_rss_peak_mib: f64,
+    api_cpu_soak_cores: f64,
+    api_cpu_rollout_cores: f64,
+    reconciler_rss_peak_mib: f64,
+    reconciler_cpu_rollout_cores: f64,
+    /// Postgres (every backend) and the simulated agents share the machine.
+    postgres_cpu_soak_cores: f64,
+    postgres_cpu_rollout_cores: f64,
+    agents_cpu_soak_cores: f64,
+    agents_cpu_rollout_cores: f64,
+    /// At the end of the soak: N long-polls held, nothing else going on.
+    api_rss_idle_fleet_mib: f64,
+    machine_cpu_soak: f64,
+    machine_cpu_rollout: f64,
+    postgres_connections_peak: u64,
+    request_errors: u64,
+}
+
+#[derive(Serialize, Clone, Copy)]
+struct Percentiles {
+    p50: f64,
+    p99: f64,
+    max: f64,
+}
+
+impl Percentiles {
+    fn of(mut values: Vec<f64>) -> Percentiles {
+        if values.is_empty() {
+            return Percentiles {
+                p50: f64::NAN,
+                p99: f64::NAN,
+                max: f64::NAN,
+            };
+        }
+        values.sort_by(f64::total_cmp);
+        let at = |p: f64| values[((values.len() as f64 - 1.0) * p).round() as usize];
+        Percentiles {
+            p50: at(0.5),
+            p99: at(0.99),
+            max: values[values.len() - 1],
+        }
+    }
+}
+
+/// A child process killed when dropped.
+struct Process {
+    name: &'static str,
+    child: Child,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        // SIGTERM first: both binaries shut down cleanly on it.
+        // SAFETY: kill with a pid we own.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!("{} did not stop on SIGTERM; killing it", self.name);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+async fn run_fleet(
+    args: &Args,
+    n: usize,
+    api_bin: &std::path::Path,
+    reconciler_bin: &std::path::Path,
+) -> anyhow::Result<Row> {
+    let database_url = fresh_database().await;
+    let api_port = free_port();
+    let reconciler_port = free_port();
+    let api_url = format!("http://127.0.0.1:{api_port}");
+    let tokens = format!(
+        "admin:{ADMIN_TOKEN},operator:{OPERATOR_TOKEN},viewer:{VIEWER_TOKEN},agent:{AGENT_TOKEN}"
+    );
+    let api = Process {
+        name: "phoenix-api",
+        child: Command::new(api_bin)
+            .env("DATABASE_URL", &database_url)
+            .env("PHOENIX_API_LISTEN", format!("127.0.0.1:{api_port}"))
+            .env("PHOENIX_API_TOKENS", &tokens)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()?,
+    };
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(usize::MAX)
+        .timeout(Duration::from_secs(90))
+        .build()?;
+    wait_ready(&http, &format!("{api_url}/readyz")).await?;
+    let reconciler = Process {
+        name: "phoenix-reconciler",
+        child: Command::new(reconciler_bin)
+            .env("DATABASE_URL", &database_url)
+            .env(
+                "PHOENIX_RECONCILER_LISTEN",
+                format!("127.0.0.1:{reconciler_port}"),
+            )
+            .env("PHOENIX_DEPLOY_TIMEOUT", "30m")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()?,
+    };
+    let reconciler_url = format!("http://127.0.0.1:{reconciler_port}");
+    wait_ready(&http, &format!("{reconciler_url}/metrics")).await?;
+
+    let pool = phoenix_storage::connect(&database_url, 2).await?;
+    let sampler = Sampler::start(
+        api.child.id(),
+        reconciler.child.id(),
+        postmaster_pid(&pool).await,
+        pool.clone(),
+        reconciler_url.clone(),
+        http.clone(),
+    );
+
+    // Who got what, and when the task write committed (the api's own signal).
+    let clock = Arc::new(HostClock::new(n));
+    let mut listener = PgListener::connect(&database_url).await?;
+    listener.listen(TASKS_CHANNEL).await?;
+    let notified = tokio::spawn({
+        let clock = clock.clone();
+        async move {
+            while let Ok(notification) = listener.recv().await {
+                if let Some(i) = host_index(notification.payload()) {
+                    let _ = clock.notified_ms[i].compare_exchange(
+                        0,
+                        clock.now_us(),
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                }
+            }
+        }
+    });
+
+    // Register every agent (bounded concurrency, like a fleet coming up), then
+    // start its loops.
+    eprintln!("registering {n} agents");
+    let counters = Arc::new(AgentCounters::default());
+    let (stop, stopped) = watch::channel(false);
+    let started = Instant::now();
+    let registering = Arc::new(Semaphore::new(64));
+    let mut agents = Vec::with_capacity(n);
+    for i in 0..n {
+        let agent = SimulatedAgent {
+            index: i,
+            host_id: host_id(i),
+            api_url: api_url.clone(),
+            http: http.clone(),
+            clock: clock.clone(),
+            counters: counters.clone(),
+            heartbeat_every: Duration::from_secs(args.heartbeat_every),
+            collectors: Mutex::new(BTreeMap::new()),
+            stopped: stopped.clone(),
+        };
+        let permit = registering.clone().acquire_owned().await?;
+        agents.push(tokio::spawn(async move {
+            let registered = agent.report_status().await;
+            drop(permit);
+            if registered {
+                agent.run().await;
+            }
+        }));
+    }
+    let _ = registering.acquire_many(64).await?;
+    let register_s = started.elapsed().as_secs_f64();
+    eprintln!("registered in {register_s:.1} s; waiting for every long-poll");
+    let waiting = wait_for_metric(
+        &http,
+        &format!("{api_url}/metrics"),
+        "phoenix_api_long_polls_waiting",
+        n as f64,
+        Duration::from_secs(120),
+    )
+    .await;
+    let long_polls_held = waiting as u64;
+
+    // Soak: heartbeats only.
+    eprintln!("soak: {} s of heartbeats", args.soak);
+    let api_metrics_before = scrape(&http, &format!("{api_url}/metrics")).await?;
+    let rec_before = scrape(&http, &format!("{reconciler_url}/metrics")).await?;
+    let hb_before = counters.heartbeats_ok.load(Ordering::Relaxed);
+    counters.heartbeat_latency_us.lock().unwrap().clear();
+    sampler.begin_phase().await;
+    let soak_started = Instant::now();
+    let mut backlog_max: f64 = 0.0;
+    while soak_started.elapsed() < Duration::from_secs(args.soak) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let text = scrape(&http, &format!("{api_url}/metrics")).await?;
+        backlog_max = backlog_max.max(metric(&text, "phoenix_api_heartbeats_buffered"));
+    }
+    let soak_s = soak_started.elapsed().as_secs_f64();
+    let soak = sampler.end_phase().await;
+    let api_rss_idle_fleet_mib = rss_kib(api.child.id()) as f64 / 1024.0;
+    let api_metrics_after = scrape(&http, &format!("{api_url}/metrics")).await?;
+    let rec_after = scrape(&http, &format!("{reconciler_url}/metrics")).await?;
+    let heartbeats_per_s =
+        (counters.heartbeats_ok.load(Ordering::Relaxed) - hb_before) as f64 / soak_s;
+    let heartbeats_written_per_s =
+        (metric(&api_metrics_after, "phoenix_api_heartbeats_written_total")
+            - metric(&api_metrics_before, "phoenix_api_heartbeats_written_total"))
+            / soak_s;
+    let heartbeat_latency_p99_ms = {
+        let latencies = counters.heartbeat_latency_us.lock().unwrap().clone();
+        Percentiles::of(latencies.into_iter().map(|us| us as f64 / 1000.0).collect()).p99
+    };
+    let soak_passes = metric(&rec_after, "phoenix_reconciler_pass_seconds_count")
+        - metric(&rec_before, "phoenix_reconciler_pass_seconds_count");
+    let soak_reconcile_pass_mean_ms = 1000.0
+        * (metric(&rec_after, "phoenix_reconciler_pass_seconds_sum")
+            - metric(&rec_before, "phoenix_reconciler_pass_seconds_sum"))
+        / soak_passes.max(1.0);
+
+    // Rollout: one experiment over the whole fleet.
+    eprintln!("rollout: one experiment over {n} hosts");
+    sampler.begin_phase().await;
+    let rec_before = scrape(&http, &format!("{reconciler_url}/metrics")).await?;
+    let created_us = clock.now_us();
+    let created_at = Instant::now();
+    let response = http
+        .post(format!("{api_url}/api/v1/experiments"))
+        .bearer_auth(OPERATOR_TOKEN)
+        .header("content-type", "application/yaml")
+        .body(experiment_document())
+        .send()
+        .await?;
+    anyhow::ensure!(
+        response.status() == 201,
+        "creating the experiment: {} {}",
+        response.status(),
+        response.text().await?
+    );
+    let delivery_deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let done = clock
+            .all_tasks_ms
+            .iter()
+            .filter(|t| t.load(Ordering::Relaxed) != 0)
+            .count();
+        if done == n || Instant::now() > delivery_deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "tasks delivered to every host {:.2} s after creation; waiting for Running",
+        created_at.elapsed().as_secs_f64()
+    );
+    let mut creation_to_running_s = None;
+    let running_deadline = Instant::now() + Duration::from_secs(300);
+    while Instant::now() < running_deadline {
+        let experiment: Experiment = http
+            .get(format!("{api_url}/api/v1/experiments/{EXPERIMENT}"))
+            .bearer_auth(VIEWER_TOKEN)
+            .send()
+            .await?
+            .json()
+            .await?;
+        if experiment.phase == Phase::Running {
+            creation_to_running_s = Some(created_at.elapsed().as_secs_f64());
+            break;
+        }
+        anyhow::ensure!(
+            !experiment.phase.is_terminal(),
+            "the experiment ended: {:?} {:?}",
+            experiment.phase,
+            experiment.reason
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let rollout = sampler.end_phase().await;
+    let rec_after = scrape(&http, &format!("{reconciler_url}/metrics")).await?;
+    let rollout_passes = metric(&rec_after, "phoenix_reconciler_pass_seconds_count")
+        - metric(&rec_before, "phoenix_reconciler_pass_seconds_count");
+    // The longest pass: the sampled gauge, or the histogram's bucket bound when a
+    // pass fell between two samples.
+    let longest_pass_s = rollout
+        .reconciler_last_pass_max_s
+        .max(longest_observation_bound(
+            &rec_before,
+            &rec_after,
+            "phoenix_reconciler_pass_seconds",
+        ));
+
+    let mut creation_to_tasks = Vec::with_capacity(n);
+    let mut write_to_delivery = Vec::with_capacity(n);
+    for i in 0..n {
+        let delivered = clock.all_tasks_ms[i].load(Ordering::Relaxed);
+        if delivered == 0 {
+            continue;
+        }
+        creation_to_tasks.push((delivered.saturating_sub(created_us)) as f64 / 1000.0);
+        let notified = clock.notified_ms[i].load(Ordering::Relaxed);
+        if notified != 0 {
+            write_to_delivery.push(delivered.saturating_sub(notified) as f64 / 1000.0);
+        }
+    }
+    let hosts_without_tasks = n - creation_to_tasks.len();
+
+    let _ = stop.send(true);
+    for agent in agents {
+        agent.abort();
+    }
+    notified.abort();
+    let peaks = sampler.stop().await;
+    drop(reconciler);
+    drop(api);
+    pool.close().await;
+
+    Ok(Row {
+        agents: n,
+        register_s,
+        long_polls_held,
+        heartbeats_per_s,
+        heartbeats_written_per_s,
+        heartbeat_failures: counters.heartbeats_failed.load(Ordering::Relaxed),
+        heartbeat_latency_p99_ms,
+        heartbeat_backlog_max: backlog_max,
+        soak_reconcile_pass_mean_ms,
+        creation_to_tasks_ms: Percentiles::of(creation_to_tasks),
+        write_to_delivery_ms: Percentiles::of(write_to_delivery),
+        hosts_without_tasks,
+        creation_to_running_s,
+        rollout_reconcile_passes: rollout_passes as u64,
+        rollout_reconcile_pass_max_ms: longest_pass_s * 1000.0,
+        api_rss_peak_mib: peaks.api_rss_peak_mib,
+        api_cpu_soak_cores: soak.api_cores,
+        api_cpu_rollout_cores: rollout.api_cores,
+        reconciler_rss_peak_mib: peaks.reconciler_rss_peak_mib,
+        reconciler_cpu_rollout_cores: rollout.reconciler_cores,
+        postgres_cpu_soak_cores: soak.postgres_cores,
+        postgres_cpu_rollout_cores: rollout.postgres_cores,
+        agents_cpu_soak_cores: soak.bench_cores,
+        agents_cpu_rollout_cores: rollout.bench_cores,
+        api_rss_idle_fleet_mib,
+        machine_cpu_soak: soak.machine_busy,
+        machine_cpu_rollout: rollout.machine_busy,
+        postgres_connections_peak: peaks.postgres_connections_peak,
+        request_errors: counters.request_errors.load(Ordering::Relaxed)
+            + counters.poll_errors.load(Ordering::Relaxed),
+    })
+}
+
+fn experiment_document() -> String {
+    format!(
+        "apiVersion: phoenix.dev/v1
+kind: Experiment
+metadata: {{name: {EXPERIMENT}}}
+spec:
+  hosts: {{selector: {{fleet: bench}}}}
+  baseline: {{pipeline: process-baseline}}
+  candidate: {{pipeline: process-topk, vars: {{cpu_threshold: \"0.05\"}}}}
+  warmup: 1m
+  duration: 1h
+  criteria: {{minSeriesReduction: 50}}
+"
+    )
+}
+
+/// One simulated agent: the real protocol, no collectors behind it.
+struct SimulatedAgent {
+    index: usize,
+    host_id: String,
+    api_url: String,
+    http: reqwest::Client,
+    clock: Arc<HostClock>,
+    counters: Arc<AgentCounters>,
+    heartbeat_every: Duration,
+    /// The collectors it "runs", by id, as it reports them.
+    collectors: Mutex<BTreeMap<String, CollectorStatus>>,
+    stopped: watch::Receiver<bool>,
+}
+
+impl SimulatedAgent {
+    async fn run(self) {
+        let agent = Arc::new(self);
+        let heartbeats = tokio::spawn({
+            let agent = agent.clone();
+            async move { agent.heartbeat_loop().await }
+        });
+        agent.poll_loop().await;
+        heartbeats.abort();
+    }
+
+    async fn heartbeat_loop(&self) {
+        // Spread the fleet's heartbeats over the interval, as real agents that
+        // started at different times are.
+        let offset = self.heartbeat_every.mul_f64(rand::random::<f64>());
+        tokio::time::sleep(offset).await;
+        let mut ticker = tokio::time::interval(self.heartbeat_every);
+        loop {
+            ticker.tick().await;
+            let sent = Instant::now();
+            let result = self
+                .http
+                .post(format!(
+                    "{}/agent/v1/hosts/{}/heartbeat",
+                    self.api_url, self.host_id
+                ))
+                .bearer_auth(AGENT_TOKEN)
+                .send()
+                .await;
+            match result {
+                Ok(response) if response.status() == 204 => {
+                    self.counters.heartbeats_ok.fetch_add(1, Ordering::Relaxed);
+                    self.counters
+                        .heartbeat_latency_us
+                        .lock()
+                        .unwrap()
+                        .push(sent.elapsed().as_micros() as u64);
+                }
+                _ if *self.stopped.borrow() => return,
+                _ => {
+                    self.counters
+                        .heartbeats_failed
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    async fn poll_loop(&self) {
+        loop {
+            if *self.stopped.borrow() {
+                return;
+            }
+            let result = self
+                .http
+                .get(format!(
+                    "{}/agent/v1/hosts/{}/tasks?wait=30s",
+                    self.api_url, self.host_id
+                ))
+                .bearer_auth(AGENT_TOKEN)
+                .send()
+                .await;
+            let batch = match result {
+                Ok(response) if response.status() == 200 => response.json::<TaskBatch>().await,
+                other => {
+                    if !*self.stopped.borrow() {
+                        if let Err(err) = other {
+                            eprintln!("{}: poll failed: {err}", self.host_id);
+                        }
+                        self.counters.poll_errors.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    continue;
+                }
+            };
+            self.counters.polls.fetch_add(1, Ordering::Relaxed);
+            let Ok(batch) = batch else {
+                self.counters.poll_errors.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            if batch.tasks.is_empty() {
+                continue;
+            }
+            self.handle(batch).await;
+        }
+    }
+
+    /// Records the delivery, "applies" each task, acknowledges it, and reports
+    /// the new state, as the real agent does.
+    async fn handle(&self, batch: TaskBatch) {
+        let experiment_tasks = batch
+            .tasks
+            .iter()
+            .filter(|t| t.collector_id.starts_with(EXPERIMENT))
+            .count() as u32;
+        if experiment_tasks > 0 {
+            let before = self.clock.tasks_received[self.index]
+                .fetch_add(experiment_tasks, Ordering::Relaxed);
+            if before < TASKS_PER_HOST && before + experiment_tasks >= TASKS_PER_HOST {
+                self.clock.all_tasks_ms[self.index].store(self.clock.now_us(), Ordering::Relaxed);
+            }
+        }
+        let mut changed = false;
+        for task in &batch.tasks {
+            {
+                let mut collectors = self.collectors.lock().await;
+                match (task.action, &task.collector) {
+                    (TaskAction::Start, Some(spec)) => {
+                        collectors.insert(
+                            spec.collector_id.clone(),
+                            CollectorStatus {
+                                collector_id: spec.collector_id.clone(),
+                                owner: spec.owner.clone(),
+                                variant: spec.variant,
+                                pipeline: spec.pipeline.clone(),
+                                config_hash: spec.config_hash.clone(),
+                                pid: Some(4000 + self.index as u32),
+                                health: Health::Healthy,
+                                restarts: 0,
+                                cpu_seconds: 0.0,
+                                rss_bytes: 50 << 20,
+                                last_error: None,
+                            },
+                        );
+                        changed = true;
+                    }
+                    (TaskAction::Stop, _) => {
+                        changed |= collectors.remove(&task.collector_id).is_some();
+                    }
+                    _ => {}
+                }
+            }
+            let ack = self
+                .http
+                .post(format!(
+                    "{}/agent/v1/hosts/{}/tasks/{}",
+                    self.api_url, self.host_id, task.id
+                ))
+                .bearer_auth(AGENT_TOKEN)
+                .json(&TaskOutcome {
+                    ok: true,
+                    error: None,
+                })
+                .send()
+                .await;
+            match ack {
+                Ok(response) if response.status() == 204 => {
+                    self.counters.acks.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {
+                    self.counters.request_errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        if changed {
+            self.report_status().await;
+        }
+    }
+
+    /// Sends the full status; true when the api stored it.
+    async fn report_status(&self) -> bool {
+        let status = HostStatus {
+            labels: [("fleet".to_string(), "bench".to_string())].into(),
+            agent_version: "fleet-bench".into(),
+            collectors: self.collectors.lock().await.values().cloned().collect(),
+            load: Vec::new(),
+            max_load_processes: 0,
+        };
+        let result = self
+            .http
+            .put(format!(
+                "{}/agent/v1/hosts/{}/status",
+                self.api_url, self.host_id
+            ))
+            .bearer_auth(AGENT_TOKEN)
+            .json(&status)
+            .send()
+            .await;
+        match result {
+            Ok(response) if response.status() == 204 => {
+                self.counters.status_reports.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            other => {
+                eprintln!("{}: status report failed: {other:?}", self.host_id);
+                self.counters.request_errors.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+}
+
+/// Samples processes, the machine and Postgres twice a second.
+struct Sampler {
+    api_pid: u32,
+    reconciler_pid: u32,
+    /// The postmaster, whose children are the server's backends (0: not local).
+    postgres_pid: u32,
+    state: Arc<std::sync::Mutex<SamplerState>>,
+    running: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct SamplerState {
+    api_rss_peak_kib: u64,
+    reconciler_rss_peak_kib: u64,
+    postgres_connections_peak: u64,
+    /// Longest reconcile pass seen since the current phase began.
+    last_pass_max_s: f64,
+    phase: Option<PhaseStart>,
+}
+
+struct PhaseStart {
+    at: Instant,
+    api_ticks: u64,
+    reconciler_ticks: u64,
+    postgres_ticks: u64,
+    bench_ticks: u64,
+    machine: MachineTicks,
+}
+
+struct PhaseUse {
+    api_cores: f64,
+    reconciler_cores: f64,
+    postgres_cores: f64,
+    /// This process: the simulated agents.
+    bench_cores: f64,
+    machine_busy: f64,
+    reconciler_last_pass_max_s: f64,
+}
+
+struct Peaks {
+    api_rss_peak_mib: f64,
+    reconciler_rss_peak_mib: f64,
+    postgres_connections_peak: u64,
+}
+
+impl Sampler {
+    fn start(
+        api_pid: u32,
+        reconciler_pid: u32,
+        postgres_pid: u32,
+        pool: phoenix_storage::PgPool,
+        reconciler_url: String,
+        http: reqwest::Client,
+    ) -> Sampler {
+        let state = Arc::new(std::sync::Mutex::new(SamplerState::default()));
+        let running = Arc::new(AtomicBool::new(true));
+        let task = tokio::spawn({
+            let state = state.clone();
+            let running = running.clone();
+            async move {
+                while running.load(Ordering::Relaxed) {
+                    let connections: i64 = sqlx::query_scalar(
+                        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'",
+                    )
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap_or(0);
+                    let last_pass = match scrape(&http, &format!("{reconciler_url}/metrics")).await
+                    {
+                        Ok(text) => metric(&text, "phoenix_reconciler_last_pass_seconds"),
+                        Err(_) => 0.0,
+                    };
+                    {
+                        let mut s = state.lock().unwrap();
+                        s.api_rss_peak_kib = s.api_rss_peak_kib.max(rss_kib(api_pid));
+                        s.reconciler_rss_peak_kib =
+                            s.reconciler_rss_peak_kib.max(rss_kib(reconciler_pid));
+                        // Less this sampler's own connection and the benchmark's listener.
+                        s.postgres_connections_peak = s
+                            .postgres_connections_peak
+                            .max((connections as u64).saturating_sub(2));
+                        s.last_pass_max_s = s.last_pass_max_s.max(last_pass);
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        });
+        Sampler {
+            api_pid,
+            reconciler_pid,
+            postgres_pid,
+            state,
+            running,
+            task,
+        }
+    }
+
+    async fn begin_phase(&self) {
+        let mut s = self.state.lock().unwrap();
+        s.last_pass_max_s = 0.0;
+        s.phase = Some(PhaseStart {
+            at: Instant::now(),
+            api_ticks: cpu_ticks(self.api_pid),
+            reconciler_ticks: cpu_ticks(self.reconciler_pid),
+            postgres_ticks: process_tree_ticks(self.postgres_pid),
+            bench_ticks: cpu_ticks(std::process::id()),
+            machine: MachineTicks::now(),
+        });
+    }
+
+    async fn end_phase(&self) -> PhaseUse {
+        let mut s = self.state.lock().unwrap();
+        let start = s.phase.take().expect("a phase began");
+        let seconds = start.at.elapsed().as_secs_f64();
+        let ticks_per_s = clock_ticks_per_second();
+        let cores = |ticks: u64| ticks as f64 / ticks_per_s / seconds;
+        PhaseUse {
+            api_cores: cores(cpu_ticks(self.api_pid) - start.api_ticks),
+            reconciler_cores: cores(cpu_ticks(self.reconciler_pid) - start.reconciler_ticks),
+            postgres_cores: cores(
+                process_tree_ticks(self.postgres_pid).saturating_sub(start.postgres_ticks),
+            ),
+            bench_cores: cores(cpu_ticks(std::process::id()) - start.bench_ticks),
+            machine_busy: MachineTicks::now().busy_since(&start.machine),
+            reconciler_last_pass_max_s: s.last_pass_max_s,
+        }
+    }
+
+    async fn stop(self) -> Peaks {
+        self.running.store(false, Ordering::Relaxed);
+        let _ = self.task.await;
+        let s = self.state.lock().unwrap();
+        Peaks {
+            api_rss_peak_mib: s.api_rss_peak_kib as f64 / 1024.0,
+            reconciler_rss_peak_mib: s.reconciler_rss_peak_kib as f64 / 1024.0,
+            postgres_connections_peak: s.postgres_connections_peak,
+        }
+    }
+}
+
+/// Resident memory of a process, from `/proc/PID/status`.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// User plus system CPU time of a process, in clock ticks, from `/proc/PID/stat`.
+fn cpu_ticks(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // The command name (field 2) may hold spaces; fields after it are plain.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15; `rest` starts at field 3.
+    let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
+    field(14).unwrap_or(0) + field(15).unwrap_or(0)
+}
+
+/// CPU ticks of a process and its children (a postmaster and its backends).
+fn process_tree_ticks(root: u32) -> u64 {
+    if root == 0 {
+        return 0;
+    }
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut ticks = cpu_ticks(root);
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // The parent pid is field 4, the second after the command name.
+        let parent = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        if parent == Some(root) {
+            ticks += cpu_ticks(pid);
+        }
+    }
+    ticks
+}
+
+/// The postmaster's pid, from `postmaster.pid` in the server's data directory;
+/// 0 when the server is not on this machine (or not readable).
+async fn postmaster_pid(pool: &phoenix_storage::PgPool) -> u32 {
+    let Ok(data) = sqlx::query_scalar::<_, String>(
+        "SELECT setting FROM pg_settings WHERE name = 'data_directory'",
+    )
+    .fetch_one(pool)
+    .await
+    else {
+        return 0;
+    };
+    std::fs::read_to_string(format!("{data}/postmaster.pid"))
+        .ok()
+        .and_then(|text| text.lines().next()?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
+}
+
+/// The machine's busy and total CPU ticks, from `/proc/stat`.
+struct MachineTicks {
+    busy: u64,
+    total: u64,
+}
+
+impl MachineTicks {
+    fn now() -> MachineTicks {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let values: Vec<u64> = stat
+            .lines()
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        let total: u64 = values.iter().sum();
+        // idle and iowait are the fourth and fifth.
+        let idle = values.get(3).copied().unwrap_or(0) + values.get(4).copied().unwrap_or(0);
+        MachineTicks {
+            busy: total - idle,
+            total,
+        }
+    }
+
+    /// Share of the machine's CPU time that was busy since `earlier`, 0..1.
+    fn busy_since(&self, earlier: &MachineTicks) -> f64 {
+        let total = self.total.saturating_sub(earlier.total);
+        if total == 0 {
+            return 0.0;
+        }
+        self.busy.saturating_sub(earlier.busy) as f64 / total as f64
+    }
+}
+
+/// Lets this process (and the api and reconciler it starts, which inherit it)
+/// hold one connection per simulated agent.
+fn raise_open_file_limit() {
+    let wanted: libc::rlim_t = 1 << 18;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        let raised = libc::rlimit {
+            rlim_cur: wanted.max(limit.rlim_cur),
+            rlim_max: wanted.max(limit.rlim_max),
+        };
+        // Only root may raise the hard limit; otherwise take what it allows.
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+    }
+    eprintln!("open files limit: {}", limit.rlim_cur);
+}
+
+async fn wait_ready(http: &reqwest::Client, url: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(response) = http.get(url).send().await
+            && response.status().is_success()
+        {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{url} did not become ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn scrape(http: &reqwest::Client, url: &str) -> anyhow::Result<String> {
+    Ok(http.get(url).send().await?.text().await?)
+}
+
+/// The sum of a metric's samples over all label sets in OpenMetrics text.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The upper bound of the longest observation a histogram took between two
+/// scrapes: the smallest bucket bound that holds every new observation.
+fn longest_observation_bound(before: &str, after: &str, histogram: &str) -> f64 {
+    let total = metric(after, &format!("{histogram}_count"))
+        - metric(before, &format!("{histogram}_count"));
+    if total == 0.0 {
+        return 0.0;
+    }
+    let bucket = format!("{histogram}_bucket{{le=\"");
+    let mut bounds: Vec<(f64, String)> = after
+        .lines()
+        .filter_map(|line| {
+            let le = line.strip_prefix(&bucket)?.split('"').next()?;
+            Some((le.parse().ok()?, format!("{bucket}{le}\"}}")))
+        })
+        .collect();
+    bounds.sort_by(|a, b| a.0.total_cmp(&b.0));
+    bounds
+        .into_iter()
+        .find(|(_, series)| metric_line(after, series) - metric_line(before, series) >= total)
+        .map_or(f64::INFINITY, |(bound, _)| bound)
+}
+
+/// The value of one exact series (name and labels) in OpenMetrics text.
+fn metric_line(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Polls a gauge until it reaches `want` or the time is up; returns the last value.
+async fn wait_for_metric(
+    http: &reqwest::Client,
+    url: &str,
+    name: &str,
+    want: f64,
+    within: Duration,
+) -> f64 {
+    let deadline = Instant::now() + within;
+    let mut value = 0.0;
+    while Instant::now() < deadline {
+        if let Ok(text) = scrape(http, url).await {
+            value = metric(&text, name);
+            if value >= want {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    value
+}
+
+fn machine_description() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let memory_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
+    let os = std::fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|r| {
+            r.lines()
+                .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+                .map(|v| v.trim_matches('"').to_string())
+        })
+        .unwrap_or_default();
+    format!("{cpus} CPUs, {memory_gib:.0} GiB, {os}")
+}
+
+fn print_table(rows: &[Row]) {
+    println!(
+        "\n| agents | creation → all tasks p50 / p99 / max | write → delivery p50 / p99 / max | to Running | heartbeats/s (p99 latency) | backlog max | pass: soak mean / rollout max | api RSS idle / peak | reconciler RSS | CPU cores in rollout: api / reconciler / Postgres / agents | PG conns | errors |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        let c = r.creation_to_tasks_ms;
+        let w = r.write_to_delivery_ms;
+        println!(
+            "| {} | {:.0} / {:.0} / {:.0} ms | {:.0} / {:.0} / {:.0} ms | {} | {:.0} ({:.1} ms) | {:.0} | {:.0} / {:.0} ms | {:.0} / {:.0} MiB | {:.0} MiB | {:.2} / {:.2} / {:.2} / {:.2} | {} | {} |",
+            r.agents,
+            c.p50,
+            c.p99,
+            c.max,
+            w.p50,
+            w.p99,
+            w.max,
+            r.creation_to_running_s
+                .map_or("never".to_string(), |s| format!("{s:.1} s")),
+            r.heartbeats_per_s,
+            r.heartbeat_latency_p99_ms,
+            r.heartbeat_backlog_max,
+            r.soak_reconcile_pass_mean_ms,
+            r.rollout_reconcile_pass_max_ms,
+            r.api_rss_idle_fleet_mib,
+            r.api_rss_peak_mib,
+            r.reconciler_rss_peak_mib,
+            r.api_cpu_rollout_cores,
+            r.reconciler_cpu_rollout_cores,
+            r.postgres_cpu_rollout_cores,
+            r.agents_cpu_rollout_cores,
+            r.postgres_connections_peak,
+            r.request_errors + r.heartbeat_failures,
+        );
+    }
+}

@@ -1,7 +1,8 @@
 //! phoenix-demo: the README's demo. Starts a whole local Phoenix — a throwaway
 //! Postgres, a private Prometheus and Pushgateway, the api, the reconciler and two
-//! agents running the real collector — runs the example experiment to a verdict,
-//! prints its report, and shuts everything down (on Ctrl-C too).
+//! agents running the real collector — applies the documents in `examples/` as
+//! `phoenix apply` does, runs the example experiment to a verdict, prints its
+//! report, and shuts everything down (on Ctrl-C too).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -24,9 +25,9 @@ struct Args {
     /// The collector binary the agents run (collector/build.sh prints it).
     #[arg(long)]
     collector: PathBuf,
-    /// The experiment document to run.
-    #[arg(long, default_value = "examples/topk-web.yaml")]
-    experiment: PathBuf,
+    /// The directory of documents to apply; its experiments are run to a verdict.
+    #[arg(long, default_value = "examples")]
+    examples: PathBuf,
     /// Keep the stack running after the report, until Ctrl-C, to explore it.
     #[arg(long)]
     keep_running: bool,
@@ -39,8 +40,11 @@ fn step(text: &str) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let document = std::fs::read_to_string(&args.experiment)
-        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", args.experiment.display()))?;
+    anyhow::ensure!(
+        args.examples.is_dir(),
+        "{} is not a directory of example documents",
+        args.examples.display()
+    );
     let started = Instant::now();
 
     step("starting Prometheus and the Pushgateway (private, on loopback)");
@@ -73,7 +77,7 @@ async fn main() -> anyhow::Result<()> {
     ];
 
     let outcome = tokio::select! {
-        outcome = run_experiment(&stack, &agents, &document) => outcome,
+        outcome = run_examples(&stack, &agents, &args.examples) => outcome,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
     match &outcome {
@@ -109,11 +113,12 @@ async fn main() -> anyhow::Result<()> {
     outcome.map(|_| ())
 }
 
-/// Registers, creates, follows the experiment to a verdict and prints the report.
-async fn run_experiment(
+/// Waits for the agents, applies the examples, follows the (first) experiment they
+/// hold to a verdict and prints its report.
+async fn run_examples(
     stack: &Stack,
     agents: &[AgentProcess],
-    document: &str,
+    examples: &std::path::Path,
 ) -> anyhow::Result<String> {
     wait_until(
         "both agents registered",
@@ -121,17 +126,30 @@ async fn run_experiment(
         || async { hosts(stack).await.len() == 2 },
     )
     .await?;
-    step("creating the experiment (the api validates both configs with the collector first)");
-    let response = stack
-        .request(Method::POST, "/api/v1/experiments", OPERATOR_TOKEN)
-        .header("content-type", "application/yaml")
-        .body(document.to_string())
-        .send()
-        .await?;
-    if !response.status().is_success() {
-        anyhow::bail!("the API refused the experiment: {}", response.text().await?);
+    step(&format!(
+        "phoenix apply -f {} (the api validates every config with the collector first)",
+        examples.display()
+    ));
+    let out = Command::new(bins::binary("phoenix"))
+        .arg("apply")
+        .arg("-f")
+        .arg(examples)
+        .env("PHOENIX_API_URL", &stack.api_url)
+        .env("PHOENIX_TOKEN", OPERATOR_TOKEN)
+        .output()?;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    if !out.status.success() {
+        anyhow::bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
     }
-    let experiment: phoenix_wire::view::Experiment = response.json().await?;
+    let experiments: List<phoenix_wire::view::Experiment> = stack
+        .request(Method::GET, "/api/v1/experiments", VIEWER_TOKEN)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let Some(experiment) = experiments.items.into_iter().next() else {
+        anyhow::bail!("{} holds no Experiment document", examples.display());
+    };
     let name = experiment.name;
     let measuring = experiment.spec.warmup.as_duration() + experiment.spec.duration.as_duration();
 

@@ -8,7 +8,7 @@
 //! `phoenix_storage` (queries). [`auth`] holds tokens and roles, [`error`] the
 //! problem+json mapping, [`body`] document parsing, [`collector`] validation with
 //! the real collector, [`wakeups`] the LISTEN fan-out
-//! for long-polls, [`heartbeats`] the coalescing heartbeat writer, [`metrics`] the
+//! for long-polls, [`claims`] their task claims coalesced into few statements, [`heartbeats`] the coalescing heartbeat writer, [`metrics`] the
 //! process's metrics. [`loadsims`] is the application layer of load simulations,
 //! [`deployments`] that of pipeline deployments and of promote and rollback.
 //! [`events`] is the event stream: one LISTEN connection fanned out to WebSockets.
@@ -17,6 +17,7 @@ pub mod app;
 pub mod apply;
 pub mod auth;
 pub mod body;
+pub mod claims;
 pub mod collector;
 pub mod config;
 pub mod deployments;
@@ -37,11 +38,15 @@ use tokio::sync::watch;
 
 pub use config::ApiConfig;
 
+use crate::claims::{ClaimQueue, ClaimSettings};
 use crate::events::EventHub;
 use crate::heartbeats::HeartbeatBuffer;
 use crate::metrics::Metrics;
 use crate::state::AppState;
 use crate::wakeups::TaskWakeups;
+
+/// Most tasks handed to one agent in one long-poll answer.
+const CLAIM_LIMIT: i64 = 64;
 
 /// Runs the API on `listener` until `shutdown` turns true. Applies migrations first.
 pub async fn serve(
@@ -76,6 +81,14 @@ pub async fn serve(
         config: Arc::new(config.clone()),
         pool: pool.clone(),
         wakeups: wakeups.clone(),
+        claims: ClaimQueue::start(
+            pool.clone(),
+            ClaimSettings {
+                lease: config.task_lease.as_duration(),
+                max_attempts: config.task_max_attempts,
+                limit_per_host: CLAIM_LIMIT,
+            },
+        ),
         heartbeats: heartbeats.clone(),
         metrics: metrics.clone(),
         events: event_hub.clone(),

@@ -7,6 +7,7 @@ use sqlx::Postgres;
 use sqlx::pool::PoolConnection;
 use tokio::sync::watch;
 
+use crate::claims::ClaimQueue;
 use crate::config::ApiConfig;
 use crate::events::EventHub;
 use crate::heartbeats::HeartbeatBuffer;
@@ -18,6 +19,8 @@ pub struct AppState {
     pub config: Arc<ApiConfig>,
     pub pool: PgPool,
     pub wakeups: TaskWakeups,
+    /// Task claims of waiting long-polls, coalesced into few statements.
+    pub claims: ClaimQueue,
     pub heartbeats: HeartbeatBuffer,
     pub metrics: Metrics,
     /// The event stream's fan-out (`GET /api/v1/events`).

@@ -457,3 +457,102 @@ async fn a_deploy_that_times_out_names_the_hosts_that_were_not_ready() {
     );
     stack.shutdown().await;
 }
+
+/// A rollout's commit wakes many long-polls at once; their claims are coalesced
+/// into few statements, and still every agent gets exactly its own tasks, oldest
+/// first, at most the per-answer limit each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_waiting_agents_each_get_exactly_their_own_tasks() {
+    let stack = Stack::start_with(StackOptions {
+        reconciler: false,
+        ..Default::default()
+    })
+    .await;
+    const HOSTS: usize = 200;
+    let host = |i: usize| format!("burst-{i:03}");
+    let mut polls = Vec::new();
+    for i in 0..HOSTS {
+        stack.register_host(&host(i), &[]).await;
+        let poll = stack
+            .request(
+                Method::GET,
+                &format!("/agent/v1/hosts/{}/tasks?wait=30s", host(i)),
+                AGENT_TOKEN,
+            )
+            .send();
+        polls.push(tokio::spawn(async move {
+            poll.await.unwrap().json::<TaskBatch>().await.unwrap()
+        }));
+    }
+    // Let every long-poll settle into its wait, then write all tasks in one
+    // statement, as a reconcile pass does: two per host.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let new_tasks: Vec<tasks::NewTask> = (0..HOSTS)
+        .flat_map(|i| {
+            ["a", "b"].map(|unit| tasks::NewTask {
+                host_id: host(i),
+                collector_id: format!("burst.{unit}"),
+                action: phoenix_wire::agent::TaskAction::Stop,
+                config_hash: String::new(),
+                collector: None,
+            })
+        })
+        .collect();
+    let mut conn = stack.pool.acquire().await.unwrap();
+    assert_eq!(
+        tasks::insert(&mut conn, &new_tasks).await.unwrap(),
+        2 * HOSTS as u64
+    );
+    for (i, poll) in polls.into_iter().enumerate() {
+        let batch = tokio::time::timeout(Duration::from_secs(20), poll)
+            .await
+            .expect("every waiting agent is answered")
+            .unwrap();
+        let units: Vec<&str> = batch
+            .tasks
+            .iter()
+            .map(|t| t.collector_id.as_str())
+            .collect();
+        assert_eq!(units, ["burst.a", "burst.b"], "host {}", host(i));
+    }
+    // Each task went to one agent once: nothing is left to claim.
+    let leftover = tasks::claim_many(
+        &mut conn,
+        &(0..HOSTS).map(host).collect::<Vec<_>>(),
+        Duration::from_secs(60),
+        5,
+        64,
+    )
+    .await
+    .unwrap();
+    assert!(leftover.is_empty(), "{leftover:?}");
+
+    // The per-host limit holds in a batch, oldest first.
+    let more: Vec<tasks::NewTask> = ["x", "y", "z"]
+        .map(|unit| tasks::NewTask {
+            host_id: host(0),
+            collector_id: format!("more.{unit}"),
+            action: phoenix_wire::agent::TaskAction::Stop,
+            config_hash: String::new(),
+            collector: None,
+        })
+        .into();
+    tasks::insert(&mut conn, &more).await.unwrap();
+    let claimed = tasks::claim_many(
+        &mut conn,
+        &[host(0), host(1)],
+        Duration::from_secs(60),
+        5,
+        2,
+    )
+    .await
+    .unwrap();
+    let units: Vec<&str> = claimed[&host(0)]
+        .iter()
+        .map(|t| t.collector_id.as_str())
+        .collect();
+    assert_eq!(units, ["more.x", "more.y"]);
+    assert!(!claimed.contains_key(&host(1)));
+    drop(conn);
+    stack.shutdown().await;
+}

@@ -12,6 +12,7 @@
 //! twins load tasks only, so neither diff ever touches the other's units.
 //! [`list`] is what users see (`GET /api/v1/tasks`): both kinds, newest first.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -65,6 +66,7 @@ pub async fn insert(conn: &mut PgConnection, tasks: &[NewTask]) -> Result<u64> {
 
 #[derive(FromRow)]
 struct ClaimedRow {
+    host_id: String,
     id: i64,
     kind: String,
     action: String,
@@ -83,56 +85,78 @@ pub async fn claim(
     max_attempts: i32,
     limit: i64,
 ) -> Result<Vec<Task>> {
+    let mut claimed = claim_many(conn, &[host_id.to_string()], lease, max_attempts, limit).await?;
+    Ok(claimed.remove(host_id).unwrap_or_default())
+}
+
+/// [`claim`] for many hosts in one statement (up to `limit` tasks each): what a
+/// burst of woken long-polls costs the database. Hosts with nothing to claim are
+/// absent from the answer; each host's tasks are oldest first.
+pub async fn claim_many(
+    conn: &mut PgConnection,
+    host_ids: &[String],
+    lease: Duration,
+    max_attempts: i32,
+    limit: i64,
+) -> Result<HashMap<String, Vec<Task>>> {
     let rows: Vec<ClaimedRow> = sqlx::query_as(
         "UPDATE agent_tasks t SET status = 'leased', attempts = t.attempts + 1, \
          lease_until = now() + $2 * interval '1 millisecond', updated_at = now() \
-         FROM (SELECT id FROM agent_tasks WHERE host_id = $1 AND attempts < $3 \
-               AND (status = 'pending' OR (status = 'leased' AND lease_until < now())) \
-               ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED) claimable \
+         FROM (SELECT c.id FROM unnest($1::text[]) AS h(host_id) \
+               CROSS JOIN LATERAL (SELECT id FROM agent_tasks \
+                 WHERE host_id = h.host_id AND attempts < $3 \
+                 AND (status = 'pending' OR (status = 'leased' AND lease_until < now())) \
+                 ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED) c) claimable \
          WHERE t.id = claimable.id \
-         RETURNING t.id, t.kind, t.action, t.collector_id, t.attempts, t.payload",
+         RETURNING t.host_id, t.id, t.kind, t.action, t.collector_id, t.attempts, t.payload",
     )
-    .bind(host_id)
+    .bind(host_ids)
     .bind(lease.as_millis() as f64)
     .bind(max_attempts)
     .bind(limit)
     .fetch_all(conn)
     .await?;
-    let mut tasks = rows
-        .into_iter()
-        .map(|row| {
-            let what = format!("task {}", row.id);
-            let kind = TaskKind::parse(&row.kind)
-                .ok_or_else(|| corrupt(&what, format!("unknown kind {}", row.kind)))?;
-            let (collector, load) = match (kind, row.payload) {
-                (_, None) => (None, None),
-                (TaskKind::Collector, Some(payload)) => (
-                    Some(serde_json::from_value::<CollectorSpec>(payload))
-                        .transpose()
-                        .map_err(|e| corrupt(&what, e))?,
-                    None,
-                ),
-                (TaskKind::Load, Some(payload)) => (
-                    None,
-                    Some(serde_json::from_value::<LoadRunSpec>(payload))
-                        .transpose()
-                        .map_err(|e| corrupt(&what, e))?,
-                ),
-            };
-            Ok(Task {
-                id: row.id,
-                action: TaskAction::parse(&row.action)
-                    .ok_or_else(|| corrupt(&what, format!("unknown action {}", row.action)))?,
-                collector_id: row.collector_id,
-                attempt: row.attempts,
-                collector,
-                kind,
-                load,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    tasks.sort_by_key(|t| t.id);
-    Ok(tasks)
+    let mut claimed: HashMap<String, Vec<Task>> = HashMap::new();
+    for row in rows {
+        let host_id = row.host_id.clone();
+        let task = claimed_task(row)?;
+        claimed.entry(host_id).or_default().push(task);
+    }
+    for tasks in claimed.values_mut() {
+        tasks.sort_by_key(|t| t.id);
+    }
+    Ok(claimed)
+}
+
+fn claimed_task(row: ClaimedRow) -> Result<Task> {
+    let what = format!("task {}", row.id);
+    let kind = TaskKind::parse(&row.kind)
+        .ok_or_else(|| corrupt(&what, format!("unknown kind {}", row.kind)))?;
+    let (collector, load) = match (kind, row.payload) {
+        (_, None) => (None, None),
+        (TaskKind::Collector, Some(payload)) => (
+            Some(serde_json::from_value::<CollectorSpec>(payload))
+                .transpose()
+                .map_err(|e| corrupt(&what, e))?,
+            None,
+        ),
+        (TaskKind::Load, Some(payload)) => (
+            None,
+            Some(serde_json::from_value::<LoadRunSpec>(payload))
+                .transpose()
+                .map_err(|e| corrupt(&what, e))?,
+        ),
+    };
+    Ok(Task {
+        id: row.id,
+        action: TaskAction::parse(&row.action)
+            .ok_or_else(|| corrupt(&what, format!("unknown action {}", row.action)))?,
+        collector_id: row.collector_id,
+        attempt: row.attempts,
+        collector,
+        kind,
+        load,
+    })
 }
 
 /// Records an agent's answer. Answering a task that is already finished changes

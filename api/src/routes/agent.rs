@@ -5,7 +5,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use chrono::Utc;
 use phoenix_storage::{hosts, tasks};
-use phoenix_wire::agent::{HostStatus, Task, TaskBatch, TaskOutcome};
+use phoenix_wire::agent::{HostStatus, TaskBatch, TaskOutcome};
 use phoenix_wire::duration::HumanDuration;
 use phoenix_wire::names::{check_host_id, check_labels};
 use phoenix_wire::problem::FieldError;
@@ -16,9 +16,6 @@ use crate::auth::Agent;
 use crate::body::DocumentBody;
 use crate::error::ApiError;
 use crate::state::AppState;
-
-/// Most tasks handed out in one answer.
-const CLAIM_LIMIT: i64 = 64;
 
 #[derive(Deserialize)]
 pub struct WaitQuery {
@@ -59,9 +56,7 @@ pub async fn claim_tasks(
         let notified = subscription.notify().notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        // Boxed: the database futures are large, and a waiting long-poll (one per
-        // agent) would otherwise carry their space for its whole wait.
-        let tasks = Box::pin(claim_now(&state, &host_id)).await?;
+        let tasks = state.claims.claim(&host_id).await?;
         if !tasks.is_empty() || tokio::time::Instant::now() >= deadline || *shutdown.borrow() {
             state.metrics.tasks_delivered.inc_by(tasks.len() as u64);
             return Ok(Json(TaskBatch { tasks }));
@@ -72,18 +67,6 @@ pub async fn claim_tasks(
             _ = shutdown.changed() => {}
         }
     }
-}
-
-async fn claim_now(state: &AppState, host_id: &str) -> Result<Vec<Task>, ApiError> {
-    let mut conn = state.conn().await?;
-    Ok(tasks::claim(
-        &mut conn,
-        host_id,
-        state.config.task_lease.as_duration(),
-        state.config.task_max_attempts,
-        CLAIM_LIMIT,
-    )
-    .await?)
 }
 
 /// Runs `f` when dropped (when the request finishes or is cancelled).

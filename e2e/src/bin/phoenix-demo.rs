@@ -4,6 +4,7 @@
 //! `phoenix apply` does, runs the example experiment to a verdict, prints its
 //! report, and shuts everything down (on Ctrl-C too).
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -91,7 +92,10 @@ async fn main() -> anyhow::Result<()> {
                 "  phoenix experiment report {name}      # this report again (-o json for machines)"
             );
             println!("  phoenix experiment events {name}      # every phase change and why");
-            println!("  phoenix host list                      # the agents and their collectors");
+            println!(
+                "  phoenix host describe web-1            # its collectors and last heartbeat"
+            );
+            println!("  phoenix task list --host web-1         # what the agent was told to do");
             println!(
                 "  Prometheus: {}   Pushgateway: {}",
                 measurement.prometheus_url, measurement.pushgateway_url
@@ -155,11 +159,16 @@ async fn run_examples(
 
     let mut last = None;
     let mut running_since = None;
+    let interactive = std::io::stderr().is_terminal();
+    let mut last_logged = u64::MAX;
     let deadline = Instant::now() + measuring + Duration::from_secs(300);
     loop {
         let e = stack.experiment(&name).await;
         if last != Some(e.phase) {
             let reason = e.reason.clone().unwrap_or_else(|| "created".into());
+            if interactive && last == Some(Phase::Running) {
+                eprintln!(); // end the progress line
+            }
             eprintln!("    {name}: {} — {reason}", e.phase);
             last = Some(e.phase);
             if e.phase == Phase::Running {
@@ -170,16 +179,22 @@ async fn run_examples(
             && let Some(since) = running_since
         {
             let done = since.elapsed().min(measuring);
-            eprint!(
-                "\r    measuring: {:>3}s of {}s (warmup {}, then {})   ",
+            let line = format!(
+                "    measuring: {:>3}s of {}s (warmup {}, then {})",
                 done.as_secs(),
                 measuring.as_secs(),
                 e.spec.warmup,
                 e.spec.duration
             );
+            // A terminal gets one line rewritten in place; a log, a line per 10 s.
+            if interactive {
+                eprint!("\r{line}   ");
+            } else if done.as_secs() / 10 != last_logged {
+                last_logged = done.as_secs() / 10;
+                eprintln!("{line}");
+            }
         }
         if e.phase == Phase::Completed {
-            eprintln!();
             break;
         }
         if e.phase.is_terminal() || Instant::now() > deadline {

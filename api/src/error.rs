@@ -6,7 +6,7 @@ use phoenix_storage::StoreError;
 use phoenix_wire::problem::{FieldError, PROBLEM_CONTENT_TYPE, Problem};
 
 /// Everything a handler can answer besides success. Each maps to one status code.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
     Malformed(FieldError),

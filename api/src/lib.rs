@@ -8,7 +8,7 @@
 //! `phoenix_storage` (queries). [`auth`] holds tokens and roles, [`error`] the
 //! problem+json mapping, [`body`] document parsing, [`collector`] validation with
 //! the real collector, [`wakeups`] the LISTEN fan-out
-//! for long-polls, [`claims`] their task claims coalesced into few statements, [`heartbeats`] the coalescing heartbeat writer, [`metrics`] the
+//! for long-polls, [`coalesce`] task claims and outcomes batched into few statements, [`heartbeats`] the coalescing heartbeat writer, [`metrics`] the
 //! process's metrics. [`loadsims`] is the application layer of load simulations,
 //! [`deployments`] that of pipeline deployments and of promote and rollback.
 //! [`events`] is the event stream: one LISTEN connection fanned out to WebSockets.
@@ -17,7 +17,7 @@ pub mod app;
 pub mod apply;
 pub mod auth;
 pub mod body;
-pub mod claims;
+pub mod coalesce;
 pub mod collector;
 pub mod config;
 pub mod deployments;
@@ -38,7 +38,7 @@ use tokio::sync::watch;
 
 pub use config::ApiConfig;
 
-use crate::claims::{ClaimQueue, ClaimSettings};
+use crate::coalesce::{ClaimSettings, Claims, Completions};
 use crate::events::EventHub;
 use crate::heartbeats::HeartbeatBuffer;
 use crate::metrics::Metrics;
@@ -81,14 +81,16 @@ pub async fn serve(
         config: Arc::new(config.clone()),
         pool: pool.clone(),
         wakeups: wakeups.clone(),
-        claims: ClaimQueue::start(
+        claims: Claims::start(
             pool.clone(),
             ClaimSettings {
                 lease: config.task_lease.as_duration(),
                 max_attempts: config.task_max_attempts,
                 limit_per_host: CLAIM_LIMIT,
             },
+            metrics.clone(),
         ),
+        completions: Completions::start(pool.clone()),
         heartbeats: heartbeats.clone(),
         metrics: metrics.clone(),
         events: event_hub.clone(),

@@ -22,6 +22,9 @@ pub struct Metrics {
     registry: Arc<Registry>,
     pub requests: Family<RequestLabels, Counter>,
     pub tasks_delivered: Counter,
+    /// Claim statements run, and the hosts they claimed for (coalescing at work).
+    pub claim_statements: Counter,
+    pub claim_hosts: Counter,
     pub task_notifications: Counter,
     pub long_polls_waiting: Gauge,
     pub heartbeats_received: Counter,
@@ -110,6 +113,18 @@ impl Metrics {
             "Event streams closed because events were dropped (subscriber behind, listener reconnected)",
             event_streams_resubscribe.clone(),
         );
+        let claim_statements = Counter::default();
+        registry.register(
+            "claim_statements",
+            "Task claim statements run for waiting long-polls",
+            claim_statements.clone(),
+        );
+        let claim_hosts = Counter::default();
+        registry.register(
+            "claim_hosts",
+            "Hosts claimed for by those statements (hosts per statement = this / claim_statements)",
+            claim_hosts.clone(),
+        );
         let event_listener_connected = Gauge::default();
         registry.register(
             "event_listener_connected",
@@ -120,6 +135,8 @@ impl Metrics {
             registry: Arc::new(registry),
             requests,
             tasks_delivered,
+            claim_statements,
+            claim_hosts,
             task_notifications,
             long_polls_waiting,
             heartbeats_received,

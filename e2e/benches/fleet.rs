@@ -114,10 +114,27 @@ fn host_index(host_id: &str) -> Option<usize> {
     host_id.strip_prefix("fleet-")?.parse().ok()
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     raise_open_file_limit();
+    // A private server that records what every statement costs, to name the
+    // database's share of a bottleneck (set DATABASE_URL to use another server).
+    let _cluster = match std::env::var("DATABASE_URL") {
+        Ok(_) => None,
+        Err(_) => {
+            let cluster = phoenix_storage::throwaway::ThrowawayPostgres::start_with(&[(
+                "shared_preload_libraries",
+                "pg_stat_statements",
+            )])?;
+            // SAFETY: no other thread exists yet; the runtime starts below.
+            unsafe { std::env::set_var("DATABASE_URL", cluster.url("postgres")) };
+            Some(cluster)
+        }
+    };
+    tokio::runtime::Runtime::new()?.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     let api_bin = bins::binary("phoenix-api");
     let reconciler_bin = bins::binary("phoenix-reconciler");
     let mut rows = Vec::new();
@@ -135,6 +152,18 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     print_table(&rows);
+    for row in &rows {
+        if row.top_statements.is_empty() {
+            continue;
+        }
+        println!("\nPostgres time during the rollout, {} agents:", row.agents);
+        for st in &row.top_statements {
+            println!(
+                "  {:>9.0} ms {:>7} calls {:>8.2} ms each  {}",
+                st.total_ms, st.calls, st.mean_ms, st.query
+            );
+        }
+    }
     let results = Results {
         machine: machine_description(),
         heartbeat_every_s: args.heartbeat_every,
@@ -177,6 +206,9 @@ struct Row {
     hosts_without_tasks: usize,
     creation_to_running_s: Option<f64>,
     rollout_reconcile_passes: u64,
+    /// Claim statements the api ran in the rollout, and their mean batch.
+    claim_statements: u64,
+    hosts_per_claim_statement: f64,
     rollout_reconcile_pass_max_ms: f64,
     api_rss_peak_mib: f64,
     api_cpu_soak_cores: f64,
@@ -188,6 +220,9 @@ struct Row {
     postgres_cpu_rollout_cores: f64,
     agents_cpu_soak_cores: f64,
     agents_cpu_rollout_cores: f64,
+    /// Where Postgres spent the rollout: the costliest statements (needs
+    /// pg_stat_statements, which the benchmark's own server loads).
+    top_statements: Vec<StatementCost>,
     /// At the end of the soak: N long-polls held, nothing else going on.
     api_rss_idle_fleet_mib: f64,
     machine_cpu_soak: f64,
@@ -407,6 +442,8 @@ async fn run_fleet(
 
     // Rollout: one experiment over the whole fleet.
     eprintln!("rollout: one experiment over {n} hosts");
+    let statements_recorded = reset_statement_stats(&pool).await;
+    let api_before_rollout = scrape(&http, &format!("{api_url}/metrics")).await?;
     sampler.begin_phase().await;
     let rec_before = scrape(&http, &format!("{reconciler_url}/metrics")).await?;
     let created_us = clock.now_us();
@@ -463,6 +500,17 @@ async fn run_fleet(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let rollout = sampler.end_phase().await;
+    let api_after_rollout = scrape(&http, &format!("{api_url}/metrics")).await?;
+    let rollout_delta =
+        |name: &str| metric(&api_after_rollout, name) - metric(&api_before_rollout, name);
+    let claim_statements = rollout_delta("phoenix_api_claim_statements_total");
+    let hosts_per_claim_statement =
+        rollout_delta("phoenix_api_claim_hosts_total") / claim_statements.max(1.0);
+    let top_statements = if statements_recorded {
+        top_statements(&pool).await.unwrap_or_default()
+    } else {
+        Vec::new()
+    };
     let rec_after = scrape(&http, &format!("{reconciler_url}/metrics")).await?;
     let rollout_passes = metric(&rec_after, "phoenix_reconciler_pass_seconds_count")
         - metric(&rec_before, "phoenix_reconciler_pass_seconds_count");
@@ -516,6 +564,8 @@ async fn run_fleet(
         hosts_without_tasks,
         creation_to_running_s,
         rollout_reconcile_passes: rollout_passes as u64,
+        claim_statements: claim_statements as u64,
+        hosts_per_claim_statement,
         rollout_reconcile_pass_max_ms: longest_pass_s * 1000.0,
         api_rss_peak_mib: peaks.api_rss_peak_mib,
         api_cpu_soak_cores: soak.api_cores,
@@ -527,6 +577,7 @@ async fn run_fleet(
         agents_cpu_soak_cores: soak.bench_cores,
         agents_cpu_rollout_cores: rollout.bench_cores,
         api_rss_idle_fleet_mib,
+        top_statements,
         machine_cpu_soak: soak.machine_busy,
         machine_cpu_rollout: rollout.machine_busy,
         postgres_connections_peak: peaks.postgres_connections_peak,
@@ -955,6 +1006,41 @@ fn process_tree_ticks(root: u32) -> u64 {
         }
     }
     ticks
+}
+
+/// One statement's share of the database's time.
+#[derive(Serialize, sqlx::FromRow)]
+struct StatementCost {
+    query: String,
+    calls: i64,
+    total_ms: f64,
+    mean_ms: f64,
+    rows: i64,
+}
+
+/// Starts recording statement costs afresh; false when pg_stat_statements is
+/// not loaded (a server given through DATABASE_URL).
+async fn reset_statement_stats(pool: &phoenix_storage::PgPool) -> bool {
+    let created = sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        .execute(pool)
+        .await;
+    created.is_ok()
+        && sqlx::query("SELECT pg_stat_statements_reset()")
+            .execute(pool)
+            .await
+            .is_ok()
+}
+
+/// The statements that took the most database time since the reset.
+async fn top_statements(pool: &phoenix_storage::PgPool) -> anyhow::Result<Vec<StatementCost>> {
+    Ok(sqlx::query_as(
+        "SELECT left(regexp_replace(query, '\\s+', ' ', 'g'), 120) AS query, calls, \
+         total_exec_time AS total_ms, mean_exec_time AS mean_ms, rows \
+         FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+         ORDER BY total_exec_time DESC LIMIT 8",
+    )
+    .fetch_all(pool)
+    .await?)
 }
 
 /// The postmaster's pid, from `postmaster.pid` in the server's data directory;

@@ -556,3 +556,58 @@ async fn many_waiting_agents_each_get_exactly_their_own_tasks() {
     drop(conn);
     stack.shutdown().await;
 }
+
+/// Between an agent's answer to a start and its next status report, the task
+/// still counts as open for the reconciler's diff; the report ends that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answered_task_stays_open_until_the_host_reports() {
+    let stack = Stack::start_with(StackOptions {
+        reconciler: false,
+        ..Default::default()
+    })
+    .await;
+    stack.register_host("answer-1", &[]).await;
+    let mut conn = stack.pool.acquire().await.unwrap();
+    let task = tasks::NewTask {
+        host_id: "answer-1".into(),
+        collector_id: "exp.baseline".into(),
+        action: phoenix_wire::agent::TaskAction::Stop,
+        config_hash: String::new(),
+        collector: None,
+    };
+    tasks::insert(&mut conn, &[task]).await.unwrap();
+    let claimed = tasks::claim(&mut conn, "answer-1", Duration::from_secs(60), 5, 64)
+        .await
+        .unwrap();
+    let outcome = TaskOutcome {
+        ok: true,
+        error: None,
+    };
+    assert!(
+        tasks::complete(&mut conn, "answer-1", claimed[0].id, &outcome)
+            .await
+            .unwrap()
+    );
+    let open = tasks::list_open(&mut conn).await.unwrap();
+    assert_eq!(
+        open.iter().map(|t| t.status.as_str()).collect::<Vec<_>>(),
+        ["succeeded"]
+    );
+    // A second answer changes nothing; an unknown task is an error.
+    assert!(
+        !tasks::complete(&mut conn, "answer-1", claimed[0].id, &outcome)
+            .await
+            .unwrap()
+    );
+    assert!(
+        tasks::complete(&mut conn, "answer-2", claimed[0].id, &outcome)
+            .await
+            .is_err()
+    );
+    drop(conn);
+    stack.register_host("answer-1", &[]).await;
+    let mut conn = stack.pool.acquire().await.unwrap();
+    assert!(tasks::list_open(&mut conn).await.unwrap().is_empty());
+    drop(conn);
+    stack.shutdown().await;
+}

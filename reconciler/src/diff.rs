@@ -99,7 +99,9 @@ pub fn plan(
         }
         for task in host_open {
             if task.status != "pending" {
-                continue; // in flight; its outcome will be reported and diffed next pass
+                // In flight (leased), or answered and not yet in a status report:
+                // its outcome will be reported and diffed in a later pass.
+                continue;
             }
             let still_useful = match wanted.get(task.collector_id.as_str()) {
                 Some((TaskAction::Stop, _)) => task.action == TaskAction::Stop.as_str(),
@@ -252,5 +254,32 @@ mod tests {
             plan(&desired("h1", &[&a]), &HashMap::new(), &[], &blocked),
             Plan::default()
         );
+    }
+
+    #[test]
+    fn an_answered_task_not_yet_in_a_status_report_is_not_asked_again() {
+        // The agent answered the start (succeeded) but its status report has not
+        // arrived: the pass waits for the report instead of starting it twice.
+        let a = spec("e.baseline", "a");
+        let answered = [open(
+            3,
+            "h1",
+            "e.baseline",
+            TaskAction::Start,
+            &a.config_hash,
+            "succeeded",
+        )];
+        let p = plan(
+            &desired("h1", &[&a]),
+            &HashMap::new(),
+            &answered,
+            &Blocked::new(),
+        );
+        assert_eq!(p, Plan::default());
+        // Nor does it block a stop once nobody wants the collector any more.
+        let actual = HashMap::from([("h1".to_string(), vec![running(&a)])]);
+        let p = plan(&DesiredState::new(), &actual, &answered, &Blocked::new());
+        assert_eq!(p.new_tasks.len(), 1);
+        assert_eq!(p.new_tasks[0].action, TaskAction::Stop);
     }
 }

@@ -167,35 +167,85 @@ pub async fn complete(
     task_id: i64,
     outcome: &TaskOutcome,
 ) -> Result<bool> {
-    let status = if outcome.ok { "succeeded" } else { "failed" };
-    let updated = sqlx::query(
-        "UPDATE agent_tasks SET status = $3, error = $4, lease_until = NULL, updated_at = now() \
-         WHERE id = $1 AND host_id = $2 AND status IN ('pending', 'leased')",
-    )
-    .bind(task_id)
-    .bind(host_id)
-    .bind(status)
-    .bind(outcome.error.as_deref())
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if updated == 1 {
-        return Ok(true);
-    }
-    let exists: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM agent_tasks WHERE id = $1 AND host_id = $2)",
-    )
-    .bind(task_id)
-    .bind(host_id)
-    .fetch_one(conn)
-    .await?;
-    if exists {
-        Ok(false)
-    } else {
-        Err(StoreError::NotFound(format!(
+    let answer = (host_id.to_string(), task_id, outcome.clone());
+    match complete_many(conn, std::slice::from_ref(&answer)).await?[0] {
+        Completion::First => Ok(true),
+        Completion::Again => Ok(false),
+        Completion::Unknown => Err(StoreError::NotFound(format!(
             "task {task_id} of host {host_id}"
-        )))
+        ))),
     }
+}
+
+/// What became of one answer given to [`complete_many`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Completion {
+    /// The task's first answer: recorded.
+    First,
+    /// The task was already finished; nothing changed.
+    Again,
+    /// No such task for that host.
+    Unknown,
+}
+
+/// Records many agents' answers (host, task, outcome) in one statement; one
+/// [`Completion`] per answer, in order. Of two answers to one task, the first wins.
+pub async fn complete_many(
+    conn: &mut PgConnection,
+    answers: &[(String, i64, TaskOutcome)],
+) -> Result<Vec<Completion>> {
+    let hosts: Vec<&str> = answers.iter().map(|(host, _, _)| host.as_str()).collect();
+    let ids: Vec<i64> = answers.iter().map(|(_, id, _)| *id).collect();
+    let recorded: Vec<i64> = sqlx::query_scalar(
+        "UPDATE agent_tasks t SET status = a.status, error = a.error, lease_until = NULL, updated_at = now() \
+         FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[]) AS a(id, host_id, status, error) \
+         WHERE t.id = a.id AND t.host_id = a.host_id AND t.status IN ('pending', 'leased') \
+         RETURNING t.id",
+    )
+    .bind(&ids)
+    .bind(&hosts)
+    .bind(
+        answers
+            .iter()
+            .map(|(_, _, o)| if o.ok { "succeeded" } else { "failed" })
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        answers
+            .iter()
+            .map(|(_, _, o)| o.error.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut first: std::collections::HashSet<i64> = recorded.into_iter().collect();
+    let mut completions = vec![Completion::Again; answers.len()];
+    let mut unsure = Vec::new();
+    for (i, (_, id, _)) in answers.iter().enumerate() {
+        if first.remove(id) {
+            completions[i] = Completion::First;
+        } else {
+            unsure.push(i);
+        }
+    }
+    if !unsure.is_empty() {
+        let known: std::collections::HashSet<(i64, String)> = sqlx::query_as::<_, (i64, String)>(
+            "SELECT t.id, t.host_id FROM agent_tasks t \
+             JOIN unnest($1::bigint[], $2::text[]) AS a(id, host_id) ON t.id = a.id AND t.host_id = a.host_id",
+        )
+        .bind(unsure.iter().map(|&i| ids[i]).collect::<Vec<_>>())
+        .bind(unsure.iter().map(|&i| hosts[i]).collect::<Vec<_>>())
+        .fetch_all(conn)
+        .await?
+        .into_iter()
+        .collect();
+        for i in unsure {
+            if !known.contains(&(ids[i], hosts[i].to_string())) {
+                completions[i] = Completion::Unknown;
+            }
+        }
+    }
+    Ok(completions)
 }
 
 /// Fails leased tasks whose lease expired after their last allowed delivery.
@@ -236,15 +286,30 @@ pub struct OpenTask {
     pub status: String,
 }
 
-/// Open collector tasks (load tasks: [`list_open_load`]).
+/// Open collector tasks (load tasks: [`list_open_load`]): pending and leased ones,
+/// and succeeded ones whose host has not reported a status since (within
+/// [`UNREPORTED_SUCCESS_WINDOW`]), which are still in flight as far as the diff
+/// can tell: without them, a pass between an agent's answer and its status
+/// report would ask for the same collector again.
 pub async fn list_open(conn: &mut PgConnection) -> Result<Vec<OpenTask>> {
     Ok(sqlx::query_as(
         "SELECT id, host_id, collector_id, action, config_hash, status FROM agent_tasks \
-         WHERE status IN ('pending', 'leased') AND kind = 'collector' ORDER BY id",
+         WHERE status IN ('pending', 'leased') AND kind = 'collector' \
+         UNION ALL \
+         SELECT t.id, t.host_id, t.collector_id, t.action, t.config_hash, t.status FROM agent_tasks t \
+         JOIN hosts h ON h.host_id = t.host_id \
+         WHERE t.status = 'succeeded' AND t.kind = 'collector' \
+         AND t.updated_at > now() - $1 * interval '1 second' AND t.updated_at > h.status_at \
+         ORDER BY id",
     )
+    .bind(UNREPORTED_SUCCESS_WINDOW.as_secs_f64())
     .fetch_all(conn)
     .await?)
 }
+
+/// How long a succeeded task waits for its host's status report before the diff
+/// stops counting it as in flight (an agent that never reports again).
+pub const UNREPORTED_SUCCESS_WINDOW: Duration = Duration::from_secs(600);
 
 /// A failed start or update, for judging whether a collector keeps failing.
 #[derive(Clone, Debug, FromRow)]

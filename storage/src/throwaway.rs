@@ -58,10 +58,10 @@ fn no_postgres_hint() -> String {
 }
 
 const WRAPPER: &str = r#"
-bin=$0; data=$1; port=$2; root=$3
+bin=$0; data=$1; port=$2; root=$3; shift 3
 "$bin/postgres" -D "$data" -p "$port" -k "$root" -h 127.0.0.1 \
   -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
-  -c max_connections=500 -c shared_buffers=128MB >"$root/postgres.log" 2>&1 &
+  -c max_connections=500 -c shared_buffers=128MB "$@" >"$root/postgres.log" 2>&1 &
 pid=$!
 read -r _
 kill -INT "$pid" 2>/dev/null
@@ -111,6 +111,12 @@ impl ThrowawayPostgres {
     /// Creates and starts a cluster; blocks until it accepts connections (a few
     /// seconds). The superuser is `phoenix`, trusted on loopback.
     pub fn start() -> Result<Self, ThrowawayError> {
+        Self::start_with(&[])
+    }
+
+    /// [`start`](Self::start) with extra server settings, e.g.
+    /// `("shared_preload_libraries", "pg_stat_statements")` for a benchmark.
+    pub fn start_with(settings: &[(&str, &str)]) -> Result<Self, ThrowawayError> {
         let bin = find_bin_dir()?;
         let identity = server_identity()?;
         let root = tempfile::Builder::new()
@@ -158,6 +164,11 @@ impl ThrowawayPostgres {
             .arg(&data)
             .arg(port.to_string())
             .arg(&root)
+            .args(
+                settings
+                    .iter()
+                    .flat_map(|(name, value)| ["-c".to_string(), format!("{name}={value}")]),
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

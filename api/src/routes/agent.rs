@@ -4,7 +4,8 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use chrono::Utc;
-use phoenix_storage::{hosts, tasks};
+use phoenix_storage::hosts;
+use phoenix_storage::tasks::Completion;
 use phoenix_wire::agent::{HostStatus, TaskBatch, TaskOutcome};
 use phoenix_wire::duration::HumanDuration;
 use phoenix_wire::names::{check_host_id, check_labels};
@@ -88,12 +89,23 @@ pub async fn complete_task(
 ) -> Result<StatusCode, ApiError> {
     checked_host(&host_id)?;
     let outcome: TaskOutcome = parse_body(&body)?;
-    let mut conn = state.conn().await?;
-    let first_answer = tasks::complete(&mut conn, &host_id, task_id, &outcome).await?;
-    if !first_answer {
-        tracing::debug!(%host_id, task_id, "task answered again; ignored");
-    } else if !outcome.ok {
-        tracing::warn!(%host_id, task_id, error = outcome.error.as_deref().unwrap_or(""), "task failed on the agent");
+    let failed = (!outcome.ok).then(|| outcome.error.clone().unwrap_or_default());
+    match state
+        .completions
+        .complete(&host_id, task_id, outcome)
+        .await?
+    {
+        Completion::Unknown => {
+            return Err(ApiError::NotFound(format!(
+                "task {task_id} of host {host_id} does not exist"
+            )));
+        }
+        Completion::Again => tracing::debug!(%host_id, task_id, "task answered again; ignored"),
+        Completion::First => {
+            if let Some(error) = failed {
+                tracing::warn!(%host_id, task_id, %error, "task failed on the agent");
+            }
+        }
     }
     Ok(StatusCode::NO_CONTENT)
 }

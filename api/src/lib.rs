@@ -9,7 +9,8 @@
 //! problem+json mapping, [`body`] document parsing, [`collector`] validation with
 //! the real collector, [`wakeups`] the LISTEN fan-out
 //! for long-polls, [`coalesce`] task claims and outcomes batched into few statements, [`heartbeats`] the coalescing heartbeat writer, [`metrics`] the
-//! process's metrics. [`loadsims`] is the application layer of load simulations,
+//! process's metrics, [`serve`] the HTTP/1.1 server loop. [`loadsims`] is the
+//! application layer of load simulations,
 //! [`deployments`] that of pipeline deployments and of promote and rollback.
 //! [`events`] is the event stream: one LISTEN connection fanned out to WebSockets.
 
@@ -27,6 +28,7 @@ pub mod heartbeats;
 pub mod loadsims;
 pub mod metrics;
 pub mod routes;
+pub mod serve;
 pub mod state;
 pub mod wakeups;
 
@@ -52,7 +54,7 @@ const CLAIM_LIMIT: i64 = 64;
 pub async fn serve(
     config: ApiConfig,
     listener: TcpListener,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     if config.dev_no_auth {
         for _ in 0..3 {
@@ -119,12 +121,7 @@ pub async fn serve(
         shutdown.clone(),
     ));
     tracing::info!(address = %listener.local_addr()?, "phoenix-api listening");
-    axum::serve(listener, routes::router(state))
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|stop| *stop).await;
-        })
-        .await
-        .context("serving HTTP")?;
+    serve::serve(listener, routes::router(state), shutdown).await;
     let _ = listen_task.await;
     let _ = events_task.await;
     let _ = flush_task.await;

@@ -204,6 +204,8 @@ struct Row {
     /// Task write committed (NOTIFY) -> host holds both tasks.
     write_to_delivery_ms: Percentiles,
     hosts_without_tasks: usize,
+    /// Tasks the rollout wrote; 2 per host when nothing was asked twice.
+    tasks_per_host: f64,
     creation_to_running_s: Option<f64>,
     rollout_reconcile_passes: u64,
     /// Claim statements the api ran in the rollout, and their mean batch.
@@ -538,6 +540,10 @@ async fn run_fleet(
         }
     }
     let hosts_without_tasks = n - creation_to_tasks.len();
+    // Exactly two per host, or the reconciler asked for something twice.
+    let tasks_written: i64 = sqlx::query_scalar("SELECT count(*) FROM agent_tasks")
+        .fetch_one(&pool)
+        .await?;
 
     let _ = stop.send(true);
     for agent in agents {
@@ -562,6 +568,7 @@ async fn run_fleet(
         creation_to_tasks_ms: Percentiles::of(creation_to_tasks),
         write_to_delivery_ms: Percentiles::of(write_to_delivery),
         hosts_without_tasks,
+        tasks_per_host: tasks_written as f64 / n as f64,
         creation_to_running_s,
         rollout_reconcile_passes: rollout_passes as u64,
         claim_statements: claim_statements as u64,

@@ -48,8 +48,9 @@ pub async fn reconcile(
     now: DateTime<Utc>,
 ) -> Result<LoadReport> {
     let runs = loads::active_runs(conn).await?;
-    let actual = loads::reported_by_host(conn).await?;
+    // Open tasks first, as in the collector pass (see `tasks::list_open`).
     let open = tasks::list_open_load(conn).await?;
+    let actual = loads::reported_by_host(conn).await?;
     let since =
         now - chrono::Duration::from_std(wire_load::MAX_DURATION).expect("seven days fit a chrono");
     let failures = tasks::load_failures_since(conn, since).await?;

@@ -51,8 +51,10 @@ pub async fn run_pass(conn: &mut PgConnection, config: &ReconcilerConfig) -> Res
         .into_iter()
         .map(|t| (t.name, t.config))
         .collect();
-    let actual = hosts::collectors_by_host(&mut tx).await?;
+    // Open tasks before reported collectors: each statement sees its own snapshot,
+    // and this order never misses a task between its answer and its report.
     let open = tasks::list_open(&mut tx).await?;
+    let actual = hosts::collectors_by_host(&mut tx).await?;
     let oldest_start = active
         .iter()
         .map(|e| e.phase_changed_at)

@@ -41,17 +41,20 @@ pub async fn insert(conn: &mut PgConnection, tasks: &[NewTask]) -> Result<u64> {
     if tasks.is_empty() {
         return Ok(0);
     }
-    let payloads: Vec<Option<serde_json::Value>> = tasks
+    // Sent as text and parsed by the server: a rollout writes thousands of specs,
+    // and building a JSON tree for each first costs more than the write.
+    let payloads: Vec<Option<String>> = tasks
         .iter()
         .map(|t| {
             t.collector
                 .as_ref()
-                .map(|c| serde_json::to_value(c).expect("spec serializes"))
+                .map(|c| serde_json::to_string(c).expect("spec serializes"))
         })
         .collect();
     let result = sqlx::query(
         "INSERT INTO agent_tasks (host_id, collector_id, action, config_hash, payload) \
-         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[]) \
+         SELECT h, c, a, ch, p::jsonb FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) \
+         AS x(h, c, a, ch, p) \
          ON CONFLICT (host_id, collector_id, config_hash, action) WHERE status IN ('pending', 'leased') DO NOTHING",
     )
     .bind(tasks.iter().map(|t| t.host_id.as_str()).collect::<Vec<_>>())
@@ -72,7 +75,8 @@ struct ClaimedRow {
     action: String,
     collector_id: String,
     attempts: i32,
-    payload: Option<serde_json::Value>,
+    /// As text: parsed straight into its spec, with no JSON tree in between.
+    payload: Option<String>,
 }
 
 /// Claims up to `limit` open tasks of a host in one atomic statement: pending
@@ -108,7 +112,7 @@ pub async fn claim_many(
                  AND (status = 'pending' OR (status = 'leased' AND lease_until < now())) \
                  ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED) c) claimable \
          WHERE t.id = claimable.id \
-         RETURNING t.host_id, t.id, t.kind, t.action, t.collector_id, t.attempts, t.payload",
+         RETURNING t.host_id, t.id, t.kind, t.action, t.collector_id, t.attempts, t.payload::text AS payload",
     )
     .bind(host_ids)
     .bind(lease.as_millis() as f64)
@@ -135,14 +139,14 @@ fn claimed_task(row: ClaimedRow) -> Result<Task> {
     let (collector, load) = match (kind, row.payload) {
         (_, None) => (None, None),
         (TaskKind::Collector, Some(payload)) => (
-            Some(serde_json::from_value::<CollectorSpec>(payload))
+            Some(serde_json::from_str::<CollectorSpec>(&payload))
                 .transpose()
                 .map_err(|e| corrupt(&what, e))?,
             None,
         ),
         (TaskKind::Load, Some(payload)) => (
             None,
-            Some(serde_json::from_value::<LoadRunSpec>(payload))
+            Some(serde_json::from_str::<LoadRunSpec>(&payload))
                 .transpose()
                 .map_err(|e| corrupt(&what, e))?,
         ),
@@ -291,18 +295,27 @@ pub struct OpenTask {
 /// [`UNREPORTED_SUCCESS_WINDOW`]), which are still in flight as far as the diff
 /// can tell: without them, a pass between an agent's answer and its status
 /// report would ask for the same collector again.
+///
+/// Read open tasks *before* what hosts report: work moves from "open task" to
+/// "reported", so the later read then sees everything the earlier one missed
+/// (at worst something twice, which the diff takes in its stride).
 pub async fn list_open(conn: &mut PgConnection) -> Result<Vec<OpenTask>> {
+    open_of_kind(conn, TaskKind::Collector).await
+}
+
+async fn open_of_kind(conn: &mut PgConnection, kind: TaskKind) -> Result<Vec<OpenTask>> {
     Ok(sqlx::query_as(
         "SELECT id, host_id, collector_id, action, config_hash, status FROM agent_tasks \
-         WHERE status IN ('pending', 'leased') AND kind = 'collector' \
+         WHERE status IN ('pending', 'leased') AND kind = $2 \
          UNION ALL \
          SELECT t.id, t.host_id, t.collector_id, t.action, t.config_hash, t.status FROM agent_tasks t \
          JOIN hosts h ON h.host_id = t.host_id \
-         WHERE t.status = 'succeeded' AND t.kind = 'collector' \
+         WHERE t.status = 'succeeded' AND t.kind = $2 \
          AND t.updated_at > now() - $1 * interval '1 second' AND t.updated_at > h.status_at \
          ORDER BY id",
     )
     .bind(UNREPORTED_SUCCESS_WINDOW.as_secs_f64())
+    .bind(kind.as_str())
     .fetch_all(conn)
     .await?)
 }
@@ -375,14 +388,10 @@ pub async fn insert_load(conn: &mut PgConnection, tasks: &[NewLoadTask]) -> Resu
     Ok(result.rows_affected())
 }
 
-/// Open load tasks (their unit id in `collector_id`, their spec hash in `config_hash`).
+/// Open load tasks (their unit id in `collector_id`, their spec hash in
+/// `config_hash`), in the same sense as [`list_open`].
 pub async fn list_open_load(conn: &mut PgConnection) -> Result<Vec<OpenTask>> {
-    Ok(sqlx::query_as(
-        "SELECT id, host_id, collector_id, action, config_hash, status FROM agent_tasks \
-         WHERE status IN ('pending', 'leased') AND kind = 'load' ORDER BY id",
-    )
-    .fetch_all(conn)
-    .await?)
+    open_of_kind(conn, TaskKind::Load).await
 }
 
 /// Failed load starts and updates created since `since`, oldest first.

@@ -213,6 +213,10 @@ struct Row {
     hosts_per_claim_statement: f64,
     rollout_reconcile_pass_max_ms: f64,
     api_rss_peak_mib: f64,
+    /// Connections (and the few other files) the api holds: about two per agent.
+    api_open_files_peak: u64,
+    /// This process, N simulated agents with a client each.
+    agents_rss_peak_mib: f64,
     api_cpu_soak_cores: f64,
     api_cpu_rollout_cores: f64,
     reconciler_rss_peak_mib: f64,
@@ -377,6 +381,11 @@ async fn run_fleet(
             index: i,
             host_id: host_id(i),
             api_url: api_url.clone(),
+            // One client for the whole fleet: the long-poll holds a connection per
+            // agent, and heartbeats, answers and status reports share the idle ones.
+            // A real agent has a client of its own and so a second connection;
+            // 20,000 sockets in one process exceed this machine's open-file limit
+            // (BENCHMARKS.md counts their cost).
             http: http.clone(),
             clock: clock.clone(),
             counters: counters.clone(),
@@ -575,6 +584,8 @@ async fn run_fleet(
         hosts_per_claim_statement,
         rollout_reconcile_pass_max_ms: longest_pass_s * 1000.0,
         api_rss_peak_mib: peaks.api_rss_peak_mib,
+        api_open_files_peak: peaks.api_open_files_peak,
+        agents_rss_peak_mib: peaks.agents_rss_peak_mib,
         api_cpu_soak_cores: soak.api_cores,
         api_cpu_rollout_cores: rollout.api_cores,
         reconciler_rss_peak_mib: peaks.reconciler_rss_peak_mib,
@@ -829,6 +840,8 @@ struct Sampler {
 #[derive(Default)]
 struct SamplerState {
     api_rss_peak_kib: u64,
+    api_open_files_peak: u64,
+    agents_rss_peak_kib: u64,
     reconciler_rss_peak_kib: u64,
     postgres_connections_peak: u64,
     /// Longest reconcile pass seen since the current phase began.
@@ -857,6 +870,8 @@ struct PhaseUse {
 
 struct Peaks {
     api_rss_peak_mib: f64,
+    api_open_files_peak: u64,
+    agents_rss_peak_mib: f64,
     reconciler_rss_peak_mib: f64,
     postgres_connections_peak: u64,
 }
@@ -891,6 +906,9 @@ impl Sampler {
                     {
                         let mut s = state.lock().unwrap();
                         s.api_rss_peak_kib = s.api_rss_peak_kib.max(rss_kib(api_pid));
+                        s.api_open_files_peak = s.api_open_files_peak.max(open_files(api_pid));
+                        s.agents_rss_peak_kib =
+                            s.agents_rss_peak_kib.max(rss_kib(std::process::id()));
                         s.reconciler_rss_peak_kib =
                             s.reconciler_rss_peak_kib.max(rss_kib(reconciler_pid));
                         // Less this sampler's own connection and the benchmark's listener.
@@ -950,6 +968,8 @@ impl Sampler {
         let s = self.state.lock().unwrap();
         Peaks {
             api_rss_peak_mib: s.api_rss_peak_kib as f64 / 1024.0,
+            api_open_files_peak: s.api_open_files_peak,
+            agents_rss_peak_mib: s.agents_rss_peak_kib as f64 / 1024.0,
             reconciler_rss_peak_mib: s.reconciler_rss_peak_kib as f64 / 1024.0,
             postgres_connections_peak: s.postgres_connections_peak,
         }
@@ -967,6 +987,11 @@ fn rss_kib(pid: u32) -> u64 {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// Open file descriptors of a process (sockets, mostly).
+fn open_files(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |dir| dir.count() as u64)
 }
 
 /// User plus system CPU time of a process, in clock ticks, from `/proc/PID/stat`.
@@ -1236,14 +1261,14 @@ fn machine_description() -> String {
 
 fn print_table(rows: &[Row]) {
     println!(
-        "\n| agents | creation → all tasks p50 / p99 / max | write → delivery p50 / p99 / max | to Running | heartbeats/s (p99 latency) | backlog max | pass: soak mean / rollout max | api RSS idle / peak | reconciler RSS | CPU cores in rollout: api / reconciler / Postgres / agents | PG conns | errors |"
+        "\n| agents | creation → all tasks p50 / p99 / max | write → delivery p50 / p99 / max | to Running | heartbeats/s (p99 latency) | backlog max | pass: soak mean / rollout max | api RSS idle / peak (open files) | reconciler RSS | CPU cores in rollout: api / reconciler / Postgres / agents | PG conns | errors |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let c = r.creation_to_tasks_ms;
         let w = r.write_to_delivery_ms;
         println!(
-            "| {} | {:.0} / {:.0} / {:.0} ms | {:.0} / {:.0} / {:.0} ms | {} | {:.0} ({:.1} ms) | {:.0} | {:.0} / {:.0} ms | {:.0} / {:.0} MiB | {:.0} MiB | {:.2} / {:.2} / {:.2} / {:.2} | {} | {} |",
+            "| {} | {:.0} / {:.0} / {:.0} ms | {:.0} / {:.0} / {:.0} ms | {} | {:.0} ({:.1} ms) | {:.0} | {:.0} / {:.0} ms | {:.0} / {:.0} MiB ({}) | {:.0} MiB | {:.2} / {:.2} / {:.2} / {:.2} | {} | {} |",
             r.agents,
             c.p50,
             c.p99,
@@ -1260,6 +1285,7 @@ fn print_table(rows: &[Row]) {
             r.rollout_reconcile_pass_max_ms,
             r.api_rss_idle_fleet_mib,
             r.api_rss_peak_mib,
+            r.api_open_files_peak,
             r.reconciler_rss_peak_mib,
             r.api_cpu_rollout_cores,
             r.reconciler_cpu_rollout_cores,

@@ -7,12 +7,13 @@
 //! Layout: [`routes`] (thin handlers) → [`app`] (checks that need the database) →
 //! `phoenix_storage` (queries). [`auth`] holds tokens and roles, [`error`] the
 //! problem+json mapping, [`body`] document parsing, [`collector`] validation with
-//! the real collector, [`wakeups`] the LISTEN fan-out
-//! for long-polls, [`coalesce`] task claims and outcomes batched into few statements, [`heartbeats`] the coalescing heartbeat writer, [`metrics`] the
-//! process's metrics, [`serve`] the HTTP/1.1 server loop. [`loadsims`] is the
-//! application layer of load simulations,
-//! [`deployments`] that of pipeline deployments and of promote and rollback.
-//! [`events`] is the event stream: one LISTEN connection fanned out to WebSockets.
+//! the real collector. For the agents: [`wakeups`] is the LISTEN fan-out for
+//! long-polls, [`coalesce`] batches task claims, task outcomes and status reports
+//! into few statements, [`heartbeats`] is the coalescing heartbeat writer, and
+//! [`serve`] the HTTP/1.1 server loop. [`metrics`] holds the process's metrics.
+//! [`loadsims`] is the application layer of load simulations, [`deployments`]
+//! that of pipeline deployments and of promote and rollback. [`events`] is the
+//! event stream: one LISTEN connection fanned out to WebSockets.
 
 pub mod app;
 pub mod apply;
@@ -40,7 +41,7 @@ use tokio::sync::watch;
 
 pub use config::ApiConfig;
 
-use crate::coalesce::{ClaimSettings, Claims, Completions};
+use crate::coalesce::{ClaimSettings, Claims, Completions, StatusReports};
 use crate::events::EventHub;
 use crate::heartbeats::HeartbeatBuffer;
 use crate::metrics::Metrics;
@@ -93,6 +94,7 @@ pub async fn serve(
             metrics.clone(),
         ),
         completions: Completions::start(pool.clone()),
+        status_reports: StatusReports::start(pool.clone()),
         heartbeats: heartbeats.clone(),
         metrics: metrics.clone(),
         events: event_hub.clone(),

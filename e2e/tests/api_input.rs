@@ -5,6 +5,7 @@ use phoenix_e2e::harness::{
     ADMIN_TOKEN, AGENT_TOKEN, OPERATOR_TOKEN, Stack, StackOptions, VIEWER_TOKEN,
 };
 use phoenix_wire::problem::Problem;
+use phoenix_wire::view::{Host, List};
 use reqwest::Method;
 
 const GOOD: &str = r#"
@@ -337,5 +338,64 @@ async fn user_token_on_an_agent_endpoint_is_403() {
         .await
         .unwrap();
     assert_eq!(response.status(), 403);
+    stack.shutdown().await;
+}
+
+/// Status reports arrive in bursts and are stored in batches; a report that
+/// names a collector twice is refused on its own (422, naming the field) and
+/// its neighbours are stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_status_reports_is_stored_and_a_bad_one_is_refused_alone() {
+    let stack = Stack::start_with(StackOptions {
+        reconciler: false,
+        ..Default::default()
+    })
+    .await;
+    let collector = |id: &str| {
+        serde_json::json!({
+            "collectorId": id, "owner": "e", "variant": "baseline", "pipeline": "p",
+            "configHash": "h", "health": "healthy", "restarts": 0
+        })
+    };
+    let mut reports = Vec::new();
+    for i in 0..60 {
+        let collectors = if i == 30 {
+            vec![collector("e.baseline"), collector("e.baseline")]
+        } else {
+            vec![collector("e.baseline"), collector("e.candidate")]
+        };
+        let status = serde_json::json!({
+            "labels": {"burst": "yes"}, "agentVersion": "test", "collectors": collectors
+        });
+        let request = stack
+            .request(
+                Method::PUT,
+                &format!("/agent/v1/hosts/burst-{i:02}/status"),
+                AGENT_TOKEN,
+            )
+            .json(&status)
+            .send();
+        reports.push(tokio::spawn(request));
+    }
+    for (i, report) in reports.into_iter().enumerate() {
+        let response = report.await.unwrap().unwrap();
+        if i == 30 {
+            assert_eq!(response.status(), 422);
+            let body = response.text().await.unwrap();
+            assert!(body.contains("collectors[1].collectorId"), "{body}");
+        } else {
+            assert_eq!(response.status(), 204, "burst-{i:02}");
+        }
+    }
+    let hosts: List<Host> = stack
+        .request(Method::GET, "/api/v1/hosts", VIEWER_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(hosts.items.len(), 59);
+    assert!(hosts.items.iter().all(|h| h.collectors.len() == 2));
     stack.shutdown().await;
 }

@@ -258,6 +258,34 @@ pub struct HostStatus {
     pub max_load_processes: u32,
 }
 
+impl HostStatus {
+    /// What the api checks before storing a report: valid labels, and each
+    /// collector and load run reported once.
+    pub fn check(&self) -> Result<(), crate::problem::FieldError> {
+        use crate::problem::FieldError;
+        crate::names::check_labels(&self.labels).map_err(|m| FieldError::new("labels", m))?;
+        let mut collectors = std::collections::HashSet::new();
+        for (i, c) in self.collectors.iter().enumerate() {
+            if !collectors.insert(c.collector_id.as_str()) {
+                return Err(FieldError::new(
+                    format!("collectors[{i}].collectorId"),
+                    format!("collector {} is reported twice", c.collector_id),
+                ));
+            }
+        }
+        let mut runs = std::collections::HashSet::new();
+        for (i, l) in self.load.iter().enumerate() {
+            if !runs.insert(l.run_id.as_str()) {
+                return Err(FieldError::new(
+                    format!("load[{i}].runId"),
+                    format!("load run {} is reported twice", l.run_id),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

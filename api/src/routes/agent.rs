@@ -4,11 +4,10 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use chrono::Utc;
-use phoenix_storage::hosts;
 use phoenix_storage::tasks::Completion;
 use phoenix_wire::agent::{HostStatus, TaskBatch, TaskOutcome};
 use phoenix_wire::duration::HumanDuration;
-use phoenix_wire::names::{check_host_id, check_labels};
+use phoenix_wire::names::check_host_id;
 use phoenix_wire::problem::FieldError;
 use serde::Deserialize;
 
@@ -118,9 +117,8 @@ pub async fn report_status(
 ) -> Result<StatusCode, ApiError> {
     checked_host(&host_id)?;
     let status: HostStatus = parse_body(&body)?;
-    check_labels(&status.labels).map_err(|m| ApiError::Invalid(FieldError::new("labels", m)))?;
-    let mut conn = state.conn().await?;
-    hosts::report_status(&mut conn, &host_id, &status).await?;
+    status.check().map_err(ApiError::Invalid)?;
+    state.status_reports.report(&host_id, status).await?;
     state.metrics.status_reports.inc();
     Ok(StatusCode::NO_CONTENT)
 }

@@ -8,18 +8,17 @@
 //! statement. A lone request is served at once, so an idle API adds no delay;
 //! under a burst, batches grow by themselves while the previous statement runs.
 //!
-//! Three queues use it: [`Claims`] (tasks for woken long-polls, through
-//! `tasks::claim_many`), [`Completions`] (task outcomes, through
-//! `tasks::complete_many`) and [`StatusReports`] (full host status reports,
-//! through `hosts::report_statuses`).
+//! Two queues use it: [`Claims`] (tasks for woken long-polls, through
+//! `tasks::claim_many`) and [`Completions`] (task outcomes, through
+//! `tasks::complete_many`).
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use phoenix_storage::tasks::{self, Completion};
-use phoenix_storage::{PgPool, StoreError, hosts};
-use phoenix_wire::agent::{HostStatus, Task, TaskOutcome};
+use phoenix_storage::{PgPool, StoreError};
+use phoenix_wire::agent::{Task, TaskOutcome};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::error::ApiError;
@@ -215,60 +214,6 @@ async fn complete_batch(
         Err(err) => {
             let failed = batch_failed("recording task outcomes", &err, answers.len());
             answers.iter().map(|_| Err(failed.clone())).collect()
-        }
-    }
-}
-
-/// Full host status reports: (host id, status).
-#[derive(Clone)]
-pub struct StatusReports(Coalescer<(String, HostStatus), Result<(), ApiError>>);
-
-impl StatusReports {
-    pub fn start(pool: PgPool) -> StatusReports {
-        StatusReports(Coalescer::start(
-            move |reports: Vec<(String, HostStatus)>| report_batch(pool.clone(), reports),
-        ))
-    }
-
-    /// Stores one report.
-    pub async fn report(&self, host_id: &str, status: HostStatus) -> Result<(), ApiError> {
-        self.0
-            .call((host_id.to_string(), status))
-            .await
-            .unwrap_or_else(|| Err(shutting_down()))
-    }
-}
-
-async fn report_batch(
-    pool: PgPool,
-    reports: Vec<(String, HostStatus)>,
-) -> Vec<Result<(), ApiError>> {
-    let stored = async {
-        let mut conn = pool.acquire().await?;
-        hosts::report_statuses(&mut conn, &reports).await
-    }
-    .await;
-    match stored {
-        Ok(()) => reports.iter().map(|_| Ok(())).collect(),
-        Err(StoreError::Database(err))
-            if reports.len() > 1 && err.as_database_error().is_some() =>
-        {
-            // One report the database refuses must not fail its neighbours: store
-            // each on its own, so only that one fails.
-            let mut results = Vec::with_capacity(reports.len());
-            for (host, status) in &reports {
-                let stored = async {
-                    let mut conn = pool.acquire().await?;
-                    hosts::report_status(&mut conn, host, status).await
-                }
-                .await;
-                results.push(stored.map_err(ApiError::from));
-            }
-            results
-        }
-        Err(err) => {
-            let failed = batch_failed("storing status reports", &err, reports.len());
-            reports.iter().map(|_| Err(failed.clone())).collect()
         }
     }
 }

@@ -8,8 +8,8 @@
 //! `phoenix_storage` (queries). [`auth`] holds tokens and roles, [`error`] the
 //! problem+json mapping, [`body`] document parsing, [`collector`] validation with
 //! the real collector. For the agents: [`wakeups`] is the LISTEN fan-out for
-//! long-polls, [`coalesce`] batches task claims, task outcomes and status reports
-//! into few statements, [`heartbeats`] is the coalescing heartbeat writer, and
+//! long-polls, [`coalesce`] batches task claims and task outcomes into few
+//! statements, [`heartbeats`] is the coalescing heartbeat writer, and
 //! [`serve`] the HTTP/1.1 server loop. [`metrics`] holds the process's metrics.
 //! [`loadsims`] is the application layer of load simulations, [`deployments`]
 //! that of pipeline deployments and of promote and rollback. [`events`] is the
@@ -41,7 +41,7 @@ use tokio::sync::watch;
 
 pub use config::ApiConfig;
 
-use crate::coalesce::{ClaimSettings, Claims, Completions, StatusReports};
+use crate::coalesce::{ClaimSettings, Claims, Completions};
 use crate::events::EventHub;
 use crate::heartbeats::HeartbeatBuffer;
 use crate::metrics::Metrics;
@@ -94,7 +94,6 @@ pub async fn serve(
             metrics.clone(),
         ),
         completions: Completions::start(pool.clone()),
-        status_reports: StatusReports::start(pool.clone()),
         heartbeats: heartbeats.clone(),
         metrics: metrics.clone(),
         events: event_hub.clone(),

@@ -7,7 +7,7 @@ use sqlx::Postgres;
 use sqlx::pool::PoolConnection;
 use tokio::sync::watch;
 
-use crate::coalesce::{Claims, Completions, StatusReports};
+use crate::coalesce::{Claims, Completions};
 use crate::config::ApiConfig;
 use crate::events::EventHub;
 use crate::heartbeats::HeartbeatBuffer;
@@ -19,11 +19,10 @@ pub struct AppState {
     pub config: Arc<ApiConfig>,
     pub pool: PgPool,
     pub wakeups: TaskWakeups,
-    /// Task claims of waiting long-polls, task outcomes and status reports, each
-    /// coalesced into few statements.
+    /// Task claims of waiting long-polls and task outcomes, each coalesced into
+    /// few statements.
     pub claims: Claims,
     pub completions: Completions,
-    pub status_reports: StatusReports,
     pub heartbeats: HeartbeatBuffer,
     pub metrics: Metrics,
     /// The event stream's fan-out (`GET /api/v1/events`).

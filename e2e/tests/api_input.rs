@@ -341,9 +341,8 @@ async fn user_token_on_an_agent_endpoint_is_403() {
     stack.shutdown().await;
 }
 
-/// Status reports arrive in bursts and are stored in batches; a report that
-/// names a collector twice is refused on its own (422, naming the field) and
-/// its neighbours are stored.
+/// In a burst of status reports, one that names a collector twice is refused on
+/// its own (422, naming the field) and every other one is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_status_reports_is_stored_and_a_bad_one_is_refused_alone() {
     let stack = Stack::start_with(StackOptions {

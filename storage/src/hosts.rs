@@ -32,78 +32,45 @@ pub async fn report_status(
     host_id: &str,
     status: &HostStatus,
 ) -> Result<()> {
-    report_statuses(conn, &[(host_id.to_string(), status.clone())]).await
-}
-
-/// Stores many hosts' status reports in one transaction of a few statements,
-/// whatever their number: what a rollout's burst of reports costs the database.
-/// Of two reports of one host, the later one in `reports` wins.
-pub async fn report_statuses(
-    conn: &mut PgConnection,
-    reports: &[(String, HostStatus)],
-) -> Result<()> {
-    // The latest report per host, in host order (one lock order for every batch).
-    let latest: std::collections::BTreeMap<&str, &HostStatus> = reports
-        .iter()
-        .map(|(host, status)| (host.as_str(), status))
-        .collect();
-    let hosts: Vec<&str> = latest.keys().copied().collect();
-    let statuses: Vec<&HostStatus> = latest.values().copied().collect();
     let mut tx = conn.begin().await?;
     sqlx::query(
-        "INSERT INTO hosts (host_id, labels, agent_version, max_load_processes, last_seen, status_at) \
-         SELECT h, l::jsonb, v, m, now(), now() FROM unnest($1::text[], $2::text[], $3::text[], $4::int[]) \
-         AS r(h, l, v, m) \
+        "INSERT INTO hosts (host_id, labels, agent_version, last_seen, status_at) VALUES ($1, $2, $3, now(), now()) \
          ON CONFLICT (host_id) DO UPDATE SET labels = EXCLUDED.labels, agent_version = EXCLUDED.agent_version, \
-         max_load_processes = EXCLUDED.max_load_processes, last_seen = now(), status_at = now()",
+         last_seen = now(), status_at = now()",
     )
-    .bind(&hosts)
-    .bind(
-        statuses
-            .iter()
-            .map(|s| serde_json::to_string(&s.labels).expect("labels serialize"))
-            .collect::<Vec<_>>(),
-    )
-    .bind(statuses.iter().map(|s| s.agent_version.as_str()).collect::<Vec<_>>())
-    .bind(
-        statuses
-            .iter()
-            .map(|s| i32::try_from(s.max_load_processes).unwrap_or(i32::MAX))
-            .collect::<Vec<_>>(),
-    )
+    .bind(host_id)
+    .bind(serde_json::to_value(&status.labels).expect("labels serialize"))
+    .bind(&status.agent_version)
     .execute(&mut *tx)
     .await?;
-    sqlx::query("DELETE FROM host_collectors WHERE host_id = ANY($1)")
-        .bind(&hosts)
+    sqlx::query("DELETE FROM host_collectors WHERE host_id = $1")
+        .bind(host_id)
         .execute(&mut *tx)
         .await?;
-    let c: Vec<(&str, &CollectorStatus)> = latest
-        .iter()
-        .flat_map(|(host, status)| status.collectors.iter().map(move |c| (*host, c)))
-        .collect();
+    let c = &status.collectors;
     if !c.is_empty() {
         sqlx::query(
             "INSERT INTO host_collectors (host_id, collector_id, owner, variant, pipeline, config_hash, pid, health, \
              restarts, cpu_seconds, rss_bytes, last_error) \
-             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[], \
+             SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[], \
              $8::text[], $9::int[], $10::float8[], $11::int8[], $12::text[])",
         )
-        .bind(c.iter().map(|(h, _)| *h).collect::<Vec<_>>())
-        .bind(c.iter().map(|(_, c)| c.collector_id.as_str()).collect::<Vec<_>>())
-        .bind(c.iter().map(|(_, c)| c.owner.as_str()).collect::<Vec<_>>())
-        .bind(c.iter().map(|(_, c)| c.variant.as_str()).collect::<Vec<_>>())
-        .bind(c.iter().map(|(_, c)| c.pipeline.as_str()).collect::<Vec<_>>())
-        .bind(c.iter().map(|(_, c)| c.config_hash.as_str()).collect::<Vec<_>>())
-        .bind(c.iter().map(|(_, c)| c.pid.map(|p| p as i32)).collect::<Vec<_>>())
-        .bind(c.iter().map(|(_, c)| c.health.as_str()).collect::<Vec<_>>())
-        .bind(c.iter().map(|(_, c)| c.restarts as i32).collect::<Vec<_>>())
-        .bind(c.iter().map(|(_, c)| c.cpu_seconds).collect::<Vec<_>>())
-        .bind(c.iter().map(|(_, c)| c.rss_bytes as i64).collect::<Vec<_>>())
-        .bind(c.iter().map(|(_, c)| c.last_error.as_deref()).collect::<Vec<_>>())
+        .bind(host_id)
+        .bind(c.iter().map(|c| c.collector_id.clone()).collect::<Vec<_>>())
+        .bind(c.iter().map(|c| c.owner.clone()).collect::<Vec<_>>())
+        .bind(c.iter().map(|c| c.variant.as_str()).collect::<Vec<_>>())
+        .bind(c.iter().map(|c| c.pipeline.clone()).collect::<Vec<_>>())
+        .bind(c.iter().map(|c| c.config_hash.clone()).collect::<Vec<_>>())
+        .bind(c.iter().map(|c| c.pid.map(|p| p as i32)).collect::<Vec<_>>())
+        .bind(c.iter().map(|c| c.health.as_str()).collect::<Vec<_>>())
+        .bind(c.iter().map(|c| c.restarts as i32).collect::<Vec<_>>())
+        .bind(c.iter().map(|c| c.cpu_seconds).collect::<Vec<_>>())
+        .bind(c.iter().map(|c| c.rss_bytes as i64).collect::<Vec<_>>())
+        .bind(c.iter().map(|c| c.last_error.clone()).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await?;
     }
-    crate::loads::replace_reported(&mut tx, &latest).await?;
+    crate::loads::replace_reported(&mut tx, host_id, status).await?;
     tx.commit().await?;
     Ok(())
 }

@@ -176,49 +176,51 @@ pub async fn stop_run(conn: &mut PgConnection, name: &str) -> Result<StoredLoadR
     )))
 }
 
-/// Replaces the load runs reported by each host (its latest report), inside the
-/// transaction of [`crate::hosts::report_statuses`].
+/// Replaces what a host reported about its load runs, and its load limit. Called
+/// inside the transaction of [`crate::hosts::report_status`].
 pub async fn replace_reported(
     conn: &mut PgConnection,
-    reports: &std::collections::BTreeMap<&str, &HostStatus>,
+    host_id: &str,
+    status: &HostStatus,
 ) -> Result<()> {
-    let hosts: Vec<&str> = reports.keys().copied().collect();
-    sqlx::query("DELETE FROM host_loads WHERE host_id = ANY($1)")
-        .bind(&hosts)
+    sqlx::query("UPDATE hosts SET max_load_processes = $2 WHERE host_id = $1")
+        .bind(host_id)
+        .bind(i32::try_from(status.max_load_processes).unwrap_or(i32::MAX))
         .execute(&mut *conn)
         .await?;
-    let l: Vec<(&str, &LoadStatus)> = reports
-        .iter()
-        .flat_map(|(host, status)| status.load.iter().map(move |l| (*host, l)))
-        .collect();
+    sqlx::query("DELETE FROM host_loads WHERE host_id = $1")
+        .bind(host_id)
+        .execute(&mut *conn)
+        .await?;
+    let l = &status.load;
     if l.is_empty() {
         return Ok(());
     }
     sqlx::query(
         "INSERT INTO host_loads (host_id, run_id, owner, profile, spec_hash, state, live_processes, \
          spawned_total, started_at, expires_at, last_error) \
-         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[], \
+         SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[], \
          $8::int8[], $9::timestamptz[], $10::timestamptz[], $11::text[])",
     )
-    .bind(l.iter().map(|(h, _)| *h).collect::<Vec<_>>())
-    .bind(l.iter().map(|(_, s)| s.run_id.as_str()).collect::<Vec<_>>())
-    .bind(l.iter().map(|(_, s)| s.owner.as_str()).collect::<Vec<_>>())
-    .bind(l.iter().map(|(_, s)| s.profile.as_str()).collect::<Vec<_>>())
-    .bind(l.iter().map(|(_, s)| s.spec_hash.as_str()).collect::<Vec<_>>())
-    .bind(l.iter().map(|(_, s)| s.state.as_str()).collect::<Vec<_>>())
+    .bind(host_id)
+    .bind(l.iter().map(|s| s.run_id.clone()).collect::<Vec<_>>())
+    .bind(l.iter().map(|s| s.owner.clone()).collect::<Vec<_>>())
+    .bind(l.iter().map(|s| s.profile.as_str()).collect::<Vec<_>>())
+    .bind(l.iter().map(|s| s.spec_hash.clone()).collect::<Vec<_>>())
+    .bind(l.iter().map(|s| s.state.as_str()).collect::<Vec<_>>())
     .bind(
         l.iter()
-            .map(|(_, s)| i32::try_from(s.live_processes).unwrap_or(i32::MAX))
+            .map(|s| i32::try_from(s.live_processes).unwrap_or(i32::MAX))
             .collect::<Vec<_>>(),
     )
     .bind(
         l.iter()
-            .map(|(_, s)| i64::try_from(s.spawned_total).unwrap_or(i64::MAX))
+            .map(|s| i64::try_from(s.spawned_total).unwrap_or(i64::MAX))
             .collect::<Vec<_>>(),
     )
-    .bind(l.iter().map(|(_, s)| s.started_at).collect::<Vec<_>>())
-    .bind(l.iter().map(|(_, s)| s.expires_at).collect::<Vec<_>>())
-    .bind(l.iter().map(|(_, s)| s.last_error.as_deref()).collect::<Vec<_>>())
+    .bind(l.iter().map(|s| s.started_at).collect::<Vec<_>>())
+    .bind(l.iter().map(|s| s.expires_at).collect::<Vec<_>>())
+    .bind(l.iter().map(|s| s.last_error.clone()).collect::<Vec<_>>())
     .execute(conn)
     .await?;
     Ok(())

@@ -4,6 +4,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use chrono::Utc;
+use phoenix_storage::hosts;
 use phoenix_storage::tasks::Completion;
 use phoenix_wire::agent::{HostStatus, TaskBatch, TaskOutcome};
 use phoenix_wire::duration::HumanDuration;
@@ -118,7 +119,8 @@ pub async fn report_status(
     checked_host(&host_id)?;
     let status: HostStatus = parse_body(&body)?;
     status.check().map_err(ApiError::Invalid)?;
-    state.status_reports.report(&host_id, status).await?;
+    let mut conn = state.conn().await?;
+    hosts::report_status(&mut conn, &host_id, &status).await?;
     state.metrics.status_reports.inc();
     Ok(StatusCode::NO_CONTENT)
 }

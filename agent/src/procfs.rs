@@ -13,6 +13,8 @@ use std::sync::OnceLock;
 pub struct ProcessStat {
     /// `R`, `S`, `D`, `Z` (zombie), `X` (dead), ...
     pub state: char,
+    /// The parent's pid.
+    pub parent: u32,
     /// The process group id.
     pub process_group: i32,
     /// User CPU time, in clock ticks.
@@ -59,6 +61,7 @@ pub fn parse_stat(text: &str) -> Option<ProcessStat> {
     let field = |n: usize| fields.get(n - 3).copied();
     Some(ProcessStat {
         state: field(3)?.chars().next()?,
+        parent: field(4)?.parse().ok()?,
         process_group: field(5)?.parse().ok()?,
         user_ticks: field(14)?.parse().ok()?,
         system_ticks: field(15)?.parse().ok()?,
@@ -137,6 +140,7 @@ mod tests {
                     250 50 0 0 20 0 3 0 987654 12345678 300 18446744073709551615";
         let stat = parse_stat(text).unwrap();
         assert_eq!(stat.state, 'S');
+        assert_eq!(stat.parent, 1);
         assert_eq!(stat.process_group, 4242);
         assert_eq!(stat.user_ticks, 250);
         assert_eq!(stat.system_ticks, 50);
@@ -150,6 +154,7 @@ mod tests {
         let pid = std::process::id();
         let stat = read_stat(pid).unwrap();
         assert!(stat.is_running());
+        assert_eq!(stat.parent, std::os::unix::process::parent_id());
         assert!(is_same_process_running(pid, stat.start_time));
         assert!(!is_same_process_running(pid, stat.start_time + 1));
         assert!(rss_bytes(pid).unwrap() > 0);

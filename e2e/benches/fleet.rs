@@ -33,6 +33,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use phoenix_agent::procfs;
 use phoenix_e2e::bins;
 use phoenix_e2e::harness::{
     ADMIN_TOKEN, AGENT_TOKEN, OPERATOR_TOKEN, VIEWER_TOKEN, fresh_database,
@@ -948,7 +949,7 @@ impl Sampler {
         let mut s = self.state.lock().unwrap();
         let start = s.phase.take().expect("a phase began");
         let seconds = start.at.elapsed().as_secs_f64();
-        let ticks_per_s = clock_ticks_per_second();
+        let ticks_per_s = procfs::clock_ticks_per_second() as f64;
         let cores = |ticks: u64| ticks as f64 / ticks_per_s / seconds;
         PhaseUse {
             api_cores: cores(cpu_ticks(self.api_pid) - start.api_ticks),
@@ -976,68 +977,9 @@ impl Sampler {
     }
 }
 
-/// Resident memory of a process, from `/proc/PID/status`.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// Open file descriptors of a process (sockets, mostly).
 fn open_files(pid: u32) -> u64 {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |dir| dir.count() as u64)
-}
-
-/// User plus system CPU time of a process, in clock ticks, from `/proc/PID/stat`.
-fn cpu_ticks(pid: u32) -> u64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0;
-    };
-    // The command name (field 2) may hold spaces; fields after it are plain.
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return 0;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15; `rest` starts at field 3.
-    let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
-    field(14).unwrap_or(0) + field(15).unwrap_or(0)
-}
-
-/// CPU ticks of a process and its children (a postmaster and its backends).
-fn process_tree_ticks(root: u32) -> u64 {
-    if root == 0 {
-        return 0;
-    }
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    let mut ticks = cpu_ticks(root);
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // The parent pid is field 4, the second after the command name.
-        let parent = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
-        if parent == Some(root) {
-            ticks += cpu_ticks(pid);
-        }
-    }
-    ticks
 }
 
 /// One statement's share of the database's time.
@@ -1075,6 +1017,31 @@ async fn top_statements(pool: &phoenix_storage::PgPool) -> anyhow::Result<Vec<St
     .await?)
 }
 
+/// Resident memory of a process, in KiB (0 once it is gone).
+fn rss_kib(pid: u32) -> u64 {
+    procfs::rss_bytes(pid).map_or(0, |bytes| bytes / 1024)
+}
+
+/// User plus system CPU time of a process, in clock ticks (0 once it is gone).
+fn cpu_ticks(pid: u32) -> u64 {
+    procfs::read_stat(pid).map_or(0, |stat| stat.user_ticks + stat.system_ticks)
+}
+
+/// CPU ticks of a process and its children (a postmaster and its backends).
+fn process_tree_ticks(root: u32) -> u64 {
+    if root == 0 {
+        return 0;
+    }
+    let children: u64 = procfs::all_pids()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|pid| procfs::read_stat(pid).ok())
+        .filter(|stat| stat.parent == root)
+        .map(|stat| stat.user_ticks + stat.system_ticks)
+        .sum();
+    cpu_ticks(root) + children
+}
+
 /// The postmaster's pid, from `postmaster.pid` in the server's data directory;
 /// 0 when the server is not on this machine (or not readable).
 async fn postmaster_pid(pool: &phoenix_storage::PgPool) -> u32 {
@@ -1090,11 +1057,6 @@ async fn postmaster_pid(pool: &phoenix_storage::PgPool) -> u32 {
         .ok()
         .and_then(|text| text.lines().next()?.trim().parse().ok())
         .unwrap_or(0)
-}
-
-fn clock_ticks_per_second() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
 }
 
 /// The machine's busy and total CPU ticks, from `/proc/stat`.

@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Parser;
 use phoenix_wire::duration::HumanDuration;
 
-use crate::auth::TokenSet;
+use crate::http::auth::TokenSet;
 
 /// phoenix-api: the Phoenix HTTP API. Stores desired state in Postgres and serves
 /// the agents; it never decides what should run (that is phoenix-reconciler's job).

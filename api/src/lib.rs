@@ -1,37 +1,33 @@
 //! phoenix-api: the stateless HTTP API.
 //!
-//! It validates and stores desired state (experiments) and serves the agents (task
-//! long-poll, task outcomes, status reports, heartbeats). It never decides what
-//! should run; phoenix-reconciler does. Any number of replicas may run.
+//! It validates and stores desired state (experiments, templates, deployments, load
+//! runs) and serves the agents (task long-poll, task outcomes, status reports,
+//! heartbeats). It never decides what should run; phoenix-reconciler does. Any number
+//! of replicas may run.
 //!
-//! Layout: [`routes`] (thin handlers) → [`app`] (checks that need the database) →
-//! `phoenix_storage` (queries). [`auth`] holds tokens and roles, [`error`] the
-//! problem+json mapping, [`body`] document parsing, [`collector`] validation with
-//! the real collector. For the agents: [`wakeups`] is the LISTEN fan-out for
-//! long-polls, [`coalesce`] batches task claims and task outcomes into few
-//! statements, [`heartbeats`] is the coalescing heartbeat writer, and
-//! [`serve`] the HTTP/1.1 server loop. [`metrics`] holds the process's metrics.
-//! [`loadsims`] is the application layer of load simulations, [`deployments`]
-//! that of pipeline deployments and of promote and rollback. [`events`] is the
-//! event stream: one LISTEN connection fanned out to WebSockets.
+//! Three layers, one folder each:
+//! - [`http`]: the HTTP surface. Thin handlers (authorize by extractor, parse, call
+//!   one application function, convert to a view), the router, [`http::auth`]
+//!   (tokens and roles), [`http::body`] (document bodies) and [`http::serve`] (the
+//!   HTTP/1.1 server loop).
+//! - [`app`]: what a request means. Checks that need the database, validation with
+//!   the real collector ([`app::collector`]), declarative apply, load simulations,
+//!   pipeline deployments and the promotion policy (promote, rollback).
+//! - [`fanout`]: serving many agents and subscribers cheaply. [`fanout::wakeups`]
+//!   (long-poll wake-ups), [`fanout::coalesce`] (task claims and outcomes batched into
+//!   few statements), [`fanout::heartbeats`] (the coalescing heartbeat writer) and
+//!   [`fanout::events`] (the event stream's fan-out to WebSockets).
+//!
+//! Beside them: [`config`], [`state`] (what every handler shares), [`error`] (every
+//! error as problem+json, with one status per kind) and [`metrics`].
 
 pub mod app;
-pub mod apply;
-pub mod auth;
-pub mod body;
-pub mod coalesce;
-pub mod collector;
 pub mod config;
-pub mod deployments;
 pub mod error;
-pub mod events;
-pub mod heartbeats;
-pub mod loadsims;
+pub mod fanout;
+pub mod http;
 pub mod metrics;
-pub mod routes;
-pub mod serve;
 pub mod state;
-pub mod wakeups;
 
 use std::sync::Arc;
 
@@ -41,12 +37,12 @@ use tokio::sync::watch;
 
 pub use config::ApiConfig;
 
-use crate::coalesce::{ClaimSettings, Claims, Completions};
-use crate::events::EventHub;
-use crate::heartbeats::HeartbeatBuffer;
+use crate::fanout::coalesce::{ClaimSettings, Claims, Completions};
+use crate::fanout::events::EventHub;
+use crate::fanout::heartbeats::HeartbeatBuffer;
+use crate::fanout::wakeups::TaskWakeups;
 use crate::metrics::Metrics;
 use crate::state::AppState;
-use crate::wakeups::TaskWakeups;
 
 /// Most tasks handed to one agent in one long-poll answer.
 const CLAIM_LIMIT: i64 = 64;
@@ -78,8 +74,7 @@ pub async fn serve(
     let metrics = Metrics::new();
     let wakeups = TaskWakeups::default();
     let heartbeats = HeartbeatBuffer::default();
-    let (connected_tx, connected_rx) = watch::channel(false);
-    let (event_hub, events_connected) = EventHub::new();
+    let (event_hub, listener_connected) = EventHub::new();
     let state = AppState {
         config: Arc::new(config.clone()),
         pool: pool.clone(),
@@ -97,24 +92,18 @@ pub async fn serve(
         heartbeats: heartbeats.clone(),
         metrics: metrics.clone(),
         events: event_hub.clone(),
-        listener_connected: connected_rx,
+        listener_connected: listener_connected.subscribe(),
         shutdown: shutdown.clone(),
     };
-    let listen_task = tokio::spawn(wakeups::listen(
+    let listen_task = tokio::spawn(fanout::listen(
         pool.clone(),
         wakeups,
-        metrics.clone(),
-        connected_tx,
-        shutdown.clone(),
-    ));
-    let events_task = tokio::spawn(events::listen(
-        pool.clone(),
         event_hub,
         metrics.clone(),
-        events_connected,
+        listener_connected,
         shutdown.clone(),
     ));
-    let flush_task = tokio::spawn(heartbeats::flush_loop(
+    let flush_task = tokio::spawn(fanout::heartbeats::flush_loop(
         heartbeats,
         pool.clone(),
         metrics,
@@ -122,9 +111,8 @@ pub async fn serve(
         shutdown.clone(),
     ));
     tracing::info!(address = %listener.local_addr()?, "phoenix-api listening");
-    serve::serve(listener, routes::router(state), shutdown).await;
+    http::serve::serve(listener, http::router(state), shutdown).await;
     let _ = listen_task.await;
-    let _ = events_task.await;
     let _ = flush_task.await;
     pool.close().await;
     Ok(())

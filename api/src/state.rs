@@ -7,12 +7,12 @@ use sqlx::Postgres;
 use sqlx::pool::PoolConnection;
 use tokio::sync::watch;
 
-use crate::coalesce::{Claims, Completions};
 use crate::config::ApiConfig;
-use crate::events::EventHub;
-use crate::heartbeats::HeartbeatBuffer;
+use crate::fanout::coalesce::{Claims, Completions};
+use crate::fanout::events::EventHub;
+use crate::fanout::heartbeats::HeartbeatBuffer;
+use crate::fanout::wakeups::TaskWakeups;
 use crate::metrics::Metrics;
-use crate::wakeups::TaskWakeups;
 
 #[derive(Clone)]
 pub struct AppState {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use phoenix_e2e::harness::{AGENT_TOKEN, Stack, StackOptions};
 use phoenix_storage::tasks::{self, NewTask};
-use phoenix_wire::agent::{TaskAction, TaskBatch, TaskOutcome};
+use phoenix_wire::agent::{TaskBatch, TaskOutcome};
 use reqwest::Method;
 
 const ROUNDS: usize = 100;
@@ -38,13 +38,11 @@ async fn main() {
         // Let the long-poll settle into its wait.
         tokio::time::sleep(Duration::from_millis(50)).await;
         let mut conn = stack.pool.acquire().await.unwrap();
-        let task = NewTask {
-            host_id: "bench-1".into(),
-            collector_id: format!("bench-{round}.baseline"),
-            action: TaskAction::Stop,
-            config_hash: String::new(),
-            collector: None,
-        };
+        let task = NewTask::stop(
+            "bench-1",
+            phoenix_wire::agent::TaskKind::Collector,
+            &format!("bench-{round}.baseline"),
+        );
         let written = Instant::now();
         assert_eq!(tasks::insert(&mut conn, &[task]).await.unwrap(), 1);
         let batch = waiting.await.unwrap();

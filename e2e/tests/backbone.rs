@@ -251,20 +251,18 @@ async fn a_task_delivered_twice_changes_nothing() {
     // Deliver the baseline's start task again, exactly as the reconciler wrote it.
     let mut conn = stack.pool.acquire().await.unwrap();
     let payload: serde_json::Value = sqlx::query_scalar(
-        "SELECT payload FROM agent_tasks WHERE collector_id = 'twice.baseline' AND action = 'start' LIMIT 1",
+        "SELECT payload FROM agent_tasks WHERE unit_id = 'twice.baseline' AND action = 'start' LIMIT 1",
     )
     .fetch_one(&mut *conn)
     .await
     .unwrap();
     let spec: phoenix_wire::agent::CollectorSpec = serde_json::from_value(payload).unwrap();
     assert_eq!(spec.variant, Variant::Baseline);
-    let again = tasks::NewTask {
-        host_id: "web-1".into(),
-        collector_id: spec.collector_id.clone(),
-        action: phoenix_wire::agent::TaskAction::Start,
-        config_hash: spec.config_hash.clone(),
-        collector: Some(spec),
-    };
+    let again = tasks::NewTask::apply(
+        "web-1",
+        phoenix_wire::agent::TaskAction::Start,
+        phoenix_wire::agent::UnitSpec::Collector(spec),
+    );
     assert_eq!(tasks::insert(&mut conn, &[again]).await.unwrap(), 1);
     eventually("the repeated task to succeed", WAIT, || async {
         let open: i64 = sqlx::query_scalar(
@@ -384,7 +382,7 @@ async fn two_reconcilers_never_emit_duplicate_tasks() {
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     let duplicates: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM (SELECT 1 FROM agent_tasks GROUP BY host_id, collector_id, config_hash, action \
+        "SELECT count(*) FROM (SELECT 1 FROM agent_tasks GROUP BY host_id, unit_id, spec_hash, action \
          HAVING count(*) > 1) d",
     )
     .fetch_one(&stack.pool)
@@ -489,12 +487,12 @@ async fn many_waiting_agents_each_get_exactly_their_own_tasks() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let new_tasks: Vec<tasks::NewTask> = (0..HOSTS)
         .flat_map(|i| {
-            ["a", "b"].map(|unit| tasks::NewTask {
-                host_id: host(i),
-                collector_id: format!("burst.{unit}"),
-                action: phoenix_wire::agent::TaskAction::Stop,
-                config_hash: String::new(),
-                collector: None,
+            ["a", "b"].map(|unit| {
+                tasks::NewTask::stop(
+                    &host(i),
+                    phoenix_wire::agent::TaskKind::Collector,
+                    &format!("burst.{unit}"),
+                )
             })
         })
         .collect();
@@ -529,12 +527,12 @@ async fn many_waiting_agents_each_get_exactly_their_own_tasks() {
 
     // The per-host limit holds in a batch, oldest first.
     let more: Vec<tasks::NewTask> = ["x", "y", "z"]
-        .map(|unit| tasks::NewTask {
-            host_id: host(0),
-            collector_id: format!("more.{unit}"),
-            action: phoenix_wire::agent::TaskAction::Stop,
-            config_hash: String::new(),
-            collector: None,
+        .map(|unit| {
+            tasks::NewTask::stop(
+                &host(0),
+                phoenix_wire::agent::TaskKind::Collector,
+                &format!("more.{unit}"),
+            )
         })
         .into();
     tasks::insert(&mut conn, &more).await.unwrap();
@@ -568,13 +566,11 @@ async fn an_answered_task_stays_open_until_the_host_reports() {
     .await;
     stack.register_host("answer-1", &[]).await;
     let mut conn = stack.pool.acquire().await.unwrap();
-    let task = tasks::NewTask {
-        host_id: "answer-1".into(),
-        collector_id: "exp.baseline".into(),
-        action: phoenix_wire::agent::TaskAction::Stop,
-        config_hash: String::new(),
-        collector: None,
-    };
+    let task = tasks::NewTask::stop(
+        "answer-1",
+        phoenix_wire::agent::TaskKind::Collector,
+        "exp.baseline",
+    );
     tasks::insert(&mut conn, &[task]).await.unwrap();
     let claimed = tasks::claim(&mut conn, "answer-1", Duration::from_secs(60), 5, 64)
         .await

@@ -1,14 +1,18 @@
-//! The diff: desired collectors against reported ones and open tasks, giving the
-//! tasks to create and the unclaimed tasks to cancel. Pure and idempotent: run it
-//! twice on the same state and the second run asks for nothing new.
+//! The diff: the units a host should run against what its agent reports and the
+//! open tasks, giving the tasks to create and the unclaimed tasks to cancel. One
+//! diff for every kind of unit (collectors, load runs): [`plan`] runs once per
+//! [`TaskKind`] and only ever touches units of that kind. Pure and idempotent: run
+//! it twice on the same state and the second run asks for nothing new.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use phoenix_storage::tasks::{NewTask, OpenTask};
-use phoenix_wire::agent::{CollectorSpec, CollectorStatus, TaskAction};
+use phoenix_storage::tasks::{FailedTask, NewTask, OpenTask};
+use phoenix_wire::agent::{CollectorStatus, TaskAction, TaskKind, UnitSpec};
+use phoenix_wire::load::{self, LoadStatus};
+use phoenix_wire::view::TaskStatus;
 
-/// Desired collectors: host id → collector id → spec.
-pub type DesiredState = BTreeMap<String, BTreeMap<String, CollectorSpec>>;
+/// Desired units of one kind: host id → unit id → spec.
+pub type DesiredState = BTreeMap<String, BTreeMap<String, UnitSpec>>;
 
 /// What one pass should write.
 #[derive(Debug, Default, PartialEq)]
@@ -18,96 +22,135 @@ pub struct Plan {
     pub cancel: Vec<i64>,
 }
 
-/// A (host, collector, config hash) whose starts keep failing: not retried.
+impl Plan {
+    pub fn extend(&mut self, other: Plan) {
+        self.new_tasks.extend(other.new_tasks);
+        self.cancel.extend(other.cancel);
+    }
+}
+
+/// A (host, unit, spec hash) whose starts keep failing: not retried.
 pub type Blocked = HashSet<(String, String, String)>;
 
-pub fn plan(
+/// The (host, unit, hash) triples among `failures` that failed `max_failures`
+/// times or more.
+pub fn blocked_by(failures: &[&FailedTask], max_failures: usize) -> Blocked {
+    let mut counts: HashMap<(&str, &str, &str), usize> = HashMap::new();
+    for f in failures {
+        *counts
+            .entry((&f.host_id, &f.unit_id, &f.spec_hash))
+            .or_default() += 1;
+    }
+    counts
+        .into_iter()
+        .filter(|(_, n)| *n >= max_failures)
+        .map(|((host, unit, hash), _)| (host.to_string(), unit.to_string(), hash.to_string()))
+        .collect()
+}
+
+/// A unit as its agent reports it: its id and the hash of the spec it runs.
+pub trait ReportedUnit {
+    fn unit_id(&self) -> String;
+    fn spec_hash(&self) -> &str;
+}
+
+impl ReportedUnit for CollectorStatus {
+    fn unit_id(&self) -> String {
+        self.collector_id.clone()
+    }
+    fn spec_hash(&self) -> &str {
+        &self.config_hash
+    }
+}
+
+/// A run the agent reports as finished with the desired hash counts as done: it
+/// is not started again.
+impl ReportedUnit for LoadStatus {
+    fn unit_id(&self) -> String {
+        load::unit_id(&self.run_id)
+    }
+    fn spec_hash(&self) -> &str {
+        &self.spec_hash
+    }
+}
+
+/// Desired units of `kind` against reported ones and the open tasks (of every
+/// kind; only `kind`'s are read).
+pub fn plan<R: ReportedUnit>(
+    kind: TaskKind,
     desired: &DesiredState,
-    actual: &HashMap<String, Vec<CollectorStatus>>,
+    actual: &HashMap<String, Vec<R>>,
     open: &[OpenTask],
     blocked: &Blocked,
 ) -> Plan {
     let mut plan = Plan::default();
     let no_desired = BTreeMap::new();
     let no_actual = Vec::new();
-    let hosts: std::collections::BTreeSet<&String> = desired
-        .keys()
-        .chain(actual.keys())
-        .chain(open.iter().map(|t| &t.host_id))
-        .collect();
     // Grouped once: looking them up per host keeps a pass linear in the fleet.
     let mut open_by_host: HashMap<&str, Vec<&OpenTask>> = HashMap::new();
-    for task in open {
+    for task in open.iter().filter(|t| t.kind == kind) {
         open_by_host.entry(&task.host_id).or_default().push(task);
     }
+    let hosts: BTreeSet<&str> = desired
+        .keys()
+        .chain(actual.keys())
+        .map(String::as_str)
+        .chain(open_by_host.keys().copied())
+        .collect();
     let no_open = Vec::new();
 
     for host in hosts {
         let want = desired.get(host).unwrap_or(&no_desired);
-        let have: HashMap<&str, &CollectorStatus> = actual
+        let have: HashMap<String, &str> = actual
             .get(host)
             .unwrap_or(&no_actual)
             .iter()
-            .map(|c| (c.collector_id.as_str(), c))
+            .map(|unit| (unit.unit_id(), unit.spec_hash()))
             .collect();
-        let host_open = open_by_host.get(host.as_str()).unwrap_or(&no_open);
-        // The one task per collector that leads to the desired state, if any.
+        let host_open = open_by_host.get(host).unwrap_or(&no_open);
+        // The one task per unit that leads to the desired state, if any.
         let mut wanted: HashMap<&str, (TaskAction, &str)> = HashMap::new();
 
         for (id, spec) in want {
-            let action = match have.get(id.as_str()) {
-                Some(running) if running.config_hash == spec.config_hash => continue,
+            let action = match have.get(id) {
+                Some(hash) if *hash == spec.hash() => continue,
                 Some(_) => TaskAction::Update,
                 None => TaskAction::Start,
             };
-            if blocked.contains(&(host.clone(), id.clone(), spec.config_hash.clone())) {
+            let key = (host.to_string(), id.clone(), spec.hash().to_string());
+            if blocked.contains(&key) {
                 continue;
             }
-            wanted.insert(id, (action, &spec.config_hash));
+            wanted.insert(id, (action, spec.hash()));
             let already_open = host_open.iter().any(|t| {
-                &t.collector_id == id
-                    && t.config_hash == spec.config_hash
-                    && t.action != TaskAction::Stop.as_str()
+                &t.unit_id == id && t.spec_hash == spec.hash() && t.action != TaskAction::Stop
             });
             if !already_open {
-                plan.new_tasks.push(NewTask {
-                    host_id: host.clone(),
-                    collector_id: id.clone(),
-                    action,
-                    config_hash: spec.config_hash.clone(),
-                    collector: Some(spec.clone()),
-                });
+                plan.new_tasks
+                    .push(NewTask::apply(host, action, spec.clone()));
             }
         }
         for id in have.keys() {
-            if want.contains_key(*id) {
+            if want.contains_key(id) {
                 continue;
             }
             wanted.insert(id, (TaskAction::Stop, ""));
             let already_open = host_open
                 .iter()
-                .any(|t| t.collector_id == *id && t.action == TaskAction::Stop.as_str());
+                .any(|t| &t.unit_id == id && t.action == TaskAction::Stop);
             if !already_open {
-                plan.new_tasks.push(NewTask {
-                    host_id: host.clone(),
-                    collector_id: id.to_string(),
-                    action: TaskAction::Stop,
-                    config_hash: String::new(),
-                    collector: None,
-                });
+                plan.new_tasks.push(NewTask::stop(host, kind, id));
             }
         }
         for task in host_open {
-            if task.status != "pending" {
+            if task.status != TaskStatus::Pending {
                 // In flight (leased), or answered and not yet in a status report:
                 // its outcome will be reported and diffed in a later pass.
                 continue;
             }
-            let still_useful = match wanted.get(task.collector_id.as_str()) {
-                Some((TaskAction::Stop, _)) => task.action == TaskAction::Stop.as_str(),
-                Some((_, hash)) => {
-                    task.action != TaskAction::Stop.as_str() && task.config_hash == *hash
-                }
+            let still_useful = match wanted.get(task.unit_id.as_str()) {
+                Some((TaskAction::Stop, _)) => task.action == TaskAction::Stop,
+                Some((_, hash)) => task.action != TaskAction::Stop && task.spec_hash == *hash,
                 None => false,
             };
             if !still_useful {
@@ -121,7 +164,7 @@ pub fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use phoenix_wire::agent::{Health, Variant};
+    use phoenix_wire::agent::{CollectorSpec, Health, Variant};
 
     fn spec(id: &str, config: &str) -> CollectorSpec {
         CollectorSpec::new(
@@ -132,6 +175,10 @@ mod tests {
             config.into(),
             BTreeMap::new(),
         )
+    }
+
+    fn none() -> HashMap<String, Vec<CollectorStatus>> {
+        HashMap::new()
     }
 
     fn running(spec: &CollectorSpec) -> CollectorStatus {
@@ -161,10 +208,11 @@ mod tests {
         OpenTask {
             id,
             host_id: host.into(),
-            collector_id: collector.into(),
-            action: action.as_str().into(),
-            config_hash: hash.into(),
-            status: status.into(),
+            kind: TaskKind::Collector,
+            unit_id: collector.into(),
+            action,
+            spec_hash: hash.into(),
+            status: TaskStatus::parse(status).unwrap(),
         }
     }
 
@@ -174,7 +222,7 @@ mod tests {
             host.into(),
             specs
                 .iter()
-                .map(|s| (s.collector_id.clone(), (*s).clone()))
+                .map(|s| (s.collector_id.clone(), UnitSpec::Collector((*s).clone())))
                 .collect(),
         );
         d
@@ -184,7 +232,7 @@ mod tests {
     fn starts_what_is_missing_once() {
         let a = spec("e.baseline", "a");
         let d = desired("h1", &[&a]);
-        let p = plan(&d, &HashMap::new(), &[], &Blocked::new());
+        let p = plan(TaskKind::Collector, &d, &none(), &[], &Blocked::new());
         assert_eq!(p.new_tasks.len(), 1);
         assert_eq!(p.new_tasks[0].action, TaskAction::Start);
         // With the task open, the same pass asks for nothing.
@@ -197,12 +245,15 @@ mod tests {
             "pending",
         )];
         assert_eq!(
-            plan(&d, &HashMap::new(), &o, &Blocked::new()),
+            plan(TaskKind::Collector, &d, &none(), &o, &Blocked::new()),
             Plan::default()
         );
         // Once running with the right hash, nothing either.
         let actual = HashMap::from([("h1".to_string(), vec![running(&a)])]);
-        assert_eq!(plan(&d, &actual, &[], &Blocked::new()), Plan::default());
+        assert_eq!(
+            plan(TaskKind::Collector, &d, &actual, &[], &Blocked::new()),
+            Plan::default()
+        );
     }
 
     #[test]
@@ -218,10 +269,16 @@ mod tests {
             "stale",
             "pending",
         )];
-        let p = plan(&desired("h1", &[&new]), &actual, &o, &Blocked::new());
+        let p = plan(
+            TaskKind::Collector,
+            &desired("h1", &[&new]),
+            &actual,
+            &o,
+            &Blocked::new(),
+        );
         assert_eq!(p.new_tasks.len(), 1);
         assert_eq!(p.new_tasks[0].action, TaskAction::Update);
-        assert_eq!(p.new_tasks[0].config_hash, new.config_hash);
+        assert_eq!(p.new_tasks[0].spec_hash, new.config_hash);
         assert_eq!(p.cancel, vec![7]);
     }
 
@@ -229,7 +286,13 @@ mod tests {
     fn stops_what_nobody_wants_and_keeps_leased_tasks() {
         let a = spec("e.candidate", "a");
         let actual = HashMap::from([("h2".to_string(), vec![running(&a)])]);
-        let p = plan(&DesiredState::new(), &actual, &[], &Blocked::new());
+        let p = plan(
+            TaskKind::Collector,
+            &DesiredState::new(),
+            &actual,
+            &[],
+            &Blocked::new(),
+        );
         assert_eq!(p.new_tasks.len(), 1);
         assert_eq!(p.new_tasks[0].action, TaskAction::Stop);
         // A leased start for a collector nobody wants is left to finish; a pending one is cancelled.
@@ -237,7 +300,13 @@ mod tests {
             open(1, "h3", "x.baseline", TaskAction::Start, "h", "leased"),
             open(2, "h3", "y.baseline", TaskAction::Start, "h", "pending"),
         ];
-        let p = plan(&DesiredState::new(), &HashMap::new(), &o, &Blocked::new());
+        let p = plan(
+            TaskKind::Collector,
+            &DesiredState::new(),
+            &none(),
+            &o,
+            &Blocked::new(),
+        );
         assert!(p.new_tasks.is_empty());
         assert_eq!(p.cancel, vec![2]);
     }
@@ -251,7 +320,13 @@ mod tests {
             a.config_hash.clone(),
         )]);
         assert_eq!(
-            plan(&desired("h1", &[&a]), &HashMap::new(), &[], &blocked),
+            plan(
+                TaskKind::Collector,
+                &desired("h1", &[&a]),
+                &none(),
+                &[],
+                &blocked
+            ),
             Plan::default()
         );
     }
@@ -270,15 +345,22 @@ mod tests {
             "succeeded",
         )];
         let p = plan(
+            TaskKind::Collector,
             &desired("h1", &[&a]),
-            &HashMap::new(),
+            &none(),
             &answered,
             &Blocked::new(),
         );
         assert_eq!(p, Plan::default());
         // Nor does it block a stop once nobody wants the collector any more.
         let actual = HashMap::from([("h1".to_string(), vec![running(&a)])]);
-        let p = plan(&DesiredState::new(), &actual, &answered, &Blocked::new());
+        let p = plan(
+            TaskKind::Collector,
+            &DesiredState::new(),
+            &actual,
+            &answered,
+            &Blocked::new(),
+        );
         assert_eq!(p.new_tasks.len(), 1);
         assert_eq!(p.new_tasks[0].action, TaskAction::Stop);
     }

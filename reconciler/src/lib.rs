@@ -29,8 +29,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use phoenix_storage::leader::LeaderLock;
+use phoenix_storage::listen::Heard;
 use phoenix_storage::{PgPool, RECONCILE_CHANNEL};
-use sqlx::postgres::PgListener;
 use tokio::sync::{Notify, watch};
 
 pub use config::ReconcilerConfig;
@@ -146,33 +146,16 @@ async fn lead(
     }
 }
 
-/// Turns `NOTIFY phoenix_reconcile` into wake-ups. On reconnect it wakes once,
-/// since changes may have been missed.
-async fn listen_for_changes(pool: PgPool, wake: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
-    while !*shutdown.borrow() {
-        let mut listener = match PgListener::connect_with(&pool).await {
-            Ok(l) => l,
-            Err(err) => {
-                tracing::warn!(error = %err, "change listener cannot connect; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        if listener.listen(RECONCILE_CHANNEL).await.is_err() {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
+/// Turns `NOTIFY phoenix_reconcile` into wake-ups, through the process's one
+/// listener ([`phoenix_storage::listen`]). Every (re)connection wakes once, since
+/// changes may have been missed meanwhile.
+async fn listen_for_changes(pool: PgPool, wake: Arc<Notify>, shutdown: watch::Receiver<bool>) {
+    phoenix_storage::listen::listen(pool, &[RECONCILE_CHANNEL], shutdown, |heard| {
+        if !matches!(heard, Heard::Disconnected) {
+            wake.notify_one();
         }
-        wake.notify_one();
-        loop {
-            tokio::select! {
-                received = listener.try_recv() => match received {
-                    Ok(Some(_)) => wake.notify_one(),
-                    Ok(None) | Err(_) => break,
-                },
-                _ = shutdown.changed() => return,
-            }
-        }
-    }
+    })
+    .await
 }
 
 /// Serves `/metrics` and `/healthz` on `listener` until shutdown.

@@ -69,8 +69,8 @@ pub fn failures_of<'a>(
         .iter()
         .filter(|f| {
             f.host_id == host
-                && f.collector_id == spec.collector_id
-                && f.config_hash == spec.config_hash
+                && f.unit_id == spec.collector_id
+                && f.spec_hash == spec.config_hash
                 && f.created_at >= since
         })
         .collect()

@@ -7,61 +7,52 @@
 //! their `expires_at`, which the spec carries, so an agent stops a run on time even
 //! when it hears nothing more.
 //!
-//! Load units are tasks of kind `load` (unit id `load.<run id>`); this step reads
-//! and writes only those, and the collector diff ([`crate::diff`]) only the others,
-//! so neither ever stops the other's units. A start that keeps failing on a host
-//! (say the run asks for more processes than the host allows) is not retried.
+//! Load units are tasks of kind `load` (unit id `load.<run id>`), diffed by the same
+//! [`crate::diff::plan`] as collectors, one kind at a time, so neither ever stops
+//! the other's units. A start that keeps failing on a host (say the run asks for
+//! more processes than the host allows) is not retried.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use phoenix_storage::loads::{self, StoredLoadRun};
-use phoenix_storage::tasks::{self, FailedTask, NewLoadTask, OpenTask};
+use phoenix_storage::tasks::{self, OpenTask};
 use phoenix_storage::{PgConnection, Result};
-use phoenix_wire::agent::TaskAction;
+use phoenix_wire::agent::{TaskKind, UnitSpec};
 use phoenix_wire::duration::HumanDuration;
-use phoenix_wire::load::{self as wire_load, LoadRunSpec, LoadStatus};
+use phoenix_wire::load::{self as wire_load, LoadRunSpec};
 use phoenix_wire::view::{Experiment, Phase};
 
 use crate::config::ReconcilerConfig;
+use crate::diff::{self, DesiredState, Plan};
 
-/// Desired load runs: host id → unit id → spec.
-pub type DesiredLoads = BTreeMap<String, BTreeMap<String, LoadRunSpec>>;
-
-/// A (host, unit id, spec hash) whose starts keep failing: not retried.
-pub type BlockedLoads = HashSet<(String, String, String)>;
-
-/// What the load step wrote.
-#[derive(Debug, Default, PartialEq)]
-pub struct LoadReport {
-    pub tasks_created: u64,
-    pub tasks_cancelled: u64,
-}
-
-/// Runs the load step inside the pass's transaction. `experiments` are the active
-/// experiments with the phases this pass gave them.
-pub async fn reconcile(
+/// The load step of a pass: desired load runs (from `experiments`, the active
+/// experiments with the phases this pass gave them, and standalone runs) against
+/// what agents report and the open tasks.
+pub async fn plan_loads(
     conn: &mut PgConnection,
     experiments: &[Experiment],
+    open: &[OpenTask],
     config: &ReconcilerConfig,
     now: DateTime<Utc>,
-) -> Result<LoadReport> {
+) -> Result<Plan> {
     let runs = loads::active_runs(conn).await?;
-    // Open tasks first, as in the collector pass (see `tasks::list_open`).
-    let open = tasks::list_open_load(conn).await?;
     let actual = loads::reported_by_host(conn).await?;
     let since =
         now - chrono::Duration::from_std(wire_load::MAX_DURATION).expect("seven days fit a chrono");
-    let failures = tasks::load_failures_since(conn, since).await?;
-
+    let failures = tasks::failures_since(conn, TaskKind::Load, since).await?;
     let desired = desired_loads(experiments, &runs, config.deploy_timeout.as_duration(), now);
-    let blocked = blocked_loads(&failures, config.max_start_failures);
-    let plan = plan(&desired, &actual, &open, &blocked);
-    Ok(LoadReport {
-        tasks_created: tasks::insert_load(conn, &plan.new_tasks).await?,
-        tasks_cancelled: tasks::cancel_pending(conn, &plan.cancel).await?,
-    })
+    let blocked = diff::blocked_by(
+        &failures.iter().collect::<Vec<_>>(),
+        config.max_start_failures,
+    );
+    Ok(diff::plan(
+        TaskKind::Load,
+        &desired,
+        &actual,
+        open,
+        &blocked,
+    ))
 }
 
 /// The load run an experiment's `load` section asks for, on every target host.
@@ -102,8 +93,8 @@ pub fn desired_loads(
     runs: &[StoredLoadRun],
     deploy_timeout: Duration,
     now: DateTime<Utc>,
-) -> DesiredLoads {
-    let mut desired = DesiredLoads::new();
+) -> DesiredState {
+    let mut desired = DesiredState::new();
     let mut add = |hosts: &[String], spec: LoadRunSpec| {
         if spec.expires_at <= now {
             return;
@@ -112,7 +103,7 @@ pub fn desired_loads(
             desired
                 .entry(host.clone())
                 .or_default()
-                .insert(spec.unit_id(), spec.clone());
+                .insert(spec.unit_id(), UnitSpec::Load(spec.clone()));
         }
     };
     for experiment in experiments {
@@ -129,127 +120,16 @@ pub fn desired_loads(
     desired
 }
 
-/// The (host, unit, hash) triples that failed to start `max_failures` times or more.
-pub fn blocked_loads(failures: &[FailedTask], max_failures: usize) -> BlockedLoads {
-    let mut counts: HashMap<(String, String, String), usize> = HashMap::new();
-    for f in failures {
-        *counts
-            .entry((
-                f.host_id.clone(),
-                f.collector_id.clone(),
-                f.config_hash.clone(),
-            ))
-            .or_default() += 1;
-    }
-    counts
-        .into_iter()
-        .filter(|(_, n)| *n >= max_failures)
-        .map(|(key, _)| key)
-        .collect()
-}
-
-/// What the load step should write.
-#[derive(Debug, Default, PartialEq)]
-pub struct LoadPlan {
-    pub new_tasks: Vec<NewLoadTask>,
-    /// Pending (unclaimed) load tasks that no longer lead to the desired state.
-    pub cancel: Vec<i64>,
-}
-
-/// Desired against reported against open tasks. Pure and idempotent: with the
-/// tasks it asks for open, it asks for nothing more. A run the agent reports as
-/// finished with the desired hash counts as done: it is not started again.
-pub fn plan(
-    desired: &DesiredLoads,
-    actual: &HashMap<String, Vec<LoadStatus>>,
-    open: &[OpenTask],
-    blocked: &BlockedLoads,
-) -> LoadPlan {
-    let mut plan = LoadPlan::default();
-    let no_desired = BTreeMap::new();
-    let no_actual = Vec::new();
-    let hosts: BTreeSet<&String> = desired
-        .keys()
-        .chain(actual.keys())
-        .chain(open.iter().map(|t| &t.host_id))
-        .collect();
-    let stop = TaskAction::Stop.as_str();
-
-    for host in hosts {
-        let want = desired.get(host).unwrap_or(&no_desired);
-        let have: BTreeMap<String, &LoadStatus> = actual
-            .get(host)
-            .unwrap_or(&no_actual)
-            .iter()
-            .map(|s| (wire_load::unit_id(&s.run_id), s))
-            .collect();
-        let host_open: Vec<&OpenTask> = open.iter().filter(|t| &t.host_id == host).collect();
-        // The one task per unit that leads to the desired state: (is stop, hash).
-        let mut wanted: HashMap<&str, (bool, &str)> = HashMap::new();
-
-        for (unit, spec) in want {
-            let action = match have.get(unit) {
-                Some(reported) if reported.spec_hash == spec.spec_hash => continue,
-                Some(_) => TaskAction::Update,
-                None => TaskAction::Start,
-            };
-            if blocked.contains(&(host.clone(), unit.clone(), spec.spec_hash.clone())) {
-                continue;
-            }
-            wanted.insert(unit, (false, &spec.spec_hash));
-            let already_open = host_open.iter().any(|t| {
-                &t.collector_id == unit && t.config_hash == spec.spec_hash && t.action != stop
-            });
-            if !already_open {
-                plan.new_tasks.push(NewLoadTask {
-                    host_id: host.clone(),
-                    unit_id: unit.clone(),
-                    action,
-                    spec_hash: spec.spec_hash.clone(),
-                    load: Some(spec.clone()),
-                });
-            }
-        }
-        for unit in have.keys() {
-            if want.contains_key(unit) {
-                continue;
-            }
-            wanted.insert(unit, (true, ""));
-            let already_open = host_open
-                .iter()
-                .any(|t| &t.collector_id == unit && t.action == stop);
-            if !already_open {
-                plan.new_tasks.push(NewLoadTask {
-                    host_id: host.clone(),
-                    unit_id: unit.clone(),
-                    action: TaskAction::Stop,
-                    spec_hash: String::new(),
-                    load: None,
-                });
-            }
-        }
-        for task in &host_open {
-            if task.status != "pending" {
-                continue; // in flight; its outcome is reported and diffed next pass
-            }
-            let still_useful = match wanted.get(task.collector_id.as_str()) {
-                Some((true, _)) => task.action == stop,
-                Some((false, hash)) => task.action != stop && task.config_hash == *hash,
-                None => false,
-            };
-            if !still_useful {
-                plan.cancel.push(task.id);
-            }
-        }
-    }
-    plan
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use phoenix_wire::load::{LoadProfile, LoadState};
+    use std::collections::{BTreeMap, HashMap};
+
+    use phoenix_storage::tasks::FailedTask;
+    use phoenix_wire::agent::TaskAction;
+    use phoenix_wire::load::{LoadProfile, LoadState, LoadStatus};
     use phoenix_wire::resource::{ExperimentSpec, HostTarget, LoadSpec, PipelineRef};
+    use phoenix_wire::view::TaskStatus;
 
     fn at(secs: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_750_000_000 + secs, 0).unwrap()
@@ -326,10 +206,11 @@ mod tests {
         OpenTask {
             id,
             host_id: host.into(),
-            collector_id: unit.into(),
-            action: action.as_str().into(),
-            config_hash: hash.into(),
-            status: "pending".into(),
+            kind: TaskKind::Load,
+            unit_id: unit.into(),
+            action,
+            spec_hash: hash.into(),
+            status: TaskStatus::Pending,
         }
     }
 
@@ -380,12 +261,12 @@ mod tests {
     #[test]
     fn starts_once_then_nothing_and_stops_what_nobody_wants() {
         let spec = run("churn", "running", at(100)).spec();
-        let desired = DesiredLoads::from([(
+        let desired = DesiredState::from([(
             "h1".to_string(),
-            BTreeMap::from([(spec.unit_id(), spec.clone())]),
+            BTreeMap::from([(spec.unit_id(), UnitSpec::Load(spec.clone()))]),
         )]);
-        let none = HashMap::new();
-        let p = plan(&desired, &none, &[], &BlockedLoads::new());
+        let none = HashMap::<String, Vec<LoadStatus>>::new();
+        let p = diff::plan(TaskKind::Load, &desired, &none, &[], &diff::Blocked::new());
         assert_eq!(p.new_tasks.len(), 1);
         assert_eq!(p.new_tasks[0].action, TaskAction::Start);
         assert_eq!(p.new_tasks[0].unit_id, "load.run.churn");
@@ -398,24 +279,42 @@ mod tests {
             &spec.spec_hash,
         )];
         assert_eq!(
-            plan(&desired, &none, &o, &BlockedLoads::new()),
-            LoadPlan::default()
+            diff::plan(TaskKind::Load, &desired, &none, &o, &diff::Blocked::new()),
+            Plan::default()
         );
         // Reported (running or finished) with the hash: nothing.
         let mut status = reported(&spec);
         let actual = HashMap::from([("h1".to_string(), vec![status.clone()])]);
         assert_eq!(
-            plan(&desired, &actual, &[], &BlockedLoads::new()),
-            LoadPlan::default()
+            diff::plan(
+                TaskKind::Load,
+                &desired,
+                &actual,
+                &[],
+                &diff::Blocked::new()
+            ),
+            Plan::default()
         );
         status.state = LoadState::Finished;
         let actual = HashMap::from([("h1".to_string(), vec![status])]);
         assert_eq!(
-            plan(&desired, &actual, &[], &BlockedLoads::new()),
-            LoadPlan::default()
+            diff::plan(
+                TaskKind::Load,
+                &desired,
+                &actual,
+                &[],
+                &diff::Blocked::new()
+            ),
+            Plan::default()
         );
         // No longer desired: stop, and cancel a pending start.
-        let p = plan(&DesiredLoads::new(), &actual, &o, &BlockedLoads::new());
+        let p = diff::plan(
+            TaskKind::Load,
+            &DesiredState::new(),
+            &actual,
+            &o,
+            &diff::Blocked::new(),
+        );
         assert_eq!(p.new_tasks.len(), 1);
         assert_eq!(p.new_tasks[0].action, TaskAction::Stop);
         assert_eq!(p.cancel, vec![1]);
@@ -425,28 +324,41 @@ mod tests {
     fn a_new_hash_updates_and_blocked_starts_are_not_retried() {
         let old = run("churn", "running", at(100)).spec();
         let new = run("churn", "running", at(200)).spec();
-        let desired = DesiredLoads::from([(
+        let desired = DesiredState::from([(
             "h1".to_string(),
-            BTreeMap::from([(new.unit_id(), new.clone())]),
+            BTreeMap::from([(new.unit_id(), UnitSpec::Load(new.clone()))]),
         )]);
         let actual = HashMap::from([("h1".to_string(), vec![reported(&old)])]);
-        let p = plan(&desired, &actual, &[], &BlockedLoads::new());
+        let p = diff::plan(
+            TaskKind::Load,
+            &desired,
+            &actual,
+            &[],
+            &diff::Blocked::new(),
+        );
         assert_eq!(p.new_tasks.len(), 1);
         assert_eq!(p.new_tasks[0].action, TaskAction::Update);
         assert_eq!(p.new_tasks[0].spec_hash, new.spec_hash);
 
         let failure = |at_s| FailedTask {
             host_id: "h1".into(),
-            collector_id: new.unit_id(),
-            config_hash: new.spec_hash.clone(),
+            unit_id: new.unit_id(),
+            spec_hash: new.spec_hash.clone(),
             error: Some("too many processes".into()),
             created_at: at(at_s),
         };
-        let blocked = blocked_loads(&[failure(1), failure(2), failure(3)], 3);
-        assert!(blocked_loads(&[failure(1), failure(2)], 3).is_empty());
+        let failures = [failure(1), failure(2), failure(3)];
+        let blocked = diff::blocked_by(&failures.iter().collect::<Vec<_>>(), 3);
+        assert!(diff::blocked_by(&failures[..2].iter().collect::<Vec<_>>(), 3).is_empty());
         assert_eq!(
-            plan(&desired, &HashMap::new(), &[], &blocked),
-            LoadPlan::default()
+            diff::plan(
+                TaskKind::Load,
+                &desired,
+                &HashMap::<String, Vec<LoadStatus>>::new(),
+                &[],
+                &blocked
+            ),
+            Plan::default()
         );
     }
 }

@@ -1,6 +1,7 @@
 //! One reconcile pass: load desired and actual state, make due phase transitions,
-//! compute every host's desired collectors, and write the tasks that close the gap;
-//! then the same for load runs ([`crate::load`]), as a step of its own. Standing
+//! compute every host's desired units (collectors, and load runs from
+//! [`crate::load`]), and write the tasks that close the gap, through one diff
+//! ([`crate::diff`]) run once per kind of unit. Standing
 //! pipelines ([`crate::standing`]: `promotion: auto`, then every host's standing
 //! collector) join the experiments' desired collectors before the diff.
 //! The whole pass is one transaction on the leader's connection, so it either
@@ -10,7 +11,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use phoenix_storage::{PgConnection, Result, experiments, hosts, tasks, templates};
-use phoenix_wire::agent::{CollectorSpec, Variant};
+use phoenix_wire::agent::{CollectorSpec, TaskKind, UnitSpec, Variant};
 use phoenix_wire::view::{Experiment, Phase};
 use sqlx::Connection;
 
@@ -60,7 +61,7 @@ pub async fn run_pass(conn: &mut PgConnection, config: &ReconcilerConfig) -> Res
         .map(|e| e.phase_changed_at)
         .min()
         .unwrap_or(now);
-    let failures = tasks::failures_since(&mut tx, oldest_start).await?;
+    let failures = tasks::failures_since(&mut tx, TaskKind::Collector, oldest_start).await?;
 
     let mut desired = DesiredState::new();
     let mut blocked = Blocked::new();
@@ -116,7 +117,7 @@ pub async fn run_pass(conn: &mut PgConnection, config: &ReconcilerConfig) -> Res
             desired
                 .entry(host)
                 .or_default()
-                .insert(spec.collector_id.clone(), spec);
+                .insert(spec.collector_id.clone(), UnitSpec::Collector(spec));
         }
     }
 
@@ -135,13 +136,10 @@ pub async fn run_pass(conn: &mut PgConnection, config: &ReconcilerConfig) -> Res
     )
     .await?;
 
-    let plan = diff::plan(&desired, &actual, &open, &blocked);
+    let mut plan = diff::plan(TaskKind::Collector, &desired, &actual, &open, &blocked);
+    plan.extend(crate::load::plan_loads(&mut tx, &active, &open, config, now).await?);
     report.tasks_created = tasks::insert(&mut tx, &plan.new_tasks).await?;
     report.tasks_cancelled = tasks::cancel_pending(&mut tx, &plan.cancel).await?;
-
-    let load = crate::load::reconcile(&mut tx, &active, config, now).await?;
-    report.tasks_created += load.tasks_created;
-    report.tasks_cancelled += load.tasks_cancelled;
     tx.commit().await?;
     Ok(report)
 }

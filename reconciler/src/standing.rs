@@ -17,7 +17,7 @@ use phoenix_storage::deployments::{self, PromotedBy, Promotion, StoredDeployment
 use phoenix_storage::hosts::HostRecord;
 use phoenix_storage::tasks::{self, FailedTask};
 use phoenix_storage::{PgConnection, Result, StoreError};
-use phoenix_wire::agent::CollectorSpec;
+use phoenix_wire::agent::{CollectorSpec, TaskKind, UnitSpec};
 use phoenix_wire::render::standing_collector;
 use phoenix_wire::view::Phase;
 
@@ -71,7 +71,7 @@ pub async fn add_desired(
     // timeout ago: a blocked collector is tried again after that long.
     let retry_after = config.deploy_timeout.as_duration();
     let window_start = now - chrono::Duration::from_std(retry_after).unwrap_or_default();
-    let failures = tasks::failures_since(conn, window_start).await?;
+    let failures = tasks::failures_since(conn, TaskKind::Collector, window_start).await?;
     let specs = render(
         &deployments,
         hosts,
@@ -90,7 +90,7 @@ pub async fn add_desired(
         desired
             .entry(host)
             .or_default()
-            .insert(spec.collector_id.clone(), spec);
+            .insert(spec.collector_id.clone(), UnitSpec::Collector(spec));
     }
     Ok(())
 }

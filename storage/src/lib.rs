@@ -18,6 +18,7 @@ pub mod deployments;
 pub mod experiments;
 pub mod hosts;
 pub mod leader;
+pub mod listen;
 pub mod loads;
 pub mod results;
 pub mod tasks;

@@ -4,21 +4,22 @@
 //! `succeeded` | `failed`; or `cancelled` when the reconciler no longer wants a task
 //! that was not yet claimed. A lease that expires unanswered makes the task
 //! claimable again; after `max_attempts` deliveries it fails instead. A partial
-//! unique index allows one open task per (host, collector, hash, action).
+//! unique index allows one open task per (host, unit, hash, action).
 //!
-//! Tasks have a kind: `collector` (the default) or `load`, whose unit id
-//! (`load.<run id>`) sits in `collector_id` and whose payload is a load run spec.
-//! [`list_open`] and [`failures_since`] see collector tasks only, their `*_load`
-//! twins load tasks only, so neither diff ever touches the other's units.
-//! [`list`] is what users see (`GET /api/v1/tasks`): both kinds, newest first.
+//! One pipeline for every kind of unit ([`TaskKind`]: a collector, or a load run
+//! whose unit id is `load.<run id>`): a task names its host, kind, unit id and the
+//! hash of the spec it brings about, and carries that spec ([`UnitSpec`]) as JSON
+//! text. Rows are read into typed values here, at the storage boundary: kinds,
+//! actions and statuses are enums from `phoenix_wire`, never strings compared
+//! elsewhere. [`list`] is what users see (`GET /api/v1/tasks`): every kind, newest
+//! first.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use phoenix_wire::agent::{CollectorSpec, Task, TaskAction, TaskKind, TaskOutcome};
-use phoenix_wire::load::LoadRunSpec;
-use phoenix_wire::view::{AgentTask, TaskFilter};
+use phoenix_wire::agent::{Task, TaskAction, TaskKind, TaskOutcome, UnitSpec};
+use phoenix_wire::view::{AgentTask, TaskFilter, TaskStatus};
 use sqlx::FromRow;
 use sqlx::postgres::PgConnection;
 
@@ -28,15 +29,42 @@ use crate::{Result, StoreError, corrupt};
 #[derive(Clone, Debug, PartialEq)]
 pub struct NewTask {
     pub host_id: String,
-    pub collector_id: String,
+    pub kind: TaskKind,
+    pub unit_id: String,
     pub action: TaskAction,
-    /// The hash of `collector` for start/update; empty for stop.
-    pub config_hash: String,
-    pub collector: Option<CollectorSpec>,
+    /// The hash of `spec` for start/update; empty for stop.
+    pub spec_hash: String,
+    pub spec: Option<UnitSpec>,
 }
 
-/// Inserts tasks in one statement; a task that is already open is skipped.
-/// Returns how many were new.
+impl NewTask {
+    /// A start or update that brings `spec` about on `host_id`.
+    pub fn apply(host_id: &str, action: TaskAction, spec: UnitSpec) -> NewTask {
+        NewTask {
+            host_id: host_id.to_string(),
+            kind: spec.kind(),
+            unit_id: spec.unit_id(),
+            action,
+            spec_hash: spec.hash().to_string(),
+            spec: Some(spec),
+        }
+    }
+
+    /// A stop of the unit `unit_id` of `kind` on `host_id`.
+    pub fn stop(host_id: &str, kind: TaskKind, unit_id: &str) -> NewTask {
+        NewTask {
+            host_id: host_id.to_string(),
+            kind,
+            unit_id: unit_id.to_string(),
+            action: TaskAction::Stop,
+            spec_hash: String::new(),
+            spec: None,
+        }
+    }
+}
+
+/// Inserts tasks of any kind in one statement; a task that is already open is
+/// skipped. Returns how many were new.
 pub async fn insert(conn: &mut PgConnection, tasks: &[NewTask]) -> Result<u64> {
     if tasks.is_empty() {
         return Ok(0);
@@ -45,22 +73,20 @@ pub async fn insert(conn: &mut PgConnection, tasks: &[NewTask]) -> Result<u64> {
     // and building a JSON tree for each first costs more than the write.
     let payloads: Vec<Option<String>> = tasks
         .iter()
-        .map(|t| {
-            t.collector
-                .as_ref()
-                .map(|c| serde_json::to_string(c).expect("spec serializes"))
-        })
+        .map(|t| t.spec.as_ref().map(UnitSpec::to_json))
         .collect();
     let result = sqlx::query(
-        "INSERT INTO agent_tasks (host_id, collector_id, action, config_hash, payload) \
-         SELECT h, c, a, ch, p::jsonb FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) \
-         AS x(h, c, a, ch, p) \
-         ON CONFLICT (host_id, collector_id, config_hash, action) WHERE status IN ('pending', 'leased') DO NOTHING",
+        "INSERT INTO agent_tasks (kind, host_id, unit_id, action, spec_hash, payload) \
+         SELECT k, h, u, a, sh, p::jsonb \
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) \
+         AS x(k, h, u, a, sh, p) \
+         ON CONFLICT (host_id, unit_id, spec_hash, action) WHERE status IN ('pending', 'leased') DO NOTHING",
     )
+    .bind(tasks.iter().map(|t| t.kind.as_str()).collect::<Vec<_>>())
     .bind(tasks.iter().map(|t| t.host_id.as_str()).collect::<Vec<_>>())
-    .bind(tasks.iter().map(|t| t.collector_id.as_str()).collect::<Vec<_>>())
+    .bind(tasks.iter().map(|t| t.unit_id.as_str()).collect::<Vec<_>>())
     .bind(tasks.iter().map(|t| t.action.as_str()).collect::<Vec<_>>())
-    .bind(tasks.iter().map(|t| t.config_hash.as_str()).collect::<Vec<_>>())
+    .bind(tasks.iter().map(|t| t.spec_hash.as_str()).collect::<Vec<_>>())
     .bind(&payloads)
     .execute(conn)
     .await?;
@@ -73,7 +99,7 @@ struct ClaimedRow {
     id: i64,
     kind: String,
     action: String,
-    collector_id: String,
+    unit_id: String,
     attempts: i32,
     /// As text: parsed straight into its spec, with no JSON tree in between.
     payload: Option<String>,
@@ -112,7 +138,7 @@ pub async fn claim_many(
                  AND (status = 'pending' OR (status = 'leased' AND lease_until < now())) \
                  ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED) c) claimable \
          WHERE t.id = claimable.id \
-         RETURNING t.host_id, t.id, t.kind, t.action, t.collector_id, t.attempts, t.payload::text AS payload",
+         RETURNING t.host_id, t.id, t.kind, t.action, t.unit_id, t.attempts, t.payload::text AS payload",
     )
     .bind(host_ids)
     .bind(lease.as_millis() as f64)
@@ -134,33 +160,38 @@ pub async fn claim_many(
 
 fn claimed_task(row: ClaimedRow) -> Result<Task> {
     let what = format!("task {}", row.id);
-    let kind = TaskKind::parse(&row.kind)
-        .ok_or_else(|| corrupt(&what, format!("unknown kind {}", row.kind)))?;
-    let (collector, load) = match (kind, row.payload) {
-        (_, None) => (None, None),
-        (TaskKind::Collector, Some(payload)) => (
-            Some(serde_json::from_str::<CollectorSpec>(&payload))
-                .transpose()
-                .map_err(|e| corrupt(&what, e))?,
-            None,
-        ),
-        (TaskKind::Load, Some(payload)) => (
-            None,
-            Some(serde_json::from_str::<LoadRunSpec>(&payload))
-                .transpose()
-                .map_err(|e| corrupt(&what, e))?,
-        ),
+    let kind = parse_kind(&what, &row.kind)?;
+    let spec = row
+        .payload
+        .map(|payload| UnitSpec::from_json(kind, &payload))
+        .transpose()
+        .map_err(|e| corrupt(&what, e))?;
+    let (collector, load) = match spec {
+        None => (None, None),
+        Some(UnitSpec::Collector(spec)) => (Some(spec), None),
+        Some(UnitSpec::Load(spec)) => (None, Some(spec)),
     };
     Ok(Task {
         id: row.id,
-        action: TaskAction::parse(&row.action)
-            .ok_or_else(|| corrupt(&what, format!("unknown action {}", row.action)))?,
-        collector_id: row.collector_id,
+        action: parse_action(&what, &row.action)?,
+        collector_id: row.unit_id,
         attempt: row.attempts,
         collector,
         kind,
         load,
     })
+}
+
+fn parse_kind(what: &str, text: &str) -> Result<TaskKind> {
+    TaskKind::parse(text).ok_or_else(|| corrupt(what, format!("unknown kind {text}")))
+}
+
+fn parse_action(what: &str, text: &str) -> Result<TaskAction> {
+    TaskAction::parse(text).ok_or_else(|| corrupt(what, format!("unknown action {text}")))
+}
+
+fn parse_status(what: &str, text: &str) -> Result<TaskStatus> {
+    TaskStatus::parse(text).ok_or_else(|| corrupt(what, format!("unknown status {text}")))
 }
 
 /// Records an agent's answer. Answering a task that is already finished changes
@@ -280,129 +311,92 @@ pub async fn cancel_pending(conn: &mut PgConnection, ids: &[i64]) -> Result<u64>
 }
 
 /// An open (pending or leased) task, as the reconciler sees it.
-#[derive(Clone, Debug, FromRow)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct OpenTask {
     pub id: i64,
     pub host_id: String,
-    pub collector_id: String,
-    pub action: String,
-    pub config_hash: String,
-    pub status: String,
+    pub kind: TaskKind,
+    pub unit_id: String,
+    pub action: TaskAction,
+    pub spec_hash: String,
+    pub status: TaskStatus,
 }
 
-/// Open collector tasks (load tasks: [`list_open_load`]): pending and leased ones,
-/// and succeeded ones whose host has not reported a status since (within
-/// [`UNREPORTED_SUCCESS_WINDOW`]), which are still in flight as far as the diff
-/// can tell: without them, a pass between an agent's answer and its status
-/// report would ask for the same collector again.
+#[derive(FromRow)]
+struct OpenRow {
+    id: i64,
+    host_id: String,
+    kind: String,
+    unit_id: String,
+    action: String,
+    spec_hash: String,
+    status: String,
+}
+
+/// Open tasks of every kind: pending and leased ones, and succeeded ones whose
+/// host has not reported a status since (within [`UNREPORTED_SUCCESS_WINDOW`]),
+/// which are still in flight as far as the diff can tell: without them, a pass
+/// between an agent's answer and its status report would ask for the same unit
+/// again.
 ///
 /// Read open tasks *before* what hosts report: work moves from "open task" to
 /// "reported", so the later read then sees everything the earlier one missed
 /// (at worst something twice, which the diff takes in its stride).
 pub async fn list_open(conn: &mut PgConnection) -> Result<Vec<OpenTask>> {
-    open_of_kind(conn, TaskKind::Collector).await
-}
-
-async fn open_of_kind(conn: &mut PgConnection, kind: TaskKind) -> Result<Vec<OpenTask>> {
-    Ok(sqlx::query_as(
-        "SELECT id, host_id, collector_id, action, config_hash, status FROM agent_tasks \
-         WHERE status IN ('pending', 'leased') AND kind = $2 \
+    let rows: Vec<OpenRow> = sqlx::query_as(
+        "SELECT id, host_id, kind, unit_id, action, spec_hash, status FROM agent_tasks \
+         WHERE status IN ('pending', 'leased') \
          UNION ALL \
-         SELECT t.id, t.host_id, t.collector_id, t.action, t.config_hash, t.status FROM agent_tasks t \
+         SELECT t.id, t.host_id, t.kind, t.unit_id, t.action, t.spec_hash, t.status FROM agent_tasks t \
          JOIN hosts h ON h.host_id = t.host_id \
-         WHERE t.status = 'succeeded' AND t.kind = $2 \
+         WHERE t.status = 'succeeded' \
          AND t.updated_at > now() - $1 * interval '1 second' AND t.updated_at > h.status_at \
          ORDER BY id",
     )
     .bind(UNREPORTED_SUCCESS_WINDOW.as_secs_f64())
-    .bind(kind.as_str())
     .fetch_all(conn)
-    .await?)
+    .await?;
+    rows.into_iter()
+        .map(|row| {
+            let what = format!("task {}", row.id);
+            Ok(OpenTask {
+                id: row.id,
+                host_id: row.host_id,
+                kind: parse_kind(&what, &row.kind)?,
+                unit_id: row.unit_id,
+                action: parse_action(&what, &row.action)?,
+                spec_hash: row.spec_hash,
+                status: parse_status(&what, &row.status)?,
+            })
+        })
+        .collect()
 }
 
 /// How long a succeeded task waits for its host's status report before the diff
 /// stops counting it as in flight (an agent that never reports again).
 pub const UNREPORTED_SUCCESS_WINDOW: Duration = Duration::from_secs(600);
 
-/// A failed start or update, for judging whether a collector keeps failing.
+/// A failed start or update, for judging whether a unit keeps failing.
 #[derive(Clone, Debug, FromRow)]
 pub struct FailedTask {
     pub host_id: String,
-    pub collector_id: String,
-    pub config_hash: String,
+    pub unit_id: String,
+    pub spec_hash: String,
     pub error: Option<String>,
     pub created_at: DateTime<Utc>,
 }
 
-/// Failed collector starts and updates created since `since`.
+/// Failed starts and updates of units of `kind` created since `since`, oldest first.
 pub async fn failures_since(
     conn: &mut PgConnection,
+    kind: TaskKind,
     since: DateTime<Utc>,
 ) -> Result<Vec<FailedTask>> {
     Ok(sqlx::query_as(
-        "SELECT host_id, collector_id, config_hash, error, created_at FROM agent_tasks \
-         WHERE status = 'failed' AND action <> 'stop' AND kind = 'collector' AND created_at >= $1 ORDER BY id",
+        "SELECT host_id, unit_id, spec_hash, error, created_at FROM agent_tasks \
+         WHERE status = 'failed' AND action <> 'stop' AND kind = $1 AND created_at >= $2 ORDER BY id",
     )
-    .bind(since)
-    .fetch_all(conn)
-    .await?)
-}
-
-/// A load task the reconciler wants to exist. Its unit id goes in `collector_id`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct NewLoadTask {
-    pub host_id: String,
-    pub unit_id: String,
-    pub action: TaskAction,
-    /// The spec's hash for start/update; empty for stop.
-    pub spec_hash: String,
-    pub load: Option<LoadRunSpec>,
-}
-
-/// Inserts load tasks in one statement; a task that is already open is skipped.
-/// Returns how many were new.
-pub async fn insert_load(conn: &mut PgConnection, tasks: &[NewLoadTask]) -> Result<u64> {
-    if tasks.is_empty() {
-        return Ok(0);
-    }
-    let payloads: Vec<Option<serde_json::Value>> = tasks
-        .iter()
-        .map(|t| {
-            t.load
-                .as_ref()
-                .map(|l| serde_json::to_value(l).expect("load spec serializes"))
-        })
-        .collect();
-    let result = sqlx::query(
-        "INSERT INTO agent_tasks (kind, host_id, collector_id, action, config_hash, payload) \
-         SELECT 'load', * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[]) \
-         ON CONFLICT (host_id, collector_id, config_hash, action) WHERE status IN ('pending', 'leased') DO NOTHING",
-    )
-    .bind(tasks.iter().map(|t| t.host_id.as_str()).collect::<Vec<_>>())
-    .bind(tasks.iter().map(|t| t.unit_id.as_str()).collect::<Vec<_>>())
-    .bind(tasks.iter().map(|t| t.action.as_str()).collect::<Vec<_>>())
-    .bind(tasks.iter().map(|t| t.spec_hash.as_str()).collect::<Vec<_>>())
-    .bind(&payloads)
-    .execute(conn)
-    .await?;
-    Ok(result.rows_affected())
-}
-
-/// Open load tasks (their unit id in `collector_id`, their spec hash in
-/// `config_hash`), in the same sense as [`list_open`].
-pub async fn list_open_load(conn: &mut PgConnection) -> Result<Vec<OpenTask>> {
-    open_of_kind(conn, TaskKind::Load).await
-}
-
-/// Failed load starts and updates created since `since`, oldest first.
-pub async fn load_failures_since(
-    conn: &mut PgConnection,
-    since: DateTime<Utc>,
-) -> Result<Vec<FailedTask>> {
-    Ok(sqlx::query_as(
-        "SELECT host_id, collector_id, config_hash, error, created_at FROM agent_tasks \
-         WHERE status = 'failed' AND action <> 'stop' AND kind = 'load' AND created_at >= $1 ORDER BY id",
-    )
+    .bind(kind.as_str())
     .bind(since)
     .fetch_all(conn)
     .await?)
@@ -413,9 +407,9 @@ struct TaskRow {
     id: i64,
     host_id: String,
     kind: String,
-    collector_id: String,
+    unit_id: String,
     action: String,
-    config_hash: String,
+    spec_hash: String,
     status: String,
     attempts: i32,
     lease_until: Option<DateTime<Utc>>,
@@ -428,7 +422,7 @@ struct TaskRow {
 /// `filter.limit`; each names the experiment, deployment or load run it works for.
 pub async fn list(conn: &mut PgConnection, filter: &TaskFilter) -> Result<Vec<AgentTask>> {
     let rows: Vec<TaskRow> = sqlx::query_as(
-        "SELECT id, host_id, kind, collector_id, action, config_hash, status, attempts, \
+        "SELECT id, host_id, kind, unit_id, action, spec_hash, status, attempts, \
          lease_until, error, created_at, updated_at FROM agent_tasks \
          WHERE ($1::text IS NULL OR host_id = $1) AND ($2::text IS NULL OR status = $2) \
          ORDER BY id DESC LIMIT $3",
@@ -446,13 +440,13 @@ pub async fn list(conn: &mut PgConnection, filter: &TaskFilter) -> Result<Vec<Ag
                 host: row.host_id,
                 kind: row.kind,
                 action: row.action,
-                unit: row.collector_id,
+                unit: row.unit_id,
                 experiment: None,
                 deployment: None,
                 loadsim: None,
                 status: row.status,
                 attempts: row.attempts,
-                config_hash: row.config_hash,
+                config_hash: row.spec_hash,
                 lease_until: row.lease_until,
                 error: row.error,
                 created_at: row.created_at,

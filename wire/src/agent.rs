@@ -154,6 +154,58 @@ impl TaskKind {
     }
 }
 
+/// What a start or update task brings about on a host: a unit of one of the
+/// [`TaskKind`]s. Collectors and load runs travel through one task pipeline (one
+/// diff, one table, one failure query), keyed by kind; a new kind of unit is a new
+/// variant here.
+#[derive(Clone, Debug, PartialEq)]
+pub enum UnitSpec {
+    Collector(CollectorSpec),
+    Load(LoadRunSpec),
+}
+
+impl UnitSpec {
+    pub fn kind(&self) -> TaskKind {
+        match self {
+            UnitSpec::Collector(_) => TaskKind::Collector,
+            UnitSpec::Load(_) => TaskKind::Load,
+        }
+    }
+
+    /// The unit's id on its host: a collector id, or `load.<run id>`.
+    pub fn unit_id(&self) -> String {
+        match self {
+            UnitSpec::Collector(spec) => spec.collector_id.clone(),
+            UnitSpec::Load(spec) => spec.unit_id(),
+        }
+    }
+
+    /// The spec's identity: equal hashes are the same unit, applying it twice is a no-op.
+    pub fn hash(&self) -> &str {
+        match self {
+            UnitSpec::Collector(spec) => &spec.config_hash,
+            UnitSpec::Load(spec) => &spec.spec_hash,
+        }
+    }
+
+    /// The spec as JSON text (how a task row stores it).
+    pub fn to_json(&self) -> String {
+        match self {
+            UnitSpec::Collector(spec) => serde_json::to_string(spec),
+            UnitSpec::Load(spec) => serde_json::to_string(spec),
+        }
+        .expect("specs always serialize")
+    }
+
+    /// Reads a spec of `kind` from [`UnitSpec::to_json`]'s text.
+    pub fn from_json(kind: TaskKind, json: &str) -> serde_json::Result<UnitSpec> {
+        Ok(match kind {
+            TaskKind::Collector => UnitSpec::Collector(serde_json::from_str(json)?),
+            TaskKind::Load => UnitSpec::Load(serde_json::from_str(json)?),
+        })
+    }
+}
+
 /// One unit of work for one host, leased to its agent.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]

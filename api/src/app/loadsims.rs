@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use phoenix_storage::loads::{self, NewLoadRun, StoredLoadRun};
 use phoenix_storage::tasks::{self, FailedTask};
 use phoenix_storage::{PgConnection, hosts};
+use phoenix_wire::agent::TaskKind;
 use phoenix_wire::load::{
     LoadHostState, LoadHostStatus, LoadSim, LoadSimPhase, LoadSimRequest, LoadState, LoadStatus,
 };
@@ -19,8 +20,8 @@ use phoenix_wire::problem::FieldError;
 use std::collections::HashMap;
 
 use crate::app::parse_body;
-use crate::body::DocumentBody;
 use crate::error::ApiError;
+use crate::http::body::DocumentBody;
 
 /// Validates a start request, resolves its hosts, checks each host's load limit,
 /// then stores the run. Nothing is written unless every check passes.
@@ -105,7 +106,7 @@ pub async fn list(conn: &mut PgConnection) -> Result<Vec<LoadSim>, ApiError> {
     let reported = loads::reported_by_host(conn).await?;
     let oldest = runs.iter().map(|r| r.created_at).min();
     let failures = match oldest {
-        Some(since) => tasks::load_failures_since(conn, since).await?,
+        Some(since) => tasks::failures_since(conn, TaskKind::Load, since).await?,
         None => Vec::new(),
     };
     let now = Utc::now();
@@ -118,7 +119,7 @@ pub async fn list(conn: &mut PgConnection) -> Result<Vec<LoadSim>, ApiError> {
 pub async fn get(conn: &mut PgConnection, name: &str) -> Result<LoadSim, ApiError> {
     let run = loads::get_run(conn, name).await?;
     let reported = loads::reported_by_host(conn).await?;
-    let failures = tasks::load_failures_since(conn, run.created_at).await?;
+    let failures = tasks::failures_since(conn, TaskKind::Load, run.created_at).await?;
     Ok(view(run, &reported, &failures, Utc::now()))
 }
 
@@ -146,42 +147,42 @@ pub fn view(
     };
     let spec = run.spec();
     let unit = spec.unit_id();
-    let host_status = run
-        .target_hosts
-        .iter()
-        .map(|host| {
-            let on_host = reported
-                .get(host)
-                .and_then(|runs| runs.iter().find(|r| r.run_id == spec.run_id));
-            if let Some(r) = on_host {
-                return LoadHostStatus {
-                    host_id: host.clone(),
-                    state: match r.state {
-                        LoadState::Running => LoadHostState::Running,
-                        LoadState::Finished => LoadHostState::Finished,
-                    },
-                    live_processes: r.live_processes,
-                    spawned_total: r.spawned_total,
-                    last_error: r.last_error.clone(),
+    let host_status =
+        run.target_hosts
+            .iter()
+            .map(|host| {
+                let on_host = reported
+                    .get(host)
+                    .and_then(|runs| runs.iter().find(|r| r.run_id == spec.run_id));
+                if let Some(r) = on_host {
+                    return LoadHostStatus {
+                        host_id: host.clone(),
+                        state: match r.state {
+                            LoadState::Running => LoadHostState::Running,
+                            LoadState::Finished => LoadHostState::Finished,
+                        },
+                        live_processes: r.live_processes,
+                        spawned_total: r.spawned_total,
+                        last_error: r.last_error.clone(),
+                    };
+                }
+                let failure = failures.iter().rev().find(|f| {
+                    &f.host_id == host && f.unit_id == unit && f.spec_hash == spec.spec_hash
+                });
+                let state = match (phase, failure) {
+                    (LoadSimPhase::Running, Some(_)) => LoadHostState::Failed,
+                    (LoadSimPhase::Running, None) => LoadHostState::Pending,
+                    _ => LoadHostState::Gone,
                 };
-            }
-            let failure = failures.iter().rev().find(|f| {
-                &f.host_id == host && f.collector_id == unit && f.config_hash == spec.spec_hash
-            });
-            let state = match (phase, failure) {
-                (LoadSimPhase::Running, Some(_)) => LoadHostState::Failed,
-                (LoadSimPhase::Running, None) => LoadHostState::Pending,
-                _ => LoadHostState::Gone,
-            };
-            LoadHostStatus {
-                host_id: host.clone(),
-                state,
-                live_processes: 0,
-                spawned_total: 0,
-                last_error: failure.and_then(|f| f.error.clone()),
-            }
-        })
-        .collect();
+                LoadHostStatus {
+                    host_id: host.clone(),
+                    state,
+                    live_processes: 0,
+                    spawned_total: 0,
+                    last_error: failure.and_then(|f| f.error.clone()),
+                }
+            })
+            .collect();
     LoadSim {
         name: run.name,
         profile: run.profile,

@@ -36,9 +36,9 @@ use phoenix_wire::view::Phase;
 use sqlx::Connection;
 
 use crate::app::check_experiment;
-use crate::body::DocumentBody;
-use crate::deployments::check_deployment;
+use crate::app::deployments::check_deployment;
 use crate::error::ApiError;
+use crate::http::body::DocumentBody;
 
 /// The query of an apply request.
 #[derive(Debug, serde::Deserialize)]

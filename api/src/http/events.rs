@@ -1,5 +1,5 @@
 //! `GET /api/v1/events?experiment=NAME&host=ID`: the event stream, a WebSocket of
-//! JSON `phoenix_wire::events::Event`s (see [`crate::events`]).
+//! JSON `phoenix_wire::events::Event`s (see [`crate::fanout::events`]).
 
 use std::time::Duration;
 
@@ -11,9 +11,9 @@ use axum::response::{IntoResponse, Response};
 use phoenix_wire::events::EventFilter;
 use phoenix_wire::problem::FieldError;
 
-use crate::auth::Viewer;
 use crate::error::ApiError;
-use crate::events;
+use crate::fanout::events;
+use crate::http::auth::Viewer;
 use crate::state::AppState;
 
 /// How long a new subscriber waits for a (re)connecting event listener.

@@ -5,9 +5,9 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use phoenix_wire::deployment::PromotionResult;
 
-use crate::auth::Operator;
-use crate::deployments::{self as app, PromoteOptions};
+use crate::app::deployments::{self as app, PromoteOptions};
 use crate::error::ApiError;
+use crate::http::auth::Operator;
 use crate::state::AppState;
 
 /// `?force=true` promotes a verdict other than `pass`; `?deployment=NAME` names

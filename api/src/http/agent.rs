@@ -13,9 +13,9 @@ use phoenix_wire::problem::FieldError;
 use serde::Deserialize;
 
 use crate::app::parse_body;
-use crate::auth::Agent;
-use crate::body::DocumentBody;
 use crate::error::ApiError;
+use crate::http::auth::Agent;
+use crate::http::body::DocumentBody;
 use crate::state::AppState;
 
 #[derive(Deserialize)]

@@ -1,8 +1,12 @@
-//! HTTP routes. Handlers are thin: authorize (by extractor), parse, call one
-//! application or storage function, convert to a view.
+//! The HTTP surface: the router and its handlers, one module per resource. Handlers
+//! are thin: authorize (by extractor), parse, call one application or storage
+//! function, convert to a view. [`auth`] (tokens, roles), [`body`] (document bodies)
+//! and [`serve`] (the HTTP/1.1 server loop) serve them all.
 
 pub mod agent;
 pub mod apply;
+pub mod auth;
+pub mod body;
 pub mod deployments;
 pub mod events;
 pub mod experiments;
@@ -11,6 +15,7 @@ pub mod hosts;
 pub mod loadsims;
 pub mod pipelines;
 pub mod promotion;
+pub mod serve;
 pub mod tasks;
 
 use axum::Router;

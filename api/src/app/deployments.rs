@@ -19,10 +19,10 @@ use phoenix_wire::deployment::{
 use phoenix_wire::names::{self, selector_matches};
 use phoenix_wire::problem::FieldError;
 
+use crate::app::collector::{self, ValidateError};
 use crate::app::{VALIDATION_HOST, VALIDATION_REMOTE_WRITE_URL, check_pipeline, parse_body};
-use crate::body::DocumentBody;
-use crate::collector::{self, ValidateError};
 use crate::error::ApiError;
+use crate::http::body::DocumentBody;
 
 /// Validates a `PipelineDeployment` document against the types, the catalog, the
 /// collector and the fleet, then creates the deployment or makes the document its

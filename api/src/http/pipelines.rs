@@ -6,9 +6,9 @@ use phoenix_storage::templates;
 use phoenix_wire::view::{List, PipelineTemplate, PipelineValidation};
 
 use crate::app::{self, template_view};
-use crate::auth::Viewer;
-use crate::body::DocumentBody;
 use crate::error::ApiError;
+use crate::http::auth::Viewer;
+use crate::http::body::DocumentBody;
 use crate::state::AppState;
 
 pub async fn list(

@@ -7,9 +7,9 @@ use phoenix_storage::experiments;
 use phoenix_wire::view::{Experiment, ExperimentEvent, List};
 
 use crate::app;
-use crate::auth::{Operator, Viewer};
-use crate::body::DocumentBody;
 use crate::error::ApiError;
+use crate::http::auth::{Operator, Viewer};
+use crate::http::body::DocumentBody;
 use crate::state::AppState;
 
 pub async fn create(

@@ -1,4 +1,4 @@
-//! `/api/v1/apply`: declarative apply of a set of documents (see [`crate::apply`]).
+//! `/api/v1/apply`: declarative apply of a set of documents (see [`crate::app::apply`]).
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
@@ -6,10 +6,10 @@ use axum::extract::{Query, State};
 use phoenix_wire::apply::PlanEntry;
 use phoenix_wire::problem::FieldError;
 
-use crate::apply::{self as app, ApplyOptions};
-use crate::auth::Operator;
-use crate::body::DocumentBody;
+use crate::app::apply::{self as app, ApplyOptions};
 use crate::error::ApiError;
+use crate::http::auth::Operator;
+use crate::http::body::DocumentBody;
 use crate::state::AppState;
 
 /// `?source=S&prune=true|false&dryRun=true|false`; answers the plan, a JSON list of

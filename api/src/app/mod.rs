@@ -1,6 +1,13 @@
 //! The application layer: what a request means, between the thin handlers and the
 //! storage queries. Checks that need the database (does the pipeline exist, does
-//! the selector match a host) live here.
+//! the selector match a host) live here; [`apply`] (declarative apply),
+//! [`deployments`] (pipeline deployments, promote and rollback), [`loadsims`] (load
+//! simulations) and [`collector`] (validation with the real collector) beside them.
+
+pub mod apply;
+pub mod collector;
+pub mod deployments;
+pub mod loadsims;
 
 use std::path::Path;
 
@@ -13,9 +20,9 @@ use phoenix_wire::resource::{
 };
 use phoenix_wire::view::{Experiment, PipelineTemplate, PipelineValidation};
 
-use crate::body::DocumentBody;
-use crate::collector::{self, ValidateError};
+use self::collector::ValidateError;
 use crate::error::ApiError;
+use crate::http::body::DocumentBody;
 
 /// Stand-ins for what only a real host knows, when a config is validated centrally.
 pub(crate) const VALIDATION_HOST: &str = "validation-host";

@@ -5,8 +5,8 @@ use axum::extract::{Path, State};
 use phoenix_storage::hosts;
 use phoenix_wire::view::{Host, List};
 
-use crate::auth::Viewer;
 use crate::error::ApiError;
+use crate::http::auth::Viewer;
 use crate::state::AppState;
 
 pub async fn list(State(state): State<AppState>, _: Viewer) -> Result<Json<List<Host>>, ApiError> {

@@ -1,5 +1,5 @@
-//! The event stream's fan-out: one `LISTEN phoenix_events` connection per API
-//! process ([`listen`]), an in-memory broadcast to every subscriber ([`EventHub`]),
+//! The event stream's fan-out: the process's listener (`super::listen`) hands the
+//! `phoenix_events` notifications to an in-memory broadcast ([`EventHub`]),
 //! and the WebSocket loop ([`forward`]) that sends a subscriber the events its
 //! filter selects.
 //!
@@ -15,9 +15,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use phoenix_storage::{EVENTS_CHANNEL, PgPool};
 use phoenix_wire::events::{CLOSE_GOING_AWAY, CLOSE_RESUBSCRIBE, Event, EventFilter, KEEPALIVE};
-use sqlx::postgres::PgListener;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
@@ -52,7 +50,7 @@ pub struct EventHub {
 }
 
 impl EventHub {
-    /// A hub, and the sender through which [`listen`] reports its connection.
+    /// A hub, and the sender through which the listener reports its connection.
     pub fn new() -> (EventHub, watch::Sender<bool>) {
         Self::with_capacity(BUFFER)
     }
@@ -81,79 +79,28 @@ impl EventHub {
     }
 }
 
-/// Listens for events until `shutdown` turns true, reconnecting with backoff, and
-/// broadcasts them to `hub`'s subscribers. Reports whether it is connected through
-/// `connected` (and the `event_listener_connected` metric).
-pub async fn listen(
-    pool: PgPool,
-    hub: EventHub,
-    metrics: Metrics,
-    connected: watch::Sender<bool>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut delay = Duration::from_millis(100);
-    while !*shutdown.borrow() {
-        let listener = match PgListener::connect_with(&pool).await {
-            Ok(mut listener) => match listener.listen(EVENTS_CHANNEL).await {
-                Ok(()) => Some(listener),
-                Err(err) => {
-                    tracing::warn!(error = %err, "LISTEN {EVENTS_CHANNEL} failed; retrying");
-                    None
-                }
-            },
+impl EventHub {
+    /// Broadcasts an event's JSON as the trigger sent it; a payload this version
+    /// cannot read (a trigger newer than this binary, during a rolling upgrade) is
+    /// skipped.
+    pub fn publish(&self, payload: &str) {
+        match serde_json::from_str::<Event>(payload) {
+            Ok(event) => {
+                // No subscribers is not an error.
+                let _ = self.sender.send(StreamItem::Event(Arc::new(ReceivedEvent {
+                    event,
+                    json: payload.into(),
+                })));
+            }
             Err(err) => {
-                tracing::warn!(error = %err, "event listener cannot connect; retrying");
-                None
-            }
-        };
-        let Some(mut listener) = listener else {
-            tokio::select! { _ = tokio::time::sleep(delay) => {}, _ = shutdown.changed() => {} }
-            delay = (delay * 2).min(Duration::from_secs(5));
-            continue;
-        };
-        delay = Duration::from_millis(100);
-        let _ = connected.send(true);
-        metrics.event_listener_connected.set(1);
-        loop {
-            tokio::select! {
-                received = listener.try_recv() => match received {
-                    Ok(Some(notification)) => {
-                        metrics.events_received.inc();
-                        publish(&hub, notification.payload());
-                    }
-                    Ok(None) => {
-                        tracing::warn!("event listener lost its connection; reconnecting");
-                        break;
-                    }
-                    Err(err) => {
-                        tracing::warn!(error = %err, "event listener failed; reconnecting");
-                        break;
-                    }
-                },
-                _ = shutdown.changed() => return,
+                tracing::warn!(error = %err, payload, "ignoring an event this version cannot read")
             }
         }
-        // Flag first, then the gap: a subscriber that saw "connected" is already
-        // subscribed and so receives the gap.
-        let _ = connected.send(false);
-        metrics.event_listener_connected.set(0);
-        let _ = hub.sender.send(StreamItem::Gap);
     }
-}
 
-fn publish(hub: &EventHub, payload: &str) {
-    match serde_json::from_str::<Event>(payload) {
-        Ok(event) => {
-            // No subscribers is not an error.
-            let _ = hub.sender.send(StreamItem::Event(Arc::new(ReceivedEvent {
-                event,
-                json: payload.into(),
-            })));
-        }
-        // A trigger newer than this binary (during a rolling upgrade): skip it.
-        Err(err) => {
-            tracing::warn!(error = %err, payload, "ignoring an event this version cannot read")
-        }
+    /// Tells every subscriber that events may have been missed.
+    pub fn gap(&self) {
+        let _ = self.sender.send(StreamItem::Gap);
     }
 }
 
@@ -286,12 +233,11 @@ mod tests {
         assert!(hub.subscribe(Duration::from_millis(10)).await.is_none());
         connected.send(true).unwrap();
         let mut receiver = hub.subscribe(Duration::from_millis(10)).await.unwrap();
-        publish(
-            &hub,
+        hub.publish(
             r#"{"kind":"host","host":"web-1","change":"status","agentVersion":"1","at":"2025-06-01T12:00:00Z"}"#,
         );
-        publish(&hub, r#"{"kind":"future-thing"}"#);
-        let _ = hub.sender.send(StreamItem::Gap);
+        hub.publish(r#"{"kind":"future-thing"}"#);
+        hub.gap();
         match receiver.recv().await.unwrap() {
             StreamItem::Event(e) => assert_eq!(e.event.host(), Some("web-1")),
             StreamItem::Gap => panic!("expected the event first"),
@@ -337,8 +283,7 @@ mod tests {
         // Subscribed before the upgrade answered; nothing is read in between (one
         // thread, no await), so the subscriber is 6 events behind.
         for _ in 0..10 {
-            publish(
-                &hub,
+            hub.publish(
                 r#"{"kind":"host","host":"web-1","change":"status","agentVersion":"1","at":"2025-06-01T12:00:00Z"}"#,
             );
         }

@@ -7,8 +7,8 @@ use phoenix_storage::tasks;
 use phoenix_wire::problem::FieldError;
 use phoenix_wire::view::{AgentTask, List, TaskQuery};
 
-use crate::auth::Viewer;
 use crate::error::ApiError;
+use crate::http::auth::Viewer;
 use crate::state::AppState;
 
 /// `?host=H&status=S&limit=N` (all optional; `limit` 100 by default, at most 1000).

@@ -8,10 +8,10 @@ use phoenix_storage::deployments::{self, Applied};
 use phoenix_wire::deployment::PipelineDeployment;
 use phoenix_wire::view::List;
 
-use crate::auth::{Operator, Viewer};
-use crate::body::DocumentBody;
-use crate::deployments as app;
+use crate::app::deployments as app;
 use crate::error::ApiError;
+use crate::http::auth::{Operator, Viewer};
+use crate::http::body::DocumentBody;
 use crate::state::AppState;
 
 /// 201 when the deployment is new; 200 when the document became a new revision,

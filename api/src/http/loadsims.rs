@@ -7,10 +7,10 @@ use axum::http::StatusCode;
 use phoenix_wire::load::{LoadProfileInfo, LoadSim};
 use phoenix_wire::view::List;
 
-use crate::auth::{Operator, Viewer};
-use crate::body::DocumentBody;
+use crate::app::loadsims;
 use crate::error::ApiError;
-use crate::loadsims;
+use crate::http::auth::{Operator, Viewer};
+use crate::http::body::DocumentBody;
 use crate::state::AppState;
 
 pub async fn start(

@@ -17,14 +17,14 @@
 //!
 //! Missing data is an explicit `no-data` outcome that never passes. When Prometheus
 //! cannot be reached the experiment stays in `analyzing` and is retried on every
-//! pass; after the analysis timeout it fails with the last error, and nothing is
-//! recorded as a pass.
+//! activation of the analysis job; after the analysis timeout it fails with the last
+//! error, and nothing is recorded as a pass.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use phoenix_storage::{PgConnection, Result, experiments, results};
+use phoenix_storage::{PgPool, Result, experiments, results};
 use phoenix_wire::report::{
     CriterionResult, ExperimentReport, HostKpis, Outcome, VariantKpis, Verdict,
 };
@@ -57,34 +57,44 @@ pub enum AnalysisOutcome {
     Failed(String),
 }
 
-/// Analyzes every experiment that is in `analyzing`.
+/// Analyzes every experiment that is in `analyzing`. It runs as a background job of
+/// its own ([`crate::background`]), never inside the reconcile pass, and holds no
+/// database connection while it waits for Prometheus: it reads what is due, measures,
+/// then writes each result in a short transaction whose phase change is a
+/// compare-and-set.
 pub async fn analyze_due(
-    conn: &mut PgConnection,
+    pool: &PgPool,
     settings: &AnalyzerSettings,
 ) -> Result<Vec<(String, AnalysisOutcome)>> {
-    let due = experiments::list_in_phases(conn, &[Phase::Analyzing]).await?;
+    let due = {
+        let mut conn = pool.acquire().await?;
+        let mut due = Vec::new();
+        for experiment in experiments::list_in_phases(&mut conn, &[Phase::Analyzing]).await? {
+            // The window is recorded with the transition; missing only in a race.
+            if let Some(state) = results::state(&mut conn, &experiment.name).await? {
+                due.push((experiment, state));
+            }
+        }
+        due
+    };
     let mut outcomes = Vec::new();
-    for experiment in due {
-        let Some(state) = results::state(conn, &experiment.name).await? else {
-            continue; // the window is recorded with the transition; a race at most
-        };
-        let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
-            .fetch_one(&mut *conn)
-            .await?;
+    for (experiment, state) in due {
+        let now = database_now(pool).await?;
         let ready_at =
             state.window_end + chrono::Duration::from_std(settings.settle).unwrap_or_default();
         if now < ready_at {
             continue; // samples of the window's last seconds may still be on their way
         }
-        let outcome = match measure(
+        let measured = measure(
             settings,
             &experiment,
             state.window_start,
             state.window_end,
             now,
         )
-        .await
-        {
+        .await;
+        let mut conn = pool.acquire().await?;
+        let outcome = match measured {
             Ok(report) => {
                 let mut tx = conn.begin().await?;
                 results::store(&mut tx, &report).await?;
@@ -104,7 +114,7 @@ pub async fn analyze_due(
             }
             Err(err) => {
                 let error = err.to_string();
-                let attempts = results::record_failure(conn, &experiment.name, &error).await?;
+                let attempts = results::record_failure(&mut conn, &experiment.name, &error).await?;
                 // Counted from when measuring could first start, not from the phase change.
                 let waited = now
                     .signed_duration_since(ready_at)
@@ -118,7 +128,7 @@ pub async fn analyze_due(
                         ))
                     );
                     experiments::transition(
-                        conn,
+                        &mut conn,
                         &experiment.name,
                         Phase::Analyzing,
                         Phase::Failed,
@@ -136,6 +146,10 @@ pub async fn analyze_due(
         outcomes.push((experiment.name, outcome));
     }
     Ok(outcomes)
+}
+
+async fn database_now(pool: &PgPool) -> Result<DateTime<Utc>> {
+    Ok(sqlx::query_scalar("SELECT now()").fetch_one(pool).await?)
 }
 
 fn verdict_reason(report: &ExperimentReport) -> String {

@@ -3,17 +3,20 @@
 //! Replicas compete for leadership ([`phoenix_storage::leader`]); the leader runs
 //! [`pass::run_pass`] whenever the database announces a change (`NOTIFY
 //! phoenix_reconcile`, a hint) and at least every resync interval (the truth), so a
-//! lost wake-up, a crashed agent or a deleted row only delays convergence.
+//! lost wake-up, a crashed agent or a deleted row only delays convergence. Slow work
+//! runs beside the pass as background jobs of its own ([`background`]): the
+//! analysis of experiments, which waits on Prometheus, never holds up a pass.
 //!
-//! Modules: [`diff`] (desired vs reported vs open tasks → tasks to write), [`lifecycle`] (phase decisions),
-//! [`load`] (desired vs reported load runs → load tasks), [`pass`] (one
-//! transactional pass), [`analyzer`] (KPIs from [`prometheus`], judged by [`judge`];
-//! runs after each pass, outside its transaction), [`stats`] (Mann–Whitney U,
-//! Hodges–Lehmann, the resource pass/fail/inconclusive rule), [`standing`] (pipeline
+//! Modules: [`diff`] (desired vs reported vs open tasks → tasks to write, for every
+//! kind of unit), [`lifecycle`] (phase decisions), [`load`] (the load runs each host
+//! should have), [`pass`] (one transactional pass), [`standing`] (pipeline
 //! deployments' standing collectors and `promotion: auto`, steps of the pass),
-//! [`metrics`], [`config`].
+//! [`analyzer`] (KPIs from [`prometheus`], judged by [`judge`]), [`stats`]
+//! (Mann–Whitney U, Hodges–Lehmann, the resource pass/fail/inconclusive rule),
+//! [`background`] (how jobs are scheduled and observed), [`metrics`], [`config`].
 
 pub mod analyzer;
+pub mod background;
 pub mod config;
 pub mod diff;
 pub mod judge;
@@ -31,13 +34,15 @@ use std::time::{Duration, Instant};
 use phoenix_storage::leader::LeaderLock;
 use phoenix_storage::listen::Heard;
 use phoenix_storage::{PgPool, RECONCILE_CHANNEL};
+use phoenix_wire::view::Phase;
 use tokio::sync::{Notify, watch};
 
+use background::Schedule;
 pub use config::ReconcilerConfig;
 use metrics::{Metrics, PassLabels};
 
 /// Runs the reconciler until `shutdown` turns true: migrations, the wake-up
-/// listener, then leader election and passes.
+/// listener, the background jobs, then leader election and passes.
 pub async fn run(
     config: ReconcilerConfig,
     metrics: Metrics,
@@ -46,10 +51,23 @@ pub async fn run(
     let pool = phoenix_storage::connect(&config.database_url, 4).await?;
     phoenix_storage::migrate(&pool).await?;
     let wake = Arc::new(Notify::new());
+    let analyze = Arc::new(Notify::new());
+    let (leading_tx, leading) = watch::channel(false);
     let listener = tokio::spawn(listen_for_changes(
         pool.clone(),
         wake.clone(),
         shutdown.clone(),
+    ));
+    let analysis = tokio::spawn(background::run_job(
+        Schedule {
+            name: "analysis",
+            period: config.resync_interval.as_duration(),
+            wake: analyze.clone(),
+        },
+        metrics.clone(),
+        leading.clone(),
+        shutdown.clone(),
+        analysis_job(pool.clone(), config.analyzer_settings(), metrics.clone()),
     ));
 
     while !*shutdown.borrow() {
@@ -57,7 +75,9 @@ pub async fn run(
             Ok(Some(lock)) => {
                 tracing::info!("leading: this replica now reconciles");
                 metrics.is_leader.set(1);
-                lead(lock, &config, &metrics, &wake, &mut shutdown).await;
+                let _ = leading_tx.send(true);
+                lead(lock, &config, &metrics, &wake, &analyze, &mut shutdown).await;
+                let _ = leading_tx.send(false);
                 metrics.is_leader.set(0);
                 tracing::info!("no longer leading");
             }
@@ -72,8 +92,31 @@ pub async fn run(
         }
     }
     listener.abort();
+    let _ = analysis.await;
     pool.close().await;
     Ok(())
+}
+
+/// The analysis job's activation: analyze every experiment that is due.
+fn analysis_job(
+    pool: PgPool,
+    settings: analyzer::AnalyzerSettings,
+    metrics: Metrics,
+) -> impl FnMut() -> std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>> {
+    move || {
+        let (pool, settings, metrics) = (pool.clone(), settings.clone(), metrics.clone());
+        Box::pin(async move {
+            for (_, outcome) in analyzer::analyze_due(&pool, &settings).await? {
+                let result = match outcome {
+                    analyzer::AnalysisOutcome::Completed(_) => "completed",
+                    analyzer::AnalysisOutcome::Retrying(_) => "retrying",
+                    analyzer::AnalysisOutcome::Failed(_) => "failed",
+                };
+                metrics.analyses.get_or_create(&PassLabels { result }).inc();
+            }
+            Ok(())
+        })
+    }
 }
 
 /// Runs passes while the lock holds; returns when it is lost or on shutdown.
@@ -82,10 +125,10 @@ async fn lead(
     config: &ReconcilerConfig,
     metrics: &Metrics,
     wake: &Notify,
+    analyze: &Notify,
     shutdown: &mut watch::Receiver<bool>,
 ) {
     let resync = config.resync_interval.as_duration();
-    let analysis = config.analyzer_settings();
     while !*shutdown.borrow() {
         match lock.still_held().await {
             Ok(true) => {}
@@ -96,7 +139,9 @@ async fn lead(
             }
         }
         let started = Instant::now();
-        match pass::run_pass(lock.connection(), config).await {
+        let result = pass::run_pass(lock.connection(), config).await;
+        background::record(metrics, "pass", started, &result);
+        match result {
             Ok(report) => {
                 metrics
                     .passes
@@ -105,6 +150,13 @@ async fn lead(
                 metrics.tasks_emitted.inc_by(report.tasks_created);
                 metrics.tasks_cancelled.inc_by(report.tasks_cancelled);
                 metrics.transitions.inc_by(report.transitions.len() as u64);
+                if report
+                    .transitions
+                    .iter()
+                    .any(|(_, _, to)| *to == Phase::Analyzing)
+                {
+                    analyze.notify_one();
+                }
                 if report.tasks_created > 0 || report.tasks_cancelled > 0 {
                     tracing::info!(
                         created = report.tasks_created,
@@ -128,13 +180,6 @@ async fn lead(
         let pass_seconds = started.elapsed().as_secs_f64();
         metrics.pass_seconds.observe(pass_seconds);
         metrics.last_pass_seconds.set(pass_seconds);
-        // Analysis talks to Prometheus, so it runs outside the pass's transaction.
-        if let Err(err) = analyzer::analyze_due(lock.connection(), &analysis).await {
-            tracing::warn!(error = %err, "analysis failed");
-            if matches!(err, phoenix_storage::StoreError::Database(_)) {
-                return;
-            }
-        }
         tokio::select! {
             _ = wake.notified() => {
                 // Let a burst of changes settle into one pass.

@@ -15,6 +15,20 @@ pub struct PassLabels {
     pub result: &'static str,
 }
 
+/// A background job ([`crate::background`]).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobLabels {
+    pub job: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobResultLabels {
+    pub job: &'static str,
+    pub result: &'static str,
+}
+
+type GaugeF64 = Gauge<f64, AtomicU64>;
+
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
@@ -25,6 +39,10 @@ pub struct Metrics {
     pub tasks_cancelled: Counter,
     pub transitions: Counter,
     pub is_leader: Gauge,
+    pub job_activations: Family<JobResultLabels, Counter>,
+    pub job_last_seconds: Family<JobLabels, GaugeF64>,
+    pub job_last_success: Family<JobLabels, GaugeF64>,
+    pub analyses: Family<PassLabels, Counter>,
 }
 
 impl Metrics {
@@ -64,6 +82,30 @@ impl Metrics {
         );
         let is_leader = Gauge::default();
         registry.register("is_leader", "1 while this replica leads", is_leader.clone());
+        let job_activations = Family::<JobResultLabels, Counter>::default();
+        registry.register(
+            "job_activations",
+            "Activations of each background job, by result",
+            job_activations.clone(),
+        );
+        let job_last_seconds = Family::<JobLabels, GaugeF64>::default();
+        registry.register(
+            "job_last_seconds",
+            "Duration of each background job's latest activation",
+            job_last_seconds.clone(),
+        );
+        let job_last_success = Family::<JobLabels, GaugeF64>::default();
+        registry.register(
+            "job_last_success_timestamp_seconds",
+            "When each background job last finished without error (Unix time)",
+            job_last_success.clone(),
+        );
+        let analyses = Family::<PassLabels, Counter>::default();
+        registry.register(
+            "analyses",
+            "Experiments analyzed, by result (completed, retrying, failed)",
+            analyses.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
             passes,
@@ -73,6 +115,10 @@ impl Metrics {
             tasks_cancelled,
             transitions,
             is_leader,
+            job_activations,
+            job_last_seconds,
+            job_last_success,
+            analyses,
         }
     }
 

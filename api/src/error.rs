@@ -87,6 +87,9 @@ impl From<StoreError> for ApiError {
                 "{what} already exists; pick another name or delete the existing one first"
             )),
             StoreError::Conflict(message) => ApiError::Conflict(message),
+            err if err.is_concurrency_failure() => ApiError::Conflict(
+                "a concurrent request changed the same resources at the same moment; nothing was done, retry".into(),
+            ),
             StoreError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)) => {
                 tracing::warn!(error = %err, "database unavailable");
                 ApiError::Unavailable("the database is unavailable; retry shortly".into())
@@ -115,5 +118,15 @@ impl IntoResponse for ApiError {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
+    }
+}
+
+impl From<crate::app::promotion::PromotionError> for ApiError {
+    fn from(err: crate::app::promotion::PromotionError) -> Self {
+        use crate::app::promotion::PromotionError;
+        match err {
+            PromotionError::Conflict(conflict) => ApiError::Conflict(conflict.to_string()),
+            PromotionError::Store(err) => err.into(),
+        }
     }
 }

@@ -582,9 +582,45 @@ pub struct CollectorProcess {
 }
 
 impl CollectorProcess {
+    /// The config the process was started with: its `--config` file, or empty
+    /// when that file was rewritten well after the process started (an update in
+    /// progress: the agent writes the new config, then replaces the process).
     pub fn config(&self) -> String {
-        std::fs::read_to_string(&self.config_path).unwrap_or_default()
+        let Ok(modified) = std::fs::metadata(&self.config_path).and_then(|m| m.modified()) else {
+            return String::new();
+        };
+        match process_start(self.pid) {
+            Some(started) if modified > started + Duration::from_secs(1) => String::new(),
+            _ => std::fs::read_to_string(&self.config_path).unwrap_or_default(),
+        }
     }
+}
+
+/// When a process started (to the clock tick), from /proc.
+fn process_start(pid: u32) -> Option<std::time::SystemTime> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 22 (starttime), counted after the command's closing parenthesis.
+    let ticks: u64 = stat
+        .rsplit(')')
+        .next()?
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()?;
+    let boot: u64 = std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let per_second = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok()?;
+    Some(
+        std::time::UNIX_EPOCH
+            + Duration::from_secs(boot)
+            + Duration::from_millis(ticks * 1000 / per_second.max(1)),
+    )
 }
 
 /// Live processes whose environment has `PHOENIX_AGENT_STATE_DIR=<state_dir>`.

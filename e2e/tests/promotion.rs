@@ -474,3 +474,124 @@ async fn promotion_auto_promotes_a_pass_and_not_a_fail() {
     drop((web1, web2));
     stack.shutdown().await;
 }
+
+/// Promote of an experiment into a deployment, racing a rollback of that same
+/// deployment, 100 times: never a 500 (they once deadlocked in Postgres), and the
+/// end state is always one of the two orders (or a 409 that changed nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promote_racing_rollback_ends_in_one_of_the_two_outcomes() {
+    let stack = Stack::start_with(phoenix_e2e::harness::StackOptions {
+        reconciler: false, // experiments are moved to `completed` by hand below
+        ..Default::default()
+    })
+    .await;
+    stack.register_host("race-1", &[("role", "race")]).await;
+    let deployment = |threshold: u32| {
+        format!(
+            r#"
+apiVersion: phoenix.dev/v1
+kind: PipelineDeployment
+metadata: {{name: raced}}
+spec:
+  hosts: {{names: [race-1]}}
+  pipeline: process-topk
+  vars: {{cpu_threshold: "0.{threshold}"}}
+"#
+        )
+    };
+    let deploy = |threshold: u32| {
+        let body = deployment(threshold);
+        let stack = &stack;
+        async move {
+            let response = stack
+                .request(Method::POST, "/api/v1/deployments", OPERATOR_TOKEN)
+                .header("content-type", "application/yaml")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert!(response.status().is_success(), "{}", response.status());
+            let deployed: PipelineDeployment = response.json().await.unwrap();
+            deployed.revision
+        }
+    };
+    deploy(1).await;
+    let mut orders = BTreeMap::new();
+    for round in 0..100u32 {
+        // A fresh revision to roll back from, and a fresh completed experiment.
+        let revision = deploy(round % 2 + 2).await;
+        let name = format!("race-{round}");
+        stack
+            .create_experiment(&experiment_yaml(&name, "role: race", "manual"))
+            .await;
+        sqlx::query(
+            "INSERT INTO experiment_results (experiment, window_start, window_end, attempts, verdict, analyzed_at) \
+             VALUES ($1, now() - interval '1 minute', now(), 1, 'pass', now())",
+        )
+        .bind(&name)
+        .execute(&stack.pool)
+        .await
+        .unwrap();
+        let mut conn = stack.pool.acquire().await.unwrap();
+        let targets = ["race-1".to_string()];
+        assert!(
+            experiments::transition(
+                &mut conn,
+                &name,
+                Phase::Pending,
+                Phase::Completed,
+                "test: analysis stood in for, verdict pass",
+                Some(&targets),
+            )
+            .await
+            .unwrap()
+        );
+        drop(conn);
+
+        let promote_path = format!("/api/v1/experiments/{name}/promote?deployment=raced");
+        let (promoted, rolled_back) = tokio::join!(
+            post(&stack, &promote_path),
+            post(&stack, "/api/v1/deployments/raced/rollback"),
+        );
+        for (what, (status, body)) in [("promote", &promoted), ("rollback", &rolled_back)] {
+            assert!(
+                *status == 200 || *status == 409,
+                "round {round}: {what} answered {status}: {body}"
+            );
+        }
+        let experiment = stack.experiment(&name).await;
+        let current: PipelineDeployment = stack
+            .request(Method::GET, "/api/v1/deployments/raced", VIEWER_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let order = match (promoted.0, rolled_back.0, experiment.phase) {
+            // Rollback first (to the revision before `revision`), then the promotion.
+            (200, 200, Phase::Promoted) => {
+                assert_eq!(current.promoted_from.as_deref(), Some(name.as_str()));
+                "rollback, then promote"
+            }
+            // Promotion first, then the rollback undid it: back at `revision`.
+            (200, 200, Phase::RolledBack) => {
+                assert_eq!(current.revision, revision, "round {round}");
+                "promote, then rollback"
+            }
+            // A collision answered with a 409 changed nothing on that side.
+            (409, 200, Phase::Completed) => "promote refused, rollback done",
+            (200, 409, Phase::Promoted) => {
+                assert_eq!(current.promoted_from.as_deref(), Some(name.as_str()));
+                "promote done, rollback refused"
+            }
+            other => panic!(
+                "round {round}: an end state that is neither order: {other:?}, {}, {}",
+                promoted.1, rolled_back.1
+            ),
+        };
+        *orders.entry(order).or_insert(0) += 1;
+    }
+    eprintln!("outcomes of 100 races: {orders:?}");
+    stack.shutdown().await;
+}

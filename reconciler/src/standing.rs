@@ -1,8 +1,9 @@
 //! Standing pipelines in the reconcile pass, as two steps of their own:
 //!
 //! - [`promote_passing`]: `promotion: auto` — a completed experiment whose verdict
-//!   is `pass` is promoted (the same transaction as a user's promote, so doing it
-//!   again finds the experiment `promoted` and does nothing).
+//!   is `pass` is promoted by the api's promotion policy (the same rules and
+//!   transaction as a user's promote, so doing it again finds the experiment
+//!   `promoted` and does nothing).
 //! - [`add_desired`]: every host a pipeline deployment selects runs the
 //!   deployment's standing collector. Hosts are resolved on every pass, so standing
 //!   pipelines follow the fleet (unlike experiments, whose hosts are fixed when
@@ -13,10 +14,11 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use phoenix_storage::deployments::{self, PromotedBy, Promotion, StoredDeployment};
+use phoenix_api::app::promotion::{self, PromotedBy, Promotion, PromotionError};
+use phoenix_storage::deployments::{self, StoredDeployment};
 use phoenix_storage::hosts::HostRecord;
 use phoenix_storage::tasks::{self, FailedTask};
-use phoenix_storage::{PgConnection, Result, StoreError};
+use phoenix_storage::{PgConnection, Result};
 use phoenix_wire::agent::{CollectorSpec, TaskKind, UnitSpec};
 use phoenix_wire::render::standing_collector;
 use phoenix_wire::view::Phase;
@@ -31,21 +33,21 @@ use crate::pass::PassReport;
 pub async fn promote_passing(conn: &mut PgConnection, report: &mut PassReport) -> Result<()> {
     for name in deployments::auto_promotable(conn).await? {
         let promotion = Promotion {
-            experiment: &name,
+            experiment: name.clone(),
             deployment: None,
             by: PromotedBy::Auto,
         };
-        match deployments::promote(conn, promotion).await {
+        match promotion::promote(conn, &promotion).await {
             Ok((_, deployment)) => {
                 tracing::info!(experiment = %name, deployment = %deployment.name, revision = deployment.revision, "promoted automatically");
                 report
                     .transitions
                     .push((name, Phase::Completed, Phase::Promoted));
             }
-            Err(StoreError::Conflict(reason)) => {
+            Err(PromotionError::Conflict(reason)) => {
                 tracing::warn!(experiment = %name, %reason, "cannot promote automatically");
             }
-            Err(other) => return Err(other),
+            Err(PromotionError::Store(err)) => return Err(err),
         }
     }
     Ok(())

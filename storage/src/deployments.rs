@@ -1,26 +1,23 @@
-//! Pipeline deployments (desired state): standing pipelines with their revision
-//! history, and the two operations that tie them to experiments — [`promote`] (a
-//! completed experiment's candidate becomes a deployment's new revision) and
-//! [`rollback_promotion`] (that revision is undone again).
+//! Pipeline deployments (desired state): standing pipelines and their revision
+//! history. Table access only: what promote and rollback mean (which deployment a
+//! promotion goes into, when it is refused) is the api's promotion policy
+//! (`phoenix_api::app::promotion`), which composes these in one transaction.
 //!
-//! A deployment's current state is a copy of its current revision. A rollback marks
-//! the current revision rolled back and makes the newest earlier revision that was
-//! not rolled back current again (a stack: rolling back twice goes back two steps).
+//! A deployment's current state is a copy of its current revision. Undoing a
+//! revision ([`previous_revision`], [`restore`]) marks it rolled back and makes the
+//! newest earlier revision that was not rolled back current again (a stack: rolling
+//! back twice goes back two steps).
 //!
 //! A host runs one standing pipeline: when several deployments select it, the
-//! oldest wins ([`standing_owner`]); the api refuses to create such overlaps among
-//! the registered hosts, and promote picks the deployment the hosts already run.
+//! oldest wins ([`standing_owner`]).
 
 use chrono::{DateTime, Utc};
 use phoenix_wire::deployment::{DeploymentRevision, DeploymentSpec};
 use phoenix_wire::names::Labels;
-use phoenix_wire::resource::HostTarget;
-use phoenix_wire::view::{Experiment, Phase};
 use sqlx::postgres::PgConnection;
 use sqlx::{Connection, FromRow};
 
-use crate::hosts::HostRecord;
-use crate::{Result, StoreError, corrupt, experiments, hosts};
+use crate::{Result, StoreError, corrupt};
 
 /// A deployment as stored, with what made its current revision.
 #[derive(Clone, Debug, PartialEq)]
@@ -90,12 +87,23 @@ pub async fn list(conn: &mut PgConnection) -> Result<Vec<StoredDeployment>> {
     rows.into_iter().map(StoredDeployment::try_from).collect()
 }
 
-/// The deployment, locked for update when `lock` is set.
-async fn find(conn: &mut PgConnection, name: &str, lock: bool) -> Result<Option<StoredDeployment>> {
-    let sql = format!(
-        "SELECT {COLUMNS} FROM {FROM} WHERE d.name = $1{}",
-        if lock { " FOR UPDATE OF d" } else { "" }
-    );
+/// The deployment, locked for update when `lock` is set. Lock order: an
+/// experiment's row before a deployment's, never the other way round.
+pub async fn find(
+    conn: &mut PgConnection,
+    name: &str,
+    lock: bool,
+) -> Result<Option<StoredDeployment>> {
+    if lock {
+        // Locked alone, then read by a statement of its own: `FOR UPDATE` on the
+        // join would re-check a concurrently updated row against the old revision
+        // row, and lose it.
+        sqlx::query("SELECT 1 FROM pipeline_deployments WHERE name = $1 FOR UPDATE")
+            .bind(name)
+            .execute(&mut *conn)
+            .await?;
+    }
+    let sql = format!("SELECT {COLUMNS} FROM {FROM} WHERE d.name = $1");
     let row: Option<DeploymentRow> = sqlx::query_as(&sql).bind(name).fetch_optional(conn).await?;
     row.map(StoredDeployment::try_from).transpose()
 }
@@ -195,7 +203,11 @@ pub async fn apply(
 
 /// Makes `new` the current revision: of the deployment that `exists` (locked by
 /// the caller), or of a new one. Returns the revision number.
-async fn add_revision(conn: &mut PgConnection, new: &NewRevision<'_>, exists: bool) -> Result<i64> {
+pub async fn add_revision(
+    conn: &mut PgConnection,
+    new: &NewRevision<'_>,
+    exists: bool,
+) -> Result<i64> {
     let labels = serde_json::to_value(new.labels).expect("labels serialize");
     let spec = serde_json::to_value(new.spec).expect("spec serializes");
     let revision: i64 = if exists {
@@ -263,90 +275,72 @@ pub async fn delete(conn: &mut PgConnection, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// What undoing a deployment's current revision did.
-enum Undone {
-    /// This earlier revision is current again.
-    Restored(i64),
-    /// There was no earlier revision, and the deployment was removed.
-    Removed,
-}
-
-/// Undoes the current revision of `deployment` (locked by the caller): the newest
-/// earlier revision that was not rolled back becomes current; without one, the
-/// deployment is removed if `remove_if_first`, else this is a conflict.
-async fn undo(
+/// The newest revision of `name` before `revision` that was not rolled back, with
+/// its spec.
+pub async fn previous_revision(
     conn: &mut PgConnection,
-    deployment: &StoredDeployment,
-    remove_if_first: bool,
-) -> Result<Undone> {
-    let name = &deployment.name;
+    name: &str,
+    revision: i64,
+) -> Result<Option<(i64, DeploymentSpec)>> {
     let previous: Option<(i64, serde_json::Value)> = sqlx::query_as(
         "SELECT revision, spec FROM pipeline_deployment_revisions \
          WHERE deployment = $1 AND revision < $2 AND rolled_back_at IS NULL \
          ORDER BY revision DESC LIMIT 1",
     )
     .bind(name)
-    .bind(deployment.revision)
+    .bind(revision)
     .fetch_optional(&mut *conn)
     .await?;
-    let Some((revision, spec)) = previous else {
-        if !remove_if_first {
-            return Err(StoreError::Conflict(format!(
-                "pipeline deployment {name} has no earlier revision to roll back to (it is at revision {}); \
-                 to stop running it, delete it (`phoenix pipeline delete-deployment {name}`)",
-                deployment.revision
-            )));
-        }
-        delete(conn, name).await?;
-        return Ok(Undone::Removed);
-    };
+    previous
+        .map(|(revision, spec)| {
+            let what = format!("revision {revision} of deployment {name}");
+            Ok((
+                revision,
+                serde_json::from_value(spec).map_err(|e| corrupt(&what, e))?,
+            ))
+        })
+        .transpose()
+}
+
+/// Marks revision `undone` of `name` (locked by the caller) rolled back and makes
+/// `previous` (from [`previous_revision`]) current again.
+pub async fn restore(
+    conn: &mut PgConnection,
+    name: &str,
+    undone: i64,
+    (previous, spec): &(i64, DeploymentSpec),
+) -> Result<()> {
     sqlx::query(
         "UPDATE pipeline_deployment_revisions SET rolled_back_at = now() WHERE deployment = $1 AND revision = $2",
     )
     .bind(name)
-    .bind(deployment.revision)
+    .bind(undone)
     .execute(&mut *conn)
     .await?;
     sqlx::query(
         "UPDATE pipeline_deployments SET spec = $2, revision = $3, updated_at = now() WHERE name = $1",
     )
     .bind(name)
-    .bind(spec)
-    .bind(revision)
+    .bind(serde_json::to_value(spec).expect("spec serializes"))
+    .bind(previous)
     .execute(&mut *conn)
     .await?;
-    Ok(Undone::Restored(revision))
+    Ok(())
 }
 
-/// A user's rollback of a deployment to its previous revision (a conflict when
-/// there is none). When the undone revision came from promoting an experiment
-/// that is still `promoted`, that experiment moves to `rolled-back`.
-pub async fn rollback(conn: &mut PgConnection, name: &str) -> Result<StoredDeployment> {
-    let mut tx = conn.begin().await?;
-    let current = find(&mut tx, name, true)
-        .await?
-        .ok_or_else(|| StoreError::NotFound(format!("pipeline deployment {name}")))?;
-    let Undone::Restored(revision) = undo(&mut tx, &current, false).await? else {
-        unreachable!("undo without remove_if_first never removes");
-    };
-    if let Some(experiment) = &current.promoted_from {
-        let reason = format!(
-            "deployment {name} was rolled back from revision {} (this experiment's promotion) to revision {revision}",
-            current.revision
-        );
-        experiments::transition(
-            &mut tx,
-            experiment,
-            Phase::Promoted,
-            Phase::RolledBack,
-            &reason,
-            None,
-        )
-        .await?;
-    }
-    let restored = get(&mut tx, name).await?;
-    tx.commit().await?;
-    Ok(restored)
+/// The revision an experiment's latest promotion made: (deployment, revision, when
+/// it was rolled back).
+pub async fn promoted_revision(
+    conn: &mut PgConnection,
+    experiment: &str,
+) -> Result<Option<(String, i64, Option<DateTime<Utc>>)>> {
+    Ok(sqlx::query_as(
+        "SELECT deployment, revision, rolled_back_at FROM pipeline_deployment_revisions \
+         WHERE promoted_from = $1 ORDER BY created_at DESC LIMIT 1",
+    )
+    .bind(experiment)
+    .fetch_optional(conn)
+    .await?)
 }
 
 /// The deployment whose standing collector a host runs: the oldest of those that
@@ -357,307 +351,6 @@ pub fn standing_owner<'a>(
     labels: &Labels,
 ) -> Option<&'a StoredDeployment> {
     deployments.iter().find(|d| d.spec.selects(host_id, labels))
-}
-
-/// Who asks for a promotion.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PromotedBy {
-    /// A user; `force` promotes a verdict other than `pass`.
-    User { force: bool },
-    /// The reconciler, for `promotion: auto` and a passing verdict.
-    Auto,
-}
-
-/// What to promote, and into which deployment (default: see [`promote`]).
-pub struct Promotion<'a> {
-    pub experiment: &'a str,
-    pub deployment: Option<&'a str>,
-    pub by: PromotedBy,
-}
-
-/// Promotes a completed experiment: its candidate (pipeline, variables and critical
-/// processes) becomes the current revision of a deployment, and the experiment
-/// moves to `promoted`, in one transaction.
-///
-/// The deployment is the one named, else the one named after the experiment if it
-/// exists, else the one all the experiment's target hosts already run as their
-/// standing pipeline (so a rollback restores that), else a new one named after the
-/// experiment for exactly its target hosts. An existing deployment keeps its hosts.
-///
-/// Conflicts (nothing changes): the experiment is not `completed`; its verdict is
-/// not `pass` and the user did not force it; none was named and its hosts run
-/// several deployments, or some run one and some none; a new deployment would
-/// select hosts that run another one.
-pub async fn promote(
-    conn: &mut PgConnection,
-    promotion: Promotion<'_>,
-) -> Result<(Experiment, StoredDeployment)> {
-    let name = promotion.experiment;
-    let mut tx = conn.begin().await?;
-    let experiment = lock_experiment(&mut tx, name).await?;
-    match experiment.phase {
-        Phase::Completed => {}
-        Phase::Promoted => {
-            return Err(StoreError::Conflict(format!(
-                "experiment {name} is already promoted ({}); roll it back with `phoenix experiment rollback {name}` first",
-                experiment.reason.as_deref().unwrap_or("no reason recorded")
-            )));
-        }
-        phase => {
-            return Err(StoreError::Conflict(format!(
-                "experiment {name} is {phase}; only a completed experiment (analyzed, with a verdict) can be promoted"
-            )));
-        }
-    }
-    let verdict: Option<String> =
-        sqlx::query_scalar("SELECT verdict FROM experiment_results WHERE experiment = $1")
-            .bind(name)
-            .fetch_optional(&mut *tx)
-            .await?
-            .flatten();
-    let verdict = verdict.unwrap_or_else(|| "missing".to_string());
-    let forced = match promotion.by {
-        _ if verdict == "pass" => false,
-        PromotedBy::User { force: true } => true,
-        PromotedBy::User { force: false } | PromotedBy::Auto => {
-            return Err(StoreError::Conflict(format!(
-                "experiment {name} has the verdict `{verdict}`, not `pass`; see `phoenix experiment report {name}`, \
-                 and promote it anyway only on purpose, with force (`phoenix experiment promote {name} --force`, ?force=true)"
-            )));
-        }
-    };
-    if experiment.target_hosts.is_empty() {
-        return Err(StoreError::Conflict(format!(
-            "experiment {name} has no target hosts to promote its candidate to"
-        )));
-    }
-    let (target, existing) = choose_deployment(&mut tx, &experiment, promotion.deployment).await?;
-    let candidate = &experiment.spec.candidate;
-    let spec = DeploymentSpec {
-        hosts: match &existing {
-            Some(d) => d.spec.hosts.clone(),
-            None => HostTarget {
-                selector: None,
-                names: Some(experiment.target_hosts.clone()),
-            },
-        },
-        pipeline: candidate.pipeline.clone(),
-        vars: candidate.vars.clone(),
-        critical_processes: experiment.spec.critical_processes.clone(),
-    };
-    let how = match promotion.by {
-        PromotedBy::Auto => "automatically (promotion: auto)".to_string(),
-        PromotedBy::User { .. } if forced => {
-            format!("by user, forced past the verdict `{verdict}`")
-        }
-        PromotedBy::User { .. } => "by user".to_string(),
-    };
-    let change = format!("promoted from experiment {name} (verdict {verdict}) {how}");
-    let labels = existing
-        .as_ref()
-        .map(|d| d.labels.clone())
-        .unwrap_or_default();
-    let revision = add_revision(
-        &mut tx,
-        &NewRevision {
-            name: &target,
-            labels: &labels,
-            spec: &spec,
-            promoted_from: Some(name),
-            change: &change,
-        },
-        existing.is_some(),
-    )
-    .await?;
-    let reason = format!(
-        "promoted {how} into pipeline deployment {target} (revision {revision}): its hosts now run {} as their standing pipeline",
-        spec.pipeline
-    );
-    experiments::transition(
-        &mut tx,
-        name,
-        Phase::Completed,
-        Phase::Promoted,
-        &reason,
-        None,
-    )
-    .await?;
-    let deployment = get(&mut tx, &target).await?;
-    let experiment = experiments::get(&mut tx, name).await?;
-    tx.commit().await?;
-    Ok((experiment, deployment))
-}
-
-/// Locks an experiment's row (a concurrent promote, rollback or reconciler
-/// transition waits) and reads it.
-async fn lock_experiment(conn: &mut PgConnection, name: &str) -> Result<Experiment> {
-    let found: Option<String> =
-        sqlx::query_scalar("SELECT name FROM experiments WHERE name = $1 FOR UPDATE")
-            .bind(name)
-            .fetch_optional(&mut *conn)
-            .await?;
-    if found.is_none() {
-        return Err(StoreError::NotFound(format!("experiment {name}")));
-    }
-    experiments::get(conn, name).await
-}
-
-/// Which deployment a promotion goes into, and that deployment (locked) if it exists.
-async fn choose_deployment(
-    conn: &mut PgConnection,
-    experiment: &Experiment,
-    named: Option<&str>,
-) -> Result<(String, Option<StoredDeployment>)> {
-    let target = named.unwrap_or(&experiment.name);
-    if let Some(existing) = find(conn, target, true).await? {
-        return Ok((target.to_string(), Some(existing)));
-    }
-    // A new deployment must not select a host that runs another one.
-    let deployments = list(conn).await?;
-    let records = hosts::list_records(conn).await?;
-    let mut running: Vec<(String, String)> = Vec::new(); // (deployment, host)
-    for host in &experiment.target_hosts {
-        let labels = records
-            .iter()
-            .find(|r: &&HostRecord| &r.host_id == host)
-            .map(|r| r.labels.clone())
-            .unwrap_or_default();
-        if let Some(owner) = standing_owner(&deployments, host, &labels) {
-            running.push((owner.name.clone(), host.clone()));
-        }
-    }
-    let mut owners: Vec<&str> = running.iter().map(|(d, _)| d.as_str()).collect();
-    owners.sort_unstable();
-    owners.dedup();
-    let listing = || {
-        running
-            .iter()
-            .map(|(d, h)| format!("{h} runs {d}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    match (named, owners.as_slice()) {
-        (_, []) => Ok((target.to_string(), None)),
-        (None, [only]) if running.len() == experiment.target_hosts.len() => {
-            let existing = find(conn, only, true).await?;
-            Ok((only.to_string(), existing))
-        }
-        (None, [only]) => {
-            let bare: Vec<&str> = experiment
-                .target_hosts
-                .iter()
-                .filter(|h| !running.iter().any(|(_, r)| r == *h))
-                .map(String::as_str)
-                .collect();
-            Err(StoreError::Conflict(format!(
-                "some target hosts of experiment {} run deployment {only} ({}) and some run none ({}); \
-                 promote into {only} with `--deployment {only}` (?deployment={only}) to keep its hosts, \
-                 or first make {only} select them all with `phoenix pipeline deploy`",
-                experiment.name,
-                listing(),
-                bare.join(", ")
-            )))
-        }
-        (None, _) => Err(StoreError::Conflict(format!(
-            "the target hosts of experiment {} run several standing pipelines ({}); name the deployment to promote into (`--deployment NAME`, ?deployment=NAME)",
-            experiment.name,
-            listing()
-        ))),
-        (Some(named), _) => Err(StoreError::Conflict(format!(
-            "a new deployment {named} would select hosts that already run another standing pipeline ({}); promote into that deployment instead (`--deployment NAME`)",
-            listing()
-        ))),
-    }
-}
-
-/// Rolls back a promoted experiment: the deployment revision its promotion made is
-/// undone (the previous revision is current again, or the deployment is removed
-/// when it had none) and the experiment moves to `rolled-back`. Returns the
-/// experiment and the deployment as it is now (`None` when removed or gone).
-///
-/// A conflict when the experiment is not `promoted`, or when the deployment has
-/// moved on since (a later deploy or promotion is current): undoing the
-/// promotion would then undo someone else's change too.
-pub async fn rollback_promotion(
-    conn: &mut PgConnection,
-    name: &str,
-) -> Result<(Experiment, Option<StoredDeployment>)> {
-    let mut tx = conn.begin().await?;
-    let experiment = lock_experiment(&mut tx, name).await?;
-    if experiment.phase != Phase::Promoted {
-        let hint = if experiment.phase == Phase::Completed {
-            " (it was never promoted)"
-        } else {
-            ""
-        };
-        return Err(StoreError::Conflict(format!(
-            "experiment {name} is {}{hint}; only a promoted experiment can be rolled back",
-            experiment.phase
-        )));
-    }
-    let promoted: Option<(String, i64, Option<DateTime<Utc>>)> = sqlx::query_as(
-        "SELECT deployment, revision, rolled_back_at FROM pipeline_deployment_revisions \
-         WHERE promoted_from = $1 ORDER BY created_at DESC LIMIT 1",
-    )
-    .bind(name)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let (reason, deployment) = match promoted {
-        None => (
-            "rolled back: nothing to restore, the pipeline deployment it was promoted into was deleted"
-                .to_string(),
-            None,
-        ),
-        Some((deployment, revision, Some(_))) => (
-            format!(
-                "rolled back: nothing to restore, revision {revision} of pipeline deployment {deployment} was already rolled back"
-            ),
-            find(&mut tx, &deployment, false).await?,
-        ),
-        Some((deployment, revision, None)) => {
-            let current = find(&mut tx, &deployment, true).await?.ok_or_else(|| {
-                corrupt(&format!("deployment {deployment}"), "a revision without its deployment")
-            })?;
-            if current.revision != revision {
-                return Err(StoreError::Conflict(format!(
-                    "pipeline deployment {deployment} has moved on since experiment {name} was promoted into it \
-                     (revision {revision}): revision {} is current ({}); roll the deployment back with \
-                     `phoenix pipeline rollback {deployment}` instead",
-                    current.revision, current.change
-                )));
-            }
-            match undo(&mut tx, &current, true).await? {
-                Undone::Restored(previous) => {
-                    let restored = get(&mut tx, &deployment).await?;
-                    (
-                        format!(
-                            "rolled back: pipeline deployment {deployment} is at revision {previous} again ({})",
-                            restored.spec.pipeline
-                        ),
-                        Some(restored),
-                    )
-                }
-                Undone::Removed => (
-                    format!(
-                        "rolled back: pipeline deployment {deployment} was removed (the promotion created it)"
-                    ),
-                    None,
-                ),
-            }
-        }
-    };
-    experiments::transition(
-        &mut tx,
-        name,
-        Phase::Promoted,
-        Phase::RolledBack,
-        &reason,
-        None,
-    )
-    .await?;
-    let experiment = experiments::get(&mut tx, name).await?;
-    tx.commit().await?;
-    Ok((experiment, deployment))
 }
 
 /// Completed experiments with `promotion: auto` and a passing verdict: what the

@@ -94,6 +94,21 @@ pub async fn get(conn: &mut PgConnection, name: &str) -> Result<Experiment> {
         .try_into()
 }
 
+/// Locks an experiment's row (a concurrent promote, rollback or reconciler
+/// transition waits) and reads it. Lock order: an experiment's row before a
+/// deployment's.
+pub async fn lock(conn: &mut PgConnection, name: &str) -> Result<Experiment> {
+    let found: Option<String> =
+        sqlx::query_scalar("SELECT name FROM experiments WHERE name = $1 FOR UPDATE")
+            .bind(name)
+            .fetch_optional(&mut *conn)
+            .await?;
+    if found.is_none() {
+        return Err(StoreError::NotFound(format!("experiment {name}")));
+    }
+    get(conn, name).await
+}
+
 pub async fn list(conn: &mut PgConnection) -> Result<Vec<Experiment>> {
     let sql = format!("SELECT {COLUMNS} FROM experiments ORDER BY created_at, name");
     let rows: Vec<ExperimentRow> = sqlx::query_as(&sql).fetch_all(conn).await?;

@@ -56,6 +56,17 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// A deadlock or a serialization failure: the transaction lost a race with a
+    /// concurrent one and may be tried again.
+    pub fn is_concurrency_failure(&self) -> bool {
+        match self {
+            StoreError::Database(sqlx::Error::Database(db)) => {
+                matches!(db.code().as_deref(), Some("40001" | "40P01"))
+            }
+            _ => false,
+        }
+    }
+
     /// A short, stable label for metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {

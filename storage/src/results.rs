@@ -38,6 +38,17 @@ pub async fn begin(
     Ok(())
 }
 
+/// The verdict of an experiment's report, if it has one.
+pub async fn verdict(conn: &mut PgConnection, experiment: &str) -> Result<Option<String>> {
+    Ok(
+        sqlx::query_scalar("SELECT verdict FROM experiment_results WHERE experiment = $1")
+            .bind(experiment)
+            .fetch_optional(conn)
+            .await?
+            .flatten(),
+    )
+}
+
 pub async fn state(conn: &mut PgConnection, experiment: &str) -> Result<Option<AnalysisState>> {
     Ok(sqlx::query_as(
         "SELECT experiment, window_start, window_end, attempts, last_error FROM experiment_results WHERE experiment = $1",

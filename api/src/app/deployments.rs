@@ -8,9 +8,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use phoenix_storage::PgConnection;
-use phoenix_storage::deployments::{
-    self, Applied, NewRevision, PromotedBy, Promotion, StoredDeployment,
-};
+use phoenix_storage::deployments::{self, Applied, NewRevision, StoredDeployment};
 use phoenix_storage::hosts::{self, HostRecord};
 use phoenix_wire::agent::CollectorStatus;
 use phoenix_wire::deployment::{
@@ -20,6 +18,7 @@ use phoenix_wire::names::{self, selector_matches};
 use phoenix_wire::problem::FieldError;
 
 use crate::app::collector::{self, ValidateError};
+use crate::app::promotion::{self, PromotedBy, Promotion};
 use crate::app::{VALIDATION_HOST, VALIDATION_REMOTE_WRITE_URL, check_pipeline, parse_body};
 use crate::error::ApiError;
 use crate::http::body::DocumentBody;
@@ -176,7 +175,7 @@ pub async fn get(conn: &mut PgConnection, name: &str) -> Result<PipelineDeployme
 
 /// Rolls a deployment back to its previous revision (409 when it has none).
 pub async fn rollback(conn: &mut PgConnection, name: &str) -> Result<PipelineDeployment, ApiError> {
-    let stored = deployments::rollback(conn, name).await?;
+    let stored = promotion::rollback_deployment(conn, name).await?;
     one_view(conn, stored, true).await
 }
 
@@ -189,8 +188,8 @@ pub struct PromoteOptions {
     pub deployment: Option<String>,
 }
 
-/// A user's promote of a completed experiment (see
-/// [`phoenix_storage::deployments::promote`] for which deployment it goes into).
+/// A user's promote of a completed experiment (see [`promotion::promote`] for which
+/// deployment it goes into).
 pub async fn promote(
     conn: &mut PgConnection,
     experiment: &str,
@@ -204,11 +203,11 @@ pub async fn promote(
             ))
         })?;
     }
-    let (experiment, deployment) = deployments::promote(
+    let (experiment, deployment) = promotion::promote(
         conn,
-        Promotion {
-            experiment,
-            deployment: options.deployment.as_deref(),
+        &Promotion {
+            experiment: experiment.to_string(),
+            deployment: options.deployment.clone(),
             by: PromotedBy::User {
                 force: options.force,
             },
@@ -226,7 +225,7 @@ pub async fn rollback_experiment(
     conn: &mut PgConnection,
     experiment: &str,
 ) -> Result<PromotionResult, ApiError> {
-    let (experiment, deployment) = deployments::rollback_promotion(conn, experiment).await?;
+    let (experiment, deployment) = promotion::rollback_promotion(conn, experiment).await?;
     let deployment = match deployment {
         Some(stored) => Some(one_view(conn, stored, false).await?),
         None => None,

@@ -1,13 +1,15 @@
 //! The application layer: what a request means, between the thin handlers and the
 //! storage queries. Checks that need the database (does the pipeline exist, does
 //! the selector match a host) live here; [`apply`] (declarative apply),
-//! [`deployments`] (pipeline deployments, promote and rollback), [`loadsims`] (load
+//! [`deployments`] (pipeline deployments and their views), [`promotion`] (the
+//! promotion policy: promote and rollback), [`loadsims`] (load
 //! simulations) and [`collector`] (validation with the real collector) beside them.
 
 pub mod apply;
 pub mod collector;
 pub mod deployments;
 pub mod loadsims;
+pub mod promotion;
 
 use std::path::Path;
 

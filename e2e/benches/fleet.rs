@@ -123,7 +123,7 @@ fn main() -> anyhow::Result<()> {
     let _cluster = match std::env::var("DATABASE_URL") {
         Ok(_) => None,
         Err(_) => {
-            let cluster = phoenix_storage::throwaway::ThrowawayPostgres::start_with(&[(
+            let cluster = phoenix_e2e::throwaway::ThrowawayPostgres::start_with(&[(
                 "shared_preload_libraries",
                 "pg_stat_statements",
             )])?;

@@ -12,10 +12,10 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::throwaway::ThrowawayPostgres;
 use phoenix_api::ApiConfig;
 use phoenix_reconciler::ReconcilerConfig;
 use phoenix_storage::PgPool;
-use phoenix_storage::throwaway::ThrowawayPostgres;
 use phoenix_wire::duration::HumanDuration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;

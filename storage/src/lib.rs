@@ -10,8 +10,7 @@
 //! - [`deployments`]: pipeline deployments (standing pipelines) and their revisions,
 //!   with an experiment's promote and rollback, each one transaction.
 //! - [`leader`]: leader election with a session advisory lock.
-//! - [`throwaway`]: a private Postgres cluster started from the machine's binaries,
-//!   for tests and the local demo when `DATABASE_URL` is not set.
+//! - [`listen`]: the one LISTEN connection of a process, with backoff.
 
 pub mod apply;
 pub mod deployments;
@@ -23,7 +22,6 @@ pub mod loads;
 pub mod results;
 pub mod tasks;
 pub mod templates;
-pub mod throwaway;
 
 use std::time::Duration;
 

@@ -901,7 +901,9 @@ impl Sampler {
                     .unwrap_or(0);
                     let last_pass = match scrape(&http, &format!("{reconciler_url}/metrics")).await
                     {
-                        Ok(text) => metric(&text, "phoenix_reconciler_last_pass_seconds"),
+                        Ok(text) => {
+                            metric_line(&text, r#"phoenix_reconciler_job_last_seconds{job="pass"}"#)
+                        }
                         Err(_) => 0.0,
                     };
                     {

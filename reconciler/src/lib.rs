@@ -39,7 +39,7 @@ use tokio::sync::{Notify, watch};
 
 use background::Schedule;
 pub use config::ReconcilerConfig;
-use metrics::{Metrics, PassLabels};
+use metrics::{Metrics, ResultLabels};
 
 /// Runs the reconciler until `shutdown` turns true: migrations, the wake-up
 /// listener, the background jobs, then leader election and passes.
@@ -112,7 +112,10 @@ fn analysis_job(
                     analyzer::AnalysisOutcome::Retrying(_) => "retrying",
                     analyzer::AnalysisOutcome::Failed(_) => "failed",
                 };
-                metrics.analyses.get_or_create(&PassLabels { result }).inc();
+                metrics
+                    .analyses
+                    .get_or_create(&ResultLabels { result })
+                    .inc();
             }
             Ok(())
         })
@@ -143,10 +146,6 @@ async fn lead(
         background::record(metrics, "pass", started, &result);
         match result {
             Ok(report) => {
-                metrics
-                    .passes
-                    .get_or_create(&PassLabels { result: "ok" })
-                    .inc();
                 metrics.tasks_emitted.inc_by(report.tasks_created);
                 metrics.tasks_cancelled.inc_by(report.tasks_cancelled);
                 metrics.transitions.inc_by(report.transitions.len() as u64);
@@ -167,19 +166,15 @@ async fn lead(
                 }
             }
             Err(err) => {
-                metrics
-                    .passes
-                    .get_or_create(&PassLabels { result: "error" })
-                    .inc();
                 tracing::warn!(error = %err, "reconcile pass failed");
                 if matches!(err, phoenix_storage::StoreError::Database(_)) {
                     return; // the connection may be gone; re-elect
                 }
             }
         }
-        let pass_seconds = started.elapsed().as_secs_f64();
-        metrics.pass_seconds.observe(pass_seconds);
-        metrics.last_pass_seconds.set(pass_seconds);
+        metrics
+            .pass_seconds
+            .observe(started.elapsed().as_secs_f64());
         tokio::select! {
             _ = wake.notified() => {
                 // Let a burst of changes settle into one pass.

@@ -152,6 +152,27 @@ async fn database_now(pool: &PgPool) -> Result<DateTime<Utc>> {
     Ok(sqlx::query_scalar("SELECT now()").fetch_one(pool).await?)
 }
 
+/// Every finite sample of `series` times `scale`: all of them, and by host.
+fn samples(
+    series: &[crate::prometheus::Series],
+    scale: f64,
+) -> (Vec<f64>, BTreeMap<String, Vec<f64>>) {
+    let mut all = Vec::new();
+    let mut by_host: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for s in series {
+        let host = s.labels.get("host").cloned().unwrap_or_default();
+        let values = s
+            .values
+            .iter()
+            .map(|(_, v)| v * scale)
+            .filter(|v| v.is_finite());
+        let values: Vec<f64> = values.collect();
+        all.extend(&values);
+        by_host.entry(host).or_default().extend(values);
+    }
+    (all, by_host)
+}
+
 fn verdict_reason(report: &ExperimentReport) -> String {
     let decisive: Vec<String> = report
         .criteria
@@ -280,30 +301,10 @@ async fn measure_variant(
             settings.sample_step,
         )
         .await?;
-    let mut cpu_by_host: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    for s in &cpu {
-        let host = s.labels.get("host").cloned().unwrap_or_default();
-        let values: Vec<f64> = s
-            .values
-            .iter()
-            .map(|(_, v)| *v)
-            .filter(|v| v.is_finite())
-            .collect();
-        measured.cpu_samples.extend(&values);
-        cpu_by_host.entry(host).or_default().extend(values);
-    }
-    let mut rss_by_host: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    for s in &rss {
-        let host = s.labels.get("host").cloned().unwrap_or_default();
-        let values: Vec<f64> = s
-            .values
-            .iter()
-            .map(|(_, v)| v / 1_048_576.0)
-            .filter(|v| v.is_finite())
-            .collect();
-        measured.rss_samples_mib.extend(&values);
-        rss_by_host.entry(host).or_default().extend(values);
-    }
+    let (cpu_samples, cpu_by_host) = samples(&cpu, 1.0);
+    let (rss_samples, rss_by_host) = samples(&rss, 1.0 / 1_048_576.0);
+    measured.cpu_samples = cpu_samples;
+    measured.rss_samples_mib = rss_samples;
     measured.overall.cpu_cores = mean(&measured.cpu_samples);
     measured.overall.rss_mib = mean(&measured.rss_samples_mib);
     for (host, values) in cpu_by_host {

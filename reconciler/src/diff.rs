@@ -48,6 +48,24 @@ pub fn blocked_by(failures: &[&FailedTask], max_failures: usize) -> Blocked {
         .collect()
 }
 
+/// Adds `spec` to `host`'s desired units; to `blocked` too when it has failed to
+/// start `failed_starts` times and the limit is `max_failures`.
+pub fn want(
+    desired: &mut DesiredState,
+    blocked: &mut Blocked,
+    host: String,
+    spec: UnitSpec,
+    (failed_starts, max_failures): (usize, usize),
+) {
+    if failed_starts >= max_failures {
+        blocked.insert((host.clone(), spec.unit_id(), spec.hash().to_string()));
+    }
+    desired
+        .entry(host)
+        .or_default()
+        .insert(spec.unit_id(), spec);
+}
+
 /// A unit as its agent reports it: its id and the hash of the spec it runs.
 pub trait ReportedUnit {
     fn unit_id(&self) -> String;

@@ -107,17 +107,14 @@ pub async fn run_pass(conn: &mut PgConnection, config: &ReconcilerConfig) -> Res
         for (host, spec) in specs {
             let failed =
                 lifecycle::failures_of(&failures, &host, &spec, experiment.phase_changed_at);
-            if failed.len() >= config.max_start_failures {
-                blocked.insert((
-                    host.clone(),
-                    spec.collector_id.clone(),
-                    spec.config_hash.clone(),
-                ));
-            }
-            desired
-                .entry(host)
-                .or_default()
-                .insert(spec.collector_id.clone(), UnitSpec::Collector(spec));
+            let limit = (failed.len(), config.max_start_failures);
+            diff::want(
+                &mut desired,
+                &mut blocked,
+                host,
+                UnitSpec::Collector(spec),
+                limit,
+            );
         }
     }
 

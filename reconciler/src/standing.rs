@@ -17,14 +17,15 @@ use chrono::{DateTime, Utc};
 use phoenix_api::app::promotion::{self, PromotedBy, Promotion, PromotionError};
 use phoenix_storage::deployments::{self, StoredDeployment};
 use phoenix_storage::hosts::HostRecord;
-use phoenix_storage::tasks::{self, FailedTask};
+use phoenix_storage::tasks;
 use phoenix_storage::{PgConnection, Result};
 use phoenix_wire::agent::{CollectorSpec, TaskKind, UnitSpec};
 use phoenix_wire::render::standing_collector;
 use phoenix_wire::view::Phase;
 
 use crate::config::ReconcilerConfig;
-use crate::diff::{Blocked, DesiredState};
+use crate::diff::{self, Blocked, DesiredState};
+use crate::lifecycle;
 use crate::pass::PassReport;
 
 /// Promotes every completed `promotion: auto` experiment with a passing verdict.
@@ -81,18 +82,9 @@ pub async fn add_desired(
         &config.remote_write_url,
     );
     for (host, spec, since) in specs {
-        let since = since.max(window_start);
-        if failed_starts(&failures, &host, &spec, since) >= config.max_start_failures {
-            blocked.insert((
-                host.clone(),
-                spec.collector_id.clone(),
-                spec.config_hash.clone(),
-            ));
-        }
-        desired
-            .entry(host)
-            .or_default()
-            .insert(spec.collector_id.clone(), UnitSpec::Collector(spec));
+        let failed = lifecycle::failures_of(&failures, &host, &spec, since.max(window_start));
+        let limit = (failed.len(), config.max_start_failures);
+        diff::want(desired, blocked, host, UnitSpec::Collector(spec), limit);
     }
     Ok(())
 }
@@ -125,15 +117,6 @@ pub fn render(
         specs.push((host.host_id.clone(), spec, owner.updated_at));
     }
     specs
-}
-
-fn failed_starts(
-    failures: &[FailedTask],
-    host: &str,
-    spec: &CollectorSpec,
-    since: DateTime<Utc>,
-) -> usize {
-    crate::lifecycle::failures_of(failures, host, spec, since).len()
 }
 
 #[cfg(test)]

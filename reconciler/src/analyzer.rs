@@ -31,6 +31,7 @@ use phoenix_wire::report::{
 use phoenix_wire::view::{Experiment, Phase};
 use sqlx::Connection;
 
+use crate::metrics::{Metrics, ResultLabels};
 use crate::prometheus::{Prometheus, PrometheusError};
 
 /// What the analyzer needs besides the database.
@@ -49,14 +50,6 @@ pub struct AnalyzerSettings {
     pub sample_step: Duration,
 }
 
-/// What happened to one experiment in one analyzer run.
-#[derive(Debug, PartialEq)]
-pub enum AnalysisOutcome {
-    Completed(Verdict),
-    Retrying(String),
-    Failed(String),
-}
-
 /// Analyzes every experiment that is in `analyzing`. It runs as a background job of
 /// its own ([`crate::background`]), never inside the reconcile pass, and holds no
 /// database connection while it waits for Prometheus: it reads what is due, measures,
@@ -65,7 +58,8 @@ pub enum AnalysisOutcome {
 pub async fn analyze_due(
     pool: &PgPool,
     settings: &AnalyzerSettings,
-) -> Result<Vec<(String, AnalysisOutcome)>> {
+    metrics: &Metrics,
+) -> Result<()> {
     let due = {
         let mut conn = pool.acquire().await?;
         let mut due = Vec::new();
@@ -77,7 +71,6 @@ pub async fn analyze_due(
         }
         due
     };
-    let mut outcomes = Vec::new();
     for (experiment, state) in due {
         let now = database_now(pool).await?;
         let ready_at =
@@ -110,7 +103,7 @@ pub async fn analyze_due(
                 .await?;
                 tx.commit().await?;
                 tracing::info!(experiment = %experiment.name, verdict = report.verdict.as_str(), "analyzed");
-                AnalysisOutcome::Completed(report.verdict)
+                "completed"
             }
             Err(err) => {
                 let error = err.to_string();
@@ -136,16 +129,19 @@ pub async fn analyze_due(
                         None,
                     )
                     .await?;
-                    AnalysisOutcome::Failed(reason)
+                    "failed"
                 } else {
                     tracing::warn!(experiment = %experiment.name, attempts, %error, "analysis failed; will retry");
-                    AnalysisOutcome::Retrying(error)
+                    "retrying"
                 }
             }
         };
-        outcomes.push((experiment.name, outcome));
+        metrics
+            .analyses
+            .get_or_create(&ResultLabels { result: outcome })
+            .inc();
     }
-    Ok(outcomes)
+    Ok(())
 }
 
 async fn database_now(pool: &PgPool) -> Result<DateTime<Utc>> {

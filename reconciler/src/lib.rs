@@ -39,7 +39,7 @@ use tokio::sync::{Notify, watch};
 
 use background::Schedule;
 pub use config::ReconcilerConfig;
-use metrics::{Metrics, ResultLabels};
+use metrics::Metrics;
 
 /// Runs the reconciler until `shutdown` turns true: migrations, the wake-up
 /// listener, the background jobs, then leader election and passes.
@@ -67,7 +67,14 @@ pub async fn run(
         metrics.clone(),
         leading.clone(),
         shutdown.clone(),
-        analysis_job(pool.clone(), config.analyzer_settings(), metrics.clone()),
+        {
+            let (pool, settings, metrics) =
+                (pool.clone(), config.analyzer_settings(), metrics.clone());
+            move || {
+                let (pool, settings, metrics) = (pool.clone(), settings.clone(), metrics.clone());
+                async move { Ok(analyzer::analyze_due(&pool, &settings, &metrics).await?) }
+            }
+        },
     ));
 
     while !*shutdown.borrow() {
@@ -95,31 +102,6 @@ pub async fn run(
     let _ = analysis.await;
     pool.close().await;
     Ok(())
-}
-
-/// The analysis job's activation: analyze every experiment that is due.
-fn analysis_job(
-    pool: PgPool,
-    settings: analyzer::AnalyzerSettings,
-    metrics: Metrics,
-) -> impl FnMut() -> std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>> {
-    move || {
-        let (pool, settings, metrics) = (pool.clone(), settings.clone(), metrics.clone());
-        Box::pin(async move {
-            for (_, outcome) in analyzer::analyze_due(&pool, &settings).await? {
-                let result = match outcome {
-                    analyzer::AnalysisOutcome::Completed(_) => "completed",
-                    analyzer::AnalysisOutcome::Retrying(_) => "retrying",
-                    analyzer::AnalysisOutcome::Failed(_) => "failed",
-                };
-                metrics
-                    .analyses
-                    .get_or_create(&ResultLabels { result })
-                    .inc();
-            }
-            Ok(())
-        })
-    }
 }
 
 /// Runs passes while the lock holds; returns when it is lost or on shutdown.

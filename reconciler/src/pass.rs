@@ -37,16 +37,7 @@ pub async fn run_pass(conn: &mut PgConnection, config: &ReconcilerConfig) -> Res
     tasks::fail_exhausted(&mut tx, config.task_max_attempts).await?;
 
     let host_records = hosts::list_records(&mut tx).await?;
-    let mut active = experiments::list_in_phases(
-        &mut tx,
-        &[
-            Phase::Pending,
-            Phase::Deploying,
-            Phase::Running,
-            Phase::Analyzing,
-        ],
-    )
-    .await?;
+    let mut active = experiments::list_in_phases(&mut tx, &Phase::ACTIVE).await?;
     let template_configs: HashMap<String, String> = templates::list(&mut tx)
         .await?
         .into_iter()
@@ -78,18 +69,12 @@ pub async fn run_pass(conn: &mut PgConnection, config: &ReconcilerConfig) -> Res
         if !experiment.phase.wants_collectors() {
             continue;
         }
-        let specs = match render_experiment(experiment, &template_configs, &config.remote_write_url)
-        {
+        let rendered = render_experiment(experiment, &template_configs, &config.remote_write_url);
+        let specs = match rendered {
             Ok(specs) => specs,
             Err(reason) => {
-                apply(
-                    &mut tx,
-                    experiment,
-                    Decision::Fail { reason },
-                    now,
-                    &mut report,
-                )
-                .await?;
+                let fail = Decision::Fail { reason };
+                apply(&mut tx, experiment, fail, now, &mut report).await?;
                 continue;
             }
         };

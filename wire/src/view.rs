@@ -57,6 +57,14 @@ impl Phase {
     }
 
     /// Phases in which the experiment's collectors should be running on its hosts.
+    /// Phases the reconciler still moves on (the rest are terminal).
+    pub const ACTIVE: [Phase; 4] = [
+        Phase::Pending,
+        Phase::Deploying,
+        Phase::Running,
+        Phase::Analyzing,
+    ];
+
     pub fn wants_collectors(self) -> bool {
         matches!(self, Phase::Deploying | Phase::Running | Phase::Analyzing)
     }

@@ -48,7 +48,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use phoenix_wire::agent::{HostStatus, Task, TaskAction, TaskKind, TaskOutcome};
+use phoenix_wire::agent::{HostStatus, Task, TaskAction, TaskKind, TaskOutcome, UnitSpec};
 use phoenix_wire::names::Labels;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
@@ -271,10 +271,7 @@ async fn handle_task(
     mut stop: watch::Receiver<bool>,
     task: Task,
 ) {
-    let outcome = match task.kind {
-        TaskKind::Collector => apply_task(supervisor, &task).await,
-        TaskKind::Load => apply_load_task(loads, &task).await,
-    };
+    let outcome = apply_task(supervisor, loads, &task).await;
     metrics.task_handled(task.action, outcome.ok);
     match &outcome.error {
         None => {
@@ -296,69 +293,35 @@ async fn handle_task(
     }
 }
 
-/// Does what a task asks. `start` and `update` both mean "converge this collector to
-/// this spec"; `stop` stops and forgets.
-async fn apply_task(supervisor: &Supervisor, task: &Task) -> TaskOutcome {
-    let result = match task.action {
-        TaskAction::Start | TaskAction::Update => match &task.collector {
-            None => Err(format!(
-                "task {} ({}) carries no collector spec",
-                task.id,
-                task.action.as_str()
-            )),
-            Some(spec) if spec.collector_id != task.collector_id => Err(format!(
-                "task {} is for collector {} but carries a spec for {}",
-                task.id, task.collector_id, spec.collector_id
-            )),
-            Some(spec) => supervisor
-                .converge(spec.clone())
-                .await
-                .map(drop)
-                .map_err(|err| err.to_string()),
+/// Does what a task asks, for a unit of any kind. `start` and `update` both mean
+/// "converge this unit to this spec" (the same hash is a no-op); `stop` stops it and
+/// forgets it.
+async fn apply_task(supervisor: &Supervisor, loads: &LoadRunner, task: &Task) -> TaskOutcome {
+    let id = &task.collector_id;
+    let result = match (task.action, task.spec()) {
+        (TaskAction::Stop, _) => match task.kind {
+            TaskKind::Collector => supervisor.stop(id).await.map_err(|e| e.to_string()),
+            TaskKind::Load => loads.stop(id).await.map_err(|e| e.to_string()),
         },
-        TaskAction::Stop => supervisor
-            .stop(&task.collector_id)
+        (action, None) => Err(format!(
+            "task {} ({}) carries no {} spec",
+            task.id,
+            action.as_str(),
+            task.kind.as_str()
+        )),
+        (_, Some(spec)) if spec.unit_id() != *id => Err(format!(
+            "task {} is for {id} but carries a spec for {}",
+            task.id,
+            spec.unit_id()
+        )),
+        (_, Some(UnitSpec::Collector(spec))) => supervisor
+            .converge(spec)
             .await
-            .map_err(|err| err.to_string()),
-    };
-    match result {
-        Ok(()) => TaskOutcome {
-            ok: true,
-            error: None,
-        },
-        Err(error) => TaskOutcome {
-            ok: false,
-            error: Some(error),
-        },
-    }
-}
-
-/// Does what a load task asks: `start` and `update` run the load spec (the same hash
-/// is a no-op), `stop` ends the run and forgets it.
-async fn apply_load_task(loads: &LoadRunner, task: &Task) -> TaskOutcome {
-    let result = match task.action {
-        TaskAction::Start | TaskAction::Update => match &task.load {
-            None => Err(format!(
-                "task {} ({}) carries no load spec",
-                task.id,
-                task.action.as_str()
-            )),
-            Some(spec) if spec.unit_id() != task.collector_id => Err(format!(
-                "task {} is for {} but carries a load spec for {}",
-                task.id,
-                task.collector_id,
-                spec.unit_id()
-            )),
-            Some(spec) => loads
-                .start(spec.clone())
-                .await
-                .map(drop)
-                .map_err(|err| err.to_string()),
-        },
-        TaskAction::Stop => loads
-            .stop(&task.collector_id)
-            .await
-            .map_err(|err| err.to_string()),
+            .map(drop)
+            .map_err(|e| e.to_string()),
+        (_, Some(UnitSpec::Load(spec))) => {
+            loads.start(spec).await.map(drop).map_err(|e| e.to_string())
+        }
     };
     TaskOutcome {
         ok: result.is_ok(),

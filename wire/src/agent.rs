@@ -228,6 +228,17 @@ pub struct Task {
     pub load: Option<LoadRunSpec>,
 }
 
+impl Task {
+    /// The spec a start or update brings about, by kind; `None` for a stop (or a
+    /// task that lacks the spec of its kind).
+    pub fn spec(&self) -> Option<UnitSpec> {
+        match self.kind {
+            TaskKind::Collector => self.collector.clone().map(UnitSpec::Collector),
+            TaskKind::Load => self.load.clone().map(UnitSpec::Load),
+        }
+    }
+}
+
 /// The answer to a task long-poll.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
 pub struct TaskBatch {

@@ -1,6 +1,7 @@
 //! Declarative apply (`POST /api/v1/apply?source=S&prune=&dryRun=`): a set of
 //! Experiment, PipelineTemplate and PipelineDeployment documents becomes the state
-//! of the resources that source manages, in one transaction, all or nothing.
+//! of the resources that source manages, in one transaction, all or nothing. The
+//! collector's `validate` runs before that transaction, never inside it.
 //!
 //! - Every document is checked as its own endpoint would (types, catalog, fleet,
 //!   collector); any error rolls everything back, and the problem's detail starts
@@ -26,16 +27,17 @@ use std::path::Path;
 
 use phoenix_storage::apply::{self as store, Managed};
 use phoenix_storage::deployments::{self, Applied, NewRevision};
-use phoenix_storage::{PgConnection, StoreError, experiments, templates};
+use phoenix_storage::{PgConnection, PgPool, StoreError, experiments, templates};
 use phoenix_wire::apply::{Action, PlanEntry, parse_items};
 use phoenix_wire::deployment::PipelineDeploymentDocument;
 use phoenix_wire::names;
 use phoenix_wire::problem::FieldError;
 use phoenix_wire::resource::{ExperimentDocument, PipelineTemplateDocument, from_tree};
 use phoenix_wire::view::Phase;
-use sqlx::Connection;
+use sqlx::{Connection, Postgres, Transaction};
 
 use crate::app::check_experiment;
+use crate::app::collector::Validation;
 use crate::app::deployments::check_deployment;
 use crate::error::ApiError;
 use crate::http::body::DocumentBody;
@@ -173,8 +175,14 @@ fn check_owner(
 }
 
 /// Applies (or, in a dry run, plans) the documents of `body` for `options.source`.
+///
+/// With a collector, the documents are first applied in a transaction that is
+/// rolled back at once (quick reads and writes only), gathering the rendered
+/// configs; the collector validates them with no connection held; then the real
+/// apply runs in one short transaction that accepts only configs the collector
+/// accepted ([`Validation`]). No transaction waits on a collector process.
 pub async fn apply(
-    conn: &mut PgConnection,
+    pool: &PgPool,
     body: &DocumentBody,
     options: &ApplyOptions,
     collector_bin: Option<&Path>,
@@ -193,15 +201,53 @@ pub async fn apply(
         EXPERIMENT => 1,
         _ => 2,
     });
-    let mut tx = conn.begin().await.map_err(StoreError::from)?;
+    let mut validations: Vec<Validation> = items
+        .iter()
+        .map(|_| Validation::new(collector_bin))
+        .collect();
+    if collector_bin.is_some() {
+        let mut conn = pool.acquire().await.map_err(StoreError::from)?;
+        let tx = conn.begin().await.map_err(StoreError::from)?;
+        apply_all(tx, &items, source, &mut validations, false, true).await?;
+        drop(conn);
+        for (item, validation) in items.iter().zip(validations.iter_mut()) {
+            let gathered = std::mem::replace(validation, Validation::Off);
+            *validation = gathered
+                .run(collector_bin)
+                .await
+                .map_err(|e| item.error(e))?;
+        }
+    }
+    let mut conn = pool.acquire().await.map_err(StoreError::from)?;
+    let tx = conn.begin().await.map_err(StoreError::from)?;
+    apply_all(
+        tx,
+        &items,
+        source,
+        &mut validations,
+        options.prune,
+        options.dry_run,
+    )
+    .await
+}
+
+/// Applies every item (then prunes) in `tx`; commits unless `rollback`.
+async fn apply_all(
+    mut tx: Transaction<'_, Postgres>,
+    items: &[Item],
+    source: &str,
+    validations: &mut [Validation],
+    prune: bool,
+    rollback: bool,
+) -> Result<Vec<PlanEntry>, ApiError> {
     let mut plan = Vec::new();
-    for item in &items {
-        let entry = apply_one(&mut tx, item, source, collector_bin)
+    for (item, validation) in items.iter().zip(validations.iter_mut()) {
+        let entry = apply_one(&mut tx, item, source, validation)
             .await
             .map_err(|e| item.error(e))?;
         plan.push(entry);
     }
-    if options.prune {
+    if prune {
         for (kind, table) in [
             (EXPERIMENT, Managed::Experiments),
             (DEPLOYMENT, Managed::PipelineDeployments),
@@ -225,7 +271,7 @@ pub async fn apply(
             }
         }
     }
-    if options.dry_run {
+    if rollback {
         tx.rollback().await.map_err(StoreError::from)?;
     } else {
         tx.commit().await.map_err(StoreError::from)?;
@@ -237,7 +283,7 @@ async fn apply_one(
     conn: &mut PgConnection,
     item: &Item,
     source: &str,
-    collector_bin: Option<&Path>,
+    validation: &mut Validation,
 ) -> Result<PlanEntry, ApiError> {
     let entry = |action: Action, reason: Option<String>| PlanEntry {
         kind: item.kind.into(),
@@ -280,7 +326,7 @@ async fn apply_one(
                 Err(e) => return Err(e.into()),
             };
             let Some(current) = current else {
-                check_experiment(conn, doc, collector_bin).await?;
+                check_experiment(conn, doc, validation).await?;
                 experiments::create(
                     conn,
                     experiments::NewExperiment {
@@ -315,7 +361,7 @@ async fn apply_one(
                     item.name, current.phase
                 )));
             }
-            check_experiment(conn, doc, collector_bin).await?;
+            check_experiment(conn, doc, validation).await?;
             if !store::update_pending_experiment(
                 conn,
                 &item.name,
@@ -355,7 +401,7 @@ async fn apply_one(
                     return Ok(entry(Action::Unchanged, None));
                 }
             }
-            check_deployment(conn, doc, collector_bin).await?;
+            check_deployment(conn, doc, validation).await?;
             let change = format!("applied from {source}");
             let (stored, applied) = deployments::apply(
                 conn,

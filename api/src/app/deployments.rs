@@ -7,9 +7,9 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use phoenix_storage::PgConnection;
 use phoenix_storage::deployments::{self, Applied, NewRevision, StoredDeployment};
 use phoenix_storage::hosts::{self, HostRecord};
+use phoenix_storage::{PgConnection, PgPool, StoreError};
 use phoenix_wire::agent::CollectorStatus;
 use phoenix_wire::deployment::{
     DeploymentHost, DeploymentSpec, PipelineDeployment, PipelineDeploymentDocument, PromotionResult,
@@ -17,7 +17,7 @@ use phoenix_wire::deployment::{
 use phoenix_wire::names::{self, selector_matches};
 use phoenix_wire::problem::FieldError;
 
-use crate::app::collector::{self, ValidateError};
+use crate::app::collector::Validation;
 use crate::app::promotion::{self, PromotedBy, Promotion};
 use crate::app::{VALIDATION_HOST, VALIDATION_REMOTE_WRITE_URL, check_pipeline, parse_body};
 use crate::error::ApiError;
@@ -26,16 +26,28 @@ use crate::http::body::DocumentBody;
 /// Validates a `PipelineDeployment` document against the types, the catalog, the
 /// collector and the fleet, then creates the deployment or makes the document its
 /// new revision (nothing new when the spec is the current one). Nothing is written
-/// unless every check passes.
+/// unless every check passes; the collector's `validate` runs with no connection
+/// held ([`Validation`]).
 pub async fn deploy(
-    conn: &mut PgConnection,
+    pool: &PgPool,
     body: &DocumentBody,
     collector_bin: Option<&Path>,
 ) -> Result<(PipelineDeployment, Applied), ApiError> {
     let doc: PipelineDeploymentDocument = parse_body(body)?;
-    check_deployment(conn, &doc, collector_bin).await?;
+    let mut validation = Validation::new(collector_bin);
+    if validation.collecting() {
+        check_deployment(
+            &mut *pool.acquire().await.map_err(StoreError::from)?,
+            &doc,
+            &mut validation,
+        )
+        .await?;
+        validation = validation.run(collector_bin).await?;
+    }
+    let mut conn = pool.acquire().await.map_err(StoreError::from)?;
+    check_deployment(&mut conn, &doc, &mut validation).await?;
     let (stored, applied) = deployments::apply(
-        conn,
+        &mut conn,
         NewRevision {
             name: &doc.metadata.name,
             labels: &doc.metadata.labels,
@@ -45,15 +57,16 @@ pub async fn deploy(
         },
     )
     .await?;
-    Ok((one_view(conn, stored, false).await?, applied))
+    Ok((one_view(&mut conn, stored, false).await?, applied))
 }
 
-/// Every check of a deployment document (types, catalog, fleet, overlap and, with
-/// a collector binary, the collector's own `validate`); writes nothing.
+/// Every check of a deployment document (types, catalog, fleet, overlap), and its
+/// standing collector rendered for the collector's `validate` as `validation`
+/// says; writes nothing.
 pub(crate) async fn check_deployment(
     conn: &mut PgConnection,
     doc: &PipelineDeploymentDocument,
-    collector_bin: Option<&Path>,
+    validation: &mut Validation,
 ) -> Result<(), ApiError> {
     doc.validate().map_err(ApiError::Invalid)?;
     let name = &doc.metadata.name;
@@ -62,28 +75,14 @@ pub(crate) async fn check_deployment(
     check_hosts(&doc.spec, &records)?;
     let all = deployments::list(conn).await?;
     check_overlap(name, &doc.spec, &all, &records)?;
-    if let Some(bin) = collector_bin {
-        let rendered = phoenix_wire::render::standing_collector(
-            name,
-            &doc.spec,
-            VALIDATION_HOST,
-            &config,
-            VALIDATION_REMOTE_WRITE_URL,
-        );
-        collector::validate(bin, &rendered.config, &rendered.env)
-            .await
-            .map_err(|err| match err {
-                ValidateError::Rejected(message) => ApiError::Invalid(FieldError::new(
-                    "spec.pipeline",
-                    format!(
-                        "the collector rejects the rendered `{}` config: {message}",
-                        rendered.pipeline
-                    ),
-                )),
-                ValidateError::Unavailable(message) => ApiError::Unavailable(message),
-            })?;
-    }
-    Ok(())
+    let rendered = phoenix_wire::render::standing_collector(
+        name,
+        &doc.spec,
+        VALIDATION_HOST,
+        &config,
+        VALIDATION_REMOTE_WRITE_URL,
+    );
+    validation.expect("spec.pipeline", &rendered)
 }
 
 /// A selector must match a registered host, and every name must be one; like an

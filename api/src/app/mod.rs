@@ -13,7 +13,7 @@ pub mod promotion;
 
 use std::path::Path;
 
-use phoenix_storage::{PgConnection, StoreError, experiments, hosts, templates};
+use phoenix_storage::{PgConnection, PgPool, StoreError, experiments, hosts, templates};
 use phoenix_wire::agent::Variant;
 use phoenix_wire::names::selector_matches;
 use phoenix_wire::problem::FieldError;
@@ -22,7 +22,7 @@ use phoenix_wire::resource::{
 };
 use phoenix_wire::view::{Experiment, PipelineTemplate, PipelineValidation};
 
-use self::collector::ValidateError;
+use self::collector::{ValidateError, Validation};
 use crate::error::ApiError;
 use crate::http::body::DocumentBody;
 
@@ -40,16 +40,28 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(body: &DocumentBody) -> Result
 /// Validates an experiment document against the types, the catalog and the fleet,
 /// then stores it in phase `pending`. Nothing is written unless all checks pass.
 /// With a collector binary, both sides are rendered with the experiment's variables
-/// and checked by the collector's own `validate` first.
+/// and checked by the collector's own `validate` first, with no connection held
+/// ([`collector::Validation`]).
 pub async fn create_experiment(
-    conn: &mut PgConnection,
+    pool: &PgPool,
     body: &DocumentBody,
     collector_bin: Option<&Path>,
 ) -> Result<Experiment, ApiError> {
     let doc: ExperimentDocument = parse_body(body)?;
-    check_experiment(conn, &doc, collector_bin).await?;
+    let mut validation = Validation::new(collector_bin);
+    if validation.collecting() {
+        check_experiment(
+            &mut *pool.acquire().await.map_err(StoreError::from)?,
+            &doc,
+            &mut validation,
+        )
+        .await?;
+        validation = validation.run(collector_bin).await?;
+    }
+    let mut conn = pool.acquire().await.map_err(StoreError::from)?;
+    check_experiment(&mut conn, &doc, &mut validation).await?;
     let experiment = experiments::create(
-        conn,
+        &mut conn,
         experiments::NewExperiment {
             name: &doc.metadata.name,
             labels: &doc.metadata.labels,
@@ -61,43 +73,30 @@ pub async fn create_experiment(
     Ok(experiment)
 }
 
-/// Every check of an experiment document (types, catalog, fleet and, with a
-/// collector binary, the collector's own `validate`); writes nothing.
+/// Every check of an experiment document (types, catalog, fleet), and both sides
+/// rendered for the collector's `validate` as `validation` says; writes nothing.
 pub(crate) async fn check_experiment(
     conn: &mut PgConnection,
     doc: &ExperimentDocument,
-    collector_bin: Option<&Path>,
+    validation: &mut Validation,
 ) -> Result<(), ApiError> {
     doc.validate().map_err(ApiError::Invalid)?;
     let baseline_config = check_pipeline(conn, "spec.baseline", &doc.spec.baseline).await?;
     let candidate_config = check_pipeline(conn, "spec.candidate", &doc.spec.candidate).await?;
     check_hosts(conn, doc).await?;
-    if let Some(bin) = collector_bin {
-        for (variant, config) in [
-            (Variant::Baseline, &baseline_config),
-            (Variant::Candidate, &candidate_config),
-        ] {
-            let spec = phoenix_wire::render::experiment_collector(
-                &doc.metadata.name,
-                &doc.spec,
-                variant,
-                VALIDATION_HOST,
-                config,
-                VALIDATION_REMOTE_WRITE_URL,
-            );
-            collector::validate(bin, &spec.config, &spec.env)
-                .await
-                .map_err(|err| match err {
-                    ValidateError::Rejected(message) => ApiError::Invalid(FieldError::new(
-                        format!("spec.{variant}"),
-                        format!(
-                            "the collector rejects the rendered `{}` config: {message}",
-                            spec.pipeline
-                        ),
-                    )),
-                    ValidateError::Unavailable(message) => ApiError::Unavailable(message),
-                })?;
-        }
+    for (variant, config) in [
+        (Variant::Baseline, &baseline_config),
+        (Variant::Candidate, &candidate_config),
+    ] {
+        let spec = phoenix_wire::render::experiment_collector(
+            &doc.metadata.name,
+            &doc.spec,
+            variant,
+            VALIDATION_HOST,
+            config,
+            VALIDATION_REMOTE_WRITE_URL,
+        );
+        validation.expect(&format!("spec.{variant}"), &spec)?;
     }
     Ok(())
 }

@@ -22,9 +22,8 @@ pub async fn apply(
 ) -> Result<Json<Vec<PlanEntry>>, ApiError> {
     let Query(options) =
         query.map_err(|r| ApiError::Malformed(FieldError::new("", r.body_text())))?;
-    let mut conn = state.conn().await?;
     let plan = app::apply(
-        &mut conn,
+        &state.pool,
         &body,
         &options,
         state.config.collector_bin.as_deref(),

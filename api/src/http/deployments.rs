@@ -21,9 +21,8 @@ pub async fn deploy(
     _: Operator,
     body: DocumentBody,
 ) -> Result<(StatusCode, Json<PipelineDeployment>), ApiError> {
-    let mut conn = state.conn().await?;
     let (deployment, applied) =
-        app::deploy(&mut conn, &body, state.config.collector_bin.as_deref()).await?;
+        app::deploy(&state.pool, &body, state.config.collector_bin.as_deref()).await?;
     tracing::info!(deployment = %deployment.name, revision = deployment.revision, ?applied, "pipeline deployment applied");
     let status = if applied == Applied::Created {
         StatusCode::CREATED

@@ -17,9 +17,8 @@ pub async fn create(
     _: Operator,
     body: DocumentBody,
 ) -> Result<(StatusCode, Json<Experiment>), ApiError> {
-    let mut conn = state.conn().await?;
     let experiment =
-        app::create_experiment(&mut conn, &body, state.config.collector_bin.as_deref()).await?;
+        app::create_experiment(&state.pool, &body, state.config.collector_bin.as_deref()).await?;
     tracing::info!(experiment = %experiment.name, "experiment created");
     Ok((StatusCode::CREATED, Json(experiment)))
 }

@@ -139,7 +139,7 @@ async fn task_list_by_host_and_status() {
             (task.kind.as_str(), task.action.as_str()),
             ("collector", "start")
         );
-        assert_eq!(task.status, "pending");
+        assert_eq!(task.status, phoenix_wire::view::TaskStatus::Pending);
         assert!(!task.config_hash.is_empty());
     }
     assert!(tasks[0].id > tasks[1].id, "newest first: {tasks:?}");

@@ -432,19 +432,19 @@ pub async fn list(conn: &mut PgConnection, filter: &TaskFilter) -> Result<Vec<Ag
     .bind(i64::from(filter.limit))
     .fetch_all(conn)
     .await?;
-    Ok(rows
-        .into_iter()
+    rows.into_iter()
         .map(|row| {
+            let what = format!("task {}", row.id);
             let mut task = AgentTask {
                 id: row.id,
                 host: row.host_id,
-                kind: row.kind,
-                action: row.action,
+                kind: parse_kind(&what, &row.kind)?,
+                action: parse_action(&what, &row.action)?,
                 unit: row.unit_id,
                 experiment: None,
                 deployment: None,
                 loadsim: None,
-                status: row.status,
+                status: parse_status(&what, &row.status)?,
                 attempts: row.attempts,
                 config_hash: row.spec_hash,
                 lease_until: row.lease_until,
@@ -453,7 +453,7 @@ pub async fn list(conn: &mut PgConnection, filter: &TaskFilter) -> Result<Vec<Ag
                 updated_at: row.updated_at,
             };
             task.set_owner();
-            task
+            Ok(task)
         })
-        .collect())
+        .collect()
 }

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::agent::CollectorStatus;
+use crate::agent::{CollectorStatus, TaskAction, TaskKind};
 use crate::load;
 use crate::names::{self, Labels};
 use crate::problem::FieldError;
@@ -200,9 +200,9 @@ pub enum TaskOwner {
 impl TaskOwner {
     /// The owner of a task of `kind` (`collector` or `load`) on `unit`; `None` for a
     /// unit id Phoenix does not make.
-    pub fn of(kind: &str, unit: &str) -> Option<TaskOwner> {
+    pub fn of(kind: TaskKind, unit: &str) -> Option<TaskOwner> {
         match kind {
-            "load" => {
+            TaskKind::Load => {
                 let run_id = unit.strip_prefix(load::UNIT_PREFIX)?;
                 if let Some(name) = run_id.strip_prefix("experiment.") {
                     Some(TaskOwner::Experiment(name.to_string()))
@@ -212,7 +212,7 @@ impl TaskOwner {
                         .map(|name| TaskOwner::Loadsim(name.to_string()))
                 }
             }
-            "collector" => {
+            TaskKind::Collector => {
                 let (name, variant) = unit.split_once('.')?;
                 match variant {
                     "baseline" | "candidate" => Some(TaskOwner::Experiment(name.to_string())),
@@ -220,7 +220,6 @@ impl TaskOwner {
                     _ => None,
                 }
             }
-            _ => None,
         }
     }
 }
@@ -233,10 +232,8 @@ impl TaskOwner {
 pub struct AgentTask {
     pub id: i64,
     pub host: String,
-    /// `collector` or `load`.
-    pub kind: String,
-    /// `start`, `update` or `stop`.
-    pub action: String,
+    pub kind: TaskKind,
+    pub action: TaskAction,
     /// The collector id (`topk-web.candidate`) or load unit id (`load.run.demo`).
     pub unit: String,
     /// The experiment the task works for, if it works for one.
@@ -248,8 +245,7 @@ pub struct AgentTask {
     /// The load simulation (`phoenix loadsim`) it runs or stops.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loadsim: Option<String>,
-    /// `pending`, `leased`, `succeeded`, `failed` or `cancelled` ([`TaskStatus`]).
-    pub status: String,
+    pub status: TaskStatus,
     /// Deliveries so far.
     pub attempts: i32,
     /// The config (or load spec) hash a start or update carries; empty for a stop.
@@ -270,7 +266,7 @@ impl AgentTask {
     /// Fills `experiment`, `deployment` and `loadsim` from the kind and unit id.
     pub fn set_owner(&mut self) {
         (self.experiment, self.deployment, self.loadsim) =
-            match TaskOwner::of(&self.kind, &self.unit) {
+            match TaskOwner::of(self.kind, &self.unit) {
                 Some(TaskOwner::Experiment(name)) => (Some(name), None, None),
                 Some(TaskOwner::Deployment(name)) => (None, Some(name), None),
                 Some(TaskOwner::Loadsim(name)) => (None, None, Some(name)),
@@ -383,29 +379,28 @@ mod tests {
     fn task_owners_come_from_kind_and_unit() {
         let of = TaskOwner::of;
         assert_eq!(
-            of("collector", "topk-web.candidate"),
+            of(TaskKind::Collector, "topk-web.candidate"),
             Some(TaskOwner::Experiment("topk-web".into()))
         );
         assert_eq!(
-            of("collector", "topk-web.baseline"),
+            of(TaskKind::Collector, "topk-web.baseline"),
             Some(TaskOwner::Experiment("topk-web".into()))
         );
         assert_eq!(
-            of("collector", "web-standing.standing"),
+            of(TaskKind::Collector, "web-standing.standing"),
             Some(TaskOwner::Deployment("web-standing".into()))
         );
         assert_eq!(
-            of("load", "load.run.hc"),
+            of(TaskKind::Load, "load.run.hc"),
             Some(TaskOwner::Loadsim("hc".into()))
         );
         assert_eq!(
-            of("load", "load.experiment.topk-web"),
+            of(TaskKind::Load, "load.experiment.topk-web"),
             Some(TaskOwner::Experiment("topk-web".into()))
         );
-        assert_eq!(of("collector", "load.run.hc"), None);
-        assert_eq!(of("load", "topk-web.candidate"), None);
-        assert_eq!(of("collector", "no-variant"), None);
-        assert_eq!(of("other", "x.baseline"), None);
+        assert_eq!(of(TaskKind::Collector, "load.run.hc"), None);
+        assert_eq!(of(TaskKind::Load, "topk-web.candidate"), None);
+        assert_eq!(of(TaskKind::Collector, "no-variant"), None);
     }
 
     #[test]

@@ -23,6 +23,10 @@
 # builds, the others wait and reuse its result. Go's module and build caches stay in
 # .../kube/go, so a version bump rebuilds only what changed.
 #
+# Measured cold build on a busy 2-core VM (modules already downloaded): 12.5 min in
+# all; etcd 83 s, kube-apiserver + kube-controller-manager + kube-scheduler + kubectl
+# 577 s, kwok 94 s. A cached run takes 0.1 s.
+#
 # Needs: bash, coreutils, flock + setsid (util-linux), Go (PATH or /usr/local/go/bin)
 # and access to the Go module proxy.
 set -euo pipefail
@@ -100,7 +104,7 @@ export GOTOOLCHAIN="${PHOENIX_GOTOOLCHAIN:-auto}"
 start=$SECONDS
 log "building etcd $ETCD_VERSION, Kubernetes $KUBE_VERSION (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl) and kwok with $(go version | cut -d' ' -f3-)"
 if [[ -z "$(ls -A "$GOCACHE" 2>/dev/null | head -n 1)" ]]; then
-  log "first time on this machine: about 15 minutes on 2 cores (then cached in $cache_dir)"
+  log "first time on this machine: about 13 minutes on 2 cores (then cached in $cache_dir)"
 fi
 
 rm -rf "$cache_dir"/.build.*   # leftovers of a killed build (we hold the lock)

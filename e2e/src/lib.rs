@@ -12,6 +12,8 @@
 
 pub mod bins;
 pub mod harness;
+pub mod image;
 pub mod kube;
+pub mod kubelet;
 pub mod measurement;
 pub mod throwaway;

@@ -74,17 +74,34 @@ fn ip(args: &[&str]) -> Result<(), String> {
 }
 
 /// The bridge pods hang off. Made before the control plane starts (the API server
-/// listens on [`BRIDGE_IP`]); removed on drop.
-pub struct PodNetwork;
+/// listens on [`BRIDGE_IP`]); removed on drop. The bridge, its subnet and the
+/// `phx<N>` namespace names are machine-wide, so one test at a time holds them: an
+/// exclusive `flock` on [`NETWORK_LOCK`], taken (waiting if need be) by `create`.
+pub struct PodNetwork {
+    _lock: std::fs::File,
+}
+
+/// The lock that serialises pod networks on this machine.
+pub const NETWORK_LOCK: &str = "/run/lock/phoenix-pod-network.lock";
 
 impl PodNetwork {
     pub fn create() -> Result<PodNetwork, String> {
-        // A leftover of a killed run goes first.
+        let lock =
+            std::fs::File::create(NETWORK_LOCK).map_err(|e| format!("{NETWORK_LOCK}: {e}"))?;
+        // SAFETY: flock on a file descriptor this function owns; blocks until free.
+        let rc = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
+        if rc != 0 {
+            return Err(format!(
+                "flock {NETWORK_LOCK}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        // A leftover of a killed run goes first (we hold the lock: nobody uses it).
         let _ = ip(&["link", "del", BRIDGE]);
         ip(&["link", "add", BRIDGE, "type", "bridge"])?;
         ip(&["addr", "add", &format!("{BRIDGE_IP}/24"), "dev", BRIDGE])?;
         ip(&["link", "set", BRIDGE, "up"])?;
-        Ok(PodNetwork)
+        Ok(PodNetwork { _lock: lock })
     }
 }
 

@@ -63,8 +63,13 @@ fi
 
 # --- 3. the chart --------------------------------------------------------------------
 log "installing the chart (helm/phoenix with kind/values.yaml) into namespace $namespace"
+# The Pod Security labels helm/phoenix/README.md documents: the agent is privileged.
+kubectl --context "$context" create namespace "$namespace" --dry-run=client -o yaml \
+  | kubectl --context "$context" apply -f -
+kubectl --context "$context" label --overwrite namespace "$namespace" \
+  pod-security.kubernetes.io/enforce=privileged pod-security.kubernetes.io/warn=baseline
 "$helm" upgrade --install "$release" helm/phoenix \
-  --kube-context "$context" --namespace "$namespace" --create-namespace \
+  --kube-context "$context" --namespace "$namespace" \
   --values kind/values.yaml --wait --timeout 10m
 kubectl --context "$context" -n "$namespace" rollout status "daemonset/$release-agent" --timeout 5m
 "$helm" test "$release" --kube-context "$context" --namespace "$namespace" --logs

@@ -28,6 +28,14 @@ ensure_measurement_binaries() {
     prometheus prometheus-pushgateway >/dev/null
 }
 
+# The Kubernetes control plane the suite runs (etcd, kube-apiserver,
+# kube-controller-manager, kube-scheduler, kubectl, kwok), built once per machine
+# and cached (kube/build.sh); the tests find it through PHOENIX_KUBE_BIN_DIR.
+ensure_kube() {
+  PHOENIX_KUBE_BIN_DIR=$(kube/build.sh)
+  export PHOENIX_KUBE_BIN_DIR
+}
+
 # The Phoenix collector, built once per machine and cached (see collector/README.md).
 ensure_collector() {
   PHOENIX_COLLECTOR_BIN=$(collector/build.sh)

@@ -85,9 +85,9 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
 
     /// The collector executable, started as `<collector-bin> --config=<file>`,
-    /// e.g. /usr/local/bin/otelcol-phoenix
+    /// e.g. /usr/local/bin/otelcol-phoenix. Required
     #[arg(long, env = "PHOENIX_COLLECTOR_BIN", value_name = "PATH")]
-    pub collector_bin: PathBuf,
+    pub collector_bin: Option<PathBuf>,
 
     /// Where the host's root filesystem is mounted, passed to collectors as
     /// PHOENIX_HOSTFS, e.g. /hostfs in a container (empty: the agent runs on the host)
@@ -152,10 +152,16 @@ pub struct AgentConfig {
     pub max_load_processes: u32,
 
     /// Prometheus Pushgateway to push each collector's CPU seconds and RSS to,
-    /// labelled with experiment, variant and host, e.g. http://pushgateway:9091
-    /// (unset: no pushes)
+    /// labelled with experiment, variant and host, e.g. http://pushgateway:9091.
+    /// Required: experiments measure collector overhead from it [--dev: unset, no
+    /// pushes]
     #[arg(long, env = "PHOENIX_PUSHGATEWAY_URL", value_name = "URL")]
     pub pushgateway_url: Option<reqwest::Url>,
+
+    /// Local development: the Pushgateway may be left out (no resource pushes).
+    /// Without it every deployment setting must be given
+    #[arg(long, env = "PHOENIX_DEV")]
+    pub dev: bool,
 
     /// How often collector resource use is pushed, e.g. 5s
     #[arg(
@@ -177,9 +183,28 @@ pub enum ConfigError {
         "cannot read this machine's hostname ({0}); give the host id with --host-id or PHOENIX_HOST_ID"
     )]
     Hostname(std::io::Error),
+    #[error(
+        "--pushgateway-url (environment variable PHOENIX_PUSHGATEWAY_URL) is required: experiments measure each collector's CPU and memory through it (for local development only, --dev (PHOENIX_DEV=1) runs without)"
+    )]
+    NoPushgateway,
+    #[error("--collector-bin (environment variable PHOENIX_COLLECTOR_BIN) is required")]
+    NoCollector,
 }
 
 impl AgentConfig {
+    /// Refuses a missing deployment setting, naming its flag and variable (the API
+    /// URL and the token are required by the flags themselves); `--dev` lets the
+    /// Pushgateway be left out.
+    pub fn check_required(&self) -> Result<(), ConfigError> {
+        if self.collector_bin.is_none() {
+            return Err(ConfigError::NoCollector);
+        }
+        if self.pushgateway_url.is_none() && !self.dev {
+            return Err(ConfigError::NoPushgateway);
+        }
+        Ok(())
+    }
+
     /// The host id: the flag, or else the machine's hostname; checked either way.
     pub fn resolved_host_id(&self) -> Result<String, ConfigError> {
         let id = match &self.host_id {
@@ -194,7 +219,8 @@ impl AgentConfig {
     pub fn supervisor_settings(&self) -> SupervisorSettings {
         SupervisorSettings {
             state_dir: self.state_dir.clone(),
-            collector_bin: self.collector_bin.clone(),
+            // Checked at start-up (check_required).
+            collector_bin: self.collector_bin.clone().unwrap_or_default(),
             hostfs: self.hostfs.clone(),
             start_timeout: self.start_timeout,
             stop_timeout: self.stop_timeout,
@@ -266,6 +292,7 @@ mod tests {
             "/bin/otelcol",
             "--host-id",
             "web-01",
+            "--dev",
         ])
         .unwrap();
         assert_eq!(config.heartbeat_interval, Duration::from_secs(10));
@@ -275,5 +302,42 @@ mod tests {
         assert_eq!(config.resolved_host_id().unwrap(), "web-01");
         assert!(!config.stop_collectors_on_exit);
         assert_eq!(config.max_load_processes, 2000);
+        assert!(
+            config.check_required().is_ok(),
+            "--dev: no Pushgateway needed"
+        );
+    }
+
+    #[test]
+    fn deployment_settings_are_required_without_dev() {
+        let parse = |extra: &[&str]| {
+            let mut args = vec![
+                "phoenix-agent",
+                "--api-url",
+                "http://api:8080",
+                "--token",
+                "t",
+            ];
+            args.extend_from_slice(extra);
+            AgentConfig::try_parse_from(args).unwrap().check_required()
+        };
+        let err = parse(&["--collector-bin", "/bin/otelcol"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--pushgateway-url"), "{err}");
+        assert!(err.contains("PHOENIX_PUSHGATEWAY_URL"), "{err}");
+        assert!(err.contains("--dev"), "{err}");
+        let err = parse(&["--pushgateway-url", "http://pg:9091"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--collector-bin"), "{err}");
+        assert!(err.contains("PHOENIX_COLLECTOR_BIN"), "{err}");
+        parse(&[
+            "--collector-bin",
+            "/bin/otelcol",
+            "--pushgateway-url",
+            "http://pg:9091",
+        ])
+        .expect("everything given");
     }
 }

@@ -25,6 +25,7 @@ fn main() -> anyhow::Result<()> {
 #[tokio::main]
 async fn agent_main() -> anyhow::Result<()> {
     let config = AgentConfig::parse();
+    config.check_required()?;
     // Logs go to stderr; colours only on a terminal, not in log files.
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -146,67 +146,10 @@ pub fn merge(node_labels: Labels, flag_labels: &Labels) -> Labels {
 
 #[cfg(test)]
 mod tests {
-    //! The Kubernetes API server is mocked with `tower-test`: the one mock in this
-    //! project, because an API server cannot run on the test machine. The mock sees
-    //! the real HTTP requests kube builds and answers with real API JSON.
+    //! The lookup against a real API server (found, merged, missing Node, missing
+    //! RBAC) is in `e2e/tests/kube_cluster.rs`, which starts one.
 
     use super::*;
-    use http::{Method, Request, Response, StatusCode};
-    use kube::client::Body;
-    use tower_test::mock;
-
-    type Handle = mock::Handle<Request<Body>, Response<Body>>;
-
-    fn mock_client() -> (Client, Handle) {
-        let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
-        (Client::new(service, "default"), handle)
-    }
-
-    /// Answers one request, checking it is `GET /api/v1/nodes/<node>`.
-    async fn answer_node_get(mut handle: Handle, node: &str, status: StatusCode, body: String) {
-        let (request, respond) = handle.next_request().await.expect("a request");
-        assert_eq!(request.method(), Method::GET);
-        assert_eq!(request.uri().path(), format!("/api/v1/nodes/{node}"));
-        respond.send_response(
-            Response::builder()
-                .status(status)
-                .header("content-type", "application/json")
-                .body(Body::from(body.into_bytes()))
-                .unwrap(),
-        );
-    }
-
-    fn node_json(name: &str) -> String {
-        serde_json::json!({
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {
-                "name": name,
-                "labels": {
-                    "role": "web",
-                    "kubernetes.io/hostname": name,
-                    "topology.kubernetes.io/zone": "zone-a",
-                    "node-role.kubernetes.io/worker": "",
-                },
-            },
-            "spec": {},
-        })
-        .to_string()
-    }
-
-    fn status_json(code: u16, reason: &str, message: &str) -> String {
-        serde_json::json!({
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": message,
-            "reason": reason,
-            "details": {"name": "worker-1", "kind": "nodes"},
-            "code": code,
-        })
-        .to_string()
-    }
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
         pairs
@@ -216,110 +159,19 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn node_labels_come_back() {
-        let (client, handle) = mock_client();
-        let server = tokio::spawn(answer_node_get(
-            handle,
-            "worker-1",
-            StatusCode::OK,
-            node_json("worker-1"),
-        ));
-        let found = fetch(client, "worker-1").await.unwrap();
-        server.await.unwrap();
-        assert_eq!(
-            found,
-            labels(&[
-                ("kubernetes.io/hostname", "worker-1"),
-                ("node-role.kubernetes.io/worker", ""),
-                ("role", "web"),
-                ("topology.kubernetes.io/zone", "zone-a"),
-            ])
-        );
-    }
-
-    #[tokio::test]
-    async fn node_labels_merge_under_flag_labels() {
-        let (client, handle) = mock_client();
-        let server = tokio::spawn(answer_node_get(
-            handle,
-            "worker-1",
-            StatusCode::OK,
-            node_json("worker-1"),
-        ));
-        let flags = labels(&[("role", "canary"), ("team", "sre")]);
-        let merged = labels_with_node(client, "worker-1", &flags, LOOKUP_TIMEOUT).await;
-        server.await.unwrap();
-        assert_eq!(merged["role"], "canary", "the flag label wins");
-        assert_eq!(merged["team"], "sre");
-        assert_eq!(merged["topology.kubernetes.io/zone"], "zone-a");
-        assert_eq!(merged["kubernetes.io/hostname"], "worker-1");
-    }
-
-    #[tokio::test]
-    async fn a_missing_node_is_a_clear_error_and_the_flag_labels_stay() {
-        let (client, handle) = mock_client();
-        let server = tokio::spawn(answer_node_get(
-            handle,
-            "worker-1",
-            StatusCode::NOT_FOUND,
-            status_json(404, "NotFound", "nodes \"worker-1\" not found"),
-        ));
-        let err = fetch(client.clone(), "worker-1").await.unwrap_err();
-        server.await.unwrap();
-        assert!(matches!(err, NodeLabelsError::NotFound { .. }), "{err:?}");
-        let text = err.to_string();
-        assert!(text.contains("Node `worker-1` does not exist"), "{text}");
-        assert!(text.contains("spec.nodeName"), "{text}");
-
-        let (client, handle) = mock_client();
-        let server = tokio::spawn(answer_node_get(
-            handle,
-            "worker-1",
-            StatusCode::NOT_FOUND,
-            status_json(404, "NotFound", "nodes \"worker-1\" not found"),
-        ));
-        let flags = labels(&[("role", "web")]);
-        let got = labels_with_node(client, "worker-1", &flags, LOOKUP_TIMEOUT).await;
-        server.await.unwrap();
-        assert_eq!(got, flags);
-    }
-
-    #[tokio::test]
-    async fn missing_rbac_is_a_clear_error_and_the_flag_labels_stay() {
-        let message = "nodes \"worker-1\" is forbidden: User \"system:serviceaccount:phoenix:phoenix-agent\" cannot get resource \"nodes\" in API group \"\" at the cluster scope";
-        let (client, handle) = mock_client();
-        let server = tokio::spawn(answer_node_get(
-            handle,
-            "worker-1",
-            StatusCode::FORBIDDEN,
-            status_json(403, "Forbidden", message),
-        ));
-        let err = fetch(client, "worker-1").await.unwrap_err();
-        server.await.unwrap();
-        assert!(matches!(err, NodeLabelsError::Forbidden { .. }), "{err:?}");
-        let text = err.to_string();
-        assert!(text.contains("needs `get` on `nodes`"), "{text}");
-        assert!(text.contains("cannot get resource"), "{text}");
-
-        let (client, handle) = mock_client();
-        let server = tokio::spawn(answer_node_get(
-            handle,
-            "worker-1",
-            StatusCode::FORBIDDEN,
-            status_json(403, "Forbidden", message),
-        ));
-        let flags = labels(&[("role", "web")]);
-        let got = labels_with_node(client, "worker-1", &flags, LOOKUP_TIMEOUT).await;
-        server.await.unwrap();
-        assert_eq!(got, flags);
-    }
-
-    #[tokio::test]
     async fn a_silent_api_server_times_out_to_the_flag_labels() {
-        // The handle is kept but never answers.
-        let (client, _handle) = mock_client();
+        // A real socket that accepts connections and never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let _held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                open.push(socket);
+            }
+        });
+        let client = Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
         let flags = labels(&[("role", "web")]);
-        let got = labels_with_node(client, "worker-1", &flags, Duration::from_millis(50)).await;
+        let got = labels_with_node(client, "worker-1", &flags, Duration::from_millis(200)).await;
         assert_eq!(got, flags);
     }
 

@@ -22,9 +22,22 @@ pub struct ApiConfig {
     #[arg(long, env = "PHOENIX_API_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// Postgres connection URL.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    /// Postgres connection URL. Required
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true,
+        default_value = "",
+        hide_default_value = true
+    )]
     pub database_url: String,
+
+    /// Local development: the collector binary may be left out (then configs are
+    /// not checked before they are stored, and the validate endpoint answers 503).
+    /// Without it every deployment setting must be given
+    #[arg(long, env = "PHOENIX_DEV")]
+    pub dev: bool,
 
     /// Bearer tokens as `role:token` pairs separated by commas; roles are viewer,
     /// operator, admin (user API) and agent (agent API only).
@@ -65,8 +78,8 @@ pub struct ApiConfig {
     pub host_grace: HumanDuration,
 
     /// The Phoenix collector binary, used to validate pipeline configs with the
-    /// collector's own `validate` before anything is stored (unset: no such check,
-    /// and the validate endpoint answers 503).
+    /// collector's own `validate` before anything is stored. Required [--dev: unset,
+    /// no such check]
     #[arg(long, env = "PHOENIX_COLLECTOR_BIN", value_name = "PATH")]
     pub collector_bin: Option<std::path::PathBuf>,
 
@@ -75,15 +88,86 @@ pub struct ApiConfig {
     pub db_connections: u32,
 }
 
+/// A setting a deployment must give, not given (or empty).
+#[derive(Debug, thiserror::Error)]
+#[error("{flag} (environment variable {env}) is required{hint}")]
+pub struct MissingSetting {
+    pub flag: &'static str,
+    pub env: &'static str,
+    hint: &'static str,
+}
+
 impl ApiConfig {
-    /// Settings for tests and embedding: defaults, with this database and tokens.
+    /// Settings for tests and embedding: development defaults, with this database
+    /// and tokens.
     pub fn new(database_url: String, tokens: TokenSet) -> Self {
-        let mut config = ApiConfig::parse_from(["phoenix-api", "--database-url", &database_url]);
+        let mut config =
+            ApiConfig::parse_from(["phoenix-api", "--dev", "--database-url", &database_url]);
         config.tokens = tokens;
         config
     }
 
+    /// Refuses a missing deployment setting, naming its flag and variable; `--dev`
+    /// lets the collector binary be left out.
+    pub fn check_required(&mut self) -> Result<(), MissingSetting> {
+        if self.database_url.trim().is_empty() {
+            return Err(MissingSetting {
+                flag: "--database-url",
+                env: "DATABASE_URL",
+                hint: "",
+            });
+        }
+        if self
+            .collector_bin
+            .as_ref()
+            .is_some_and(|bin| bin.as_os_str().is_empty())
+        {
+            self.collector_bin = None;
+        }
+        if self.collector_bin.is_none() && !self.dev {
+            return Err(MissingSetting {
+                flag: "--collector-bin",
+                env: "PHOENIX_COLLECTOR_BIN",
+                hint: "; it checks pipeline configs before they are stored (for local development only, --dev (PHOENIX_DEV=1) runs without)",
+            });
+        }
+        Ok(())
+    }
+
     pub fn max_wait(&self) -> Duration {
         self.max_wait.as_duration()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(args: &[&str]) -> Result<ApiConfig, String> {
+        let mut all = vec!["phoenix-api"];
+        all.extend_from_slice(args);
+        let mut config = ApiConfig::try_parse_from(all).map_err(|e| e.to_string())?;
+        config.check_required().map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+
+    #[test]
+    fn the_collector_is_required_unless_dev() {
+        let err = check(&["--database-url", "postgres://db/p"]).err().unwrap();
+        assert!(err.contains("--collector-bin"), "{err}");
+        assert!(err.contains("PHOENIX_COLLECTOR_BIN"), "{err}");
+        assert!(err.contains("--dev"), "{err}");
+        let err = check(&["--collector-bin", "/bin/otelcol"]).err().unwrap();
+        assert!(err.contains("--database-url"), "{err}");
+        assert!(err.contains("DATABASE_URL"), "{err}");
+        let dev = check(&["--dev", "--database-url", "postgres://db/p"]).unwrap();
+        assert!(dev.collector_bin.is_none());
+        check(&[
+            "--database-url",
+            "postgres://db/p",
+            "--collector-bin",
+            "/bin/otelcol",
+        ])
+        .unwrap();
     }
 }

@@ -9,7 +9,8 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let config = ApiConfig::parse();
+    let mut config = ApiConfig::parse();
+    config.check_required()?;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {

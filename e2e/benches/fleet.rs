@@ -314,6 +314,7 @@ async fn run_fleet(
             .env("DATABASE_URL", &database_url)
             .env("PHOENIX_API_LISTEN", format!("127.0.0.1:{api_port}"))
             .env("PHOENIX_API_TOKENS", &tokens)
+            .env("PHOENIX_DEV", "1") // no collector: configs are not validated
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()?,
@@ -332,6 +333,7 @@ async fn run_fleet(
                 format!("127.0.0.1:{reconciler_port}"),
             )
             .env("PHOENIX_DEPLOY_TIMEOUT", "30m")
+            .env("PHOENIX_DEV", "1") // Prometheus on its local default (unused here)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()?,

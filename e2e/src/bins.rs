@@ -61,3 +61,22 @@ pub fn collector() -> PathBuf {
         })
         .clone()
 }
+
+/// A real `helm`: whatever `helm/install-helm.sh` prints (cached per machine, or
+/// built now with progress on stderr).
+pub fn helm() -> PathBuf {
+    static HELM: OnceLock<PathBuf> = OnceLock::new();
+    HELM.get_or_init(|| {
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../helm/install-helm.sh");
+        let output = Command::new(&script)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .unwrap_or_else(|err| panic!("cannot run {}: {err}", script.display()));
+        assert!(output.status.success(), "helm/install-helm.sh failed");
+        let path = PathBuf::from(String::from_utf8(output.stdout).expect("a path").trim());
+        assert!(path.is_file(), "install-helm.sh printed {}", path.display());
+        path
+    })
+    .clone()
+}

@@ -409,6 +409,8 @@ impl AgentProcess {
             .open(self.state_dir.join("agent.log"))
             .expect("agent log");
         let mut command = Command::new(binary("phoenix-agent"));
+        // Development mode: a test agent may run without a Pushgateway.
+        command.arg("--dev");
         if let Some(url) = &self.pushgateway_url {
             command
                 .arg("--pushgateway-url")

@@ -1,7 +1,9 @@
 //! The end-to-end test kit: builds and locates the project's binaries, and (in
 //! `harness`) starts a real stack on loopback for a test, on a private Postgres
-//! cluster (`throwaway`) unless `DATABASE_URL` is set. Test infrastructure lives
-//! here, never in the crates the production binaries are built from.
+//! cluster (`throwaway`) unless `DATABASE_URL` is set; `measurement` adds
+//! Prometheus and a Pushgateway, `kube` a real Kubernetes control plane. Test
+//! infrastructure lives here, never in the crates the production binaries are built
+//! from.
 //!
 //! Binaries under test: `phoenix-agent` (from the agent crate) and
 //! `stand-in-collector` (this crate's `src/bin`), a real long-running program that
@@ -10,5 +12,8 @@
 
 pub mod bins;
 pub mod harness;
+pub mod image;
+pub mod kube;
+pub mod kubelet;
 pub mod measurement;
 pub mod throwaway;

@@ -18,19 +18,27 @@ pub use phoenix_reconciler::prometheus::{Prometheus, Sample};
 #[error("measurement stack: {0}")]
 pub struct MeasurementError(String);
 
+/// Runs the server; when stdin closes, SIGTERM, and SIGKILL if it is still there
+/// 10 s later (an API server whose etcd went first never finishes shutting down).
 const OWNER_WRAPPER: &str = r#""$@" & pid=$!
 read -r _
 kill "$pid" 2>/dev/null
-wait "$pid""#;
+( sleep 10; kill -9 "$pid" 2>/dev/null ) & killer=$!
+wait "$pid"
+kill "$killer" 2>/dev/null"#;
 
 /// A server process that stops when this handle is dropped or its owner dies.
-struct OwnedServer {
+pub(crate) struct OwnedServer {
     owner_pipe: Option<ChildStdin>,
     wrapper: Child,
 }
 
 impl OwnedServer {
-    fn spawn(program: &Path, args: &[String], log: &Path) -> Result<Self, MeasurementError> {
+    pub(crate) fn spawn(
+        program: &Path,
+        args: &[String],
+        log: &Path,
+    ) -> Result<Self, MeasurementError> {
         let log_file = std::fs::File::create(log)
             .map_err(|e| MeasurementError(format!("{}: {e}", log.display())))?;
         let mut wrapper = Command::new("sh")
@@ -75,7 +83,7 @@ fn find_binary(env: &str, default: &str) -> Result<PathBuf, MeasurementError> {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

@@ -478,7 +478,7 @@ async fn the_agent_binary_adopts_collectors_and_keeps_them_while_the_api_is_down
             .arg("--collector-bin")
             .arg(stand_in())
             .args(["--listen", "127.0.0.1:0"])
-            .args(["--heartbeat-interval", "1s"])
+            .args(["--heartbeat-interval", "1s", "--dev"])
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()

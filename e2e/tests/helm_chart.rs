@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 
 use k8s_openapi::Resource;
@@ -37,7 +37,13 @@ const RELEASE: &str = "phoenix";
 const NAMESPACE: &str = "phoenix";
 
 /// Secrets the ci value sets name but expect to exist already (made outside the chart).
-const EXTERNAL_SECRETS: [&str; 3] = ["phoenix-tokens-from-vault", "phoenix-db", "git-credentials"];
+const EXTERNAL_SECRETS: [&str; 5] = [
+    "phoenix-tokens-from-vault",
+    "phoenix-db",
+    "git-credentials",
+    "phoenix-tokens-gitops",
+    "phoenix-database-gitops",
+];
 /// ConfigMaps the ci value sets name but expect to exist already.
 const EXTERNAL_CONFIG_MAPS: [&str; 1] = ["phoenix-experiments"];
 
@@ -53,19 +59,8 @@ fn chart_dir() -> PathBuf {
 }
 
 /// The helm binary: whatever `helm/install-helm.sh` prints (cached, or built now).
-fn helm() -> &'static Path {
-    static HELM: OnceLock<PathBuf> = OnceLock::new();
-    HELM.get_or_init(|| {
-        let script = repo_root().join("helm/install-helm.sh");
-        let output = Command::new(&script)
-            .stderr(Stdio::inherit())
-            .output()
-            .unwrap_or_else(|err| panic!("cannot run {}: {err}", script.display()));
-        assert!(output.status.success(), "helm/install-helm.sh failed");
-        let path = PathBuf::from(String::from_utf8(output.stdout).expect("a path").trim());
-        assert!(path.is_file(), "install-helm.sh printed {}", path.display());
-        path
-    })
+fn helm() -> PathBuf {
+    phoenix_e2e::bins::helm()
 }
 
 /// Runs helm; its stdout on success, else its stderr.
@@ -594,6 +589,31 @@ fn check_api_and_reconciler(rendered: &Rendered, problems: &mut Vec<String>) {
         "/healthz",
         problems,
     );
+    // Settings a binary refuses to start without (outside --dev): each must be set.
+    for (deployment, container_name, required) in [
+        ("api", "api", &["DATABASE_URL", "PHOENIX_COLLECTOR_BIN"][..]),
+        (
+            "reconciler",
+            "reconciler",
+            &[
+                "DATABASE_URL",
+                "PHOENIX_REMOTE_WRITE_URL",
+                "PHOENIX_PROMETHEUS_URL",
+            ][..],
+        ),
+    ] {
+        let deployment = format!("{fullname}-{deployment}");
+        let c = rendered
+            .deployment(&deployment)
+            .and_then(|d| d.spec.template.spec.as_ref())
+            .and_then(|s| container(s, container_name));
+        for name in required {
+            let set = c.is_some_and(|c| c.env.iter().flatten().any(|e| e.name == *name));
+            if !set {
+                problems.push(format!("{deployment}/{container_name}: {name} is not set"));
+            }
+        }
+    }
     if let Some(reconciler) = rendered.deployment(&format!("{fullname}-reconciler")) {
         let replicas = reconciler.spec.replicas.unwrap_or(1);
         if replicas < 2 {
@@ -962,6 +982,59 @@ fn no_database_is_a_clear_error() {
     ])
     .expect_err("no Prometheus must fail");
     assert!(err.contains("prometheus.remoteWriteUrl"), "{err}");
+    let err = run_helm(&[
+        "template",
+        RELEASE,
+        &chart,
+        "--set",
+        "prometheus.enabled=false,prometheus.remoteWriteUrl=http://p:9090/api/v1/write",
+    ])
+    .expect_err("no Prometheus to query must fail");
+    assert!(err.contains("prometheus.url"), "{err}");
+    let err = run_helm(&[
+        "template",
+        RELEASE,
+        &chart,
+        "--set",
+        "pushgateway.enabled=false",
+    ])
+    .expect_err("no Pushgateway must fail");
+    assert!(err.contains("pushgateway.url"), "{err}");
+}
+
+#[test]
+fn a_gitops_render_generates_nothing() {
+    // Argo CD renders with `helm template`: `lookup` sees no cluster, so anything
+    // generated would change on every sync. With the documented existingSecrets,
+    // two renders are the same and no Secret is rendered at all.
+    let chart = chart_dir().display().to_string();
+    let values = chart_dir()
+        .join("ci/gitops-values.yaml")
+        .display()
+        .to_string();
+    let args = [
+        "template",
+        RELEASE,
+        &chart,
+        "--namespace",
+        NAMESPACE,
+        "--values",
+        &values,
+    ];
+    let first = run_helm(&args).expect("render");
+    let second = run_helm(&args).expect("render again");
+    assert_eq!(first, second, "two renders differ");
+    let documents = split_documents(&first).expect("documents");
+    let secrets: Vec<&str> = documents
+        .iter()
+        .filter(|d| d.value.get("kind").and_then(Value::as_str) == Some("Secret"))
+        .map(|d| d.source.as_str())
+        .collect();
+    assert!(secrets.is_empty(), "Secrets rendered: {secrets:?}");
+    // Without them, the default render does generate (tokens differ per render).
+    let first = run_helm(&["template", RELEASE, &chart]).expect("render");
+    let second = run_helm(&["template", RELEASE, &chart]).expect("render again");
+    assert_ne!(first, second, "the defaults generate tokens");
 }
 
 #[test]

@@ -16,15 +16,31 @@ use phoenix_wire::duration::HumanDuration;
     after_help = "Example:\n  phoenix-reconciler --database-url postgres://phoenix@db/phoenix \\\n    --remote-write-url http://prometheus:9090/api/v1/write"
 )]
 pub struct ReconcilerConfig {
-    /// Postgres connection URL.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    /// Postgres connection URL. Required
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true,
+        default_value = "",
+        hide_default_value = true
+    )]
     pub database_url: String,
 
-    /// Where experiment collectors send their metrics (Prometheus remote-write endpoint).
+    /// Local development: the Prometheus settings not given default to
+    /// 127.0.0.1:9090. Without it every deployment setting must be given
+    #[arg(long, env = "PHOENIX_DEV")]
+    pub dev: bool,
+
+    /// Where experiment collectors send their metrics (Prometheus remote-write
+    /// endpoint), e.g. http://prometheus:9090/api/v1/write. Required [--dev:
+    /// http://127.0.0.1:9090/api/v1/write]
     #[arg(
         long,
         env = "PHOENIX_REMOTE_WRITE_URL",
-        default_value = "http://127.0.0.1:9090/api/v1/write"
+        value_name = "URL",
+        default_value = "",
+        hide_default_value = true
     )]
     pub remote_write_url: String,
 
@@ -48,11 +64,14 @@ pub struct ReconcilerConfig {
     #[arg(long, env = "PHOENIX_STANDBY_RETRY", default_value = "2s", value_parser = HumanDuration::parse)]
     pub standby_retry: HumanDuration,
 
-    /// Prometheus holding the measurements (its HTTP API), for the analyzer.
+    /// Prometheus holding the measurements (its HTTP API), for the analyzer, e.g.
+    /// http://prometheus:9090. Required [--dev: http://127.0.0.1:9090]
     #[arg(
         long,
         env = "PHOENIX_PROMETHEUS_URL",
-        default_value = "http://127.0.0.1:9090"
+        value_name = "URL",
+        default_value = "",
+        hide_default_value = true
     )]
     pub prometheus_url: String,
 
@@ -88,7 +107,59 @@ pub struct ReconcilerConfig {
     pub listen: SocketAddr,
 }
 
+/// A setting a deployment must give, not given (or empty).
+#[derive(Debug, thiserror::Error)]
+#[error("{flag} (environment variable {env}) is required{hint}")]
+pub struct MissingSetting {
+    pub flag: &'static str,
+    pub env: &'static str,
+    hint: &'static str,
+}
+
+/// The local default of a setting under `--dev`; none for settings without one.
+const DEV_HINT: &str = "; for local development only, --dev (PHOENIX_DEV=1) uses 127.0.0.1:9090";
+
 impl ReconcilerConfig {
+    /// Refuses a missing deployment setting, naming its flag and variable; under
+    /// `--dev` fills the Prometheus settings with local defaults instead. A binary
+    /// that quietly fell back to localhost in a pod would query itself.
+    pub fn check_required(&mut self) -> Result<(), MissingSetting> {
+        if self.database_url.trim().is_empty() {
+            return Err(MissingSetting {
+                flag: "--database-url",
+                env: "DATABASE_URL",
+                hint: "",
+            });
+        }
+        let dev = self.dev;
+        for (value, flag, env, local) in [
+            (
+                &mut self.remote_write_url,
+                "--remote-write-url",
+                "PHOENIX_REMOTE_WRITE_URL",
+                "http://127.0.0.1:9090/api/v1/write",
+            ),
+            (
+                &mut self.prometheus_url,
+                "--prometheus-url",
+                "PHOENIX_PROMETHEUS_URL",
+                "http://127.0.0.1:9090",
+            ),
+        ] {
+            if value.trim().is_empty() {
+                if !dev {
+                    return Err(MissingSetting {
+                        flag,
+                        env,
+                        hint: DEV_HINT,
+                    });
+                }
+                *value = local.to_string();
+            }
+        }
+        Ok(())
+    }
+
     /// The analyzer's settings.
     pub fn analyzer_settings(&self) -> crate::analyzer::AnalyzerSettings {
         crate::analyzer::AnalyzerSettings {
@@ -101,14 +172,69 @@ impl ReconcilerConfig {
         }
     }
 
-    /// Settings for tests and embedding: defaults, with this database.
+    /// Settings for tests and embedding: development defaults, with this database.
     pub fn new(database_url: String) -> Self {
-        ReconcilerConfig::parse_from([
+        let mut config = ReconcilerConfig::parse_from([
             "phoenix-reconciler",
+            "--dev",
             "--database-url",
             &database_url,
             "--listen",
             "127.0.0.1:0",
+        ]);
+        config
+            .check_required()
+            .expect("--dev fills every setting but the database");
+        config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(args: &[&str]) -> Result<ReconcilerConfig, String> {
+        let mut all = vec!["phoenix-reconciler"];
+        all.extend_from_slice(args);
+        let mut config = ReconcilerConfig::try_parse_from(all).map_err(|e| e.to_string())?;
+        config.check_required().map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+
+    #[test]
+    fn prometheus_settings_are_required_unless_dev() {
+        let err = check(&["--database-url", "postgres://db/p"]).err().unwrap();
+        assert!(err.contains("--remote-write-url"), "{err}");
+        assert!(err.contains("PHOENIX_REMOTE_WRITE_URL"), "{err}");
+        assert!(err.contains("--dev"), "{err}");
+        let err = check(&[
+            "--database-url",
+            "postgres://db/p",
+            "--remote-write-url",
+            "http://prom:9090/api/v1/write",
         ])
+        .err()
+        .unwrap();
+        assert!(err.contains("--prometheus-url"), "{err}");
+        assert!(err.contains("PHOENIX_PROMETHEUS_URL"), "{err}");
+
+        let err = check(&["--dev"]).err().unwrap();
+        assert!(err.contains("--database-url"), "{err}");
+        assert!(err.contains("DATABASE_URL"), "{err}");
+
+        let dev = check(&["--dev", "--database-url", "postgres://db/p"]).unwrap();
+        assert_eq!(dev.prometheus_url, "http://127.0.0.1:9090");
+        assert_eq!(dev.remote_write_url, "http://127.0.0.1:9090/api/v1/write");
+
+        let given = check(&[
+            "--database-url",
+            "postgres://db/p",
+            "--remote-write-url",
+            "http://prom:9090/api/v1/write",
+            "--prometheus-url",
+            "http://prom:9090",
+        ])
+        .unwrap();
+        assert_eq!(given.prometheus_url, "http://prom:9090");
     }
 }

@@ -95,12 +95,28 @@ database-url
 {{- end }}
 {{- end }}
 
-{{/* Where agents push per-collector CPU and memory; empty when there is none. */}}
-{{- define "phoenix.pushgatewayUrl" -}}
-{{- if .Values.pushgateway.enabled }}
-{{- printf "http://%s-pushgateway.%s.svc:9091" (include "phoenix.fullname" .) .Release.Namespace }}
+{{/* Where the analyzer queries the measurements (Prometheus' HTTP API). */}}
+{{- define "phoenix.prometheusUrl" -}}
+{{- if .Values.prometheus.enabled }}
+{{- printf "http://%s-prometheus.%s.svc:9090" (include "phoenix.fullname" .) .Release.Namespace }}
+{{- else if .Values.prometheus.url }}
+{{- .Values.prometheus.url }}
 {{- else }}
+{{- fail "no Prometheus to query: set prometheus.enabled=true (bundled) or prometheus.url (the reconciler's analyzer reads the measurements there)" }}
+{{- end }}
+{{- end }}
+
+{{/* Where agents push per-collector CPU and memory: agent.pushgatewayUrl, the bundled
+Pushgateway or pushgateway.url. Experiments measure collector overhead from it. */}}
+{{- define "phoenix.pushgatewayUrl" -}}
+{{- if .Values.agent.pushgatewayUrl }}
+{{- .Values.agent.pushgatewayUrl }}
+{{- else if .Values.pushgateway.enabled }}
+{{- printf "http://%s-pushgateway.%s.svc:9091" (include "phoenix.fullname" .) .Release.Namespace }}
+{{- else if .Values.pushgateway.url }}
 {{- .Values.pushgateway.url }}
+{{- else }}
+{{- fail "no Pushgateway: set pushgateway.enabled=true (bundled) or pushgateway.url (the agents push each collector's CPU and memory there)" }}
 {{- end }}
 {{- end }}
 

@@ -87,7 +87,6 @@ export function lineChart(title: string, unit: string, lines: Line[]): HTMLEleme
     ]),
     s("text", { x: PAD.left, y: H - 8, class: "tick" }, new Date(t0 * 1000).toLocaleTimeString()),
     s("text", { x: W - PAD.right, y: H - 8, class: "tick", "text-anchor": "end" }, new Date(t1 * 1000).toLocaleTimeString()),
-    s("text", { x: 4, y: PAD.top + 4, class: "tick" }, unit),
     lines.map((l) =>
       s(
         "g",
@@ -107,7 +106,7 @@ export function lineChart(title: string, unit: string, lines: Line[]): HTMLEleme
   return h(
     "figure",
     { class: "chart" },
-    h("figcaption", null, title),
+    h("figcaption", null, title, ` (${unit})`),
     svg,
     legend(variants.map((v) => ({ variant: v, text: `${v} (${v === "baseline" ? "solid, circles" : "dashed, squares"})` }))),
   );
@@ -128,8 +127,10 @@ export function stripPlot(title: string, unit: string, groups: { variant: Varian
   }
   const rowH = 70;
   const height = PAD.top + rowH * groups.length + PAD.bottom;
-  const vmin = Math.min(...all, 0);
-  const vmax = Math.max(...all);
+  // The samples' own range (padded), so that the two distributions can be told apart.
+  const spread = Math.max(...all) - Math.min(...all) || Math.abs(all[0]) || 1;
+  const vmin = Math.max(0, Math.min(...all) - spread * 0.05);
+  const vmax = Math.max(...all) + spread * 0.05;
   const x = (v: number) => PAD.left + 40 + ((v - vmin) / Math.max(vmax - vmin, 1e-9)) * (W - PAD.left - 40 - PAD.right);
   const summary: string[] = [];
   const rows = groups.map((g, row) => {

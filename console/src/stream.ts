@@ -29,6 +29,8 @@ export class EventStream {
   private closed = false;
   private delay = 500;
   private timer: number | undefined;
+  /** Whether the page has read its data at least once. */
+  private synced = false;
 
   constructor(
     private readonly query: string,
@@ -49,6 +51,7 @@ export class EventStream {
     socket.onopen = () => {
       this.delay = 500;
       this.handlers.onState?.(true, "live");
+      this.synced = true;
       this.handlers.onResync();
     };
     socket.onmessage = (message) => {
@@ -61,6 +64,11 @@ export class EventStream {
     socket.onclose = (close) => {
       if (this.socket !== socket || this.closed) return;
       this.socket = null;
+      if (!this.synced) {
+        // Not live, but the page still shows what is there.
+        this.synced = true;
+        this.handlers.onResync();
+      }
       this.handlers.onState?.(false, close.reason || `disconnected (code ${close.code}); reconnecting`);
       this.timer = window.setTimeout(() => this.connect(), this.delay);
       this.delay = Math.min(this.delay * 2, 10_000);

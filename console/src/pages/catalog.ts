@@ -55,9 +55,8 @@ function drawDeployments(el: HTMLElement, deployments: Deployment[]) {
           Object.keys(d.spec.vars ?? {}).length ? ` with ${Object.entries(d.spec.vars ?? {}).map(([k, v]) => `${k}=${v}`).join(", ")}` : "",
           " on ",
           d.spec.hosts.selector ? labels(d.spec.hosts.selector) : (d.spec.hosts.names ?? []).join(", "),
-          `. ${d.change}`,
-          d.promotedFrom ? [" (promoted from ", h("a", { href: `${BASE}experiments/${encodeURIComponent(d.promotedFrom)}` }, d.promotedFrom), ")"] : null,
-          ".",
+          `. Revision ${d.revision}: ${d.change}.`,
+          d.promotedFrom ? [" ", h("a", { href: `${BASE}experiments/${encodeURIComponent(d.promotedFrom)}` }, `Experiment ${d.promotedFrom}`)] : null,
         ),
         h(
           "ul",

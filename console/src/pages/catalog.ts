@@ -129,7 +129,7 @@ function drawTemplates(el: HTMLElement, templates: Template[]) {
               h("tbody", null, t.variables.map((v) => h("tr", null, h("th", { scope: "row" }, v.name), h("td", null, v.default || "(empty)")))),
             )
           : h("p", { class: "muted" }, "No variables."),
-        h("details", null, h("summary", null, "Config"), h("pre", { class: "code", tabindex: "0", "aria-label": `${t.name} config` }, t.config)),
+        h("details", null, h("summary", null, "Config"), h("pre", { class: "code", tabindex: "0", role: "region", "aria-label": `${t.name} config` }, t.config)),
       ),
     ),
   );

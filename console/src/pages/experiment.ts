@@ -107,8 +107,11 @@ export function experimentPage(main: HTMLElement, ctx: Context, name: string): C
     }
   };
 
+  // Drawn once: redraws on events must not close an open dialog or wipe the answer.
+  let actionsDrawn = false;
   const drawActions = () => {
-    if (!experiment) return;
+    if (!experiment || actionsDrawn) return;
+    actionsDrawn = true;
     if (!ctx.who.canOperate) {
       replace(actions, h("p", { class: "muted" }, `A ${ctx.who.role} token reads only: promoting, rolling back and stopping need an operator token.`));
       return;
@@ -130,6 +133,8 @@ export function experimentPage(main: HTMLElement, ctx: Context, name: string): C
 
   const actionButton = (action: "promote" | "rollback" | "stop", text: string, question: string, result: HTMLElement) => {
     const force = h("input", { type: "checkbox", id: `force-${action}` });
+    const forceText = h("label", { for: `force-${action}` });
+    const forceRow = h("p", null, force, " ", forceText);
     const dialog = h(
       "dialog",
       { id: `confirm-${action}`, "aria-labelledby": `confirm-${action}-h` },
@@ -138,9 +143,7 @@ export function experimentPage(main: HTMLElement, ctx: Context, name: string): C
         { method: "dialog" },
         h("h2", { id: `confirm-${action}-h` }, `${text} ${name}`),
         h("p", null, question),
-        action === "promote" && report?.verdict !== "pass"
-          ? h("p", null, force, " ", h("label", { for: `force-${action}` }, `Force: the verdict is ${report?.verdict ?? "not known yet"}, not pass`))
-          : null,
+        action === "promote" ? forceRow : null,
         h(
           "div",
           { class: "buttons" },
@@ -158,6 +161,7 @@ export function experimentPage(main: HTMLElement, ctx: Context, name: string): C
         const exp = "experiment" in answer ? answer.experiment : answer;
         const dep = "deployment" in answer ? answer.deployment : null;
         experiment = exp;
+        if (report === null && HAS_REPORT.includes(exp.phase)) void reread();
         replace(
           result,
           h(
@@ -179,7 +183,21 @@ export function experimentPage(main: HTMLElement, ctx: Context, name: string): C
       }
     });
     return [
-      h("button", { type: "button", id: `action-${action}`, onclick: () => dialog.showModal() }, text),
+      h(
+        "button",
+        {
+          type: "button",
+          id: `action-${action}`,
+          onclick: () => {
+            // Forcing is offered only when the verdict is not a pass.
+            forceRow.hidden = report?.verdict === "pass";
+            force.checked = false;
+            forceText.textContent = `Force: the verdict is ${report?.verdict ?? "not known yet"}, not pass`;
+            dialog.showModal();
+          },
+        },
+        text,
+      ),
       dialog,
     ];
   };
@@ -480,7 +498,7 @@ function configView(base: Template, baseVars: Record<string, string> | undefined
       h("p", null, "Variables: ", t.variables.length ? t.variables.map((v) => `${v.name}=${vars?.[v.name] ?? v.default}${vars?.[v.name] !== undefined ? "" : " (default)"}`).join(", ") : "none"),
       h(
         "pre",
-        { class: "code", tabindex: "0", "aria-label": `${title} config` },
+        { class: "code", tabindex: "0", role: "region", "aria-label": `${title} config` },
         diff
           .filter((d) => d.op === "same" || d.op === side)
           .map((d) =>
@@ -506,7 +524,7 @@ function configView(base: Template, baseVars: Record<string, string> | undefined
       h("summary", null, "Unified diff"),
       h(
         "pre",
-        { class: "code", tabindex: "0", "aria-label": "Unified diff" },
+        { class: "code", tabindex: "0", role: "region", "aria-label": "Unified diff" },
         diff.map((d) => h("span", { class: `line ${d.op}` }, `${d.op === "same" ? " " : d.op === "del" ? "-" : "+"} ${d.text}\n`)),
       ),
     ),

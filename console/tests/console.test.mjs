@@ -40,7 +40,7 @@ async function assertAccessible(page, what) {
 }
 
 test("a wrong token is refused on the sign-in page", async () => {
-  const context = await browser.newContext();
+  const context = await browser.newContext({ bypassCSP: true });
   const page = await context.newPage();
   await page.goto(stack.consoleUrl);
   await page.fill("#token", "not-a-valid-token");
@@ -102,7 +102,7 @@ test("an operator creates the example through the CLI, watches it live, reads th
   await page.locator("#confirm-promote").getByRole("button", { name: "Yes, promote" }).click();
   const refused = page.locator('#action-result [data-outcome=error][data-status="409"]');
   await refused.waitFor();
-  assert.match(await refused.innerText(), /409 Conflict.*completed/s);
+  assert.match(await refused.innerText(), /409 Conflict.*already promoted/s);
 
   // The catalog shows the deployment at its new revision, made by the promotion.
   await page.getByRole("navigation", { name: "Main" }).getByRole("link", { name: "Catalog" }).click();

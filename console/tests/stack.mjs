@@ -23,7 +23,9 @@ function required(name) {
 export async function startStack({ hostGrace = "15s" } = {}) {
   const demo = required("PHOENIX_DEMO_BIN");
   const collector = required("PHOENIX_COLLECTOR_BIN");
-  const child = spawn(demo, ["--stack-only", "--collector", collector, "--host-grace", hostGrace], {
+  const args = ["--stack-only", "--collector", collector, "--examples", join(repo, "examples"), "--host-grace", hostGrace];
+  const child = spawn(demo, args, {
+    cwd: repo,
     stdio: ["pipe", "pipe", "inherit"],
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "warn" },
   });

@@ -238,4 +238,40 @@ mod tests {
         assert!("admin:short".parse::<TokenSet>().is_err());
         assert!("admin".parse::<TokenSet>().is_err());
     }
+
+    fn parts(headers: &[(&str, &str)]) -> Parts {
+        let mut request = axum::http::Request::builder().uri("/api/v1/events");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn a_websocket_handshake_may_carry_its_token_as_a_subprotocol() {
+        // base64url("s3cret/token+=") without padding.
+        let offered = "phoenix.events.v1, phoenix.bearer.czNjcmV0L3Rva2VuKz0";
+        let handshake = parts(&[
+            ("upgrade", "websocket"),
+            ("sec-websocket-protocol", offered),
+        ]);
+        assert_eq!(
+            websocket_token(&handshake).as_deref(),
+            Some("s3cret/token+=")
+        );
+        // Only on a WebSocket handshake, and only in that form.
+        assert_eq!(
+            websocket_token(&parts(&[("sec-websocket-protocol", offered)])),
+            None
+        );
+        let garbled = parts(&[
+            ("upgrade", "websocket"),
+            (
+                "sec-websocket-protocol",
+                "phoenix.events.v1, phoenix.bearer.%%%",
+            ),
+        ]);
+        assert_eq!(websocket_token(&garbled), None);
+        assert_eq!(websocket_token(&parts(&[("upgrade", "websocket")])), None);
+    }
 }

@@ -156,6 +156,7 @@ test("the fleet page shows a host as lost once its agent is killed", { timeout: 
   // A host's tasks.
   await page.locator('#fleet tr[data-host="web-1"]').getByRole("link", { name: "web-1" }).click();
   await page.locator("#tasks tbody tr").first().waitFor();
+  assert.equal(await page.inputValue("#selector"), "role=web", "the filter survives opening a host");
   await assertAccessible(page, "fleet page");
 
   const victim = stack.agents.find((a) => a.host === "web-2");

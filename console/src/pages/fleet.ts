@@ -43,11 +43,7 @@ export function fleetPage(main: HTMLElement, ctx: Context, selected?: string): C
         role: "search",
         onsubmit: (e: Event) => {
           e.preventDefault();
-          const url = new URL(location.href);
-          if (filter.value.trim()) url.searchParams.set("selector", filter.value.trim());
-          else url.searchParams.delete("selector");
-          history.replaceState(null, "", url);
-          draw();
+          applyFilter();
         },
       },
       h("label", { for: "selector" }, "Label selector"),
@@ -70,7 +66,15 @@ export function fleetPage(main: HTMLElement, ctx: Context, selected?: string): C
     ),
     detail,
   );
-  filter.addEventListener("input", () => draw());
+  // The selector lives in the address (?selector=…), so it survives opening a host.
+  const applyFilter = () => {
+    const url = new URL(location.href);
+    if (filter.value.trim()) url.searchParams.set("selector", filter.value.trim());
+    else url.searchParams.delete("selector");
+    history.replaceState(null, "", url);
+    draw();
+  };
+  filter.addEventListener("input", applyFilter);
 
   const stateOf = (host: Host, now: number) => (host.state === "lost" || now - Date.parse(host.lastSeen) > graceMs ? "lost" : "ready");
 
@@ -102,7 +106,8 @@ export function fleetPage(main: HTMLElement, ctx: Context, selected?: string): C
               ? h("span", { class: "muted" }, "none")
               : h(
                   "ul",
-                  { class: "collectors" },
+                  { class: "collectors", "aria-label": state === "lost" ? "Collectors as last reported" : "Collectors" },
+                  state === "lost" ? h("li", { class: "muted small" }, "as last reported, before the host went silent:") : null,
                   host.collectors.map((c) =>
                     h(
                       "li",

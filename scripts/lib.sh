@@ -41,3 +41,30 @@ ensure_collector() {
   PHOENIX_COLLECTOR_BIN=$(collector/build.sh)
   export PHOENIX_COLLECTOR_BIN
 }
+
+# Node and npm (Debian's) for the web console's build and browser tests.
+ensure_node() {
+  if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
+    return
+  fi
+  echo "installing Node.js and npm (apt-get install nodejs npm)…" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+}
+
+# The web console, built once per source hash (console/build.sh); phoenix-api embeds
+# the directory PHOENIX_CONSOLE_DIST names at build time (api/build.rs), so export
+# it before any cargo command, or the api is rebuilt without it.
+ensure_console() {
+  ensure_node
+  PHOENIX_CONSOLE_DIST=$(console/build.sh)
+  export PHOENIX_CONSOLE_DIST
+}
+
+# Debian's chromium, which the console's browser tests drive (playwright-core).
+ensure_chromium() {
+  if [[ -x /usr/bin/chromium ]]; then
+    return
+  fi
+  echo "installing Chromium (apt-get install chromium)…" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+}

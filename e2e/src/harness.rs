@@ -79,6 +79,8 @@ pub struct StackOptions {
     pub prometheus_url: Option<String>,
     /// How long analysis may keep failing before the experiment fails.
     pub analysis_timeout: Duration,
+    /// A host silent for longer than this shows as lost.
+    pub host_grace: Duration,
 }
 
 impl Default for StackOptions {
@@ -92,6 +94,7 @@ impl Default for StackOptions {
             collector_bin: None,
             prometheus_url: None,
             analysis_timeout: Duration::from_secs(60),
+            host_grace: Duration::from_secs(60),
         }
     }
 }
@@ -122,6 +125,7 @@ impl Stack {
         api_config.task_lease = HumanDuration(options.task_lease);
         api_config.collector_bin = options.collector_bin;
         api_config.heartbeat_flush = HumanDuration(Duration::from_millis(200));
+        api_config.host_grace = HumanDuration(options.host_grace);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind api");
@@ -442,6 +446,11 @@ impl AgentProcess {
             .spawn()
             .expect("spawn phoenix-agent");
         self.child = Some(child);
+    }
+
+    /// The agent process's id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Kills the agent process with SIGKILL, leaving its collectors running.

@@ -2,7 +2,7 @@
 //! Prometheus and Pushgateway, the reconciler's analyzer; the report's numbers are
 //! checked against PromQL the test runs itself.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use phoenix_e2e::harness::{
 };
 use phoenix_e2e::measurement::MeasurementStack;
 use phoenix_storage::templates;
-use phoenix_wire::report::{ExperimentReport, Outcome, Verdict};
+use phoenix_wire::report::{ExperimentReport, Outcome, Point, Verdict};
 use phoenix_wire::view::Phase;
 use reqwest::Method;
 
@@ -132,6 +132,38 @@ async fn experiments_reach_verdicts_whose_numbers_match_promql() {
     assert_eq!(passing.verdict, Verdict::Pass, "{:#?}", passing.criteria);
     assert!(passing.series_reduction().unwrap() >= 50.0);
     assert_eq!(passing.hosts.len(), 2);
+
+    // The evidence behind it, for the console's charts: both variants over the
+    // window, and exactly the CPU samples Mann–Whitney compared (fewer than the bound).
+    let evidence = passing
+        .evidence
+        .as_ref()
+        .expect("the report keeps its evidence");
+    for (variant, ev) in [
+        ("baseline", &evidence.baseline),
+        ("candidate", &evidence.candidate),
+    ] {
+        assert!(ev.series.len() > 1, "{variant} series over time: {ev:?}");
+        assert!(
+            !ev.datapoints_per_minute.is_empty(),
+            "{variant} DPM over time"
+        );
+        assert_eq!(ev.cpu_cores.len(), 2, "{variant} CPU per host");
+        assert_eq!(ev.rss_mib.len(), 2, "{variant} RSS per host");
+        assert!(ev.series.iter().all(|(t, _)| {
+            let t = *t as i64;
+            t >= passing.window_start.timestamp() && t <= passing.window_end.timestamp()
+        }));
+    }
+    let last = |points: &[Point]| points.last().expect("points").1;
+    assert!(last(&evidence.candidate.series) < last(&evidence.baseline.series));
+    let samples = |m: &BTreeMap<String, Vec<Point>>| m.values().map(Vec::len).sum::<usize>();
+    let cpu = passing.cpu_test.as_ref().expect("a CPU test");
+    assert_eq!(samples(&evidence.baseline.cpu_cores), cpu.baseline_samples);
+    assert_eq!(
+        samples(&evidence.candidate.cpu_cores),
+        cpu.candidate_samples
+    );
 
     // The candidate that drops a critical process fails, naming it.
     let failing = report(&stack, "drop-fail").await;

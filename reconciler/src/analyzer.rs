@@ -15,6 +15,11 @@
 //! - **critical processes**: executable names from the critical list that each
 //!   variant reported.
 //!
+//! The report keeps the samples behind these numbers as its evidence (series and
+//! datapoints per minute over the window, CPU and RSS per host: what Mann–Whitney
+//! compared), at most `EVIDENCE_MAX_POINTS` per series, so that the console draws
+//! them without Prometheus.
+//!
 //! Missing data is an explicit `no-data` outcome that never passes. When Prometheus
 //! cannot be reached the experiment stays in `analyzing` and is retried on every
 //! activation of the analysis job; after the analysis timeout it fails with the last
@@ -26,7 +31,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use phoenix_storage::{PgPool, Result, experiments, results};
 use phoenix_wire::report::{
-    CriterionResult, ExperimentReport, HostKpis, Outcome, VariantKpis, Verdict,
+    CriterionResult, EVIDENCE_MAX_POINTS, Evidence, ExperimentReport, HostKpis, Outcome, Point,
+    VariantEvidence, VariantKpis, Verdict, bounded,
 };
 use phoenix_wire::view::{Experiment, Phase};
 use sqlx::Connection;
@@ -169,6 +175,24 @@ fn samples(
     (all, by_host)
 }
 
+/// The same samples with their times, per host: the report's evidence.
+fn points_by_host(
+    series: &[crate::prometheus::Series],
+    scale: f64,
+) -> BTreeMap<String, Vec<Point>> {
+    let mut by_host: BTreeMap<String, Vec<Point>> = BTreeMap::new();
+    for s in series {
+        let host = s.labels.get("host").cloned().unwrap_or_default();
+        let points = s
+            .values
+            .iter()
+            .map(|(t, v)| (*t, v * scale))
+            .filter(|(_, v)| v.is_finite());
+        by_host.entry(host).or_default().extend(points);
+    }
+    by_host
+}
+
 fn verdict_reason(report: &ExperimentReport) -> String {
     let decisive: Vec<String> = report
         .criteria
@@ -194,6 +218,7 @@ struct Measured {
     per_host: BTreeMap<String, VariantKpis>,
     cpu_samples: Vec<f64>,
     rss_samples_mib: Vec<f64>,
+    evidence: VariantEvidence,
 }
 
 async fn measure_variant(
@@ -275,6 +300,37 @@ async fn measure_variant(
         }
     }
 
+    // Evidence: distinct series at each step, and datapoints received in the minute
+    // before it (counted per metric name, as above, and summed).
+    let inner = selector(&experiment.name, variant);
+    let count = prom
+        .query_range(&format!("count({inner})"), start, end, settings.sample_step)
+        .await?;
+    measured.evidence.series = count
+        .into_iter()
+        .next()
+        .map(|s| s.values)
+        .unwrap_or_default();
+    let mut dpm: BTreeMap<i64, f64> = BTreeMap::new();
+    for name in &names {
+        let query = format!(
+            "sum(count_over_time({{__name__=\"{name}\",{}}}[1m]))",
+            &inner[1..inner.len() - 1]
+        );
+        for s in prom
+            .query_range(&query, start, end, settings.sample_step)
+            .await?
+        {
+            for (t, v) in s.values {
+                *dpm.entry((t * 1000.0).round() as i64).or_default() += v;
+            }
+        }
+    }
+    measured.evidence.datapoints_per_minute = dpm
+        .into_iter()
+        .map(|(ms, v)| (ms as f64 / 1000.0, v))
+        .collect();
+
     // Collector CPU (cores) and RSS (MiB), per scrape, from the Pushgateway series.
     let group = format!(
         r#"job="phoenix_collectors",experiment="{}",variant="{variant}""#,
@@ -301,6 +357,8 @@ async fn measure_variant(
     let (rss_samples, rss_by_host) = samples(&rss, 1.0 / 1_048_576.0);
     measured.cpu_samples = cpu_samples;
     measured.rss_samples_mib = rss_samples;
+    measured.evidence.cpu_cores = points_by_host(&cpu, 1.0);
+    measured.evidence.rss_mib = points_by_host(&rss, 1.0 / 1_048_576.0);
     measured.overall.cpu_cores = mean(&measured.cpu_samples);
     measured.overall.rss_mib = mean(&measured.rss_samples_mib);
     for (host, values) in cpu_by_host {
@@ -310,7 +368,24 @@ async fn measure_variant(
         measured.per_host.entry(host).or_default().rss_mib = mean(&values);
     }
     measured.per_host.remove("");
+    measured.evidence = bound_evidence(std::mem::take(&mut measured.evidence));
     Ok(measured)
+}
+
+/// Every series of `evidence` cut to at most [`EVIDENCE_MAX_POINTS`].
+fn bound_evidence(evidence: VariantEvidence) -> VariantEvidence {
+    let per_host = |map: BTreeMap<String, Vec<Point>>| {
+        map.into_iter()
+            .filter(|(host, _)| !host.is_empty())
+            .map(|(host, points)| (host, bounded(points, EVIDENCE_MAX_POINTS)))
+            .collect()
+    };
+    VariantEvidence {
+        series: bounded(evidence.series, EVIDENCE_MAX_POINTS),
+        datapoints_per_minute: bounded(evidence.datapoints_per_minute, EVIDENCE_MAX_POINTS),
+        cpu_cores: per_host(evidence.cpu_cores),
+        rss_mib: per_host(evidence.rss_mib),
+    }
 }
 
 fn mean(values: &[f64]) -> Option<f64> {
@@ -401,6 +476,12 @@ pub async fn measure(
         cpu_test,
         memory_test,
         price_per_million_dpm: price,
+        evidence: Some(Evidence {
+            step_seconds: settings.sample_step.as_secs_f64(),
+            max_points: EVIDENCE_MAX_POINTS,
+            baseline: baseline.evidence,
+            candidate: candidate.evidence,
+        }),
     })
 }
 

@@ -26,6 +26,12 @@ use crate::view::ExperimentEvent;
 pub const CLOSE_RESUBSCRIBE: u16 = 1013;
 /// WebSocket close code: the API replica is shutting down. (1001, "going away".)
 pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// The WebSocket subprotocol of the event stream. A browser offers it with its
+/// token as a second subprotocol, [`WS_BEARER_PREFIX`]`<base64url(token)>` (it
+/// cannot set an Authorization header on a WebSocket); the api selects this one.
+pub const WS_PROTOCOL: &str = "phoenix.events.v1";
+/// Prefix of the subprotocol that carries a bearer token, base64url without padding.
+pub const WS_BEARER_PREFIX: &str = "phoenix.bearer.";
 /// The server pings an idle stream this often, so a client that hears nothing for
 /// a few of these knows the connection is dead.
 pub const KEEPALIVE: Duration = Duration::from_secs(20);

@@ -1,6 +1,8 @@
 //! An experiment's report: KPIs per variant (overall and per host), the statistical
-//! tests behind the resource judgements, and the verdict with one reason per
-//! criterion. Written by the reconciler's analyzer, served by the api, shown by the CLI.
+//! tests behind the resource judgements, the verdict with one reason per criterion,
+//! and the [`Evidence`]: the samples behind it, bounded, for the console's charts.
+//! Written by the reconciler's analyzer, served by the api, shown by the CLI and
+//! the console.
 
 use std::collections::BTreeMap;
 
@@ -116,6 +118,53 @@ pub struct ExperimentReport {
     pub cpu_test: Option<ResourceTest>,
     pub memory_test: Option<ResourceTest>,
     pub price_per_million_dpm: f64,
+    /// The samples behind the numbers; `None` in reports written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<Evidence>,
+}
+
+/// At most this many points are kept per series of [`Evidence`].
+pub const EVIDENCE_MAX_POINTS: usize = 1_000;
+
+/// A sample: (Unix time in seconds, value); JSON `[t, v]`.
+pub type Point = (f64, f64);
+
+/// The samples behind a report, over its window, so that a reader can draw them
+/// without Prometheus. Each series holds at most `max_points` points ([`bounded`]).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Evidence {
+    /// Spacing of the samples, in seconds.
+    pub step_seconds: f64,
+    pub max_points: usize,
+    pub baseline: VariantEvidence,
+    pub candidate: VariantEvidence,
+}
+
+/// One variant's samples.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VariantEvidence {
+    /// Distinct series present at each step (all hosts).
+    pub series: Vec<Point>,
+    /// Datapoints received in the minute before each step (all hosts).
+    pub datapoints_per_minute: Vec<Point>,
+    /// Collector CPU in cores, per host: the samples the Mann–Whitney test compared.
+    pub cpu_cores: BTreeMap<String, Vec<Point>>,
+    /// Collector resident memory in MiB, per host: likewise.
+    pub rss_mib: BTreeMap<String, Vec<Point>>,
+}
+
+/// `points` thinned evenly to at most `max` (the first and last kept), in order.
+pub fn bounded(points: Vec<Point>, max: usize) -> Vec<Point> {
+    if points.len() <= max {
+        return points;
+    }
+    if max < 2 {
+        return points.into_iter().take(max).collect();
+    }
+    let last = points.len() - 1;
+    (0..max).map(|i| points[i * last / (max - 1)]).collect()
 }
 
 /// Both variants on one host.
@@ -130,5 +179,45 @@ impl ExperimentReport {
     pub fn series_reduction(&self) -> Option<f64> {
         (self.baseline.series > 0)
             .then(|| 100.0 * (1.0 - self.candidate.series as f64 / self.baseline.series as f64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn evidence_is_bounded_evenly_keeping_both_ends() {
+        let points: Vec<Point> = (0..2_500).map(|i| (i as f64, i as f64 * 2.0)).collect();
+        let kept = bounded(points.clone(), EVIDENCE_MAX_POINTS);
+        assert_eq!(kept.len(), EVIDENCE_MAX_POINTS);
+        assert_eq!(kept.first(), points.first());
+        assert_eq!(kept.last(), points.last());
+        assert!(
+            kept.windows(2).all(|w| w[0].0 < w[1].0),
+            "in order, no repeats"
+        );
+        let short: Vec<Point> = points[..10].to_vec();
+        assert_eq!(bounded(short.clone(), EVIDENCE_MAX_POINTS), short);
+        assert_eq!(bounded(points.clone(), 1).len(), 1);
+        assert!(bounded(points, 0).is_empty());
+    }
+
+    #[test]
+    fn reports_without_evidence_still_read() {
+        let json = serde_json::json!({
+            "experiment": "topk-web", "windowStart": "2025-06-01T12:00:00Z",
+            "windowEnd": "2025-06-01T12:01:00Z", "analyzedAt": "2025-06-01T12:01:10Z",
+            "verdict": "pass", "criteria": [],
+            "baseline": {"series": 10, "datapointsPerMinute": 5.0, "monthlyCost": 0.0,
+                         "cpuCores": null, "rssMib": null, "criticalProcesses": []},
+            "candidate": {"series": 4, "datapointsPerMinute": 2.0, "monthlyCost": 0.0,
+                          "cpuCores": null, "rssMib": null, "criticalProcesses": []},
+            "hosts": {}, "cpuTest": null, "memoryTest": null, "pricePerMillionDpm": 1.0
+        });
+        let report: ExperimentReport = serde_json::from_value(json).unwrap();
+        assert_eq!(report.evidence, None);
+        let again = serde_json::to_value(&report).unwrap();
+        assert!(again.get("evidence").is_none(), "{again}");
     }
 }

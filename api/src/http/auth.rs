@@ -2,7 +2,13 @@
 //!
 //! User tokens carry a role (viewer < operator < admin); agent tokens can only call
 //! the agent API, and user tokens cannot call it. Handlers ask for a role by taking
-//! one of the extractors [`Viewer`], [`Operator`], [`Admin`] or [`Agent`].
+//! one of the extractors [`Viewer`], [`Operator`], [`Admin`] or [`Agent`];
+//! [`Caller`] is any user with its role (for `GET /api/v1/whoami`).
+//!
+//! The token comes in `Authorization: Bearer <token>`. A browser cannot set that
+//! header on a WebSocket, so a WebSocket handshake without it may offer the token
+//! as a subprotocol instead: `Sec-WebSocket-Protocol: phoenix.events.v1,
+//! phoenix.bearer.<base64url(token)>` (the api selects `phoenix.events.v1`).
 
 use std::str::FromStr;
 
@@ -31,7 +37,7 @@ impl Role {
         }
     }
 
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Role::Viewer => "viewer",
             Role::Operator => "operator",
@@ -105,30 +111,53 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn authorize(parts: &Parts, state: &AppState, needed: Role) -> Result<(), ApiError> {
-    if state.config.dev_no_auth {
-        return Ok(());
+/// The token a WebSocket handshake offers as a `phoenix.bearer.<base64url>`
+/// subprotocol, if it offers one.
+fn websocket_token(parts: &Parts) -> Option<String> {
+    use base64::Engine;
+    let upgrade = parts.headers.get(axum::http::header::UPGRADE)?;
+    if !upgrade.as_bytes().eq_ignore_ascii_case(b"websocket") {
+        return None;
     }
-    let header = parts
+    let protocols = parts
         .headers
-        .get(axum::http::header::AUTHORIZATION)
-        .ok_or_else(|| {
-            ApiError::Unauthorized("no bearer token; send `Authorization: Bearer <token>`".into())
-        })?;
-    let presented = header
+        .get(axum::http::header::SEC_WEBSOCKET_PROTOCOL)?
         .to_str()
-        .ok()
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .ok_or_else(|| {
-            ApiError::Unauthorized("the Authorization header is not `Bearer <token>`".into())
-        })?;
+        .ok()?;
+    let encoded = protocols.split(',').find_map(|p| {
+        p.trim()
+            .strip_prefix(phoenix_wire::events::WS_BEARER_PREFIX)
+    })?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(encoded)
+        .ok()?;
+    String::from_utf8(bytes).ok()
+}
+
+fn authorize(parts: &Parts, state: &AppState, needed: Role) -> Result<Role, ApiError> {
+    if state.config.dev_no_auth {
+        return Ok(Role::Admin);
+    }
+    let presented = match parts.headers.get(axum::http::header::AUTHORIZATION) {
+        Some(header) => header
+            .to_str()
+            .ok()
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                ApiError::Unauthorized("the Authorization header is not `Bearer <token>`".into())
+            })?
+            .to_string(),
+        None => websocket_token(parts).ok_or_else(|| {
+            ApiError::Unauthorized("no bearer token; send `Authorization: Bearer <token>`".into())
+        })?,
+    };
     let role = state
         .config
         .tokens
         .role_of(presented.trim())
         .ok_or_else(|| ApiError::Unauthorized("the token is not valid".into()))?;
     if role.grants(needed) {
-        Ok(())
+        Ok(role)
     } else {
         Err(ApiError::Forbidden(format!(
             "a {} token cannot do this; it needs {}",
@@ -153,7 +182,7 @@ macro_rules! role_extractor {
                 parts: &mut Parts,
                 state: &AppState,
             ) -> Result<Self, Self::Rejection> {
-                authorize(parts, state, $role).map(|()| $name)
+                authorize(parts, state, $role).map(|_| $name)
             }
         }
     };
@@ -176,6 +205,20 @@ role_extractor!(
 );
 role_extractor!(Agent, Role::Agent, "An agent.");
 
+/// Any user (viewer or higher), and its role; `admin` when authentication is off.
+pub struct Caller(pub Role);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        authorize(parts, state, Role::Viewer).map(Caller)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,5 +237,41 @@ mod tests {
         assert!("root:xxxxxxxx".parse::<TokenSet>().is_err());
         assert!("admin:short".parse::<TokenSet>().is_err());
         assert!("admin".parse::<TokenSet>().is_err());
+    }
+
+    fn parts(headers: &[(&str, &str)]) -> Parts {
+        let mut request = axum::http::Request::builder().uri("/api/v1/events");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn a_websocket_handshake_may_carry_its_token_as_a_subprotocol() {
+        // base64url("s3cret/token+=") without padding.
+        let offered = "phoenix.events.v1, phoenix.bearer.czNjcmV0L3Rva2VuKz0";
+        let handshake = parts(&[
+            ("upgrade", "websocket"),
+            ("sec-websocket-protocol", offered),
+        ]);
+        assert_eq!(
+            websocket_token(&handshake).as_deref(),
+            Some("s3cret/token+=")
+        );
+        // Only on a WebSocket handshake, and only in that form.
+        assert_eq!(
+            websocket_token(&parts(&[("sec-websocket-protocol", offered)])),
+            None
+        );
+        let garbled = parts(&[
+            ("upgrade", "websocket"),
+            (
+                "sec-websocket-protocol",
+                "phoenix.events.v1, phoenix.bearer.%%%",
+            ),
+        ]);
+        assert_eq!(websocket_token(&garbled), None);
+        assert_eq!(websocket_token(&parts(&[("upgrade", "websocket")])), None);
     }
 }

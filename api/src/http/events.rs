@@ -39,6 +39,8 @@ pub async fn stream(
             "the event stream is not connected to the database; retry shortly".into(),
         )
     })?;
+    // A browser offers the protocol (with its token, see `auth`) and needs it echoed.
+    let upgrade = upgrade.protocols([phoenix_wire::events::WS_PROTOCOL]);
     Ok(upgrade.on_upgrade(move |socket| {
         events::forward(socket, receiver, filter, state.shutdown, state.metrics)
     }))

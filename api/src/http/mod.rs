@@ -1,7 +1,8 @@
 //! The HTTP surface: the router and its handlers, one module per resource. Handlers
 //! are thin: authorize (by extractor), parse, call one application or storage
 //! function, convert to a view. [`auth`] (tokens, roles), [`body`] (document bodies)
-//! and [`serve`] (the HTTP/1.1 server loop) serve them all.
+//! and [`serve`] (the HTTP/1.1 server loop) serve them all. [`ui`] serves the web
+//! console embedded at build time under `/ui`, and `GET /api/v1/whoami`.
 
 pub mod agent;
 pub mod apply;
@@ -17,6 +18,7 @@ pub mod pipelines;
 pub mod promotion;
 pub mod serve;
 pub mod tasks;
+pub mod ui;
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
@@ -28,6 +30,7 @@ use crate::metrics::RequestLabels;
 use crate::state::AppState;
 
 pub fn router(state: AppState) -> Router {
+    ui::warn_if_missing();
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -83,6 +86,10 @@ pub fn router(state: AppState) -> Router {
             get(loadsims::get).delete(loadsims::stop),
         )
         .route("/api/v1/tasks", get(tasks::list))
+        .route("/api/v1/whoami", get(ui::whoami))
+        .route("/ui", get(ui::redirect))
+        .route("/ui/", get(ui::page))
+        .route("/ui/{*path}", get(ui::page))
         .route("/api/v1/pipelines", get(pipelines::list))
         .route("/api/v1/pipelines/validate", post(pipelines::validate))
         .route("/api/v1/pipelines/{name}", get(pipelines::get))

@@ -2,7 +2,10 @@
 //! Postgres, a private Prometheus and Pushgateway, the api, the reconciler and two
 //! agents running the real collector — applies the documents in `examples/` as
 //! `phoenix apply` does, runs the example experiment to a verdict, prints its
-//! report, and shuts everything down (on Ctrl-C too).
+//! report, and shuts everything down (on Ctrl-C too). `--keep-running` keeps the
+//! stack up afterwards and prints the web console's URL with a token that signs
+//! in; `--stack-only` starts the stack, prints it as one JSON line (for the
+//! console's browser tests) and runs until Ctrl-C, SIGTERM or its stdin closes.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -11,8 +14,11 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use phoenix_e2e::bins;
-use phoenix_e2e::harness::{AgentProcess, OPERATOR_TOKEN, Stack, StackOptions, VIEWER_TOKEN};
+use phoenix_e2e::harness::{
+    ADMIN_TOKEN, AgentProcess, OPERATOR_TOKEN, Stack, StackOptions, VIEWER_TOKEN,
+};
 use phoenix_e2e::measurement::MeasurementStack;
+use phoenix_wire::duration::HumanDuration;
 use phoenix_wire::view::{Host, List, Phase};
 use reqwest::Method;
 
@@ -29,9 +35,18 @@ struct Args {
     /// The directory of documents to apply; its experiments are run to a verdict.
     #[arg(long, default_value = "examples")]
     examples: PathBuf,
-    /// Keep the stack running after the report, until Ctrl-C, to explore it.
+    /// Keep the stack running after the report, until Ctrl-C, to explore it (the
+    /// web console's URL is printed).
     #[arg(long)]
     keep_running: bool,
+    /// Start the stack and run no example: print one line `PHOENIX_STACK {json}`
+    /// (api URL, tokens, agents and their pids) on stdout, then run until Ctrl-C,
+    /// SIGTERM or stdin closes. For the console's browser tests.
+    #[arg(long)]
+    stack_only: bool,
+    /// How long a silent host takes to show as lost.
+    #[arg(long, default_value = "60s", value_parser = HumanDuration::parse)]
+    host_grace: HumanDuration,
 }
 
 fn step(text: &str) {
@@ -56,6 +71,7 @@ async fn main() -> anyhow::Result<()> {
         remote_write_url: Some(measurement.remote_write_url()),
         prometheus_url: Some(measurement.prometheus_url.clone()),
         collector_bin: Some(args.collector.clone()),
+        host_grace: args.host_grace.as_duration(),
         ..Default::default()
     })
     .await;
@@ -76,6 +92,15 @@ async fn main() -> anyhow::Result<()> {
             Some(&measurement.pushgateway_url),
         ),
     ];
+
+    if args.stack_only {
+        let outcome = serve_stack(&stack, &agents, &measurement).await;
+        step("shutting down");
+        drop(agents);
+        stack.shutdown().await;
+        drop(measurement);
+        return outcome;
+    }
 
     let outcome = tokio::select! {
         outcome = run_examples(&stack, &agents, &args.examples) => outcome,
@@ -101,6 +126,10 @@ async fn main() -> anyhow::Result<()> {
                 measurement.prometheus_url, measurement.pushgateway_url
             );
             if args.keep_running {
+                println!(
+                    "\nThe web console (signs in as operator; the token stays in the browser tab):\n  {}/ui/#token={OPERATOR_TOKEN}\n  read-only: {}/ui/#token={VIEWER_TOKEN}",
+                    stack.api_url, stack.api_url
+                );
                 eprintln!("\nkeeping everything running; Ctrl-C to stop");
                 let _ = tokio::signal::ctrl_c().await;
             }
@@ -228,6 +257,44 @@ async fn run_examples(
         );
     }
     Ok(name)
+}
+
+/// `--stack-only`: waits for both agents, prints the stack as one JSON line, and
+/// runs until Ctrl-C, SIGTERM or stdin closes (its parent is gone).
+async fn serve_stack(
+    stack: &Stack,
+    agents: &[AgentProcess],
+    measurement: &MeasurementStack,
+) -> anyhow::Result<()> {
+    wait_until(
+        "both agents registered",
+        Duration::from_secs(60),
+        || async { hosts(stack).await.len() == agents.len() },
+    )
+    .await?;
+    let description = serde_json::json!({
+        "apiUrl": stack.api_url,
+        "consoleUrl": format!("{}/ui/", stack.api_url),
+        "tokens": {"admin": ADMIN_TOKEN, "operator": OPERATOR_TOKEN, "viewer": VIEWER_TOKEN},
+        "agents": agents.iter().map(|a| serde_json::json!({"host": a.host_id, "pid": a.pid()})).collect::<Vec<_>>(),
+        "phoenix": bins::binary("phoenix"),
+        "prometheusUrl": measurement.prometheus_url,
+    });
+    println!("PHOENIX_STACK {description}");
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let (closed_tx, closed) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut buffer = [0u8; 256];
+        while matches!(std::io::stdin().read(&mut buffer), Ok(n) if n > 0) {}
+        let _ = closed_tx.send(());
+    });
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+        _ = closed => {}
+    }
+    Ok(())
 }
 
 async fn hosts(stack: &Stack) -> Vec<Host> {

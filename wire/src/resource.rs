@@ -410,8 +410,9 @@ impl ExperimentSpec {
 }
 
 /// `kind: PipelineTemplate`: a collector config users pick for an experiment's
-/// baseline or candidate. Variables are written in the config as
-/// `${env:PHOENIX_VAR_<NAME>:-<default>}` (see [`template_variables`]).
+/// baseline or candidate. Variables are declared in `spec.variables` (typed, see
+/// `variables`) and read in the config as `${env:PHOENIX_VAR_<NAME>}` (optionally
+/// with the declared default, `${env:PHOENIX_VAR_<NAME>:-<default>}`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PipelineTemplateDocument {
@@ -426,6 +427,9 @@ pub struct PipelineTemplateDocument {
 pub struct PipelineTemplateSpec {
     #[serde(default)]
     pub description: String,
+    /// The variables the config reads (`${env:PHOENIX_VAR_<NAME>}`), typed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub variables: Vec<crate::variables::VariableDecl>,
     /// The OpenTelemetry Collector config, as YAML text.
     pub config: String,
 }
@@ -441,7 +445,25 @@ impl PipelineTemplateDocument {
                 "must hold a collector config",
             ));
         }
-        Ok(())
+        crate::variables::check_declarations(&self.spec.config, &self.spec.variables)
+    }
+
+    /// Checks the config against the template policy, with every variable at its
+    /// default and placeholders for what a host fills in; a refusal names
+    /// `spec.config` and the path inside it.
+    pub fn check_policy(&self, allow: &crate::policy::Allowances) -> Result<(), FieldError> {
+        let mut env = crate::variables::resolve(
+            &self.metadata.name,
+            &self.spec.variables,
+            &BTreeMap::new(),
+            "spec.variables",
+        )?;
+        for (name, value) in crate::policy::placeholder_environment() {
+            env.entry(name).or_insert(value);
+        }
+        crate::policy::check(&self.spec.config, &env, allow)
+            .map(drop)
+            .map_err(|refusal| refusal.into_field_error("spec.config"))
     }
 }
 

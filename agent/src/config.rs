@@ -8,7 +8,7 @@ use clap::Parser;
 use phoenix_wire::duration::HumanDuration;
 use phoenix_wire::names::{self, Labels};
 
-use crate::supervisor::SupervisorSettings;
+use crate::supervisor::{CollectorUser, SupervisorSettings, can_switch_user};
 
 const ABOUT: &str = "Phoenix host agent: runs the collectors the Phoenix API asks for on this host";
 
@@ -88,6 +88,18 @@ pub struct AgentConfig {
     /// e.g. /usr/local/bin/otelcol-phoenix
     #[arg(long, env = "PHOENIX_COLLECTOR_BIN", value_name = "PATH")]
     pub collector_bin: PathBuf,
+
+    /// The unprivileged user collectors run as, UID:GID (they keep only
+    /// CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH, which the process scraper needs), or
+    /// `agent` to run them as the agent's own user. An agent that is not root
+    /// cannot switch and runs them as itself.
+    #[arg(
+        long,
+        env = "PHOENIX_COLLECTOR_USER",
+        value_name = "UID:GID|agent",
+        default_value = "65532:65532"
+    )]
+    pub collector_user: String,
 
     /// Where the host's root filesystem is mounted, passed to collectors as
     /// PHOENIX_HOSTFS, e.g. /hostfs in a container (empty: the agent runs on the host)
@@ -177,6 +189,8 @@ pub enum ConfigError {
         "cannot read this machine's hostname ({0}); give the host id with --host-id or PHOENIX_HOST_ID"
     )]
     Hostname(std::io::Error),
+    #[error("invalid --collector-user: {0}")]
+    CollectorUser(String),
 }
 
 impl AgentConfig {
@@ -190,15 +204,37 @@ impl AgentConfig {
         Ok(id)
     }
 
+    /// The user collectors run as: `None` for `agent`, or when this agent is not
+    /// root (it could not switch; said once in the log).
+    pub fn collector_user(&self) -> Result<Option<CollectorUser>, ConfigError> {
+        if self.collector_user == "agent" {
+            return Ok(None);
+        }
+        let user: CollectorUser = self
+            .collector_user
+            .parse()
+            .map_err(ConfigError::CollectorUser)?;
+        if !can_switch_user() {
+            tracing::warn!(
+                "the agent is not root, so collectors run as its own user, not {}:{}",
+                user.uid,
+                user.gid
+            );
+            return Ok(None);
+        }
+        Ok(Some(user))
+    }
+
     /// The part of the settings the supervisor needs.
-    pub fn supervisor_settings(&self) -> SupervisorSettings {
-        SupervisorSettings {
+    pub fn supervisor_settings(&self) -> Result<SupervisorSettings, ConfigError> {
+        Ok(SupervisorSettings {
             state_dir: self.state_dir.clone(),
             collector_bin: self.collector_bin.clone(),
             hostfs: self.hostfs.clone(),
             start_timeout: self.start_timeout,
             stop_timeout: self.stop_timeout,
-        }
+            collector_user: self.collector_user()?,
+        })
     }
 }
 

@@ -106,7 +106,7 @@ pub async fn run(
             source,
         })?;
     let listen_addr = listener.local_addr().unwrap_or(config.listen);
-    let supervisor = Supervisor::open(config.supervisor_settings()).await?;
+    let supervisor = Supervisor::open(config.supervisor_settings()?).await?;
     let loads = LoadRunner::open(LoadSettings {
         state_dir: supervisor.state_dir().to_path_buf(),
         worker_bin: loadsim::own_executable(),

@@ -405,7 +405,7 @@ async fn a_collector_that_keeps_failing_fails_the_experiment_with_its_error() {
     // A template the stand-in collector refuses to start with.
     sqlx::query(
         "INSERT INTO pipeline_templates (name, config) \
-         VALUES ('broken', 'stand-in: fail-start\nthreshold: ${env:PHOENIX_VAR_CPU_THRESHOLD:-0.1}\n')",
+         VALUES ('broken', 'processors:\n  transform/stand-in-fail-start:\n    error_mode: ${env:PHOENIX_VAR_CPU_THRESHOLD:-0.1}\n')",
     )
     .execute(&stack.pool)
     .await

@@ -91,6 +91,7 @@ pub async fn serve(
         completions: Completions::start(pool.clone()),
         heartbeats: heartbeats.clone(),
         metrics: metrics.clone(),
+        validations: Arc::new(tokio::sync::Semaphore::new(state::MAX_VALIDATIONS)),
         events: event_hub.clone(),
         listener_connected: listener_connected.subscribe(),
         shutdown: shutdown.clone(),

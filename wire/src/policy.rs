@@ -194,6 +194,14 @@ impl CheckedConfig {
         serde_json::to_string_pretty(&self.tree).expect("a JSON tree always serializes")
     }
 
+    /// The canonical text of `config` without checking it (what the agent writes
+    /// for a config that passes), or why it is not YAML.
+    pub fn canonical_text(config: &str) -> Result<String, Refusal> {
+        let tree: Value = serde_saphyr::from_str(config)
+            .map_err(|e| Refusal::new("", format!("not valid YAML: {e}")))?;
+        Ok(CheckedConfig { tree }.canonical())
+    }
+
     pub fn tree(&self) -> &Value {
         &self.tree
     }

@@ -57,7 +57,10 @@ pub fn parse_tree(body: &[u8], format: DocumentFormat) -> Result<serde_json::Val
 }
 
 /// Interprets a generic tree as a typed document, naming the offending field on error.
+/// A NUL character anywhere (no name, label or config needs one, and Postgres text
+/// cannot hold it) is refused first, naming where it is.
 pub fn from_tree<T: DeserializeOwned>(tree: serde_json::Value) -> Result<T, FieldError> {
+    reject_nul(&tree, "")?;
     serde_path_to_error::deserialize(tree).map_err(|err| {
         let mut field = err.path().to_string();
         if field == "." {
@@ -76,6 +79,31 @@ pub fn from_tree<T: DeserializeOwned>(tree: serde_json::Value) -> Result<T, Fiel
         }
         FieldError::new(field, message)
     })
+}
+
+fn reject_nul(node: &serde_json::Value, path: &str) -> Result<(), FieldError> {
+    let at = |key: &str| {
+        if path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
+    let nul = |field: String| FieldError::new(field, "holds a NUL character");
+    match node {
+        serde_json::Value::String(s) if s.contains('\0') => Err(nul(path.to_string())),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, item)| reject_nul(item, &format!("{path}[{i}]"))),
+        serde_json::Value::Object(map) => map.iter().try_for_each(|(key, value)| {
+            if key.contains('\0') {
+                return Err(nul(path.to_string()));
+            }
+            reject_nul(value, &at(key))
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// `metadata` of every resource document.
@@ -360,7 +388,8 @@ impl ExperimentSpec {
         if self.duration.0.is_zero() {
             return Err(FieldError::new("spec.duration", "must be longer than 0s"));
         }
-        if self.warmup.0 + self.duration.0 > MAX_EXPERIMENT_LENGTH {
+        let length = self.warmup.0.checked_add(self.duration.0);
+        if length.is_none_or(|length| length > MAX_EXPERIMENT_LENGTH) {
             return Err(FieldError::new(
                 "spec.duration",
                 "warmup plus duration must not exceed 7d",
@@ -637,6 +666,16 @@ spec:
             variable_env_name("cpu_threshold"),
             "PHOENIX_VAR_CPU_THRESHOLD"
         );
+    }
+
+    #[test]
+    fn nul_characters_and_overlong_experiments_are_refused() {
+        let err = parse(&YAML.replace("name: topk-web", "name: \"topk\\0web\"")).unwrap_err();
+        assert_eq!(err.field, "metadata.name", "{err}");
+        assert!(err.message.contains("NUL"), "{err}");
+        let huge = YAML.replace("warmup: 1m", "warmup: 18446744073709551615s");
+        let huge = huge.replace("duration: 10m", "duration: 18446744073709551615s");
+        assert_eq!(parse(&huge).unwrap_err().field, "spec.duration");
     }
 
     #[test]

@@ -29,7 +29,8 @@ Every flag can also be given as the environment variable shown with it.";
 
 const EXAMPLES: &str = "\
 Examples:
-  phoenix-agent --api-url http://phoenix-api:8080 --token \"$TOKEN\" \\
+  PHOENIX_AGENT_TOKEN_FILE=/run/secrets/phoenix-agent-token \\
+  phoenix-agent --api-url https://phoenix-api:8443 --ca-file /etc/phoenix/ca.pem \\
       --collector-bin /usr/local/bin/otelcol-phoenix --labels role=web,zone=a
 
   PHOENIX_API_URL=http://127.0.0.1:8080 PHOENIX_AGENT_TOKEN=secret \\
@@ -49,14 +50,17 @@ pub struct AgentConfig {
     #[arg(long, env = "PHOENIX_API_URL", value_name = "URL")]
     pub api_url: reqwest::Url,
 
-    /// Agent token the API issued for this host (sent as a Bearer token)
-    #[arg(
-        long,
-        env = "PHOENIX_AGENT_TOKEN",
-        value_name = "TOKEN",
-        hide_env_values = true
-    )]
-    pub token: String,
+    /// File holding the agent token (sent as a Bearer token). Without it the token
+    /// is read from the environment variable PHOENIX_AGENT_TOKEN; it is never a flag,
+    /// since command lines are visible to every user (and exported as labels by the
+    /// process-baseline template).
+    #[arg(long, env = "PHOENIX_AGENT_TOKEN_FILE", value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+
+    /// PEM file of the CA that signed the api's (and the Pushgateway's) certificate,
+    /// for an https:// URL with a private CA; only it is trusted then
+    #[arg(long, env = "PHOENIX_CA_FILE", value_name = "PATH")]
+    pub ca_file: Option<PathBuf>,
 
     /// This host's id as the API knows it, e.g. web-01 or the Kubernetes node name
     /// [default: the machine's hostname]
@@ -191,6 +195,15 @@ pub enum ConfigError {
     Hostname(std::io::Error),
     #[error("invalid --collector-user: {0}")]
     CollectorUser(String),
+    #[error(
+        "no agent token: put it in a file named by --token-file (PHOENIX_AGENT_TOKEN_FILE) or in PHOENIX_AGENT_TOKEN"
+    )]
+    NoToken,
+    #[error("cannot read the token file {}: {source}", path.display())]
+    TokenFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl AgentConfig {
@@ -202,6 +215,24 @@ impl AgentConfig {
         };
         names::check_host_id(&id).map_err(ConfigError::HostId)?;
         Ok(id)
+    }
+
+    /// The agent token: the token file's content, or else `PHOENIX_AGENT_TOKEN`.
+    pub fn token(&self) -> Result<String, ConfigError> {
+        let token = match &self.token_file {
+            Some(path) => {
+                std::fs::read_to_string(path).map_err(|source| ConfigError::TokenFile {
+                    path: path.clone(),
+                    source,
+                })?
+            }
+            None => std::env::var("PHOENIX_AGENT_TOKEN").unwrap_or_default(),
+        };
+        let token = token.trim().to_string();
+        if token.is_empty() {
+            return Err(ConfigError::NoToken);
+        }
+        Ok(token)
     }
 
     /// The user collectors run as: `None` for `agent`, or when this agent is not
@@ -296,8 +327,8 @@ mod tests {
             "phoenix-agent",
             "--api-url",
             "http://127.0.0.1:8080",
-            "--token",
-            "t",
+            "--token-file",
+            "/run/secrets/t",
             "--collector-bin",
             "/bin/otelcol",
             "--host-id",
@@ -311,5 +342,34 @@ mod tests {
         assert_eq!(config.resolved_host_id().unwrap(), "web-01");
         assert!(!config.stop_collectors_on_exit);
         assert_eq!(config.max_load_processes, 2000);
+    }
+
+    #[test]
+    fn the_token_is_never_a_flag() {
+        let err = AgentConfig::try_parse_from([
+            "phoenix-agent",
+            "--api-url",
+            "http://127.0.0.1:8080",
+            "--token",
+            "secret",
+            "--collector-bin",
+            "/bin/otelcol",
+        ])
+        .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::UnknownArgument);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "from-a-file\n").unwrap();
+        let config = AgentConfig::try_parse_from([
+            "phoenix-agent",
+            "--api-url",
+            "http://127.0.0.1:8080",
+            "--token-file",
+            file.to_str().unwrap(),
+            "--collector-bin",
+            "/bin/otelcol",
+        ])
+        .unwrap();
+        assert_eq!(config.token().unwrap(), "from-a-file");
     }
 }

@@ -156,7 +156,7 @@ impl Stack {
                 .await
                 .expect("test pool"),
             database_url,
-            http: reqwest::Client::new(),
+            http: http_client(),
             reconciler_config,
             stop,
             tasks: vec![api],
@@ -419,8 +419,7 @@ impl AgentProcess {
         let child = command
             .arg("--api-url")
             .arg(&self.api_url)
-            .arg("--token")
-            .arg(AGENT_TOKEN)
+            .env("PHOENIX_AGENT_TOKEN", AGENT_TOKEN)
             .arg("--host-id")
             .arg(&self.host_id)
             .arg("--labels")
@@ -735,4 +734,11 @@ impl Drop for NamedProcesses {
             let _ = child.wait();
         }
     }
+}
+
+/// A plain reqwest client, after making ring the process's rustls crypto provider
+/// (reqwest is built without one; see the workspace Cargo.toml).
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
 }

@@ -492,7 +492,8 @@ async fn the_agent_binary_adopts_collectors_and_keeps_them_while_the_api_is_down
         std::process::Command::new(phoenix_e2e::bins::binary("phoenix-agent"))
             // Port 1 refuses connections at once: the API is down for the whole test.
             .args(["--api-url", "http://127.0.0.1:1"])
-            .args(["--token", "test-token", "--host-id", "test-host"])
+            .env("PHOENIX_AGENT_TOKEN", "test-token")
+            .args(["--host-id", "test-host"])
             .arg("--state-dir")
             .arg(host.path())
             .arg("--collector-bin")

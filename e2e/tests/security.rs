@@ -367,13 +367,15 @@ async fn unauthenticated_made_up_methods_do_not_create_metric_series() {
     let stack = stack().await;
     for i in 0..20 {
         let method = Method::from_bytes(format!("BOGUS{i}").as_bytes()).unwrap();
-        let _ = reqwest::Client::new()
+        let _ = phoenix_e2e::harness::http_client()
             .request(method, stack.url("/api/v1/experiments"))
             .send()
             .await
             .unwrap();
     }
-    let metrics = reqwest::get(stack.url("/metrics"))
+    let metrics = phoenix_e2e::harness::http_client()
+        .get(stack.url("/metrics"))
+        .send()
         .await
         .unwrap()
         .text()

@@ -214,7 +214,8 @@ impl Supervisor {
         }
         let recorded = load_state_or_set_aside(&state::state_file_path(&settings.state_dir))?;
 
-        let health_client = reqwest::Client::builder()
+        let health_client = crate::tls::client_builder(None)
+            .expect("no CA file, nothing to read")
             .no_proxy()
             .build()
             .expect("a plain HTTP client always builds");

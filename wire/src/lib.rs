@@ -19,6 +19,8 @@
 //!   lookups, files, listeners, destinations), checked by the api and again by the agent.
 //! - [`variables`]: typed template variables (duration, number, integer, regex,
 //!   identifier list): declarations, and values parsed by type.
+//! - [`fuzzing`]: what the fuzz targets in `fuzz/` check on each input (shared with
+//!   the regression test that replays their past crashes).
 //! - [`load`]: load simulation: profiles, the run spec a task carries, what agents
 //!   report about runs, and the loadsim requests and views of the user API.
 //!
@@ -30,6 +32,7 @@ pub mod apply;
 pub mod deployment;
 pub mod duration;
 pub mod events;
+pub mod fuzzing;
 pub mod load;
 pub mod names;
 pub mod policy;

@@ -22,11 +22,17 @@ fn replay(target: &str, check: fn(&[u8])) -> usize {
 #[test]
 fn past_document_crashes_stay_fixed() {
     let replayed = replay("document", phoenix_wire::fuzzing::document);
-    assert!(replayed > 0, "fuzz/regressions/document holds the seeds at least");
+    assert!(
+        replayed > 0,
+        "fuzz/regressions/document holds the seeds at least"
+    );
 }
 
 #[test]
 fn past_policy_crashes_stay_fixed() {
     let replayed = replay("policy", phoenix_wire::fuzzing::policy);
-    assert!(replayed > 0, "fuzz/regressions/policy holds the seeds at least");
+    assert!(
+        replayed > 0,
+        "fuzz/regressions/policy holds the seeds at least"
+    );
 }

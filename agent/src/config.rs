@@ -51,7 +51,7 @@ pub struct AgentConfig {
     pub api_url: reqwest::Url,
 
     /// File holding the agent token (sent as a Bearer token). Without it the token
-    /// is read from the environment variable PHOENIX_AGENT_TOKEN; it is never a flag,
+    /// is read from the environment [env: PHOENIX_AGENT_TOKEN]; it is never a flag,
     /// since command lines are visible to every user (and exported as labels by the
     /// process-baseline template).
     #[arg(long, env = "PHOENIX_AGENT_TOKEN_FILE", value_name = "PATH")]

@@ -74,8 +74,9 @@ pub struct GlobalArgs {
     /// Base URL of phoenix-api [env: PHOENIX_API_URL] [default: http://127.0.0.1:8080]
     #[arg(long, global = true, value_name = "URL")]
     pub api_url: Option<String>,
-    /// File holding the bearer token (a token itself is never a flag: other users
-    /// see command lines in `ps`) [or env: PHOENIX_TOKEN]
+    /// File holding the bearer token, which may instead be in the environment
+    /// [env: PHOENIX_TOKEN] (a token itself is never a flag: other users see command
+    /// lines in `ps`)
     #[arg(long, global = true, value_name = "PATH")]
     pub token_file: Option<std::path::PathBuf>,
     /// PEM file of the private CA that signed an https:// api's certificate; only it

@@ -42,6 +42,27 @@ ensure_collector() {
   export PHOENIX_COLLECTOR_BIN
 }
 
+# A cargo tool from crates.io (cargo-deny, cargo-fuzz), built once per machine and
+# version under /var/cache/phoenix/cargo-tools, one builder at a time (flock).
+# Prints the binary's path.
+ensure_cargo_tool() {
+  local name=$1 version=$2
+  local root="${PHOENIX_CACHE_DIR:-/var/cache/phoenix}/cargo-tools"
+  local bin="$root/$name-$version/bin/$name"
+  mkdir -p "$root"
+  if [[ ! -x "$bin" ]]; then
+    (
+      flock 9
+      if [[ ! -x "$bin" ]]; then
+        echo "building $name $version from crates.io (once per machine)…" >&2
+        CARGO_TARGET_DIR="$root/target" cargo install --quiet --locked \
+          --root "$root/$name-$version" "$name@$version" >&2
+      fi
+    ) 9>"$root/.lock"
+  fi
+  printf '%s\n' "$bin"
+}
+
 # Node and npm (Debian's) for the web console's build and browser tests.
 ensure_node() {
   if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then

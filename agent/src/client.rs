@@ -120,13 +120,19 @@ pub struct ApiClient {
 
 impl ApiClient {
     /// A client for `host_id` (which must be a valid host id, so it needs no escaping
-    /// in a URL path).
-    pub fn new(api_url: &reqwest::Url, host_id: &str, token: String, metrics: Metrics) -> Self {
-        let http = reqwest::Client::builder()
+    /// in a URL path), built from `http` (see [`crate::tls::client_builder`]).
+    pub fn new(
+        http: reqwest::ClientBuilder,
+        api_url: &reqwest::Url,
+        host_id: &str,
+        token: String,
+        metrics: Metrics,
+    ) -> Self {
+        let http = http
             .timeout(REQUEST_TIMEOUT)
             .user_agent(concat!("phoenix-agent/", env!("CARGO_PKG_VERSION")))
             .build()
-            .expect("a plain HTTP client always builds");
+            .expect("an HTTP client with rustls and ring always builds");
         let base = api_url.as_str().trim_end_matches('/');
         Self {
             http,

@@ -8,7 +8,7 @@ use clap::Parser;
 use phoenix_wire::duration::HumanDuration;
 use phoenix_wire::names::{self, Labels};
 
-use crate::supervisor::SupervisorSettings;
+use crate::supervisor::{CollectorUser, SupervisorSettings, can_switch_user};
 
 const ABOUT: &str = "Phoenix host agent: runs the collectors the Phoenix API asks for on this host";
 
@@ -29,7 +29,8 @@ Every flag can also be given as the environment variable shown with it.";
 
 const EXAMPLES: &str = "\
 Examples:
-  phoenix-agent --api-url http://phoenix-api:8080 --token \"$TOKEN\" \\
+  PHOENIX_AGENT_TOKEN_FILE=/run/secrets/phoenix-agent-token \\
+  phoenix-agent --api-url https://phoenix-api:8443 --ca-file /etc/phoenix/ca.pem \\
       --collector-bin /usr/local/bin/otelcol-phoenix --labels role=web,zone=a
 
   PHOENIX_API_URL=http://127.0.0.1:8080 PHOENIX_AGENT_TOKEN=secret \\
@@ -49,14 +50,17 @@ pub struct AgentConfig {
     #[arg(long, env = "PHOENIX_API_URL", value_name = "URL")]
     pub api_url: reqwest::Url,
 
-    /// Agent token the API issued for this host (sent as a Bearer token)
-    #[arg(
-        long,
-        env = "PHOENIX_AGENT_TOKEN",
-        value_name = "TOKEN",
-        hide_env_values = true
-    )]
-    pub token: String,
+    /// File holding the agent token (sent as a Bearer token). Without it the token
+    /// is read from the environment [env: PHOENIX_AGENT_TOKEN]; it is never a flag,
+    /// since command lines are visible to every user (and exported as labels by the
+    /// process-baseline template).
+    #[arg(long, env = "PHOENIX_AGENT_TOKEN_FILE", value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+
+    /// PEM file of the CA that signed the api's (and the Pushgateway's) certificate,
+    /// for an https:// URL with a private CA; only it is trusted then
+    #[arg(long, env = "PHOENIX_CA_FILE", value_name = "PATH")]
+    pub ca_file: Option<PathBuf>,
 
     /// This host's id as the API knows it, e.g. web-01 or the Kubernetes node name
     /// [default: the machine's hostname]
@@ -88,6 +92,18 @@ pub struct AgentConfig {
     /// e.g. /usr/local/bin/otelcol-phoenix. Required
     #[arg(long, env = "PHOENIX_COLLECTOR_BIN", value_name = "PATH")]
     pub collector_bin: Option<PathBuf>,
+
+    /// The unprivileged user collectors run as, UID:GID (they keep only
+    /// CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH, which the process scraper needs), or
+    /// `agent` to run them as the agent's own user. An agent that is not root
+    /// cannot switch and runs them as itself.
+    #[arg(
+        long,
+        env = "PHOENIX_COLLECTOR_USER",
+        value_name = "UID:GID|agent",
+        default_value = "65532:65532"
+    )]
+    pub collector_user: String,
 
     /// Where the host's root filesystem is mounted, passed to collectors as
     /// PHOENIX_HOSTFS, e.g. /hostfs in a container (empty: the agent runs on the host)
@@ -183,6 +199,17 @@ pub enum ConfigError {
         "cannot read this machine's hostname ({0}); give the host id with --host-id or PHOENIX_HOST_ID"
     )]
     Hostname(std::io::Error),
+    #[error("invalid --collector-user: {0}")]
+    CollectorUser(String),
+    #[error(
+        "no agent token: put it in a file named by --token-file (PHOENIX_AGENT_TOKEN_FILE) or in PHOENIX_AGENT_TOKEN"
+    )]
+    NoToken,
+    #[error("cannot read the token file {}: {source}", path.display())]
+    TokenFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(
         "--pushgateway-url (environment variable PHOENIX_PUSHGATEWAY_URL) is required: experiments measure each collector's CPU and memory through it (for local development only, --dev (PHOENIX_DEV=1) runs without)"
     )]
@@ -215,16 +242,56 @@ impl AgentConfig {
         Ok(id)
     }
 
+    /// The agent token: the token file's content, or else `PHOENIX_AGENT_TOKEN`.
+    pub fn token(&self) -> Result<String, ConfigError> {
+        let token = match &self.token_file {
+            Some(path) => {
+                std::fs::read_to_string(path).map_err(|source| ConfigError::TokenFile {
+                    path: path.clone(),
+                    source,
+                })?
+            }
+            None => std::env::var("PHOENIX_AGENT_TOKEN").unwrap_or_default(),
+        };
+        let token = token.trim().to_string();
+        if token.is_empty() {
+            return Err(ConfigError::NoToken);
+        }
+        Ok(token)
+    }
+
+    /// The user collectors run as: `None` for `agent`, or when this agent is not
+    /// root (it could not switch; said once in the log).
+    pub fn collector_user(&self) -> Result<Option<CollectorUser>, ConfigError> {
+        if self.collector_user == "agent" {
+            return Ok(None);
+        }
+        let user: CollectorUser = self
+            .collector_user
+            .parse()
+            .map_err(ConfigError::CollectorUser)?;
+        if !can_switch_user() {
+            tracing::warn!(
+                "the agent is not root, so collectors run as its own user, not {}:{}",
+                user.uid,
+                user.gid
+            );
+            return Ok(None);
+        }
+        Ok(Some(user))
+    }
+
     /// The part of the settings the supervisor needs.
-    pub fn supervisor_settings(&self) -> SupervisorSettings {
-        SupervisorSettings {
+    pub fn supervisor_settings(&self) -> Result<SupervisorSettings, ConfigError> {
+        Ok(SupervisorSettings {
             state_dir: self.state_dir.clone(),
             // Checked at start-up (check_required).
             collector_bin: self.collector_bin.clone().unwrap_or_default(),
             hostfs: self.hostfs.clone(),
             start_timeout: self.start_timeout,
             stop_timeout: self.stop_timeout,
-        }
+            collector_user: self.collector_user()?,
+        })
     }
 }
 
@@ -286,8 +353,8 @@ mod tests {
             "phoenix-agent",
             "--api-url",
             "http://127.0.0.1:8080",
-            "--token",
-            "t",
+            "--token-file",
+            "/run/secrets/t",
             "--collector-bin",
             "/bin/otelcol",
             "--host-id",
@@ -339,5 +406,34 @@ mod tests {
             "http://pg:9091",
         ])
         .expect("everything given");
+    }
+
+    #[test]
+    fn the_token_is_never_a_flag() {
+        let err = AgentConfig::try_parse_from([
+            "phoenix-agent",
+            "--api-url",
+            "http://127.0.0.1:8080",
+            "--token",
+            "secret",
+            "--collector-bin",
+            "/bin/otelcol",
+        ])
+        .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::UnknownArgument);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "from-a-file\n").unwrap();
+        let config = AgentConfig::try_parse_from([
+            "phoenix-agent",
+            "--api-url",
+            "http://127.0.0.1:8080",
+            "--token-file",
+            file.to_str().unwrap(),
+            "--collector-bin",
+            "/bin/otelcol",
+        ])
+        .unwrap();
+        assert_eq!(config.token().unwrap(), "from-a-file");
     }
 }

@@ -37,6 +37,7 @@ pub mod procfs;
 pub mod pushgateway;
 pub mod state;
 pub mod supervisor;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -86,6 +87,8 @@ pub enum AgentError {
     },
     #[error(transparent)]
     Supervisor(#[from] SupervisorError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
 }
 
 /// Runs the agent until `shutdown` completes, then stops its loops and leaves the
@@ -95,6 +98,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
     let host_id = config.resolved_host_id()?;
+    let token = config.token()?;
     // In a Kubernetes pod (NODE_NAME set), the Node's labels join the flag labels.
     let mut config = config;
     config.labels = node_labels::host_labels(&config.labels).await;
@@ -106,7 +110,7 @@ pub async fn run(
             source,
         })?;
     let listen_addr = listener.local_addr().unwrap_or(config.listen);
-    let supervisor = Supervisor::open(config.supervisor_settings()).await?;
+    let supervisor = Supervisor::open(config.supervisor_settings()?).await?;
     let loads = LoadRunner::open(LoadSettings {
         state_dir: supervisor.state_dir().to_path_buf(),
         worker_bin: loadsim::own_executable(),
@@ -124,9 +128,10 @@ pub async fn run(
     );
 
     let client = ApiClient::new(
+        tls::client_builder(config.ca_file.as_deref())?,
         &config.api_url,
         &host_id,
-        config.token.clone(),
+        token,
         metrics.clone(),
     );
     let status_wanted = Arc::new(Notify::new());
@@ -149,7 +154,11 @@ pub async fn run(
         stop.clone(),
     ));
     if let Some(url) = &config.pushgateway_url {
-        let gateway = pushgateway::Pushgateway::new(url.clone(), host_id.clone());
+        let gateway = pushgateway::Pushgateway::new(
+            tls::client_builder(config.ca_file.as_deref())?,
+            url.clone(),
+            host_id.clone(),
+        );
         loops.spawn(pushgateway::push_loop(
             gateway,
             supervisor.clone(),

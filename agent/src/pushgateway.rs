@@ -42,8 +42,9 @@ pub struct Pushgateway {
 }
 
 impl Pushgateway {
-    pub fn new(base: Url, host_id: String) -> Self {
-        let http = reqwest::Client::builder()
+    /// A client built from `http` (see [`crate::tls::client_builder`]).
+    pub fn new(http: reqwest::ClientBuilder, base: Url, host_id: String) -> Self {
+        let http = http
             .timeout(Duration::from_secs(10))
             .build()
             .expect("HTTP client");
@@ -235,7 +236,11 @@ mod tests {
             "phoenix_collector_cpu_seconds_total{experiment=\"topk\",variant=\"candidate\",pipeline=\"process-topk\"} 1.5\n"
         ));
         assert!(text.contains("phoenix_collector_rss_bytes{experiment=\"topk\",variant=\"candidate\",pipeline=\"process-topk\"} 1024\n"));
-        let gateway = Pushgateway::new("http://127.0.0.1:9091/".parse().unwrap(), "web-1".into());
+        let gateway = Pushgateway::new(
+            crate::tls::client_builder(None).unwrap(),
+            "http://127.0.0.1:9091/".parse().unwrap(),
+            "web-1".into(),
+        );
         assert_eq!(
             gateway.group_url("topk.candidate").as_str(),
             "http://127.0.0.1:9091/metrics/job/phoenix_collectors/host/web-1/collector/topk.candidate"

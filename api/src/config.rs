@@ -15,7 +15,7 @@ use crate::http::auth::TokenSet;
 #[command(
     name = "phoenix-api",
     version,
-    after_help = "Example:\n  PHOENIX_API_TOKENS='admin:s3cret,agent:ag3nt' \\\n  phoenix-api --database-url postgres://phoenix@db/phoenix --listen 0.0.0.0:8080"
+    after_help = "Example:\n  PHOENIX_API_TOKENS='admin:s3cret,agent:ag3nt' \\\n  DATABASE_URL=postgres://phoenix@db/phoenix phoenix-api --listen 0.0.0.0:8443 \\\n    --tls-cert /etc/phoenix/tls.crt --tls-key /etc/phoenix/tls.key"
 )]
 pub struct ApiConfig {
     /// Address to listen on.
@@ -82,6 +82,28 @@ pub struct ApiConfig {
     /// no such check]
     #[arg(long, env = "PHOENIX_COLLECTOR_BIN", value_name = "PATH")]
     pub collector_bin: Option<std::path::PathBuf>,
+
+    /// PEM certificate chain to serve HTTPS with (with --tls-key); unset: plain HTTP
+    #[arg(
+        long,
+        env = "PHOENIX_API_TLS_CERT",
+        value_name = "PATH",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of --tls-cert
+    #[arg(
+        long,
+        env = "PHOENIX_API_TLS_KEY",
+        value_name = "PATH",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// Most connections open at once; past it, new ones wait to be accepted
+    #[arg(long, env = "PHOENIX_API_MAX_CONNECTIONS", default_value_t = 20_000)]
+    pub max_connections: usize,
 
     /// Maximum Postgres connections of this process.
     #[arg(long, env = "PHOENIX_API_DB_CONNECTIONS", default_value_t = 16)]

@@ -64,6 +64,14 @@ pub async fn serve(
             "no tokens configured: set PHOENIX_API_TOKENS (e.g. 'admin:<secret>,agent:<secret>'), or --dev-no-auth for local development"
         );
     }
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(http::serve::tls_acceptor(cert, key)?),
+        _ => None,
+    };
+    let settings = http::serve::ServeSettings {
+        tls,
+        max_connections: config.max_connections,
+    };
     let pool = phoenix_storage::connect(&config.database_url, config.db_connections)
         .await
         .context("connecting to Postgres")?;
@@ -91,6 +99,7 @@ pub async fn serve(
         completions: Completions::start(pool.clone()),
         heartbeats: heartbeats.clone(),
         metrics: metrics.clone(),
+        validations: Arc::new(tokio::sync::Semaphore::new(state::MAX_VALIDATIONS)),
         events: event_hub.clone(),
         listener_connected: listener_connected.subscribe(),
         shutdown: shutdown.clone(),
@@ -110,8 +119,8 @@ pub async fn serve(
         config.heartbeat_flush.as_duration(),
         shutdown.clone(),
     ));
-    tracing::info!(address = %listener.local_addr()?, "phoenix-api listening");
-    http::serve::serve(listener, http::router(state), shutdown).await;
+    tracing::info!(address = %listener.local_addr()?, tls = settings.tls.is_some(), "phoenix-api listening");
+    http::serve::serve(listener, http::router(state), settings, shutdown).await;
     let _ = listen_task.await;
     let _ = flush_task.await;
     pool.close().await;

@@ -14,6 +14,9 @@ use crate::fanout::heartbeats::HeartbeatBuffer;
 use crate::fanout::wakeups::TaskWakeups;
 use crate::metrics::Metrics;
 
+/// How many template validations (collector processes) one api runs at once.
+pub const MAX_VALIDATIONS: usize = 2;
+
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<ApiConfig>,
@@ -25,6 +28,9 @@ pub struct AppState {
     pub completions: Completions,
     pub heartbeats: HeartbeatBuffer,
     pub metrics: Metrics,
+    /// Collector validations running at once (`POST /api/v1/pipelines/validate`
+    /// starts a collector process each); see [`MAX_VALIDATIONS`].
+    pub validations: Arc<tokio::sync::Semaphore>,
     /// The event stream's fan-out (`GET /api/v1/events`).
     pub events: EventHub,
     /// True while the task listener is connected (part of readiness).

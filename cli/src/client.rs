@@ -31,11 +31,12 @@ pub struct ApiClient {
     http: reqwest::Client,
     api_url: String,
     token: Option<String>,
+    ca_file: Option<std::path::PathBuf>,
 }
 
 impl ApiClient {
     pub fn new(config: &Config) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
+        let http = crate::tls::client_builder(config.ca_file.as_deref())?
             .timeout(REQUEST_TIMEOUT)
             .connect_timeout(CONNECT_TIMEOUT)
             .user_agent(concat!("phoenix-cli/", env!("CARGO_PKG_VERSION")))
@@ -44,12 +45,18 @@ impl ApiClient {
             http,
             api_url: config.api_url.clone(),
             token: config.token.clone(),
+            ca_file: config.ca_file.clone(),
         })
     }
 
     /// The API's base URL, e.g. `http://127.0.0.1:8080`.
     pub fn api_url(&self) -> &str {
         &self.api_url
+    }
+
+    /// The private CA file, if one is configured.
+    pub fn ca_file(&self) -> Option<&std::path::Path> {
+        self.ca_file.as_deref()
     }
 
     /// The bearer token, if one is configured.
@@ -247,7 +254,7 @@ fn api_hint(method: &str, path: &str, status: u16) -> Option<String> {
     const EXPERIMENTS: &str = "/api/v1/experiments";
     const HOSTS: &str = "/api/v1/hosts";
     let hint = match status {
-        401 => "set PHOENIX_TOKEN or pass --token",
+        401 => "set PHOENIX_TOKEN or pass --token-file",
         403 => "this needs a token with a stronger role (viewer < operator < admin)",
         404 if path.starts_with(&format!("{EXPERIMENTS}/")) => {
             "list experiments with `phoenix experiment list`"
@@ -325,7 +332,7 @@ mod tests {
         let err = api_error("GET", "/api/v1/experiments", 401, None);
         assert_eq!(
             err.render(),
-            "error: title: detail\n  hint: set PHOENIX_TOKEN or pass --token"
+            "error: title: detail\n  hint: set PHOENIX_TOKEN or pass --token-file"
         );
     }
 

@@ -20,6 +20,7 @@ mod config;
 mod document;
 mod output;
 mod stream;
+mod tls;
 
 use std::process::ExitCode;
 

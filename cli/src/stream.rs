@@ -71,9 +71,18 @@ pub async fn subscribe(
         api_url: api_url.clone(),
         cause,
     };
-    // The configuration only accepts http:// URLs.
-    let host_and_prefix = api_url.strip_prefix("http://").unwrap_or(&api_url);
-    let mut request = format!("ws://{host_and_prefix}{path}")
+    // The configuration accepts http:// and https:// URLs only.
+    let ws_url = match api_url.strip_prefix("https://") {
+        Some(rest) => format!("wss://{rest}{path}"),
+        None => format!(
+            "ws://{}{path}",
+            api_url.strip_prefix("http://").unwrap_or(&api_url)
+        ),
+    };
+    let tls = crate::tls::websocket_config(client.ca_file())
+        .map_err(|err| transport(format!("{err:#}")))?
+        .map(tokio_tungstenite::Connector::Rustls);
+    let mut request = ws_url
         .into_client_request()
         .map_err(|err| transport(err.to_string()))?;
     if let Some(token) = client.token() {
@@ -81,8 +90,11 @@ pub async fn subscribe(
             .map_err(|_| transport("the token has characters a header cannot carry".into()))?;
         request.headers_mut().insert(AUTHORIZATION, value);
     }
-    let connected =
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, tokio_tungstenite::connect_async(request)).await;
+    let connected = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        tokio_tungstenite::connect_async_tls_with_config(request, None, false, tls),
+    )
+    .await;
     match connected {
         Ok(Ok((socket, _response))) => Ok(EventStream {
             socket,

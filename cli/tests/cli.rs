@@ -369,9 +369,18 @@ fn a_missing_experiment_hints_at_the_list() {
         )
     });
 
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "t\n").unwrap();
     let output = phoenix(
         &api.url,
-        &["experiment", "get", "nope", "--token", "t"],
+        &[
+            "experiment",
+            "get",
+            "nope",
+            "--token-file",
+            token_file.to_str().unwrap(),
+        ],
         &[],
     );
 
@@ -381,6 +390,21 @@ fn a_missing_experiment_hints_at_the_list() {
         "error: not found: no experiment named nope\n  hint: list experiments with `phoenix experiment list`\n"
     );
     assert_eq!(api.requests()[0].header("authorization"), Some("Bearer t"));
+}
+
+#[test]
+fn a_token_is_never_a_flag() {
+    let output = phoenix(
+        "http://127.0.0.1:1",
+        &["experiment", "list", "--token", "secret"],
+        &[],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("unexpected argument '--token'"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 #[test]

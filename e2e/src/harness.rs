@@ -79,8 +79,114 @@ pub struct StackOptions {
     pub prometheus_url: Option<String>,
     /// How long analysis may keep failing before the experiment fails.
     pub analysis_timeout: Duration,
+    /// Serve the api over HTTPS with this certificate (see [`TestCa`]).
+    pub tls: Option<TestCa>,
     /// A host silent for longer than this shows as lost.
     pub host_grace: Duration,
+}
+
+/// A private CA and a server certificate it signed for 127.0.0.1 and localhost,
+/// made with the machine's `openssl` in a temporary directory.
+pub struct TestCa {
+    pub ca_cert: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    _dir: std::sync::Arc<tempfile::TempDir>,
+}
+
+impl TestCa {
+    pub fn new() -> TestCa {
+        let dir = tempfile::tempdir().expect("CA dir");
+        let path = |name: &str| dir.path().join(name);
+        let openssl = |args: &[&str]| {
+            let out = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .output()
+                .expect("run openssl");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=phoenix test CA",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=phoenix-api",
+        ]);
+        std::fs::write(
+            path("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
+        )
+        .expect("ext file");
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ]);
+        TestCa {
+            ca_cert: path("ca.pem"),
+            server_cert: path("server.pem"),
+            server_key: path("server.key"),
+            _dir: std::sync::Arc::new(dir),
+        }
+    }
+}
+
+impl Default for TestCa {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clone for TestCa {
+    fn clone(&self) -> Self {
+        TestCa {
+            ca_cert: self.ca_cert.clone(),
+            server_cert: self.server_cert.clone(),
+            server_key: self.server_key.clone(),
+            _dir: self._dir.clone(),
+        }
+    }
 }
 
 impl Default for StackOptions {
@@ -94,6 +200,7 @@ impl Default for StackOptions {
             collector_bin: None,
             prometheus_url: None,
             analysis_timeout: Duration::from_secs(60),
+            tls: None,
             host_grace: Duration::from_secs(60),
         }
     }
@@ -125,11 +232,24 @@ impl Stack {
         api_config.task_lease = HumanDuration(options.task_lease);
         api_config.collector_bin = options.collector_bin;
         api_config.heartbeat_flush = HumanDuration(Duration::from_millis(200));
+        let mut http = http_client();
+        let mut scheme = "http";
+        if let Some(tls) = &options.tls {
+            api_config.tls_cert = Some(tls.server_cert.clone());
+            api_config.tls_key = Some(tls.server_key.clone());
+            let pem = std::fs::read(&tls.ca_cert).expect("CA file");
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).expect("CA PEM");
+            http = reqwest::Client::builder()
+                .tls_certs_only(certs)
+                .build()
+                .expect("https client");
+            scheme = "https";
+        }
         api_config.host_grace = HumanDuration(options.host_grace);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind api");
-        let api_url = format!("http://{}", listener.local_addr().expect("api address"));
+        let api_url = format!("{scheme}://{}", listener.local_addr().expect("api address"));
         let api = tokio::spawn({
             let stop_rx = stop_rx.clone();
             async move {
@@ -160,7 +280,7 @@ impl Stack {
                 .await
                 .expect("test pool"),
             database_url,
-            http: reqwest::Client::new(),
+            http,
             reconciler_config,
             stop,
             tasks: vec![api],
@@ -348,6 +468,7 @@ pub struct AgentProcess {
     api_url: String,
     collector_bin: PathBuf,
     pushgateway_url: Option<String>,
+    ca_file: Option<PathBuf>,
     child: Option<Child>,
     _dir: tempfile::TempDir,
 }
@@ -374,6 +495,28 @@ impl AgentProcess {
         collector: &Path,
         pushgateway_url: Option<&str>,
     ) -> AgentProcess {
+        Self::spawn_full(api_url, host_id, labels, collector, pushgateway_url, None)
+    }
+
+    /// An agent of an https:// api whose certificate `ca_file` signed.
+    pub fn spawn_with_ca(
+        api_url: &str,
+        host_id: &str,
+        labels: &[(&str, &str)],
+        ca_file: &Path,
+    ) -> AgentProcess {
+        let collector = binary("stand-in-collector");
+        Self::spawn_full(api_url, host_id, labels, &collector, None, Some(ca_file))
+    }
+
+    fn spawn_full(
+        api_url: &str,
+        host_id: &str,
+        labels: &[(&str, &str)],
+        collector: &Path,
+        pushgateway_url: Option<&str>,
+        ca_file: Option<&Path>,
+    ) -> AgentProcess {
         let dir = tempfile::Builder::new()
             .prefix("phoenix-agent-")
             .tempdir()
@@ -388,6 +531,7 @@ impl AgentProcess {
             api_url: api_url.to_string(),
             collector_bin: collector.to_path_buf(),
             pushgateway_url: pushgateway_url.map(str::to_string),
+            ca_file: ca_file.map(Path::to_path_buf),
             child: None,
             _dir: dir,
         };
@@ -422,11 +566,13 @@ impl AgentProcess {
                 .arg("--push-interval")
                 .arg("1s");
         }
+        if let Some(ca_file) = &self.ca_file {
+            command.arg("--ca-file").arg(ca_file);
+        }
         let child = command
             .arg("--api-url")
             .arg(&self.api_url)
-            .arg("--token")
-            .arg(AGENT_TOKEN)
+            .env("PHOENIX_AGENT_TOKEN", AGENT_TOKEN)
             .arg("--host-id")
             .arg(&self.host_id)
             .arg("--labels")
@@ -746,4 +892,11 @@ impl Drop for NamedProcesses {
             let _ = child.wait();
         }
     }
+}
+
+/// A plain reqwest client, after making ring the process's rustls crypto provider
+/// (reqwest is built without one; see the workspace Cargo.toml).
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
 }

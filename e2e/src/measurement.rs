@@ -142,7 +142,7 @@ impl MeasurementStack {
         let stack = MeasurementStack {
             prometheus_url,
             pushgateway_url,
-            http: reqwest::Client::new(),
+            http: crate::harness::http_client(),
             _prometheus: prom,
             _pushgateway: push,
             dir,

@@ -13,8 +13,14 @@ use std::time::Duration;
 
 use phoenix_agent::procfs;
 use phoenix_agent::supervisor::{
-    ConvergeOutcome, OnExit, STATE_DIR_MARKER, Supervisor, SupervisorError, SupervisorSettings,
-    collector_dir,
+    CollectorUser, ConvergeOutcome, OnExit, STATE_DIR_MARKER, Supervisor, SupervisorError,
+    SupervisorSettings, collector_dir,
+};
+
+/// Collectors run as this user in these tests (the tests run as root, like an agent).
+const COLLECTOR_USER_FOR_TESTS: CollectorUser = CollectorUser {
+    uid: 65532,
+    gid: 65532,
 };
 use phoenix_wire::agent::{CollectorSpec, CollectorStatus, Health, Variant};
 use tokio::time::Instant;
@@ -48,6 +54,7 @@ impl TestHost {
             hostfs: "/hostfs-for-test".into(),
             start_timeout: Duration::from_secs(10),
             stop_timeout: Duration::from_secs(5),
+            collector_user: Some(COLLECTOR_USER_FOR_TESTS),
         }
     }
 
@@ -105,6 +112,13 @@ fn spec(collector_id: &str, config: &str) -> CollectorSpec {
         config.into(),
         env,
     )
+}
+
+/// What the supervisor writes for `spec`: its config, checked, as canonical JSON.
+fn canonical(spec: &CollectorSpec) -> String {
+    phoenix_wire::policy::check(&spec.config, &spec.env, &Default::default())
+        .unwrap()
+        .canonical()
 }
 
 fn is_running(pid: u32) -> bool {
@@ -174,7 +188,8 @@ async fn start_runs_a_healthy_collector_with_its_config_and_ports() {
     let dir = collector_dir(supervisor.state_dir(), "exp.candidate");
     assert_eq!(
         std::fs::read_to_string(dir.join("config.yaml")).unwrap(),
-        spec.config
+        canonical(&spec),
+        "the collector gets the checked config, as canonical JSON"
     );
     let log = std::fs::read_to_string(dir.join("collector.log")).unwrap();
     assert!(
@@ -192,6 +207,11 @@ async fn start_runs_a_healthy_collector_with_its_config_and_ports() {
     assert_eq!(
         env[STATE_DIR_MARKER],
         supervisor.state_dir().display().to_string()
+    );
+    let foreign: Vec<&String> = env.keys().filter(|k| !k.starts_with("PHOENIX_")).collect();
+    assert!(
+        foreign.is_empty(),
+        "nothing of the agent's environment reaches a collector: {foreign:?}"
     );
 
     // Its own process group, recorded in state.json with its start time.
@@ -246,7 +266,7 @@ async fn the_same_hash_twice_is_a_no_op_and_a_new_hash_replaces_the_process() {
         collector_dir(supervisor.state_dir(), "exp.baseline").join("config.yaml"),
     )
     .unwrap();
-    assert_eq!(config, second.config);
+    assert_eq!(config, canonical(&second));
 
     supervisor.shutdown(OnExit::StopCollectors).await;
 }
@@ -322,7 +342,7 @@ async fn a_config_the_collector_rejects_fails_the_start_with_its_error_text() {
     let err = supervisor
         .converge(spec(
             "exp.candidate",
-            "receivers: {}\nstand-in: fail-start\n",
+            "processors: {transform/stand-in-fail-start: {}}\n",
         ))
         .await
         .unwrap_err();
@@ -472,7 +492,8 @@ async fn the_agent_binary_adopts_collectors_and_keeps_them_while_the_api_is_down
         std::process::Command::new(phoenix_e2e::bins::binary("phoenix-agent"))
             // Port 1 refuses connections at once: the API is down for the whole test.
             .args(["--api-url", "http://127.0.0.1:1"])
-            .args(["--token", "test-token", "--host-id", "test-host"])
+            .env("PHOENIX_AGENT_TOKEN", "test-token")
+            .args(["--host-id", "test-host"])
             .arg("--state-dir")
             .arg(host.path())
             .arg("--collector-bin")
@@ -530,4 +551,74 @@ async fn the_agent_binary_adopts_collectors_and_keeps_them_while_the_api_is_down
 /// The canonical state dir, as the supervisor writes it into the marker.
 fn supervisor_dir(host: &TestHost) -> PathBuf {
     std::fs::canonicalize(host.path()).unwrap()
+}
+
+/// `Uid:` and `CapEff:`/`CapAmb:` of `/proc/<pid>/status`.
+fn identity(pid: u32) -> (String, u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let caps = |name: &str| u64::from_str_radix(&field(name), 16).unwrap();
+    (field("Uid:"), caps("CapEff:"), caps("CapAmb:"))
+}
+
+#[tokio::test]
+async fn collectors_run_unprivileged_with_only_the_scrapers_capabilities() {
+    let host = TestHost::new();
+    let supervisor = host.supervisor().await;
+    supervisor
+        .converge(spec("exp.candidate", "receivers: {}\n"))
+        .await
+        .unwrap();
+    let pid = supervisor.status("exp.candidate").unwrap().pid.unwrap();
+    let (uid, effective, ambient) = identity(pid);
+    let expected = COLLECTOR_USER_FOR_TESTS.uid;
+    assert_eq!(
+        uid,
+        format!("{expected}\t{expected}\t{expected}\t{expected}"),
+        "real, effective, saved and filesystem uid"
+    );
+    // CAP_DAC_READ_SEARCH is bit 2, CAP_SYS_PTRACE bit 19.
+    let scraper_caps = (1u64 << 2) | (1u64 << 19);
+    assert_eq!(
+        effective, scraper_caps,
+        "effective capabilities {effective:x}"
+    );
+    assert_eq!(ambient, scraper_caps, "ambient capabilities {ambient:x}");
+    // Its directory is its own; nothing above it is writable for it.
+    let dir = collector_dir(supervisor.state_dir(), "exp.candidate");
+    let meta = std::fs::metadata(&dir).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(meta.uid(), expected);
+    let state_mode = std::fs::metadata(supervisor.state_dir()).unwrap().mode() & 0o777;
+    assert_eq!(state_mode, 0o711, "state dir {state_mode:o}");
+    supervisor.shutdown(OnExit::StopCollectors).await;
+}
+
+#[tokio::test]
+async fn a_config_the_policy_refuses_starts_nothing_and_says_where() {
+    let host = TestHost::new();
+    let supervisor = host.supervisor().await;
+    let err = supervisor
+        .converge(spec(
+            "exp.candidate",
+            "exporters:\n  otlp_http/x: {endpoint: 'http://198.51.100.7:4318'}\n",
+        ))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SupervisorError::Refused { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("`exporters.otlp_http/x.endpoint`"), "{text}");
+    let mut leaky = spec("exp.candidate", "receivers: {}\n");
+    leaky.env.insert("LD_PRELOAD".into(), "/tmp/evil.so".into());
+    let err = supervisor.converge(leaky).await.unwrap_err();
+    assert!(err.to_string().contains("env.LD_PRELOAD"), "{err}");
+    assert!(supervisor.status("exp.candidate").is_none());
+    assert!(host.marked_processes().is_empty(), "nothing was started");
 }

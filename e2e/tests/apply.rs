@@ -6,14 +6,14 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use phoenix_e2e::bins::binary;
-use phoenix_e2e::harness::{OPERATOR_TOKEN, Stack, StackOptions};
+use phoenix_e2e::harness::{ADMIN_TOKEN, Stack, StackOptions};
 use phoenix_wire::apply::{Action, PlanEntry};
 
 fn phoenix(stack: &Stack, args: &[&str]) -> Output {
     Command::new(binary("phoenix"))
         .args(args)
         .env("PHOENIX_API_URL", &stack.api_url)
-        .env("PHOENIX_TOKEN", OPERATOR_TOKEN)
+        .env("PHOENIX_TOKEN", ADMIN_TOKEN)
         .env_remove("PHOENIX_CONFIG")
         .env("HOME", "/nonexistent")
         .output()
@@ -339,7 +339,7 @@ async fn the_api_takes_a_yaml_stream_and_needs_a_source() {
             .request(
                 reqwest::Method::POST,
                 &format!("/api/v1/apply{query}"),
-                OPERATOR_TOKEN,
+                ADMIN_TOKEN,
             )
             .header("content-type", "application/yaml")
             .body(body)

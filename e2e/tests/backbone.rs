@@ -11,6 +11,7 @@ use phoenix_e2e::harness::{
 };
 use phoenix_storage::{tasks, templates};
 use phoenix_wire::agent::{TaskBatch, TaskOutcome, Variant};
+use phoenix_wire::policy::CheckedConfig;
 use phoenix_wire::view::{Host, List, Phase};
 use reqwest::Method;
 use sqlx::Connection;
@@ -117,9 +118,9 @@ async fn experiment_runs_on_the_selected_hosts_only_and_delete_stops_everything(
                 &topk_config
             };
             assert_eq!(
-                &p.config(),
-                expected,
-                "the collector runs the rendered template"
+                p.config(),
+                CheckedConfig::canonical_text(expected).unwrap(),
+                "the collector runs the rendered template, as checked canonical JSON"
             );
             if p.env["PHOENIX_VARIANT"] == "candidate" {
                 assert_eq!(p.env["PHOENIX_VAR_CPU_THRESHOLD"], "0.2");
@@ -405,7 +406,7 @@ async fn a_collector_that_keeps_failing_fails_the_experiment_with_its_error() {
     // A template the stand-in collector refuses to start with.
     sqlx::query(
         "INSERT INTO pipeline_templates (name, config) \
-         VALUES ('broken', 'stand-in: fail-start\nthreshold: ${env:PHOENIX_VAR_CPU_THRESHOLD:-0.1}\n')",
+         VALUES ('broken', 'processors:\n  transform/stand-in-fail-start:\n    error_mode: ${env:PHOENIX_VAR_CPU_THRESHOLD:-0.1}\n')",
     )
     .execute(&stack.pool)
     .await

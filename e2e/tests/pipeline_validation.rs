@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use phoenix_e2e::bins;
-use phoenix_e2e::harness::{OPERATOR_TOKEN, Stack, StackOptions, VIEWER_TOKEN};
+use phoenix_e2e::harness::{OPERATOR_TOKEN, Stack, StackOptions};
 use phoenix_wire::problem::Problem;
 use phoenix_wire::view::PipelineValidation;
 use reqwest::Method;
@@ -21,7 +21,7 @@ async fn stack() -> Stack {
 
 async fn validate(stack: &Stack, document: &str) -> reqwest::Response {
     stack
-        .request(Method::POST, "/api/v1/pipelines/validate", VIEWER_TOKEN)
+        .request(Method::POST, "/api/v1/pipelines/validate", OPERATOR_TOKEN)
         .header("content-type", "application/yaml")
         .body(document.to_string())
         .send()
@@ -29,11 +29,21 @@ async fn validate(stack: &Stack, document: &str) -> reqwest::Response {
         .unwrap()
 }
 
+/// A template document named `name` with `config` and process-topk's variables.
 fn template(name: &str, config: &str) -> String {
-    let indented: String = config.lines().map(|l| format!("    {l}\n")).collect();
-    format!(
-        "apiVersion: phoenix.dev/v1\nkind: PipelineTemplate\nmetadata:\n  name: {name}\nspec:\n  config: |\n{indented}"
-    )
+    let (_, text) = catalog()
+        .into_iter()
+        .find(|(path, _)| path.ends_with("process-topk.yaml"))
+        .unwrap();
+    let mut doc: phoenix_wire::resource::PipelineTemplateDocument =
+        phoenix_wire::resource::parse_document(
+            text.as_bytes(),
+            phoenix_wire::resource::DocumentFormat::Yaml,
+        )
+        .unwrap();
+    doc.metadata.name = name.to_string();
+    doc.spec.config = config.to_string();
+    serde_json::to_string(&doc).unwrap()
 }
 
 fn catalog() -> Vec<(String, String)> {
@@ -118,19 +128,21 @@ async fn bad_ottl_is_rejected_with_the_collectors_message() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unknown_component_is_rejected_with_the_collectors_message() {
+async fn an_unknown_component_is_refused_by_the_policy_naming_its_path() {
     let stack = stack().await;
     let broken = topk_config_with("filter/topk:", "frobnicate/topk:");
     let response = validate(&stack, &template("unknown-component", &broken)).await;
     assert_eq!(response.status(), 422);
     let problem: Problem = response.json().await.unwrap();
+    assert_eq!(problem.field.as_deref(), Some("spec.config"));
     let detail = problem.detail.unwrap();
-    assert!(detail.contains("unknown type: \"frobnicate\""), "{detail}");
+    assert!(detail.contains("`processors.frobnicate/topk`"), "{detail}");
+    assert!(detail.contains("not allowed"), "{detail}");
     stack.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_experiment_whose_rendered_config_is_invalid_is_refused_and_nothing_is_stored() {
+async fn an_experiment_whose_variable_is_not_of_its_type_is_refused_and_nothing_is_stored() {
     let stack = stack().await;
     stack.register_host("web-1", &[("role", "web")]).await;
     let document = r#"
@@ -152,12 +164,12 @@ spec:
         .unwrap();
     assert_eq!(response.status(), 422);
     let problem: Problem = response.json().await.unwrap();
-    assert_eq!(problem.field.as_deref(), Some("spec.candidate"));
-    let detail = problem.detail.unwrap();
-    assert!(
-        detail.contains("Error:"),
-        "the collector's own message: {detail}"
+    assert_eq!(
+        problem.field.as_deref(),
+        Some("spec.candidate.vars.cpu_threshold")
     );
+    let detail = problem.detail.unwrap();
+    assert!(detail.contains("is not a number"), "{detail}");
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM experiments")
         .fetch_one(&stack.pool)
         .await

@@ -207,7 +207,7 @@ async fn every_candidate_keeps_the_critical_processes_and_cuts_series_as_promise
         || async { agent.collector_processes().is_empty().then_some(()) },
     )
     .await;
-    let http = reqwest::Client::new();
+    let http = phoenix_e2e::harness::http_client();
     eventually(
         "the pushgateway to hold no collector groups",
         Duration::from_secs(30),

@@ -72,7 +72,9 @@ async fn complete_with_verdict(stack: &Stack, name: &str, verdict: &str) {
 
 async fn template_config(stack: &Stack, name: &str) -> String {
     let mut conn = stack.pool.acquire().await.unwrap();
-    templates::get(&mut conn, name).await.unwrap().config
+    let config = templates::get(&mut conn, name).await.unwrap().config;
+    // What the agent writes for the collector: the checked config, canonical.
+    phoenix_wire::policy::CheckedConfig::canonical_text(&config).unwrap()
 }
 
 /// Waits until the agent's collector processes are exactly `variants` (sorted).

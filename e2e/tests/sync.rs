@@ -8,7 +8,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use phoenix_e2e::bins::binary;
-use phoenix_e2e::harness::{OPERATOR_TOKEN, Stack, StackOptions, VIEWER_TOKEN, eventually};
+use phoenix_e2e::harness::{ADMIN_TOKEN, Stack, StackOptions, VIEWER_TOKEN, eventually};
 use phoenix_wire::view::Experiment;
 
 /// No reconciler: experiments stay `pending`, so their specs may change.
@@ -51,7 +51,7 @@ fn phoenix(stack: &Stack) -> Command {
     let mut command = Command::new(binary("phoenix"));
     command
         .env("PHOENIX_API_URL", &stack.api_url)
-        .env("PHOENIX_TOKEN", OPERATOR_TOKEN)
+        .env("PHOENIX_TOKEN", ADMIN_TOKEN)
         .env_remove("PHOENIX_CONFIG")
         .env("HOME", "/nonexistent");
     command

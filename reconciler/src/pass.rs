@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use phoenix_storage::{PgConnection, Result, experiments, hosts, tasks, templates};
 use phoenix_wire::agent::{CollectorSpec, TaskKind, UnitSpec, Variant};
+use phoenix_wire::render::Template;
 use phoenix_wire::view::{Experiment, Phase};
 use sqlx::Connection;
 
@@ -38,10 +39,10 @@ pub async fn run_pass(conn: &mut PgConnection, config: &ReconcilerConfig) -> Res
 
     let host_records = hosts::list_records(&mut tx).await?;
     let mut active = experiments::list_in_phases(&mut tx, &Phase::ACTIVE).await?;
-    let template_configs: HashMap<String, String> = templates::list(&mut tx)
+    let template_configs: HashMap<String, Template> = templates::list(&mut tx)
         .await?
         .into_iter()
-        .map(|t| (t.name, t.config))
+        .map(|t| (t.name, Template::new(t.config, t.variables.0)))
         .collect();
     // Open tasks before reported collectors: each statement sees its own snapshot,
     // and this order never misses a task between its answer and its report.
@@ -129,7 +130,7 @@ pub async fn run_pass(conn: &mut PgConnection, config: &ReconcilerConfig) -> Res
 /// Every (host, collector) an experiment wants, or why it cannot be rendered.
 fn render_experiment(
     experiment: &Experiment,
-    template_configs: &HashMap<String, String>,
+    template_configs: &HashMap<String, Template>,
     remote_write_url: &str,
 ) -> std::result::Result<Vec<(String, CollectorSpec)>, String> {
     let mut specs = Vec::new();

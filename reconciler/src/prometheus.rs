@@ -71,6 +71,8 @@ fn number(text: &str) -> f64 {
 
 impl Prometheus {
     pub fn new(base: &str) -> Self {
+        // The process's one rustls crypto provider (ring); again is a no-op.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()

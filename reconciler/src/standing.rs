@@ -20,7 +20,7 @@ use phoenix_storage::hosts::HostRecord;
 use phoenix_storage::tasks;
 use phoenix_storage::{PgConnection, Result};
 use phoenix_wire::agent::{CollectorSpec, TaskKind, UnitSpec};
-use phoenix_wire::render::standing_collector;
+use phoenix_wire::render::{Template, standing_collector};
 use phoenix_wire::view::Phase;
 
 use crate::config::ReconcilerConfig;
@@ -60,7 +60,7 @@ pub async fn promote_passing(conn: &mut PgConnection, report: &mut PassReport) -
 pub async fn add_desired(
     conn: &mut PgConnection,
     hosts: &[HostRecord],
-    template_configs: &HashMap<String, String>,
+    template_configs: &HashMap<String, Template>,
     config: &ReconcilerConfig,
     now: DateTime<Utc>,
     desired: &mut DesiredState,
@@ -94,7 +94,7 @@ pub async fn add_desired(
 pub fn render(
     deployments: &[StoredDeployment],
     hosts: &[HostRecord],
-    template_configs: &HashMap<String, String>,
+    template_configs: &HashMap<String, Template>,
     remote_write_url: &str,
 ) -> Vec<(String, CollectorSpec, DateTime<Utc>)> {
     let mut specs = Vec::new();
@@ -169,8 +169,8 @@ mod tests {
             deployment("gone", serde_json::json!({"names": ["db-2"]}), "missing"),
         ];
         let templates = HashMap::from([
-            ("p1".to_string(), "one".to_string()),
-            ("p2".to_string(), "two".to_string()),
+            ("p1".to_string(), Template::new("one", vec![])),
+            ("p2".to_string(), Template::new("two", vec![])),
         ]);
         let hosts = [
             host("web-1", "web"),

@@ -107,15 +107,17 @@ pub async fn upsert_template(
     source: &str,
 ) -> Result<()> {
     sqlx::query(
-        "INSERT INTO pipeline_templates (name, description, config, builtin, managed_by) \
-         VALUES ($1, $2, $3, FALSE, $4) \
+        "INSERT INTO pipeline_templates (name, description, config, variables, builtin, managed_by) \
+         VALUES ($1, $2, $3, $5, FALSE, $4) \
          ON CONFLICT (name) DO UPDATE SET description = EXCLUDED.description, \
-         config = EXCLUDED.config, updated_at = now() WHERE NOT pipeline_templates.builtin",
+         config = EXCLUDED.config, variables = EXCLUDED.variables, updated_at = now() \
+         WHERE NOT pipeline_templates.builtin",
     )
     .bind(name)
     .bind(&spec.description)
     .bind(&spec.config)
     .bind(source)
+    .bind(sqlx::types::Json(&spec.variables))
     .execute(conn)
     .await?;
     Ok(())

@@ -3,8 +3,10 @@
 
 use chrono::{DateTime, Utc};
 use phoenix_wire::resource::{DocumentFormat, PipelineTemplateDocument, parse_document};
+use phoenix_wire::variables::VariableDecl;
 use sqlx::FromRow;
 use sqlx::postgres::PgConnection;
+use sqlx::types::Json;
 
 use crate::{Result, StoreError, corrupt};
 
@@ -30,14 +32,16 @@ pub fn builtin() -> Result<Vec<PipelineTemplateDocument>> {
 pub async fn seed_builtin(conn: &mut PgConnection) -> Result<()> {
     for doc in builtin()? {
         sqlx::query(
-            "INSERT INTO pipeline_templates (name, description, config, builtin) VALUES ($1, $2, $3, TRUE) \
+            "INSERT INTO pipeline_templates (name, description, config, variables, builtin) VALUES ($1, $2, $3, $4, TRUE) \
              ON CONFLICT (name) DO UPDATE SET description = EXCLUDED.description, config = EXCLUDED.config, \
-             updated_at = now() WHERE pipeline_templates.builtin \
-             AND (pipeline_templates.config, pipeline_templates.description) IS DISTINCT FROM (EXCLUDED.config, EXCLUDED.description)",
+             variables = EXCLUDED.variables, updated_at = now() WHERE pipeline_templates.builtin \
+             AND (pipeline_templates.config, pipeline_templates.description, pipeline_templates.variables) \
+             IS DISTINCT FROM (EXCLUDED.config, EXCLUDED.description, EXCLUDED.variables)",
         )
         .bind(&doc.metadata.name)
         .bind(&doc.spec.description)
         .bind(&doc.spec.config)
+        .bind(Json(&doc.spec.variables))
         .execute(&mut *conn)
         .await?;
     }
@@ -50,12 +54,14 @@ pub struct StoredTemplate {
     pub name: String,
     pub description: String,
     pub config: String,
+    /// The declared, typed variables.
+    pub variables: Json<Vec<VariableDecl>>,
     pub builtin: bool,
     pub managed_by: Option<String>,
     pub updated_at: DateTime<Utc>,
 }
 
-const COLUMNS: &str = "name, description, config, builtin, managed_by, updated_at";
+const COLUMNS: &str = "name, description, config, variables, builtin, managed_by, updated_at";
 
 pub async fn get(conn: &mut PgConnection, name: &str) -> Result<StoredTemplate> {
     let sql = format!("SELECT {COLUMNS} FROM pipeline_templates WHERE name = $1");

@@ -15,6 +15,12 @@
 //! - [`deployment`]: pipeline deployments (standing pipelines for a host selector),
 //!   their revisions, and the answer to an experiment's promote or rollback.
 //! - [`report`]: an experiment's KPIs per variant and host, and its verdict.
+//! - [`policy`]: the template policy: what a collector config may contain (components,
+//!   lookups, files, listeners, destinations), checked by the api and again by the agent.
+//! - [`variables`]: typed template variables (duration, number, integer, regex,
+//!   identifier list): declarations, and values parsed by type.
+//! - [`fuzzing`]: what the fuzz targets in `fuzz/` check on each input (shared with
+//!   the regression test that replays their past crashes).
 //! - [`load`]: load simulation: profiles, the run spec a task carries, what agents
 //!   report about runs, and the loadsim requests and views of the user API.
 //!
@@ -26,12 +32,15 @@ pub mod apply;
 pub mod deployment;
 pub mod duration;
 pub mod events;
+pub mod fuzzing;
 pub mod load;
 pub mod names;
+pub mod policy;
 pub mod problem;
 pub mod render;
 pub mod report;
 pub mod resource;
+pub mod variables;
 pub mod view;
 
 /// The `apiVersion` every Phoenix resource document carries.

@@ -9,6 +9,23 @@ use std::collections::BTreeMap;
 use crate::agent::{CollectorSpec, Variant};
 use crate::deployment::DeploymentSpec;
 use crate::resource::{ExperimentSpec, PipelineRef, variable_env_name};
+use crate::variables::VariableDecl;
+
+/// A pipeline template as rendering needs it: its config and declared variables.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Template {
+    pub config: String,
+    pub variables: Vec<VariableDecl>,
+}
+
+impl Template {
+    pub fn new(config: impl Into<String>, variables: Vec<VariableDecl>) -> Self {
+        Self {
+            config: config.into(),
+            variables,
+        }
+    }
+}
 
 /// A regular expression (RE2 and Rust syntax alike) that matches nothing, for
 /// experiments without critical processes: a character, then the start of the
@@ -53,7 +70,7 @@ pub fn experiment_collector(
     spec: &ExperimentSpec,
     variant: Variant,
     host_id: &str,
-    template_config: &str,
+    template: &Template,
     remote_write_url: &str,
 ) -> CollectorSpec {
     let pipeline = pipeline_of(spec, variant);
@@ -63,7 +80,7 @@ pub fn experiment_collector(
         host_id,
         pipeline,
         &spec.critical_processes,
-        template_config,
+        template,
         remote_write_url,
         BTreeMap::new(),
     )
@@ -79,7 +96,7 @@ pub fn standing_collector(
     name: &str,
     spec: &DeploymentSpec,
     host_id: &str,
-    template_config: &str,
+    template: &Template,
     remote_write_url: &str,
 ) -> CollectorSpec {
     let pipeline = PipelineRef {
@@ -93,7 +110,7 @@ pub fn standing_collector(
         host_id,
         &pipeline,
         &spec.critical_processes,
-        template_config,
+        template,
         remote_write_url,
         extra,
     )
@@ -101,7 +118,11 @@ pub fn standing_collector(
 
 /// The one place a collector's environment is put together: what every catalog
 /// template expects (owner, variant, host, remote-write URL, critical regex), the
-/// pipeline's variables, and `extra`.
+/// pipeline's variables (each declared one parsed by its type, or its default), and
+/// `extra`. A value that does not parse (the api refuses those before storing) is
+/// passed as written, and so is a variable the template does not declare (templates
+/// stored before declarations existed): the agent's policy check refuses what could
+/// do harm.
 #[allow(clippy::too_many_arguments)]
 fn collector_spec(
     owner: &str,
@@ -109,7 +130,7 @@ fn collector_spec(
     host_id: &str,
     pipeline: &PipelineRef,
     critical_processes: &[String],
-    template_config: &str,
+    template: &Template,
     remote_write_url: &str,
     mut env: BTreeMap<String, String>,
 ) -> CollectorSpec {
@@ -127,12 +148,18 @@ fn collector_spec(
     for (var, value) in &pipeline.vars {
         env.insert(variable_env_name(var), value.clone());
     }
+    for decl in &template.variables {
+        let given = pipeline.vars.get(&decl.name).unwrap_or(&decl.default);
+        if let Ok(value) = decl.parse(given) {
+            env.insert(variable_env_name(&decl.name), value);
+        }
+    }
     CollectorSpec::new(
         CollectorSpec::id_for(owner, variant),
         owner.to_string(),
         variant,
         pipeline.pipeline.clone(),
-        template_config.to_string(),
+        template.config.clone(),
         env,
     )
 }
@@ -169,7 +196,8 @@ mod tests {
             "criticalProcesses": ["nginx"]
         }))
         .unwrap();
-        let c = standing_collector("web", &spec, "web-1", "cfg", "http://prom/api/v1/write");
+        let cfg = Template::new("cfg", vec![]);
+        let c = standing_collector("web", &spec, "web-1", &cfg, "http://prom/api/v1/write");
         assert_eq!(c.collector_id, "web.standing");
         assert_eq!(c.owner, "web");
         assert_eq!(c.variant, Variant::Standing);
@@ -185,9 +213,43 @@ mod tests {
             "http://prom/api/v1/write"
         );
         // Same inputs, same hash; another host, another hash.
-        let again = standing_collector("web", &spec, "web-1", "cfg", "http://prom/api/v1/write");
+        let again = standing_collector("web", &spec, "web-1", &cfg, "http://prom/api/v1/write");
         assert_eq!(again.config_hash, c.config_hash);
-        let other = standing_collector("web", &spec, "web-2", "cfg", "http://prom/api/v1/write");
+        let other = standing_collector("web", &spec, "web-2", &cfg, "http://prom/api/v1/write");
         assert_ne!(other.config_hash, c.config_hash);
+    }
+}
+
+#[cfg(test)]
+mod typed_tests {
+    use super::*;
+    use crate::variables::VariableType;
+
+    #[test]
+    fn declared_variables_get_their_typed_value_or_default() {
+        let spec: DeploymentSpec = serde_json::from_value(serde_json::json!({
+            "hosts": {"names": ["web-1"]},
+            "pipeline": "keep",
+            "vars": {"keep": "nginx, php-fpm"}
+        }))
+        .unwrap();
+        let decl = |name: &str, kind, default: &str| VariableDecl {
+            name: name.into(),
+            kind,
+            default: default.into(),
+            doc: String::new(),
+            min: None,
+            max: None,
+        };
+        let template = Template::new(
+            "cfg",
+            vec![
+                decl("keep", VariableType::IdentifierList, ""),
+                decl("interval", VariableType::Duration, "10s"),
+            ],
+        );
+        let c = standing_collector("d", &spec, "web-1", &template, "http://p/w");
+        assert_eq!(c.env["PHOENIX_VAR_KEEP"], "^(nginx|php-fpm)$");
+        assert_eq!(c.env["PHOENIX_VAR_INTERVAL"], "10s");
     }
 }

@@ -57,7 +57,10 @@ pub fn parse_tree(body: &[u8], format: DocumentFormat) -> Result<serde_json::Val
 }
 
 /// Interprets a generic tree as a typed document, naming the offending field on error.
+/// A NUL character anywhere (no name, label or config needs one, and Postgres text
+/// cannot hold it) is refused first, naming where it is.
 pub fn from_tree<T: DeserializeOwned>(tree: serde_json::Value) -> Result<T, FieldError> {
+    reject_nul(&tree, "")?;
     serde_path_to_error::deserialize(tree).map_err(|err| {
         let mut field = err.path().to_string();
         if field == "." {
@@ -76,6 +79,31 @@ pub fn from_tree<T: DeserializeOwned>(tree: serde_json::Value) -> Result<T, Fiel
         }
         FieldError::new(field, message)
     })
+}
+
+fn reject_nul(node: &serde_json::Value, path: &str) -> Result<(), FieldError> {
+    let at = |key: &str| {
+        if path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
+    let nul = |field: String| FieldError::new(field, "holds a NUL character");
+    match node {
+        serde_json::Value::String(s) if s.contains('\0') => Err(nul(path.to_string())),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, item)| reject_nul(item, &format!("{path}[{i}]"))),
+        serde_json::Value::Object(map) => map.iter().try_for_each(|(key, value)| {
+            if key.contains('\0') {
+                return Err(nul(path.to_string()));
+            }
+            reject_nul(value, &at(key))
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// `metadata` of every resource document.
@@ -360,7 +388,8 @@ impl ExperimentSpec {
         if self.duration.0.is_zero() {
             return Err(FieldError::new("spec.duration", "must be longer than 0s"));
         }
-        if self.warmup.0 + self.duration.0 > MAX_EXPERIMENT_LENGTH {
+        let length = self.warmup.0.checked_add(self.duration.0);
+        if length.is_none_or(|length| length > MAX_EXPERIMENT_LENGTH) {
             return Err(FieldError::new(
                 "spec.duration",
                 "warmup plus duration must not exceed 7d",
@@ -410,8 +439,9 @@ impl ExperimentSpec {
 }
 
 /// `kind: PipelineTemplate`: a collector config users pick for an experiment's
-/// baseline or candidate. Variables are written in the config as
-/// `${env:PHOENIX_VAR_<NAME>:-<default>}` (see [`template_variables`]).
+/// baseline or candidate. Variables are declared in `spec.variables` (typed, see
+/// `variables`) and read in the config as `${env:PHOENIX_VAR_<NAME>}` (optionally
+/// with the declared default, `${env:PHOENIX_VAR_<NAME>:-<default>}`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PipelineTemplateDocument {
@@ -426,6 +456,9 @@ pub struct PipelineTemplateDocument {
 pub struct PipelineTemplateSpec {
     #[serde(default)]
     pub description: String,
+    /// The variables the config reads (`${env:PHOENIX_VAR_<NAME>}`), typed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub variables: Vec<crate::variables::VariableDecl>,
     /// The OpenTelemetry Collector config, as YAML text.
     pub config: String,
 }
@@ -441,7 +474,25 @@ impl PipelineTemplateDocument {
                 "must hold a collector config",
             ));
         }
-        Ok(())
+        crate::variables::check_declarations(&self.spec.config, &self.spec.variables)
+    }
+
+    /// Checks the config against the template policy, with every variable at its
+    /// default and placeholders for what a host fills in; a refusal names
+    /// `spec.config` and the path inside it.
+    pub fn check_policy(&self, allow: &crate::policy::Allowances) -> Result<(), FieldError> {
+        let mut env = crate::variables::resolve(
+            &self.metadata.name,
+            &self.spec.variables,
+            &BTreeMap::new(),
+            "spec.variables",
+        )?;
+        for (name, value) in crate::policy::placeholder_environment() {
+            env.entry(name).or_insert(value);
+        }
+        crate::policy::check(&self.spec.config, &env, allow)
+            .map(drop)
+            .map_err(|refusal| refusal.into_field_error("spec.config"))
     }
 }
 
@@ -615,6 +666,16 @@ spec:
             variable_env_name("cpu_threshold"),
             "PHOENIX_VAR_CPU_THRESHOLD"
         );
+    }
+
+    #[test]
+    fn nul_characters_and_overlong_experiments_are_refused() {
+        let err = parse(&YAML.replace("name: topk-web", "name: \"topk\\0web\"")).unwrap_err();
+        assert_eq!(err.field, "metadata.name", "{err}");
+        assert!(err.message.contains("NUL"), "{err}");
+        let huge = YAML.replace("warmup: 1m", "warmup: 18446744073709551615s");
+        let huge = huge.replace("duration: 10m", "duration: 18446744073709551615s");
+        assert_eq!(parse(&huge).unwrap_err().field, "spec.duration");
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! proceed in parallel.
 
 mod keeper;
+mod privilege;
 mod process;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -31,6 +32,7 @@ use crate::ports::{self, CollectorPorts};
 use crate::procfs;
 use crate::state::{self, AgentState, RecordedCollector, StateError};
 use keeper::{Keeper, KeeperOrder, StartReply};
+pub use privilege::{COLLECTOR_CAPABILITIES, CollectorUser, can_switch_user};
 use process::RunningProcess;
 pub use process::{STATE_DIR_MARKER, collector_dir};
 
@@ -48,6 +50,9 @@ pub struct SupervisorSettings {
     pub start_timeout: Duration,
     /// How long a collector may take to exit after SIGTERM before SIGKILL.
     pub stop_timeout: Duration,
+    /// The unprivileged user collectors run as; `None` runs them as the agent's
+    /// own user (an agent that is not root cannot switch).
+    pub collector_user: Option<CollectorUser>,
 }
 
 /// Why a supervisor operation failed.
@@ -71,6 +76,12 @@ pub enum SupervisorError {
     NoFreePort {
         collector_id: String,
         source: std::io::Error,
+    },
+    /// The config or environment breaks the template policy; nothing was started.
+    #[error("collector {collector_id} refused by the template policy: {refusal}")]
+    Refused {
+        collector_id: String,
+        refusal: phoenix_wire::policy::Refusal,
     },
     #[error(transparent)]
     State(#[from] StateError),
@@ -188,9 +199,23 @@ impl Supervisor {
                 path: settings.state_dir.clone(),
                 source,
             })?;
+        if settings.collector_user.is_some() {
+            // Collectors run as another user: they may pass through these two
+            // directories to their own, but not list them.
+            for dir in [&settings.state_dir, &collectors_dir] {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)).map_err(
+                    |source| SupervisorError::Io {
+                        path: dir.to_path_buf(),
+                        source,
+                    },
+                )?;
+            }
+        }
         let recorded = load_state_or_set_aside(&state::state_file_path(&settings.state_dir))?;
 
-        let health_client = reqwest::Client::builder()
+        let health_client = crate::tls::client_builder(None)
+            .expect("no CA file, nothing to read")
             .no_proxy()
             .build()
             .expect("a plain HTTP client always builds");

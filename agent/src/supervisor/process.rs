@@ -8,11 +8,14 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
 use phoenix_wire::agent::CollectorSpec;
+use phoenix_wire::policy;
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
-use super::{SupervisorError, SupervisorSettings};
+use super::{SupervisorError, SupervisorSettings, privilege};
 use crate::ports::CollectorPorts;
 use crate::procfs;
 use crate::state::write_atomically;
@@ -164,23 +167,50 @@ pub async fn wait_until(mut done: impl FnMut() -> bool, limit: Duration) -> bool
     }
 }
 
-/// Writes the spec's config to `<collector dir>/config.yaml` and starts
-/// `<collector-bin> --config=<that file>` in its own process group, with the spec's
-/// environment plus the ports, the host filesystem and the state-dir marker, its
-/// output appended to `<collector dir>/collector.log`.
+/// Checks the spec against the template policy, writes the checked config to
+/// `<collector dir>/config.yaml` (as canonical JSON, so the collector reads exactly
+/// what was checked), and starts `<collector-bin> --config=<that file>` in its own
+/// process group: with an empty environment plus the spec's variables, the ports,
+/// the host filesystem and the state-dir marker; as the collector user when one is
+/// set (see [`super::privilege`]), owning only its own directory; its output
+/// appended to `<collector dir>/collector.log`.
 pub fn spawn(
     settings: &SupervisorSettings,
     spec: &CollectorSpec,
     ports: CollectorPorts,
 ) -> Result<RunningProcess, SupervisorError> {
+    let mut env = spec.env.clone();
+    let refused = |refusal| SupervisorError::Refused {
+        collector_id: spec.collector_id.clone(),
+        refusal,
+    };
+    policy::check_environment(&env).map_err(refused)?;
+    env.insert("PHOENIX_HEALTH_PORT".into(), ports.health.to_string());
+    env.insert("PHOENIX_TELEMETRY_PORT".into(), ports.telemetry.to_string());
+    env.insert("PHOENIX_HOSTFS".into(), settings.hostfs.clone());
+    let checked =
+        policy::check(&spec.config, &env, &policy::Allowances::default()).map_err(refused)?;
+
     let dir = collector_dir(&settings.state_dir, &spec.collector_id);
     let io_error = |path: &Path| {
         let path = path.to_path_buf();
         move |source| SupervisorError::Io { path, source }
     };
     std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+    if let Some(user) = settings.collector_user {
+        let owner = std::fs::metadata(&dir).map_err(io_error(&dir))?.uid();
+        if owner != user.uid {
+            // Mode first: once the directory is the collector's, changing it would
+            // need CAP_FOWNER, which the agent's container does not have.
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(io_error(&dir))?;
+            std::os::unix::fs::chown(&dir, Some(user.uid), Some(user.gid))
+                .map_err(io_error(&dir))?;
+        }
+    }
     let config_path = dir.join("config.yaml");
-    write_atomically(&config_path, spec.config.as_bytes()).map_err(io_error(&config_path))?;
+    write_atomically(&config_path, checked.canonical().as_bytes())
+        .map_err(io_error(&config_path))?;
 
     let log_path = dir.join("collector.log");
     let log = open_log(&log_path).map_err(io_error(&log_path))?;
@@ -188,24 +218,24 @@ pub fn spawn(
     let log_for_stderr = log.try_clone().map_err(io_error(&log_path))?;
 
     let mut command = Command::new(&settings.collector_bin);
-    command.arg(format!("--config={}", config_path.display()));
-    // The agent's own settings (its token above all) are not the collector's business.
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("PHOENIX_") {
-            command.env_remove(name);
-        }
-    }
     command
-        .envs(&spec.env)
-        .env("PHOENIX_HEALTH_PORT", ports.health.to_string())
-        .env("PHOENIX_TELEMETRY_PORT", ports.telemetry.to_string())
-        .env("PHOENIX_HOSTFS", &settings.hostfs)
+        .arg(format!("--config={}", config_path.display()))
+        // Nothing of the agent's environment (its token above all) reaches a collector.
+        .env_clear()
+        .envs(&env)
         .env(STATE_DIR_MARKER, &settings.state_dir)
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log_for_stderr)
         .process_group(0)
         .kill_on_drop(false);
+    if let Some(user) = settings.collector_user {
+        // SAFETY: the closure runs in the forked child before exec and only makes
+        // system calls through rustix: no allocation, no lock.
+        unsafe {
+            command.pre_exec(move || privilege::become_collector_user(user));
+        }
+    }
     let child = command.spawn().map_err(|source| SupervisorError::Spawn {
         bin: settings.collector_bin.clone(),
         source,

@@ -31,6 +31,7 @@ use phoenix_storage::{PgConnection, PgPool, StoreError, experiments, templates};
 use phoenix_wire::apply::{Action, PlanEntry, parse_items};
 use phoenix_wire::deployment::PipelineDeploymentDocument;
 use phoenix_wire::names;
+use phoenix_wire::policy::Allowances;
 use phoenix_wire::problem::FieldError;
 use phoenix_wire::resource::{ExperimentDocument, PipelineTemplateDocument, from_tree};
 use phoenix_wire::view::Phase;
@@ -122,6 +123,7 @@ fn parse(body: &DocumentBody) -> Result<Vec<Item>, ApiError> {
             TEMPLATE => {
                 let doc: PipelineTemplateDocument = from_tree(raw.document).map_err(invalid)?;
                 doc.validate().map_err(invalid)?;
+                doc.check_policy(&Allowances::default()).map_err(invalid)?;
                 (TEMPLATE, doc.metadata.name.clone(), Doc::Template(doc))
             }
             DEPLOYMENT => {
@@ -186,6 +188,7 @@ pub async fn apply(
     body: &DocumentBody,
     options: &ApplyOptions,
     collector_bin: Option<&Path>,
+    admin: bool,
 ) -> Result<Vec<PlanEntry>, ApiError> {
     let source = options.source.trim();
     if source.is_empty() || source.len() > 1024 {
@@ -208,7 +211,7 @@ pub async fn apply(
     if collector_bin.is_some() {
         let mut conn = pool.acquire().await.map_err(StoreError::from)?;
         let tx = conn.begin().await.map_err(StoreError::from)?;
-        apply_all(tx, &items, source, &mut validations, false, true).await?;
+        apply_all(tx, &items, source, &mut validations, false, true, admin).await?;
         drop(conn);
         for (item, validation) in items.iter().zip(validations.iter_mut()) {
             let gathered = std::mem::replace(validation, Validation::Off);
@@ -227,6 +230,7 @@ pub async fn apply(
         &mut validations,
         options.prune,
         options.dry_run,
+        admin,
     )
     .await
 }
@@ -239,10 +243,11 @@ async fn apply_all(
     validations: &mut [Validation],
     prune: bool,
     rollback: bool,
+    admin: bool,
 ) -> Result<Vec<PlanEntry>, ApiError> {
     let mut plan = Vec::new();
     for (item, validation) in items.iter().zip(validations.iter_mut()) {
-        let entry = apply_one(&mut tx, item, source, validation)
+        let entry = apply_one(&mut tx, item, source, validation, admin)
             .await
             .map_err(|e| item.error(e))?;
         plan.push(entry);
@@ -256,6 +261,9 @@ async fn apply_all(
             for name in store::managed_names(&mut tx, table, source).await? {
                 if items.iter().any(|i| i.kind == kind && i.name == name) {
                     continue;
+                }
+                if table == Managed::PipelineTemplates && !admin {
+                    return Err(templates_need_admin(&name));
                 }
                 match table {
                     Managed::Experiments => experiments::delete(&mut tx, &name).await?,
@@ -279,11 +287,20 @@ async fn apply_all(
     Ok(plan)
 }
 
+/// A template is code every agent runs as root: creating, changing or pruning one
+/// takes an admin token.
+fn templates_need_admin(name: &str) -> ApiError {
+    ApiError::Forbidden(format!(
+        "changing {TEMPLATE} {name} needs an admin token: a template is code that runs on every host"
+    ))
+}
+
 async fn apply_one(
     conn: &mut PgConnection,
     item: &Item,
     source: &str,
     validation: &mut Validation,
+    admin: bool,
 ) -> Result<PlanEntry, ApiError> {
     let entry = |action: Action, reason: Option<String>| PlanEntry {
         kind: item.kind.into(),
@@ -308,10 +325,15 @@ async fn apply_one(
                     )));
                 }
                 check_owner(TEMPLATE, &item.name, current.managed_by.as_deref(), source)?;
-                if current.config == doc.spec.config && current.description == doc.spec.description
+                if current.config == doc.spec.config
+                    && current.description == doc.spec.description
+                    && current.variables.0 == doc.spec.variables
                 {
                     return Ok(entry(Action::Unchanged, None));
                 }
+            }
+            if !admin {
+                return Err(templates_need_admin(&item.name));
             }
             store::upsert_template(conn, &item.name, &doc.spec, source).await?;
             Ok(match current {

@@ -82,6 +82,7 @@ pub(crate) async fn check_deployment(
         &config,
         VALIDATION_REMOTE_WRITE_URL,
     );
+    super::check_rendered(&rendered, "spec.pipeline")?;
     validation.expect("spec.pipeline", &rendered)
 }
 

@@ -14,12 +14,16 @@ pub mod promotion;
 use std::path::Path;
 
 use phoenix_storage::{PgConnection, PgPool, StoreError, experiments, hosts, templates};
-use phoenix_wire::agent::Variant;
+use phoenix_wire::agent::{CollectorSpec, Variant};
 use phoenix_wire::names::selector_matches;
+use phoenix_wire::policy;
 use phoenix_wire::problem::FieldError;
+use phoenix_wire::render::Template;
 use phoenix_wire::resource::{
-    self, ExperimentDocument, PipelineRef, PipelineTemplateDocument, template_variables,
+    self, ExperimentDocument, PipelineRef, PipelineTemplateDocument, TemplateVariable,
+    template_variables,
 };
+use phoenix_wire::variables;
 use phoenix_wire::view::{Experiment, PipelineTemplate, PipelineValidation};
 
 use self::collector::{ValidateError, Validation};
@@ -84,7 +88,7 @@ pub(crate) async fn check_experiment(
     let baseline_config = check_pipeline(conn, "spec.baseline", &doc.spec.baseline).await?;
     let candidate_config = check_pipeline(conn, "spec.candidate", &doc.spec.candidate).await?;
     check_hosts(conn, doc).await?;
-    for (variant, config) in [
+    for (variant, template) in [
         (Variant::Baseline, &baseline_config),
         (Variant::Candidate, &candidate_config),
     ] {
@@ -93,20 +97,33 @@ pub(crate) async fn check_experiment(
             &doc.spec,
             variant,
             VALIDATION_HOST,
-            config,
+            template,
             VALIDATION_REMOTE_WRITE_URL,
         );
-        validation.expect(&format!("spec.{variant}"), &spec)?;
+        let field = format!("spec.{variant}");
+        check_rendered(&spec, &field)?;
+        validation.expect(&field, &spec)?;
     }
     Ok(())
 }
 
-/// Checks that the template exists and declares every variable given; returns its config.
+/// The template policy on a rendered collector, exactly as the agent will check it
+/// (its own ports and host filesystem aside); a refusal names `field` and the path
+/// in the config.
+pub(crate) fn check_rendered(spec: &CollectorSpec, field: &str) -> Result<(), ApiError> {
+    policy::check_environment(&spec.env)
+        .and_then(|()| policy::check(&spec.config, &spec.env, &policy::Allowances::default()))
+        .map(drop)
+        .map_err(|refusal| ApiError::Invalid(refusal.into_field_error(field)))
+}
+
+/// Checks that the template exists and that every variable given is declared and
+/// of its type (errors name `<field>.vars.<name>`); returns the template.
 pub(crate) async fn check_pipeline(
     conn: &mut PgConnection,
     field: &str,
     pipeline: &PipelineRef,
-) -> Result<String, ApiError> {
+) -> Result<Template, ApiError> {
     let template = match templates::get(conn, &pipeline.pipeline).await {
         Ok(t) => t,
         Err(StoreError::NotFound(_)) => {
@@ -126,25 +143,33 @@ pub(crate) async fn check_pipeline(
         }
         Err(other) => return Err(other.into()),
     };
-    let declared = template_variables(&template.config);
-    for name in pipeline.vars.keys() {
-        if !declared.iter().any(|v| &v.name == name) {
-            let names: Vec<&str> = declared.iter().map(|v| v.name.as_str()).collect();
+    let declared = &template.variables.0;
+    if declared.is_empty() {
+        // A template stored before variables were declared: names only.
+        let used = template_variables(&template.config);
+        if let Some(name) = pipeline
+            .vars
+            .keys()
+            .find(|n| !used.iter().any(|v| &v.name == *n))
+        {
             return Err(ApiError::Invalid(FieldError::new(
                 format!("{field}.vars.{name}"),
                 format!(
-                    "pipeline `{}` has no variable `{name}`; its variables are: {}",
-                    pipeline.pipeline,
-                    if names.is_empty() {
-                        "(none)".to_string()
-                    } else {
-                        names.join(", ")
-                    }
+                    "pipeline `{}` declares no variable `{name}`",
+                    pipeline.pipeline
                 ),
             )));
         }
+    } else {
+        variables::resolve(
+            &pipeline.pipeline,
+            declared,
+            &pipeline.vars,
+            &format!("{field}.vars"),
+        )
+        .map_err(ApiError::Invalid)?;
     }
-    Ok(template.config)
+    Ok(Template::new(template.config, template.variables.0))
 }
 
 async fn check_hosts(conn: &mut PgConnection, doc: &ExperimentDocument) -> Result<(), ApiError> {
@@ -174,8 +199,21 @@ async fn check_hosts(conn: &mut PgConnection, doc: &ExperimentDocument) -> Resul
 }
 
 pub fn template_view(stored: templates::StoredTemplate) -> PipelineTemplate {
+    let variables = if stored.variables.0.is_empty() {
+        template_variables(&stored.config)
+    } else {
+        stored
+            .variables
+            .0
+            .iter()
+            .map(|v| TemplateVariable {
+                name: v.name.clone(),
+                default: v.default.clone(),
+            })
+            .collect()
+    };
     PipelineTemplate {
-        variables: template_variables(&stored.config),
+        variables,
         name: stored.name,
         description: stored.description,
         builtin: stored.builtin,
@@ -192,6 +230,8 @@ pub async fn validate_template(
 ) -> Result<PipelineValidation, ApiError> {
     let doc: PipelineTemplateDocument = parse_body(body)?;
     doc.validate().map_err(ApiError::Invalid)?;
+    doc.check_policy(&policy::Allowances::default())
+        .map_err(ApiError::Invalid)?;
     let bin = collector_bin.ok_or_else(|| {
         ApiError::Unavailable(
             "this phoenix-api has no collector binary to validate with; set PHOENIX_COLLECTOR_BIN"
@@ -220,7 +260,7 @@ pub async fn validate_template(
         &spec,
         Variant::Candidate,
         VALIDATION_HOST,
-        &doc.spec.config,
+        &Template::new(doc.spec.config.clone(), doc.spec.variables.clone()),
         VALIDATION_REMOTE_WRITE_URL,
     );
     collector::validate(bin, &rendered.config, &rendered.env)
@@ -234,6 +274,14 @@ pub async fn validate_template(
     Ok(PipelineValidation {
         name: doc.metadata.name,
         valid: true,
-        variables: template_variables(&doc.spec.config),
+        variables: doc
+            .spec
+            .variables
+            .iter()
+            .map(|v| TemplateVariable {
+                name: v.name.clone(),
+                default: v.default.clone(),
+            })
+            .collect(),
     })
 }

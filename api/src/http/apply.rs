@@ -8,7 +8,7 @@ use phoenix_wire::problem::FieldError;
 
 use crate::app::apply::{self as app, ApplyOptions};
 use crate::error::ApiError;
-use crate::http::auth::Operator;
+use crate::http::auth::{Operator, Role};
 use crate::http::body::DocumentBody;
 use crate::state::AppState;
 
@@ -16,7 +16,7 @@ use crate::state::AppState;
 /// `{kind, name, action, reason}`. All or nothing: any error changes nothing.
 pub async fn apply(
     State(state): State<AppState>,
-    _: Operator,
+    caller: Operator,
     query: Result<Query<ApplyOptions>, QueryRejection>,
     body: DocumentBody,
 ) -> Result<Json<Vec<PlanEntry>>, ApiError> {
@@ -27,6 +27,7 @@ pub async fn apply(
         &body,
         &options,
         state.config.collector_bin.as_deref(),
+        caller.0 == Role::Admin,
     )
     .await?;
     tracing::info!(source = %options.source, dry_run = options.dry_run, prune = options.prune, entries = plan.len(), "apply");

@@ -7,9 +7,9 @@ use phoenix_wire::view::{List, PipelineTemplate, PipelineValidation};
 
 use crate::app::{self, template_view};
 use crate::error::ApiError;
-use crate::http::auth::Viewer;
+use crate::http::auth::{Operator, Viewer};
 use crate::http::body::DocumentBody;
-use crate::state::AppState;
+use crate::state::{AppState, MAX_VALIDATIONS};
 
 pub async fn list(
     State(state): State<AppState>,
@@ -33,13 +33,20 @@ pub async fn get(
     Ok(Json(template_view(templates::get(&mut conn, &name).await?)))
 }
 
-/// Checks a `PipelineTemplate` document with the collector's own `validate`; a
-/// rejection is a 422 whose detail is the collector's message.
+/// Checks a `PipelineTemplate` document against the template policy, then with the
+/// collector's own `validate`; a rejection is a 422 whose detail is the policy's or
+/// the collector's message. Operators only (it starts a process), and at most
+/// [`MAX_VALIDATIONS`] at once: more is a 429.
 pub async fn validate(
     State(state): State<AppState>,
-    _: Viewer,
+    _: Operator,
     body: DocumentBody,
 ) -> Result<Json<PipelineValidation>, ApiError> {
+    let _running = state.validations.clone().try_acquire_owned().map_err(|_| {
+        ApiError::TooManyRequests(format!(
+            "{MAX_VALIDATIONS} validations are running; try again in a moment"
+        ))
+    })?;
     Ok(Json(
         app::validate_template(&body, state.config.collector_bin.as_deref()).await?,
     ))

@@ -54,7 +54,8 @@ Typical flow:
 
 Configuration (flags beat environment beat file):
   --api-url   PHOENIX_API_URL   apiUrl   (default http://127.0.0.1:8080)
-  --token     PHOENIX_TOKEN     token
+  --token-file (a file)  PHOENIX_TOKEN     token    (never the token itself as a flag)
+  --ca-file   PHOENIX_CA_FILE   caFile   (a private CA for an https:// api)
   The file is $PHOENIX_CONFIG, or ~/.config/phoenix/config.yaml.";
 
 /// Run a cheaper OpenTelemetry collector pipeline beside your current one, measure
@@ -73,9 +74,15 @@ pub struct GlobalArgs {
     /// Base URL of phoenix-api [env: PHOENIX_API_URL] [default: http://127.0.0.1:8080]
     #[arg(long, global = true, value_name = "URL")]
     pub api_url: Option<String>,
-    /// Bearer token; prefer PHOENIX_TOKEN, which other users cannot see in `ps` [env: PHOENIX_TOKEN]
-    #[arg(long, global = true, value_name = "TOKEN")]
-    pub token: Option<String>,
+    /// File holding the bearer token, which may instead be in the environment
+    /// [env: PHOENIX_TOKEN] (a token itself is never a flag: other users see command
+    /// lines in `ps`)
+    #[arg(long, global = true, value_name = "PATH")]
+    pub token_file: Option<std::path::PathBuf>,
+    /// PEM file of the private CA that signed an https:// api's certificate; only it
+    /// is trusted then [env: PHOENIX_CA_FILE]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub ca_file: Option<String>,
     /// Output format: table for people, json or yaml for the API objects as sent
     #[arg(short, long, global = true, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
@@ -193,9 +200,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Completion { shell } = cli.command {
         return completion::run(shell);
     }
+    let token = match &cli.global.token_file {
+        Some(path) => Some(std::fs::read_to_string(path).map_err(|err| {
+            anyhow::anyhow!("cannot read the token file {}: {err}", path.display())
+        })?),
+        None => None,
+    };
     let config = Config::load(Settings {
         api_url: cli.global.api_url,
-        token: cli.global.token,
+        token,
+        ca_file: cli.global.ca_file,
     })?;
     let ctx = Context {
         client: ApiClient::new(&config)?,

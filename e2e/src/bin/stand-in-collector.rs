@@ -2,8 +2,9 @@
 //! cannot tell from the OpenTelemetry Collector, for tests that do not need the real
 //! one.
 //!
-//! - `--config=PATH` (or `--config PATH`): reads the file. A line
-//!   `stand-in: fail-start` makes it print
+//! - `--config=PATH` (or `--config PATH`): reads the file. A config holding the
+//!   text `stand-in-fail-start` (e.g. a processor `transform/stand-in-fail-start`,
+//!   which the template policy lets through) makes it print
 //!   `Error: invalid configuration: stand-in asked to fail` to stderr and exit 1,
 //!   like a collector rejecting its config.
 //! - Otherwise it answers HTTP 200 on `127.0.0.1:$PHOENIX_HEALTH_PORT` at any path
@@ -29,10 +30,7 @@ fn run() -> Result<(), String> {
     let config_path = config_path(std::env::args().skip(1))?;
     let config = std::fs::read_to_string(&config_path)
         .map_err(|err| format!("cannot read config {config_path}: {err}"))?;
-    if config
-        .lines()
-        .any(|line| line.trim() == "stand-in: fail-start")
-    {
+    if config.contains("stand-in-fail-start") {
         return Err("invalid configuration: stand-in asked to fail".into());
     }
     let port: u16 = std::env::var("PHOENIX_HEALTH_PORT")

@@ -123,9 +123,14 @@ impl MeasurementStack {
         );
         let config_path = dir.path().join("prometheus.yml");
         std::fs::write(&config_path, config).map_err(|e| MeasurementError(e.to_string()))?;
+        // Memory only: Debian's default persistence file is shared by every run on
+        // the machine, and groups an earlier run left would come back in this one.
         let push = OwnedServer::spawn(
             &pushgateway,
-            &[format!("--web.listen-address=127.0.0.1:{push_port}")],
+            &[
+                format!("--web.listen-address=127.0.0.1:{push_port}"),
+                "--persistence.file=".into(),
+            ],
             &dir.path().join("pushgateway.log"),
         )?;
         let prom = OwnedServer::spawn(

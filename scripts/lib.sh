@@ -42,6 +42,21 @@ ensure_collector() {
   export PHOENIX_COLLECTOR_BIN
 }
 
+# The checks that follow the tests, pinned here for scripts/deny and scripts/fuzz.
+CARGO_DENY_VERSION=0.18.5
+CARGO_FUZZ_VERSION=0.13.1
+FUZZ_TARGET_DIR="${PHOENIX_CACHE_DIR:-/var/cache/phoenix}/cargo-target-fuzz"
+
+# Builds what those checks need (cargo-deny, cargo-fuzz, the fuzz targets on nightly)
+# unless cached: on a new machine about 15 minutes of compiling, which scripts/test
+# runs at low priority while the tests, which mostly wait on timers, run.
+prebuild_checks() {
+  ensure_cargo_tool cargo-deny "$CARGO_DENY_VERSION" >/dev/null
+  local fuzz
+  fuzz=$(ensure_cargo_tool cargo-fuzz "$CARGO_FUZZ_VERSION")
+  (cd fuzz && CARGO_TARGET_DIR="$FUZZ_TARGET_DIR" RUSTUP_TOOLCHAIN=nightly "$fuzz" fuzz build >&2)
+}
+
 # A cargo tool from crates.io (cargo-deny, cargo-fuzz), built once per machine and
 # version under /var/cache/phoenix/cargo-tools, one builder at a time (flock).
 # Prints the binary's path.

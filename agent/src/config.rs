@@ -331,6 +331,7 @@ fn hostname() -> std::io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::{CommandFactory, FromArgMatches};
 
     #[test]
     fn labels_parse_and_explain_mistakes() {
@@ -378,15 +379,17 @@ mod tests {
     #[test]
     fn deployment_settings_are_required_without_dev() {
         let parse = |extra: &[&str]| {
-            let mut args = vec![
-                "phoenix-agent",
-                "--api-url",
-                "http://api:8080",
-                "--token",
-                "t",
-            ];
+            let mut args = vec!["phoenix-agent", "--api-url", "http://api:8080"];
             args.extend_from_slice(extra);
-            AgentConfig::try_parse_from(args).unwrap().check_required()
+            // From the flags alone: the environment of whoever runs the tests
+            // (scripts/test exports PHOENIX_COLLECTOR_BIN) must not fill them in.
+            let matches = AgentConfig::command()
+                .mut_args(|a| a.env(None::<&str>))
+                .try_get_matches_from(args)
+                .unwrap();
+            AgentConfig::from_arg_matches(&matches)
+                .unwrap()
+                .check_required()
         };
         let err = parse(&["--collector-bin", "/bin/otelcol"])
             .unwrap_err()

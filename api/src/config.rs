@@ -164,11 +164,18 @@ impl ApiConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::{CommandFactory, FromArgMatches};
 
     fn check(args: &[&str]) -> Result<ApiConfig, String> {
         let mut all = vec!["phoenix-api"];
         all.extend_from_slice(args);
-        let mut config = ApiConfig::try_parse_from(all).map_err(|e| e.to_string())?;
+        // From the flags alone: the environment of whoever runs the tests
+        // (scripts/test exports PHOENIX_COLLECTOR_BIN) must not fill them in.
+        let matches = ApiConfig::command()
+            .mut_args(|a| a.env(None::<&str>))
+            .try_get_matches_from(all)
+            .map_err(|e| e.to_string())?;
+        let mut config = ApiConfig::from_arg_matches(&matches).map_err(|e| e.to_string())?;
         config.check_required().map_err(|e| e.to_string())?;
         Ok(config)
     }

@@ -559,7 +559,9 @@ fn tail(path: &Path, lines: usize) -> String {
 async fn setup_pod(context: &Context, pod: &RunningPod) -> Result<(), String> {
     let netns = pod.netns();
     let (host_veth, pod_veth) = (format!("phxh{}", pod.index), format!("phxc{}", pod.index));
+    // Left by a run that was killed: its namespace, and the veth it held.
     let _ = ip(&["netns", "del", &netns]);
+    let _ = ip(&["link", "del", &host_veth]);
     ip(&["netns", "add", &netns])?;
     ip(&[
         "link", "add", &host_veth, "type", "veth", "peer", "name", &pod_veth,

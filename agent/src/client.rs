@@ -11,6 +11,7 @@ use phoenix_wire::duration::HumanDuration;
 use phoenix_wire::problem::Problem;
 use reqwest::{RequestBuilder, Response, StatusCode};
 
+use crate::identity::Identity;
 use crate::metrics::Metrics;
 
 /// How long requests other than the task long-poll may take.
@@ -34,6 +35,9 @@ pub enum ApiError {
         endpoint: &'static str,
         problem: Problem,
     },
+    /// The api refused the host credential and the agent enrolled again: try again.
+    #[error("the API refused the host credential for {endpoint}; enrolled again")]
+    Renewed { endpoint: &'static str },
     /// A success status with a body that is not what the protocol says.
     #[error("the API answered {endpoint} with an unreadable body: {detail}")]
     Decode {
@@ -46,7 +50,7 @@ impl ApiError {
     /// True for failures that may go away by themselves: no answer, 5xx, 408, 429.
     pub fn is_transient(&self) -> bool {
         match self {
-            ApiError::Transport { .. } => true,
+            ApiError::Transport { .. } | ApiError::Renewed { .. } => true,
             ApiError::Refused { problem, .. } => {
                 problem.status >= 500 || problem.status == 408 || problem.status == 429
             }
@@ -65,6 +69,7 @@ impl ApiError {
     fn kind_label(&self) -> &'static str {
         match self {
             ApiError::Transport { .. } => "transport",
+            ApiError::Renewed { .. } => "renewed",
             ApiError::Refused { problem, .. } if problem.status >= 500 => "server",
             ApiError::Refused { .. } => "client",
             ApiError::Decode { .. } => "decode",
@@ -114,7 +119,7 @@ pub struct ApiClient {
     http: reqwest::Client,
     /// `{api_url}/agent/v1/hosts/{host_id}`
     host_url: String,
-    token: String,
+    identity: Identity,
     metrics: Metrics,
 }
 
@@ -125,19 +130,15 @@ impl ApiClient {
         http: reqwest::ClientBuilder,
         api_url: &reqwest::Url,
         host_id: &str,
-        token: String,
+        identity: Identity,
         metrics: Metrics,
     ) -> Self {
-        let http = http
-            .timeout(REQUEST_TIMEOUT)
-            .user_agent(concat!("phoenix-agent/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("an HTTP client with rustls and ring always builds");
+        let http = build_http(http);
         let base = api_url.as_str().trim_end_matches('/');
         Self {
             http,
             host_url: format!("{base}/agent/v1/hosts/{host_id}"),
-            token,
+            identity,
             metrics,
         }
     }
@@ -194,19 +195,19 @@ impl ApiClient {
         endpoint: &'static str,
         request: RequestBuilder,
     ) -> Result<Response, ApiError> {
-        let response = request
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .map_err(|err| {
-                self.failed(ApiError::Transport {
-                    endpoint,
-                    detail: error_chain(&err),
-                })
-            })?;
+        let token = self.identity.current();
+        let response = request.bearer_auth(&token).send().await.map_err(|err| {
+            self.failed(ApiError::Transport {
+                endpoint,
+                detail: error_chain(&err),
+            })
+        })?;
         let status = response.status();
         if status.is_success() {
             return Ok(response);
+        }
+        if status == StatusCode::UNAUTHORIZED && self.identity.renew(&token).await {
+            return Err(self.failed(ApiError::Renewed { endpoint }));
         }
         let body = response.bytes().await.unwrap_or_default();
         Err(self.failed(ApiError::Refused {
@@ -219,6 +220,7 @@ impl ApiClient {
         let endpoint = match &err {
             ApiError::Transport { endpoint, .. }
             | ApiError::Refused { endpoint, .. }
+            | ApiError::Renewed { endpoint }
             | ApiError::Decode { endpoint, .. } => *endpoint,
         };
         self.metrics.api_error(endpoint, err.kind_label());
@@ -226,8 +228,16 @@ impl ApiClient {
     }
 }
 
+/// The agent's HTTP client for the api: its timeout and user agent.
+pub fn build_http(http: reqwest::ClientBuilder) -> reqwest::Client {
+    http.timeout(REQUEST_TIMEOUT)
+        .user_agent(concat!("phoenix-agent/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .expect("an HTTP client with rustls and ring always builds")
+}
+
 /// The problem document in an error body, or one made from the status and the body.
-fn problem_from(status: StatusCode, body: &[u8]) -> Problem {
+pub(crate) fn problem_from(status: StatusCode, body: &[u8]) -> Problem {
     if let Ok(problem) = serde_json::from_slice::<Problem>(body) {
         return problem;
     }
@@ -244,7 +254,7 @@ fn problem_from(status: StatusCode, body: &[u8]) -> Problem {
 
 /// An error with its causes, `outer: inner: innermost` (reqwest's own message names
 /// only the URL).
-fn error_chain(err: &reqwest::Error) -> String {
+pub(crate) fn error_chain(err: &reqwest::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {

@@ -29,11 +29,11 @@ Every flag can also be given as the environment variable shown with it.";
 
 const EXAMPLES: &str = "\
 Examples:
-  PHOENIX_AGENT_TOKEN_FILE=/run/secrets/phoenix-agent-token \\
+  PHOENIX_BOOTSTRAP_TOKEN_FILE=/run/secrets/phoenix-bootstrap-token \\
   phoenix-agent --api-url https://phoenix-api:8443 --ca-file /etc/phoenix/ca.pem \\
       --collector-bin /usr/local/bin/otelcol-phoenix --labels role=web,zone=a
 
-  PHOENIX_API_URL=http://127.0.0.1:8080 PHOENIX_AGENT_TOKEN=secret \\
+  PHOENIX_API_URL=http://127.0.0.1:8080 PHOENIX_BOOTSTRAP_TOKEN=phoenix-bootstrap.… \\
   PHOENIX_COLLECTOR_BIN=./otelcol PHOENIX_STATE_DIR=/tmp/agent phoenix-agent";
 
 /// Everything the agent is configured with.
@@ -50,10 +50,17 @@ pub struct AgentConfig {
     #[arg(long, env = "PHOENIX_API_URL", value_name = "URL")]
     pub api_url: reqwest::Url,
 
-    /// File holding the agent token (sent as a Bearer token). Without it the token
-    /// is read from the environment [env: PHOENIX_AGENT_TOKEN]; it is never a flag,
-    /// since command lines are visible to every user (and exported as labels by the
-    /// process-baseline template).
+    /// File holding a bootstrap token (`phoenix-bootstrap.…`, from `phoenix
+    /// bootstrap-token create`): the agent enrolls with it once and keeps the
+    /// credential of its own host in <state-dir>/host-credential. Without it the
+    /// token is read from the environment [env: PHOENIX_BOOTSTRAP_TOKEN]; secrets
+    /// are never flags, since command lines are visible to every user (and exported
+    /// as labels by the process-baseline template)
+    #[arg(long, env = "PHOENIX_BOOTSTRAP_TOKEN_FILE", value_name = "PATH")]
+    pub bootstrap_token_file: Option<PathBuf>,
+
+    /// File holding this host's credential (`phoenix-host.…`), when it was enrolled
+    /// by other means; used instead of enrolling [env: PHOENIX_AGENT_TOKEN]
     #[arg(long, env = "PHOENIX_AGENT_TOKEN_FILE", value_name = "PATH")]
     pub token_file: Option<PathBuf>,
 
@@ -201,10 +208,6 @@ pub enum ConfigError {
     Hostname(std::io::Error),
     #[error("invalid --collector-user: {0}")]
     CollectorUser(String),
-    #[error(
-        "no agent token: put it in a file named by --token-file (PHOENIX_AGENT_TOKEN_FILE) or in PHOENIX_AGENT_TOKEN"
-    )]
-    NoToken,
     #[error("cannot read the token file {}: {source}", path.display())]
     TokenFile {
         path: PathBuf,
@@ -242,22 +245,18 @@ impl AgentConfig {
         Ok(id)
     }
 
-    /// The agent token: the token file's content, or else `PHOENIX_AGENT_TOKEN`.
-    pub fn token(&self) -> Result<String, ConfigError> {
-        let token = match &self.token_file {
-            Some(path) => {
-                std::fs::read_to_string(path).map_err(|source| ConfigError::TokenFile {
-                    path: path.clone(),
-                    source,
-                })?
-            }
-            None => std::env::var("PHOENIX_AGENT_TOKEN").unwrap_or_default(),
-        };
-        let token = token.trim().to_string();
-        if token.is_empty() {
-            return Err(ConfigError::NoToken);
-        }
-        Ok(token)
+    /// A host credential given directly: the token file's content, or else
+    /// `PHOENIX_AGENT_TOKEN`; `None` when neither is set.
+    pub fn token(&self) -> Result<Option<String>, ConfigError> {
+        secret(self.token_file.as_deref(), "PHOENIX_AGENT_TOKEN")
+    }
+
+    /// The bootstrap token: the file's content, or else `PHOENIX_BOOTSTRAP_TOKEN`.
+    pub fn bootstrap_token(&self) -> Result<Option<String>, ConfigError> {
+        secret(
+            self.bootstrap_token_file.as_deref(),
+            "PHOENIX_BOOTSTRAP_TOKEN",
+        )
     }
 
     /// The user collectors run as: `None` for `agent`, or when this agent is not
@@ -293,6 +292,20 @@ impl AgentConfig {
             collector_user: self.collector_user()?,
         })
     }
+}
+
+/// A secret from a file, or else from an environment variable; trimmed, `None`
+/// when empty.
+fn secret(file: Option<&std::path::Path>, env: &str) -> Result<Option<String>, ConfigError> {
+    let text = match file {
+        Some(path) => std::fs::read_to_string(path).map_err(|source| ConfigError::TokenFile {
+            path: path.to_path_buf(),
+            source,
+        })?,
+        None => std::env::var(env).unwrap_or_default(),
+    };
+    let text = text.trim();
+    Ok((!text.is_empty()).then(|| text.to_string()))
 }
 
 /// Parses `role=web,zone=a` into labels, checking keys and values.
@@ -437,6 +450,18 @@ mod tests {
             "/bin/otelcol",
         ])
         .unwrap();
-        assert_eq!(config.token().unwrap(), "from-a-file");
+        assert_eq!(config.token().unwrap().as_deref(), Some("from-a-file"));
+        let config = AgentConfig::try_parse_from([
+            "phoenix-agent",
+            "--api-url",
+            "http://127.0.0.1:8080",
+            "--bootstrap-token-file",
+            file.to_str().unwrap(),
+        ])
+        .unwrap();
+        assert_eq!(
+            config.bootstrap_token().unwrap().as_deref(),
+            Some("from-a-file")
+        );
     }
 }

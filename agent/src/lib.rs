@@ -4,6 +4,8 @@
 //! Layout:
 //! - [`config`]: flags and environment ([`AgentConfig`]).
 //! - [`client`]: HTTP to the API's agent endpoints, retried with jittered backoff.
+//! - [`identity`]: the host credential: given, kept from an enrollment, or enrolled
+//!   for with a bootstrap token (and again after a revocation).
 //! - [`supervisor`]: collector processes: start, health, restart, stop, adopt, reap.
 //! - [`procfs`]: reading `/proc` (CPU, RSS, start times, environments).
 //! - [`state`]: `state.json`, what the agent supervises, written atomically.
@@ -29,6 +31,7 @@
 
 pub mod client;
 pub mod config;
+pub mod identity;
 pub mod loadsim;
 pub mod metrics;
 pub mod node_labels;
@@ -59,6 +62,7 @@ pub use config::AgentConfig;
 
 use client::{ApiClient, RetryPolicy, retry};
 use config::ConfigError;
+use identity::{Identity, IdentitySettings};
 use loadsim::{LoadRunner, LoadSettings};
 use metrics::Metrics;
 use supervisor::{OnExit, Supervisor, SupervisorError};
@@ -89,6 +93,8 @@ pub enum AgentError {
     Supervisor(#[from] SupervisorError),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
 }
 
 /// Runs the agent until `shutdown` completes, then stops its loops and leaves the
@@ -98,7 +104,6 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
     let host_id = config.resolved_host_id()?;
-    let token = config.token()?;
     // In a Kubernetes pod (NODE_NAME set), the Node's labels join the flag labels.
     let mut config = config;
     config.labels = node_labels::host_labels(&config.labels).await;
@@ -127,11 +132,22 @@ pub async fn run(
         "phoenix-agent {AGENT_VERSION} started"
     );
 
+    let identity = Identity::establish(
+        IdentitySettings {
+            given: config.token()?,
+            bootstrap: config.bootstrap_token()?,
+            state_dir: supervisor.state_dir().to_path_buf(),
+            host_id: host_id.clone(),
+        },
+        client::build_http(tls::client_builder(config.ca_file.as_deref())?),
+        &config.api_url,
+    )
+    .await?;
     let client = ApiClient::new(
         tls::client_builder(config.ca_file.as_deref())?,
         &config.api_url,
         &host_id,
-        token,
+        identity,
         metrics.clone(),
     );
     let status_wanted = Arc::new(Notify::new());

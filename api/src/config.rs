@@ -15,7 +15,7 @@ use crate::http::auth::TokenSet;
 #[command(
     name = "phoenix-api",
     version,
-    after_help = "Example:\n  PHOENIX_API_TOKENS='admin:s3cret,agent:ag3nt' \\\n  DATABASE_URL=postgres://phoenix@db/phoenix phoenix-api --listen 0.0.0.0:8443 \\\n    --tls-cert /etc/phoenix/tls.crt --tls-key /etc/phoenix/tls.key"
+    after_help = "Example:\n  PHOENIX_API_TOKENS='admin:s3cret,viewer:r3ad' \\\n  PHOENIX_BOOTSTRAP_TOKEN_FILE=/etc/phoenix/bootstrap-token \\\n  DATABASE_URL=postgres://phoenix@db/phoenix phoenix-api --listen 0.0.0.0:8443 \\\n    --tls-cert /etc/phoenix/tls.crt --tls-key /etc/phoenix/tls.key"
 )]
 pub struct ApiConfig {
     /// Address to listen on.
@@ -39,8 +39,9 @@ pub struct ApiConfig {
     #[arg(long, env = "PHOENIX_DEV")]
     pub dev: bool,
 
-    /// Bearer tokens as `role:token` pairs separated by commas; roles are viewer,
-    /// operator, admin (user API) and agent (agent API only).
+    /// Bearer tokens of the user API as `role:token` pairs separated by commas;
+    /// roles are viewer, operator and admin. (Agents hold credentials of their own
+    /// host, enrolled with a bootstrap token.)
     #[arg(
         long,
         env = "PHOENIX_API_TOKENS",
@@ -52,6 +53,13 @@ pub struct ApiConfig {
     /// DEVELOPMENT ONLY: accept every request without a token, as admin and agent.
     #[arg(long, env = "PHOENIX_DEV_NO_AUTH")]
     pub dev_no_auth: bool,
+
+    /// A file holding a bootstrap token (`phoenix-bootstrap.<id>.<secret>`) that
+    /// agents may enroll with; stored at start unless stored already, revocable
+    /// like any other (`phoenix bootstrap-token revoke ID`). Or set
+    /// PHOENIX_BOOTSTRAP_TOKEN. Admins can also create tokens through the API
+    #[arg(long, env = "PHOENIX_BOOTSTRAP_TOKEN_FILE", value_name = "PATH")]
+    pub bootstrap_token_file: Option<std::path::PathBuf>,
 
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "PHOENIX_API_MAX_BODY", default_value_t = 1024 * 1024)]
@@ -154,6 +162,22 @@ impl ApiConfig {
             });
         }
         Ok(())
+    }
+
+    /// The configured bootstrap token: the file's content, or else
+    /// `PHOENIX_BOOTSTRAP_TOKEN`; `None` when neither is set.
+    pub fn bootstrap_token(&self) -> anyhow::Result<Option<String>> {
+        let text = match &self.bootstrap_token_file {
+            Some(path) => std::fs::read_to_string(path).map_err(|err| {
+                anyhow::anyhow!(
+                    "cannot read the bootstrap token file {}: {err}",
+                    path.display()
+                )
+            })?,
+            None => std::env::var("PHOENIX_BOOTSTRAP_TOKEN").unwrap_or_default(),
+        };
+        let text = text.trim();
+        Ok((!text.is_empty()).then(|| text.to_string()))
     }
 
     pub fn max_wait(&self) -> Duration {

@@ -61,7 +61,7 @@ pub async fn serve(
         }
     } else if config.tokens.is_empty() {
         anyhow::bail!(
-            "no tokens configured: set PHOENIX_API_TOKENS (e.g. 'admin:<secret>,agent:<secret>'), or --dev-no-auth for local development"
+            "no tokens configured: set PHOENIX_API_TOKENS (e.g. 'admin:<secret>,viewer:<secret>'), or --dev-no-auth for local development"
         );
     }
     let tls = match (&config.tls_cert, &config.tls_key) {
@@ -78,11 +78,17 @@ pub async fn serve(
     phoenix_storage::migrate(&pool)
         .await
         .context("migrating the schema")?;
+    if let Some(token) = config.bootstrap_token()? {
+        app::credentials::seed_configured_bootstrap(&pool, &token)
+            .await
+            .context("storing the configured bootstrap token")?;
+    }
 
     let metrics = Metrics::new();
     let wakeups = TaskWakeups::default();
     let heartbeats = HeartbeatBuffer::default();
     let (event_hub, listener_connected) = EventHub::new();
+    let credential_cache = app::credentials::CredentialCache::new(listener_connected.subscribe());
     let state = AppState {
         config: Arc::new(config.clone()),
         pool: pool.clone(),
@@ -101,6 +107,7 @@ pub async fn serve(
         metrics: metrics.clone(),
         validations: Arc::new(tokio::sync::Semaphore::new(state::MAX_VALIDATIONS)),
         events: event_hub.clone(),
+        credentials: credential_cache.clone(),
         listener_connected: listener_connected.subscribe(),
         shutdown: shutdown.clone(),
     };
@@ -108,6 +115,7 @@ pub async fn serve(
         pool.clone(),
         wakeups,
         event_hub,
+        credential_cache,
         metrics.clone(),
         listener_connected,
         shutdown.clone(),

@@ -7,6 +7,7 @@ use sqlx::Postgres;
 use sqlx::pool::PoolConnection;
 use tokio::sync::watch;
 
+use crate::app::credentials::CredentialCache;
 use crate::config::ApiConfig;
 use crate::fanout::coalesce::{Claims, Completions};
 use crate::fanout::events::EventHub;
@@ -33,6 +34,8 @@ pub struct AppState {
     pub validations: Arc<tokio::sync::Semaphore>,
     /// The event stream's fan-out (`GET /api/v1/events`).
     pub events: EventHub,
+    /// Recently checked host credentials (agent routes).
+    pub credentials: CredentialCache,
     /// True while the task listener is connected (part of readiness).
     pub listener_connected: watch::Receiver<bool>,
     /// Turns true when the server shuts down; long-polls return early.

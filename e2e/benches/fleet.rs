@@ -36,7 +36,7 @@ use clap::Parser;
 use phoenix_agent::procfs;
 use phoenix_e2e::bins;
 use phoenix_e2e::harness::{
-    ADMIN_TOKEN, AGENT_TOKEN, OPERATOR_TOKEN, VIEWER_TOKEN, fresh_database,
+    ADMIN_TOKEN, OPERATOR_TOKEN, VIEWER_TOKEN, bootstrap_token_file, enroll, fresh_database,
 };
 use phoenix_storage::TASKS_CHANNEL;
 use phoenix_wire::agent::{
@@ -305,15 +305,14 @@ async fn run_fleet(
     let api_port = free_port();
     let reconciler_port = free_port();
     let api_url = format!("http://127.0.0.1:{api_port}");
-    let tokens = format!(
-        "admin:{ADMIN_TOKEN},operator:{OPERATOR_TOKEN},viewer:{VIEWER_TOKEN},agent:{AGENT_TOKEN}"
-    );
+    let tokens = format!("admin:{ADMIN_TOKEN},operator:{OPERATOR_TOKEN},viewer:{VIEWER_TOKEN}");
     let api = Process {
         name: "phoenix-api",
         child: Command::new(api_bin)
             .env("DATABASE_URL", &database_url)
             .env("PHOENIX_API_LISTEN", format!("127.0.0.1:{api_port}"))
             .env("PHOENIX_API_TOKENS", &tokens)
+            .env("PHOENIX_BOOTSTRAP_TOKEN_FILE", bootstrap_token_file())
             .env("PHOENIX_DEV", "1") // no collector: configs are not validated
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -396,9 +395,12 @@ async fn run_fleet(
             heartbeat_every: Duration::from_secs(args.heartbeat_every),
             collectors: Mutex::new(BTreeMap::new()),
             stopped: stopped.clone(),
+            credential: String::new(),
         };
         let permit = registering.clone().acquire_owned().await?;
         agents.push(tokio::spawn(async move {
+            let mut agent = agent;
+            agent.credential = enroll(&agent.http, &agent.api_url, &agent.host_id).await;
             let registered = agent.report_status().await;
             drop(permit);
             if registered {
@@ -636,6 +638,8 @@ struct SimulatedAgent {
     /// The collectors it "runs", by id, as it reports them.
     collectors: Mutex<BTreeMap<String, CollectorStatus>>,
     stopped: watch::Receiver<bool>,
+    /// Its host credential, from enrolling with the bootstrap token.
+    credential: String,
 }
 
 impl SimulatedAgent {
@@ -664,7 +668,7 @@ impl SimulatedAgent {
                     "{}/agent/v1/hosts/{}/heartbeat",
                     self.api_url, self.host_id
                 ))
-                .bearer_auth(AGENT_TOKEN)
+                .bearer_auth(&self.credential)
                 .send()
                 .await;
             match result {
@@ -697,7 +701,7 @@ impl SimulatedAgent {
                     "{}/agent/v1/hosts/{}/tasks?wait=30s",
                     self.api_url, self.host_id
                 ))
-                .bearer_auth(AGENT_TOKEN)
+                .bearer_auth(&self.credential)
                 .send()
                 .await;
             let batch = match result {
@@ -776,7 +780,7 @@ impl SimulatedAgent {
                     "{}/agent/v1/hosts/{}/tasks/{}",
                     self.api_url, self.host_id, task.id
                 ))
-                .bearer_auth(AGENT_TOKEN)
+                .bearer_auth(&self.credential)
                 .json(&TaskOutcome {
                     ok: true,
                     error: None,
@@ -812,7 +816,7 @@ impl SimulatedAgent {
                 "{}/agent/v1/hosts/{}/status",
                 self.api_url, self.host_id
             ))
-            .bearer_auth(AGENT_TOKEN)
+            .bearer_auth(&self.credential)
             .json(&status)
             .send()
             .await;

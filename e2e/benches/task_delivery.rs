@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use phoenix_e2e::harness::{AGENT_TOKEN, Stack, StackOptions};
+use phoenix_e2e::harness::{Stack, StackOptions};
 use phoenix_storage::tasks::{self, NewTask};
 use phoenix_wire::agent::{TaskBatch, TaskOutcome};
 use reqwest::Method;
@@ -23,6 +23,7 @@ async fn main() {
     })
     .await;
     stack.register_host("bench-1", &[]).await;
+    let credential = stack.host_credential("bench-1").await;
 
     let mut latencies = Vec::with_capacity(ROUNDS);
     for round in 0..ROUNDS {
@@ -30,7 +31,7 @@ async fn main() {
             .request(
                 Method::GET,
                 "/agent/v1/hosts/bench-1/tasks?wait=30s",
-                AGENT_TOKEN,
+                &credential,
             )
             .send();
         let waiting =
@@ -52,7 +53,7 @@ async fn main() {
             .request(
                 Method::POST,
                 &format!("/agent/v1/hosts/bench-1/tasks/{}", batch.tasks[0].id),
-                AGENT_TOKEN,
+                &credential,
             )
             .json(&TaskOutcome {
                 ok: true,

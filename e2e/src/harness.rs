@@ -25,7 +25,54 @@ use crate::bins::binary;
 pub const ADMIN_TOKEN: &str = "admin-token-for-tests";
 pub const OPERATOR_TOKEN: &str = "operator-token-for-tests";
 pub const VIEWER_TOKEN: &str = "viewer-token-for-tests";
-pub const AGENT_TOKEN: &str = "agent-token-for-tests";
+/// The bootstrap token every test api accepts and every test agent enrolls with.
+pub const BOOTSTRAP_TOKEN: &str =
+    "phoenix-bootstrap.0123456789ab.bootstrap-token-for-tests-0123456789abcdefg";
+
+/// The user tokens every test api accepts.
+pub fn user_tokens() -> phoenix_api::http::auth::TokenSet {
+    format!("admin:{ADMIN_TOKEN},operator:{OPERATOR_TOKEN},viewer:{VIEWER_TOKEN}")
+        .parse()
+        .expect("tokens")
+}
+
+/// A file holding [`BOOTSTRAP_TOKEN`], for `--bootstrap-token-file` (one per test
+/// process).
+pub fn bootstrap_token_file() -> PathBuf {
+    static FILE: OnceLock<tempfile::TempDir> = OnceLock::new();
+    let dir = FILE.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("bootstrap-token"), BOOTSTRAP_TOKEN)
+            .expect("bootstrap token file");
+        dir
+    });
+    dir.path().join("bootstrap-token")
+}
+
+/// A test api's settings: development defaults, this database, the test tokens.
+pub fn api_config(database_url: &str) -> ApiConfig {
+    let mut config = ApiConfig::new(database_url.to_string(), user_tokens());
+    config.bootstrap_token_file = Some(bootstrap_token_file());
+    config
+}
+
+/// Enrolls `host_id` at the api at `api_url` with [`BOOTSTRAP_TOKEN`] and returns
+/// its host credential (what an agent does on its first start).
+pub async fn enroll(http: &reqwest::Client, api_url: &str, host_id: &str) -> String {
+    let response = http
+        .post(format!("{api_url}/agent/v1/enroll"))
+        .bearer_auth(BOOTSTRAP_TOKEN)
+        .json(&serde_json::json!({ "host_id": host_id }))
+        .send()
+        .await
+        .expect("enroll request");
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    assert_eq!(status, 201, "enrolling {host_id}: {body}");
+    let enrollment: phoenix_wire::credentials::Enrollment =
+        serde_json::from_str(&body).expect("enrollment");
+    enrollment.credential
+}
 
 /// The URL of the server's maintenance database, on which test databases are made.
 fn admin_url() -> String {
@@ -215,6 +262,8 @@ pub struct Stack {
     pub reconciler_config: ReconcilerConfig,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// Credentials of the hosts enrolled through [`Stack::host_credential`].
+    credentials: std::sync::Mutex<BTreeMap<String, String>>,
 }
 
 impl Stack {
@@ -225,10 +274,7 @@ impl Stack {
     pub async fn start_with(options: StackOptions) -> Stack {
         let database_url = fresh_database().await;
         let (stop, stop_rx) = watch::channel(false);
-        let tokens = format!(
-            "admin:{ADMIN_TOKEN},operator:{OPERATOR_TOKEN},viewer:{VIEWER_TOKEN},agent:{AGENT_TOKEN}"
-        );
-        let mut api_config = ApiConfig::new(database_url.clone(), tokens.parse().expect("tokens"));
+        let mut api_config = api_config(&database_url);
         api_config.task_lease = HumanDuration(options.task_lease);
         api_config.collector_bin = options.collector_bin;
         api_config.heartbeat_flush = HumanDuration(Duration::from_millis(200));
@@ -284,6 +330,7 @@ impl Stack {
             reconciler_config,
             stop,
             tasks: vec![api],
+            credentials: Default::default(),
         };
         stack.wait_ready().await;
         if options.reconciler {
@@ -307,10 +354,7 @@ impl Stack {
     /// tokens; no collector validation) and returns its base URL once it is ready.
     /// It stops with the stack.
     pub async fn spawn_api_replica(&mut self) -> String {
-        let tokens = format!(
-            "admin:{ADMIN_TOKEN},operator:{OPERATOR_TOKEN},viewer:{VIEWER_TOKEN},agent:{AGENT_TOKEN}"
-        );
-        let config = ApiConfig::new(self.database_url.clone(), tokens.parse().expect("tokens"));
+        let config = api_config(&self.database_url);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind api replica");
@@ -356,17 +400,33 @@ impl Stack {
         self.http.request(method, self.url(path)).bearer_auth(token)
     }
 
+    /// The credential of `host_id`, enrolled on first use (as its agent would) and
+    /// remembered for the stack's life. A real agent for the same host would be
+    /// refused enrollment, so a test uses this only for hosts without an agent.
+    pub async fn host_credential(&self, host_id: &str) -> String {
+        if let Some(credential) = self.credentials.lock().unwrap().get(host_id) {
+            return credential.clone();
+        }
+        let credential = enroll(&self.http, &self.api_url, host_id).await;
+        self.credentials
+            .lock()
+            .unwrap()
+            .insert(host_id.to_string(), credential.clone());
+        credential
+    }
+
     /// Registers a host through the agent protocol, without an agent behind it.
     pub async fn register_host(&self, host_id: &str, labels: &[(&str, &str)]) {
         // Plain JSON: what a minimal agent sends; later protocol fields default.
         let labels: BTreeMap<&str, &str> = labels.iter().copied().collect();
         let status =
             serde_json::json!({ "labels": labels, "agentVersion": "test", "collectors": [] });
+        let credential = self.host_credential(host_id).await;
         let response = self
             .request(
                 reqwest::Method::PUT,
                 &format!("/agent/v1/hosts/{host_id}/status"),
-                AGENT_TOKEN,
+                &credential,
             )
             .json(&status)
             .send()
@@ -572,7 +632,8 @@ impl AgentProcess {
         let child = command
             .arg("--api-url")
             .arg(&self.api_url)
-            .env("PHOENIX_AGENT_TOKEN", AGENT_TOKEN)
+            .arg("--bootstrap-token-file")
+            .arg(bootstrap_token_file())
             .arg("--host-id")
             .arg(&self.host_id)
             .arg("--labels")

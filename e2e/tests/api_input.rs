@@ -1,9 +1,7 @@
 //! Bad input gets the right 4xx with an `application/problem+json` body naming the
 //! field, and leaves the database exactly as it was. One test per case.
 
-use phoenix_e2e::harness::{
-    ADMIN_TOKEN, AGENT_TOKEN, OPERATOR_TOKEN, Stack, StackOptions, VIEWER_TOKEN,
-};
+use phoenix_e2e::harness::{ADMIN_TOKEN, OPERATOR_TOKEN, Stack, StackOptions, VIEWER_TOKEN};
 use phoenix_wire::problem::Problem;
 use phoenix_wire::view::{Host, List};
 use reqwest::Method;
@@ -309,11 +307,12 @@ async fn viewer_token_on_a_write_is_403() {
 }
 
 #[tokio::test]
-async fn agent_token_on_a_user_endpoint_is_403() {
+async fn a_host_credential_on_a_user_endpoint_is_403() {
     let stack = stack_with_host().await;
+    let credential = stack.host_credential("web-1").await;
     assert_rejected(
         &stack,
-        Some(AGENT_TOKEN),
+        Some(&credential),
         "application/yaml",
         GOOD,
         403,
@@ -321,7 +320,7 @@ async fn agent_token_on_a_user_endpoint_is_403() {
     )
     .await;
     let response = stack
-        .request(Method::GET, "/api/v1/experiments", AGENT_TOKEN)
+        .request(Method::GET, "/api/v1/experiments", &credential)
         .send()
         .await
         .unwrap();
@@ -366,11 +365,12 @@ async fn a_burst_of_status_reports_is_stored_and_a_bad_one_is_refused_alone() {
         let status = serde_json::json!({
             "labels": {"burst": "yes"}, "agentVersion": "test", "collectors": collectors
         });
+        let credential = stack.host_credential(&format!("burst-{i:02}")).await;
         let request = stack
             .request(
                 Method::PUT,
                 &format!("/agent/v1/hosts/burst-{i:02}/status"),
-                AGENT_TOKEN,
+                &credential,
             )
             .json(&status)
             .send();

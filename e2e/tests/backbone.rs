@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use phoenix_e2e::harness::{
-    AGENT_TOKEN, AgentProcess, OPERATOR_TOKEN, Stack, StackOptions, VIEWER_TOKEN, eventually,
+    AgentProcess, OPERATOR_TOKEN, Stack, StackOptions, VIEWER_TOKEN, eventually,
 };
 use phoenix_storage::{tasks, templates};
 use phoenix_wire::agent::{TaskBatch, TaskOutcome, Variant};
@@ -289,7 +289,7 @@ async fn claim(stack: &Stack, host_id: &str) -> TaskBatch {
         .request(
             Method::GET,
             &format!("/agent/v1/hosts/{host_id}/tasks?wait=0s"),
-            AGENT_TOKEN,
+            &stack.host_credential(host_id).await,
         )
         .send()
         .await
@@ -331,7 +331,7 @@ async fn an_unanswered_lease_expires_and_the_task_is_delivered_again() {
             .request(
                 Method::POST,
                 &format!("/agent/v1/hosts/web-1/tasks/{}", task.id),
-                AGENT_TOKEN,
+                &stack.host_credential("web-1").await,
             )
             .json(&TaskOutcome {
                 ok: true,
@@ -476,7 +476,7 @@ async fn many_waiting_agents_each_get_exactly_their_own_tasks() {
             .request(
                 Method::GET,
                 &format!("/agent/v1/hosts/{}/tasks?wait=30s", host(i)),
-                AGENT_TOKEN,
+                &stack.host_credential(&host(i)).await,
             )
             .send();
         polls.push(tokio::spawn(async move {

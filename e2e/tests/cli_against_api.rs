@@ -5,7 +5,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use phoenix_e2e::bins::binary;
-use phoenix_e2e::harness::{AGENT_TOKEN, OPERATOR_TOKEN, Stack, VIEWER_TOKEN, eventually};
+use phoenix_e2e::harness::{OPERATOR_TOKEN, Stack, VIEWER_TOKEN, eventually};
 use phoenix_wire::view::{AgentTask, Experiment, List};
 
 fn phoenix(stack: &Stack, token: &str, args: &[&str]) -> std::process::Output {
@@ -243,7 +243,7 @@ async fn host_describe_shows_the_last_heartbeat_and_each_collector() {
         .request(
             reqwest::Method::PUT,
             "/agent/v1/hosts/web-1/status",
-            AGENT_TOKEN,
+            &stack.host_credential("web-1").await,
         )
         .json(&status)
         .send()

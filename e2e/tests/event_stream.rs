@@ -148,7 +148,7 @@ async fn every_replica_streams_experiment_host_and_task_events_in_order() {
         .request(
             Method::POST,
             "/agent/v1/hosts/web-1/heartbeat",
-            phoenix_e2e::harness::AGENT_TOKEN,
+            &stack.host_credential("web-1").await,
         )
         .send()
         .await

@@ -9,10 +9,12 @@
 //!   reconciler runs a whole pass in one, on the connection that holds leadership).
 //! - [`deployments`]: pipeline deployments (standing pipelines) and their revisions,
 //!   with an experiment's promote and rollback, each one transaction.
+//! - [`credentials`]: bootstrap tokens and host credentials (digests only).
 //! - [`leader`]: leader election with a session advisory lock.
 //! - [`listen`]: the one LISTEN connection of a process, with backoff.
 
 pub mod apply;
+pub mod credentials;
 pub mod deployments;
 pub mod experiments;
 pub mod hosts;
@@ -35,6 +37,9 @@ pub const RECONCILE_CHANNEL: &str = "phoenix_reconcile";
 /// Channel on which experiment, host and task events are announced as the JSON of a
 /// `phoenix_wire::events::Event` (migration 0003); the API streams them to clients.
 pub const EVENTS_CHANNEL: &str = "phoenix_events";
+/// Channel on which a revoked host credential's id is announced, so every api
+/// replica stops accepting it at once ([`credentials`]).
+pub const CREDENTIALS_CHANNEL: &str = "phoenix_credentials";
 
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]

@@ -9,6 +9,8 @@
 //!   as the database triggers announce them) and the filter a subscriber selects with.
 //! - [`agent`]: the agent protocol: tasks, task outcomes, host status, collector specs
 //!   and their config hash.
+//! - [`credentials`]: agent identity: bootstrap tokens, host credentials, their text
+//!   form, enrollment and the admin views.
 //! - [`problem`]: `application/problem+json` error bodies shared by the API and clients.
 //! - [`render`]: experiment + template + host → the collector spec a host runs
 //!   (and deployment + template + host → its standing collector).
@@ -29,6 +31,7 @@
 
 pub mod agent;
 pub mod apply;
+pub mod credentials;
 pub mod deployment;
 pub mod duration;
 pub mod events;

@@ -3,10 +3,12 @@
 //! the selector match a host) live here; [`apply`] (declarative apply),
 //! [`deployments`] (pipeline deployments and their views), [`promotion`] (the
 //! promotion policy: promote and rollback), [`loadsims`] (load
-//! simulations) and [`collector`] (validation with the real collector) beside them.
+//! simulations), [`collector`] (validation with the real collector) and
+//! [`credentials`] (agent identity: enrollment and host credentials) beside them.
 
 pub mod apply;
 pub mod collector;
+pub mod credentials;
 pub mod deployments;
 pub mod loadsims;
 pub mod promotion;

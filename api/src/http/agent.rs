@@ -1,4 +1,6 @@
-//! `/agent/v1/hosts/{host_id}/...`: the agent protocol (see `phoenix_wire::agent`).
+//! The agent protocol (see `phoenix_wire::agent`): `POST /agent/v1/enroll` with a
+//! bootstrap token, then `/agent/v1/hosts/{host_id}/...` with that host's credential
+//! ([`AgentHost`]).
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -7,14 +9,14 @@ use chrono::Utc;
 use phoenix_storage::hosts;
 use phoenix_storage::tasks::Completion;
 use phoenix_wire::agent::{HostStatus, TaskBatch, TaskOutcome};
+use phoenix_wire::credentials::{EnrollRequest, Enrollment};
 use phoenix_wire::duration::HumanDuration;
-use phoenix_wire::names::check_host_id;
 use phoenix_wire::problem::FieldError;
 use serde::Deserialize;
 
-use crate::app::parse_body;
+use crate::app::{credentials, parse_body};
 use crate::error::ApiError;
-use crate::http::auth::Agent;
+use crate::http::auth::{AgentHost, BootstrapBearer};
 use crate::http::body::DocumentBody;
 use crate::state::AppState;
 
@@ -24,19 +26,13 @@ pub struct WaitQuery {
     wait: Option<String>,
 }
 
-fn checked_host(host_id: &str) -> Result<(), ApiError> {
-    check_host_id(host_id).map_err(|m| ApiError::Invalid(FieldError::new("host_id", m)))
-}
-
 /// Long-poll: claims the host's open tasks, or waits until a new one is announced
 /// or the wait ends. No database connection is held while waiting.
 pub async fn claim_tasks(
     State(state): State<AppState>,
-    _: Agent,
-    Path(host_id): Path<String>,
+    AgentHost(host_id): AgentHost,
     Query(query): Query<WaitQuery>,
 ) -> Result<Json<TaskBatch>, ApiError> {
-    checked_host(&host_id)?;
     let wait = match query.wait.as_deref() {
         None => state.config.max_wait(),
         Some(text) => HumanDuration::parse(text)
@@ -83,11 +79,10 @@ fn scopeguard<F: FnMut()>(f: F) -> impl Drop {
 
 pub async fn complete_task(
     State(state): State<AppState>,
-    _: Agent,
-    Path((host_id, task_id)): Path<(String, i64)>,
+    AgentHost(host_id): AgentHost,
+    Path((_, task_id)): Path<(String, i64)>,
     body: DocumentBody,
 ) -> Result<StatusCode, ApiError> {
-    checked_host(&host_id)?;
     let outcome: TaskOutcome = parse_body(&body)?;
     let failed = (!outcome.ok).then(|| outcome.error.clone().unwrap_or_default());
     match state
@@ -112,11 +107,9 @@ pub async fn complete_task(
 
 pub async fn report_status(
     State(state): State<AppState>,
-    _: Agent,
-    Path(host_id): Path<String>,
+    AgentHost(host_id): AgentHost,
     body: DocumentBody,
 ) -> Result<StatusCode, ApiError> {
-    checked_host(&host_id)?;
     let status: HostStatus = parse_body(&body)?;
     status.check().map_err(ApiError::Invalid)?;
     let mut conn = state.conn().await?;
@@ -128,11 +121,22 @@ pub async fn report_status(
 /// Records the heartbeat in memory; it reaches the database with the next batch.
 pub async fn heartbeat(
     State(state): State<AppState>,
-    _: Agent,
-    Path(host_id): Path<String>,
+    AgentHost(host_id): AgentHost,
 ) -> Result<StatusCode, ApiError> {
-    checked_host(&host_id)?;
     state.heartbeats.record(&host_id, Utc::now());
     state.metrics.heartbeats_received.inc();
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /agent/v1/enroll`: a bootstrap token and a host id in, that host's
+/// credential out (201), shown this once.
+pub async fn enroll(
+    State(state): State<AppState>,
+    BootstrapBearer(bootstrap): BootstrapBearer,
+    body: DocumentBody,
+) -> Result<(StatusCode, Json<Enrollment>), ApiError> {
+    let request: EnrollRequest = parse_body(&body)?;
+    let mut conn = state.conn().await?;
+    let enrollment = credentials::enroll(&mut conn, &bootstrap, &request.host_id).await?;
+    Ok((StatusCode::CREATED, Json(enrollment)))
 }

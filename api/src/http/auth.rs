@@ -1,9 +1,12 @@
 //! Bearer-token authentication and roles.
 //!
-//! User tokens carry a role (viewer < operator < admin); agent tokens can only call
-//! the agent API, and user tokens cannot call it. Handlers ask for a role by taking
-//! one of the extractors [`Viewer`], [`Operator`], [`Admin`] or [`Agent`];
-//! [`Caller`] is any user with its role (for `GET /api/v1/whoami`).
+//! User tokens (configured on the api) carry a role: viewer < operator < admin.
+//! Handlers ask for a role by taking one of the extractors [`Viewer`], [`Operator`]
+//! or [`Admin`]; [`Caller`] is any user with its role (for `GET /api/v1/whoami`).
+//!
+//! Agents hold host credentials instead ([`crate::app::credentials`]): [`AgentHost`]
+//! accepts only the credential of the host named in the route's `{host_id}`, and
+//! user tokens cannot call the agent API, nor host credentials the user API.
 //!
 //! The token comes in `Authorization: Bearer <token>`. A browser cannot set that
 //! header on a WebSocket, so a WebSocket handshake without it may offer the token
@@ -23,7 +26,6 @@ pub enum Role {
     Viewer,
     Operator,
     Admin,
-    Agent,
 }
 
 impl Role {
@@ -32,7 +34,6 @@ impl Role {
             "viewer" => Some(Role::Viewer),
             "operator" => Some(Role::Operator),
             "admin" => Some(Role::Admin),
-            "agent" => Some(Role::Agent),
             _ => None,
         }
     }
@@ -42,17 +43,12 @@ impl Role {
             Role::Viewer => "viewer",
             Role::Operator => "operator",
             Role::Admin => "admin",
-            Role::Agent => "agent",
         }
     }
 
     /// Whether a caller with this role may do what `needed` allows.
     fn grants(self, needed: Role) -> bool {
-        match (self, needed) {
-            (Role::Agent, Role::Agent) => true,
-            (Role::Agent, _) | (_, Role::Agent) => false,
-            (have, needed) => have >= needed,
-        }
+        self >= needed
     }
 }
 
@@ -78,9 +74,16 @@ impl FromStr for TokenSet {
             let (role, token) = pair
                 .split_once(':')
                 .ok_or_else(|| format!("`{}…` is not `role:token`", &pair[..pair.len().min(8)]))?;
-            let role = Role::parse(role.trim()).ok_or_else(|| {
-                format!("unknown role `{role}`; use viewer, operator, admin or agent")
-            })?;
+            if role.trim() == "agent" {
+                return Err(
+                    "`agent` tokens are gone: agents enroll with a bootstrap token \
+                     (PHOENIX_BOOTSTRAP_TOKEN on the api and the agents) and then hold a \
+                     credential of their own host; see docs/SECURITY.md"
+                        .into(),
+                );
+            }
+            let role = Role::parse(role.trim())
+                .ok_or_else(|| format!("unknown role `{role}`; use viewer, operator or admin"))?;
             let token = token.trim();
             if token.len() < 8 {
                 return Err(format!(
@@ -134,15 +137,9 @@ fn websocket_token(parts: &Parts) -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
-/// The caller's role, when it may do what `needed` allows.
-fn authorize(parts: &Parts, state: &AppState, needed: Role) -> Result<Role, ApiError> {
-    if state.config.dev_no_auth {
-        return Ok(if needed == Role::Agent {
-            Role::Agent
-        } else {
-            Role::Admin
-        });
-    }
+/// The bearer token of a request: the `Authorization` header, or on a WebSocket
+/// handshake the `phoenix.bearer.` subprotocol.
+fn bearer(parts: &Parts) -> Result<String, ApiError> {
     let presented = match parts.headers.get(axum::http::header::AUTHORIZATION) {
         Some(header) => header
             .to_str()
@@ -156,21 +153,35 @@ fn authorize(parts: &Parts, state: &AppState, needed: Role) -> Result<Role, ApiE
             ApiError::Unauthorized("no bearer token; send `Authorization: Bearer <token>`".into())
         })?,
     };
-    let role = state
-        .config
-        .tokens
-        .role_of(presented.trim())
-        .ok_or_else(|| ApiError::Unauthorized("the token is not valid".into()))?;
+    Ok(presented.trim().to_string())
+}
+
+/// Whether a presented text is one of the agent-side tokens.
+fn is_agent_token(presented: &str) -> bool {
+    phoenix_wire::credentials::parse_token(presented).is_ok()
+}
+
+/// The caller's role, when it may do what `needed` allows.
+fn authorize(parts: &Parts, state: &AppState, needed: Role) -> Result<Role, ApiError> {
+    if state.config.dev_no_auth {
+        return Ok(Role::Admin);
+    }
+    let presented = bearer(parts)?;
+    let Some(role) = state.config.tokens.role_of(&presented) else {
+        if is_agent_token(&presented) {
+            return Err(ApiError::Forbidden(
+                "a host credential or bootstrap token can only call the agent API".into(),
+            ));
+        }
+        return Err(ApiError::Unauthorized("the token is not valid".into()));
+    };
     if role.grants(needed) {
         Ok(role)
     } else {
         Err(ApiError::Forbidden(format!(
-            "a {} token cannot do this; it needs {}",
+            "an {} token cannot do this; it needs an {} token or higher",
             role.as_str(),
-            match needed {
-                Role::Agent => "an agent token".to_string(),
-                other => format!("a {} token or higher", other.as_str()),
-            }
+            needed.as_str()
         )))
     }
 }
@@ -209,7 +220,63 @@ role_extractor!(
     Role::Admin,
     "A caller allowed everything on the user API."
 );
-role_extractor!(Agent, Role::Agent, "An agent.");
+
+/// An agent acting for the host in the route's `{host_id}`: it presented that
+/// host's credential (401 for no valid credential, 403 for another host's).
+/// Carries the host id.
+pub struct AgentHost(pub String);
+
+impl FromRequestParts<AppState> for AgentHost {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        use axum::extract::RawPathParams;
+        let params = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::Internal("an agent route without {host_id}".into()))?;
+        let path_host = params
+            .iter()
+            .find(|(name, _)| *name == "host_id")
+            .map(|(_, value)| value.to_string())
+            .ok_or_else(|| ApiError::Internal("an agent route without {host_id}".into()))?;
+        phoenix_wire::names::check_host_id(&path_host)
+            .map_err(|m| ApiError::Invalid(phoenix_wire::problem::FieldError::new("host_id", m)))?;
+        if state.config.dev_no_auth {
+            return Ok(AgentHost(path_host));
+        }
+        let presented = bearer(parts)?;
+        if state.config.tokens.role_of(&presented).is_some() {
+            return Err(ApiError::Forbidden(
+                "user tokens cannot call the agent API; agents use host credentials".into(),
+            ));
+        }
+        let credential_host = state.credentials.host_of(&state.pool, &presented).await?;
+        if credential_host != path_host {
+            return Err(ApiError::Forbidden(format!(
+                "this credential belongs to host {credential_host}; it cannot act for host {path_host}"
+            )));
+        }
+        Ok(AgentHost(path_host))
+    }
+}
+
+/// The bearer token of an enrollment request (checked by
+/// [`crate::app::credentials::enroll`]).
+pub struct BootstrapBearer(pub String);
+
+impl FromRequestParts<AppState> for BootstrapBearer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        _state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        bearer(parts).map(BootstrapBearer)
+    }
+}
 
 /// Any user (viewer or higher), and its role; `admin` when authentication is off.
 pub struct Caller(pub Role);
@@ -231,15 +298,15 @@ mod tests {
 
     #[test]
     fn parses_tokens_and_grants_by_role() {
-        let set: TokenSet = "admin:aaaaaaaa, viewer:vvvvvvvv,agent:gggggggg"
-            .parse()
-            .unwrap();
+        let set: TokenSet = "admin:aaaaaaaa, viewer:vvvvvvvv".parse().unwrap();
         assert_eq!(set.role_of("vvvvvvvv"), Some(Role::Viewer));
         assert_eq!(set.role_of("nope"), None);
         assert!(Role::Admin.grants(Role::Operator));
         assert!(!Role::Viewer.grants(Role::Operator));
-        assert!(!Role::Admin.grants(Role::Agent));
-        assert!(!Role::Agent.grants(Role::Viewer));
+        let gone = "admin:aaaaaaaa,agent:gggggggg"
+            .parse::<TokenSet>()
+            .unwrap_err();
+        assert!(gone.contains("bootstrap token"), "{gone}");
         assert!("root:xxxxxxxx".parse::<TokenSet>().is_err());
         assert!("admin:short".parse::<TokenSet>().is_err());
         assert!("admin".parse::<TokenSet>().is_err());

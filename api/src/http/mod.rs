@@ -8,6 +8,7 @@ pub mod agent;
 pub mod apply;
 pub mod auth;
 pub mod body;
+pub mod credentials;
 pub mod deployments;
 pub mod events;
 pub mod experiments;
@@ -24,7 +25,7 @@ use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 
 use crate::metrics::RequestLabels;
 use crate::state::AppState;
@@ -93,6 +94,23 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/pipelines", get(pipelines::list))
         .route("/api/v1/pipelines/validate", post(pipelines::validate))
         .route("/api/v1/pipelines/{name}", get(pipelines::get))
+        .route(
+            "/api/v1/bootstrap-tokens",
+            post(credentials::create_bootstrap).get(credentials::list_bootstrap),
+        )
+        .route(
+            "/api/v1/bootstrap-tokens/{id}",
+            delete(credentials::revoke_bootstrap),
+        )
+        .route(
+            "/api/v1/agent-credentials",
+            get(credentials::list_host_credentials),
+        )
+        .route(
+            "/api/v1/agent-credentials/{host_id}",
+            delete(credentials::revoke_host_credential),
+        )
+        .route("/agent/v1/enroll", post(agent::enroll))
         .route("/agent/v1/hosts/{host_id}/tasks", get(agent::claim_tasks))
         .route(
             "/agent/v1/hosts/{host_id}/tasks/{task_id}",

@@ -7,6 +7,7 @@
 
 pub mod apply;
 pub mod completion;
+pub mod credentials;
 pub mod deployment;
 pub mod experiment;
 pub mod host;
@@ -50,6 +51,8 @@ Typical flow:
   phoenix diff -f gitops/                      what applying a directory would change
   phoenix apply -f gitops/ --prune             make the directory's documents the state (all or nothing)
   phoenix sync --dir gitops/ --prune           apply it again every 30s (GitOps; the Helm chart runs this)
+  phoenix bootstrap-token create --ttl 24h     a token new agents enroll with (admin)
+  phoenix agent-credential revoke web-1        cut a host's agent off; it must enroll again
   phoenix completion bash                      shell completions (see `phoenix completion --help`)
 
 Configuration (flags beat environment beat file):
@@ -105,6 +108,12 @@ pub enum Command {
     /// List the tasks Phoenix gave agents (start, update, stop), by host or status
     #[command(visible_alias = "tasks", subcommand)]
     Task(task::TaskCommand),
+    /// Create, list and revoke the bootstrap tokens agents enroll with (admin)
+    #[command(subcommand)]
+    BootstrapToken(credentials::BootstrapTokenCommand),
+    /// List and revoke the per-host credentials agents hold (admin)
+    #[command(subcommand)]
+    AgentCredential(credentials::AgentCredentialCommand),
     /// Apply Experiment, PipelineTemplate and PipelineDeployment documents from a file or directory, all or nothing
     #[command(after_help = "\
 Every *.yaml/*.yml file of a directory (recursively; several documents per file
@@ -222,6 +231,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Loadsim(command) => loadsim::run(&ctx, command).await,
         Command::Pipeline(command) => pipeline::run(&ctx, command).await,
         Command::Task(command) => task::run(&ctx, command).await,
+        Command::BootstrapToken(command) => credentials::run_bootstrap(&ctx, command).await,
+        Command::AgentCredential(command) => credentials::run_credential(&ctx, command).await,
         Command::Completion { .. } => unreachable!("handled before the configuration"),
         Command::Apply {
             file,

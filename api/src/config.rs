@@ -61,6 +61,10 @@ pub struct ApiConfig {
     #[arg(long, env = "PHOENIX_BOOTSTRAP_TOKEN_FILE", value_name = "PATH")]
     pub bootstrap_token_file: Option<std::path::PathBuf>,
 
+    /// Most event-stream WebSockets this replica serves at once; more get 429.
+    #[arg(long, env = "PHOENIX_API_MAX_EVENT_STREAMS", default_value_t = 1000)]
+    pub max_event_streams: usize,
+
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "PHOENIX_API_MAX_BODY", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,

@@ -35,6 +35,7 @@ pub struct Metrics {
     pub events_received: Counter,
     pub event_streams: Gauge,
     pub event_streams_resubscribe: Counter,
+    pub event_streams_refused: Counter,
     pub event_listener_connected: Gauge,
 }
 
@@ -113,6 +114,12 @@ impl Metrics {
             "Event streams closed because events were dropped (subscriber behind, listener reconnected)",
             event_streams_resubscribe.clone(),
         );
+        let event_streams_refused = Counter::default();
+        registry.register(
+            "event_streams_refused",
+            "Event-stream subscriptions refused because the replica serves its maximum",
+            event_streams_refused.clone(),
+        );
         let claim_statements = Counter::default();
         registry.register(
             "claim_statements",
@@ -147,6 +154,7 @@ impl Metrics {
             events_received,
             event_streams,
             event_streams_resubscribe,
+            event_streams_refused,
             event_listener_connected,
         }
     }

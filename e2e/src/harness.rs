@@ -130,6 +130,8 @@ pub struct StackOptions {
     pub tls: Option<TestCa>,
     /// A host silent for longer than this shows as lost.
     pub host_grace: Duration,
+    /// Event streams the api serves at once.
+    pub max_event_streams: usize,
 }
 
 /// A private CA and a server certificate it signed for 127.0.0.1 and localhost,
@@ -249,6 +251,7 @@ impl Default for StackOptions {
             analysis_timeout: Duration::from_secs(60),
             tls: None,
             host_grace: Duration::from_secs(60),
+            max_event_streams: 1000,
         }
     }
 }
@@ -292,6 +295,7 @@ impl Stack {
             scheme = "https";
         }
         api_config.host_grace = HumanDuration(options.host_grace);
+        api_config.max_event_streams = options.max_event_streams;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind api");

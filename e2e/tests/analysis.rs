@@ -123,6 +123,23 @@ async fn experiments_reach_verdicts_whose_numbers_match_promql() {
             ", high_priority_regex: '^(phoenix-agent|otelcol-phoenix)$'",
         ))
         .await;
+    // A forged push: a host outside the experiment claims a huge candidate RSS.
+    let forged = reqwest::Client::new()
+        .put(format!(
+            "{}/metrics/job/phoenix_collectors/host/intruder/collector/topk-pass.candidate",
+            measurement.pushgateway_url
+        ))
+        .body(
+            "phoenix_collector_rss_bytes{experiment=\"topk-pass\",variant=\"candidate\",pipeline=\"process-topk\"} 1e12\n\
+             phoenix_collector_cpu_seconds_total{experiment=\"topk-pass\",variant=\"candidate\",pipeline=\"process-topk\"} 1e6\n",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        forged.status().is_success(),
+        "the forged push is accepted by the Pushgateway"
+    );
     completed(&stack, "topk-pass").await;
     completed(&stack, "drop-fail").await;
 
@@ -132,6 +149,13 @@ async fn experiments_reach_verdicts_whose_numbers_match_promql() {
     assert_eq!(passing.verdict, Verdict::Pass, "{:#?}", passing.criteria);
     assert!(passing.series_reduction().unwrap() >= 50.0);
     assert_eq!(passing.hosts.len(), 2);
+    // The analyzer left the forged samples out, and says whose they were.
+    assert_eq!(passing.ignored_hosts, ["intruder"]);
+    assert!(
+        passing.candidate.rss_mib.unwrap() < 10_000.0,
+        "{:?}",
+        passing.candidate
+    );
 
     // The evidence behind it, for the console's charts: both variants over the
     // window, and exactly the CPU samples Mann–Whitney compared (fewer than the bound).

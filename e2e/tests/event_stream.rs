@@ -474,3 +474,59 @@ async fn status_watch_prints_the_transitions_and_exits_when_the_experiment_stops
         "{stderr}"
     );
 }
+
+/// A replica serves at most `--max-event-streams` streams (429 past it, with the
+/// limit named), frees a place when a stream ends, and ends a stream whose client
+/// sends an oversized message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_streams_are_bounded_in_number_and_message_size() {
+    let stack = Stack::start_with(StackOptions {
+        reconciler: false,
+        max_event_streams: 2,
+        ..Default::default()
+    })
+    .await;
+    let first = subscribe(&stack.api_url, "", Some(VIEWER_TOKEN))
+        .await
+        .unwrap();
+    let mut second = subscribe(&stack.api_url, "", Some(VIEWER_TOKEN))
+        .await
+        .unwrap();
+    match subscribe(&stack.api_url, "", Some(VIEWER_TOKEN)).await {
+        Err(tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 429);
+            let body = String::from_utf8_lossy(response.body().as_deref().unwrap_or_default());
+            assert!(body.contains("--max-event-streams"), "{body}");
+        }
+        other => panic!(
+            "a third stream must be refused, got {:?}",
+            other.map(|_| ())
+        ),
+    }
+    drop(first);
+    let mut third = eventually("a place frees up", WAIT, || async {
+        subscribe(&stack.api_url, "", Some(VIEWER_TOKEN)).await.ok()
+    })
+    .await;
+    // A client message over the limit ends that stream; the others go on.
+    second
+        .send(Message::Text("x".repeat(64 * 1024).into()))
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(WAIT, async {
+        loop {
+            match second.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the oversized message did not end the stream"
+    );
+    stack.register_host("web-1", &[("role", "web")]).await;
+    assert!(matches!(next_event(&mut third).await, Event::Host(_)));
+    stack.shutdown().await;
+}

@@ -27,6 +27,7 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, Container, PersistentVolumeClaim, Pod, PodSpec, Probe, Secret, Service,
     ServiceAccount,
 };
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Serialize;
@@ -168,6 +169,7 @@ enum Object {
     DaemonSet(DaemonSet),
     ClusterRole(ClusterRole),
     ClusterRoleBinding(ClusterRoleBinding),
+    NetworkPolicy(NetworkPolicy),
 }
 
 fn is<T: Resource>(api_version: &str, kind: &str) -> bool {
@@ -203,6 +205,8 @@ fn parse_object(document: &Document) -> Result<Object, String> {
         round_trip(value).map(Object::ClusterRole)
     } else if is::<ClusterRoleBinding>(api_version, kind) {
         round_trip(value).map(Object::ClusterRoleBinding)
+    } else if is::<NetworkPolicy>(api_version, kind) {
+        round_trip(value).map(Object::NetworkPolicy)
     } else {
         Err(format!(
             "{api_version} {kind} is not a kind this test knows; add it to `Object`"
@@ -804,6 +808,120 @@ fn check_wiring(rendered: &Rendered, problems: &mut Vec<String>) {
     }
 }
 
+/// The workloads (by name) whose pod labels a `matchLabels` selects.
+fn selected_workloads(
+    rendered: &Rendered,
+    selector: &BTreeMap<String, String>,
+) -> BTreeSet<String> {
+    rendered
+        .pod_specs()
+        .into_iter()
+        .filter(|(_, labels, _)| selector.iter().all(|(k, v)| labels.get(k) == Some(v)))
+        .map(|(name, _, _)| name)
+        .collect()
+}
+
+/// Measurement integrity: the bundled Prometheus and Pushgateway each have a
+/// NetworkPolicy admitting exactly the workloads that must reach them (Prometheus:
+/// the agents, which remote-write, and the reconciler, which queries; the
+/// Pushgateway: the agents, which push, and Prometheus, which scrapes), and
+/// Prometheus runs without its lifecycle API (no remote shutdown or reload).
+fn check_measurement_policies(rendered: &Rendered, problems: &mut Vec<String>) {
+    let fullname = rendered
+        .daemon_sets()
+        .next()
+        .and_then(|ds| ds.metadata.name.as_deref())
+        .and_then(|name| name.strip_suffix("-agent"))
+        .unwrap_or(RELEASE)
+        .to_string();
+    let workload = |component: &str| format!("{fullname}-{component}");
+    let policies: Vec<&NetworkPolicy> = rendered
+        .objects
+        .iter()
+        .filter_map(|(_, object)| match object {
+            Object::NetworkPolicy(p) => Some(p),
+            _ => None,
+        })
+        .collect();
+    for (target, admitted) in [
+        ("prometheus", ["agent", "reconciler"]),
+        ("pushgateway", ["agent", "prometheus"]),
+    ] {
+        let target = workload(target);
+        let Some((_, _, spec)) = rendered
+            .pod_specs()
+            .into_iter()
+            .find(|(name, _, _)| *name == target)
+        else {
+            continue; // not bundled in this value set
+        };
+        if let Some(c) = spec.containers.first()
+            && c.args
+                .iter()
+                .flatten()
+                .any(|a| a == "--web.enable-lifecycle")
+        {
+            problems.push(format!("{target} runs with --web.enable-lifecycle"));
+        }
+        let governing: Vec<&&NetworkPolicy> = policies
+            .iter()
+            .filter(|p| {
+                let selector = p
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.pod_selector.as_ref())
+                    .and_then(|s| s.match_labels.clone())
+                    .unwrap_or_default();
+                selected_workloads(rendered, &selector).contains(&target)
+            })
+            .collect();
+        if governing.len() != 1 {
+            problems.push(format!(
+                "{target} is selected by {} NetworkPolicies, want exactly one",
+                governing.len()
+            ));
+            continue;
+        }
+        let mut reached_by = BTreeSet::new();
+        for rule in governing[0]
+            .spec
+            .as_ref()
+            .and_then(|s| s.ingress.as_ref())
+            .into_iter()
+            .flatten()
+        {
+            let Some(peers) = &rule.from else {
+                problems.push(format!(
+                    "{target}: an ingress rule without `from` admits every pod"
+                ));
+                continue;
+            };
+            for peer in peers {
+                let selector = peer
+                    .pod_selector
+                    .as_ref()
+                    .and_then(|s| s.match_labels.clone())
+                    .unwrap_or_default();
+                if selector.is_empty()
+                    || peer.ip_block.is_some()
+                    || peer.namespace_selector.is_some()
+                {
+                    problems.push(format!(
+                        "{target}: a peer that is not one of Phoenix's workloads"
+                    ));
+                }
+                reached_by.extend(selected_workloads(rendered, &selector));
+            }
+        }
+        let wanted: BTreeSet<String> = admitted.iter().map(|c| workload(c)).collect();
+        if reached_by != wanted {
+            problems.push(format!(
+                "{target} is reachable from {reached_by:?}, want exactly {wanted:?}"
+            ));
+        }
+    }
+}
+
 #[test]
 fn the_chart_renders_valid_kubernetes_objects_for_every_value_set() {
     let mut report = Vec::new();
@@ -829,6 +947,7 @@ fn the_chart_renders_valid_kubernetes_objects_for_every_value_set() {
                 }
                 check_api_and_reconciler(rendered, &mut problems);
                 check_wiring(rendered, &mut problems);
+                check_measurement_policies(rendered, &mut problems);
             }
         }
         for problem in problems {

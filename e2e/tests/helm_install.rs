@@ -28,7 +28,7 @@ use phoenix_e2e::kube::{ControlPlane, ControlPlaneOptions, wait_until};
 const RELEASE: &str = "phoenix";
 /// The chart version before this one; `upgrade_keeps_tokens_and_database` installs it
 /// from git history.
-const PREVIOUS_CHART_VERSION: &str = "0.1.0";
+const PREVIOUS_CHART_VERSION: &str = "0.2.0";
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -108,6 +108,13 @@ fn documented_pod_security_labels() -> Vec<(String, String)> {
         .collect();
     assert!(!labels.is_empty(), "no labels in {line}");
     labels
+}
+
+/// The user tokens of the chart's tokens Secret (what every version keeps).
+fn user_tokens(mut data: BTreeMap<String, Vec<u8>>) -> BTreeMap<String, Vec<u8>> {
+    data.retain(|key, _| ["admin-token", "operator-token", "viewer-token"].contains(&key.as_str()));
+    assert_eq!(data.len(), 3, "the tokens Secret lacks a user token");
+    data
 }
 
 async fn secret_data(
@@ -266,7 +273,7 @@ async fn the_chart_installs_upgrades_rolls_back_and_uninstalls_on_a_real_api_ser
         .args(["install", RELEASE])
         .arg(&previous)
         .args(TEST_VALUES));
-    let tokens_before = secret_data(&client, ns, &format!("{RELEASE}-tokens")).await;
+    let tokens_before = user_tokens(secret_data(&client, ns, &format!("{RELEASE}-tokens")).await);
     let database_before = secret_data(&client, ns, &format!("{RELEASE}-database")).await;
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
     let claim = format!("data-{RELEASE}-postgres-0");
@@ -288,10 +295,17 @@ async fn the_chart_installs_upgrades_rolls_back_and_uninstalls_on_a_real_api_ser
             "3m",
         ])
         .args(TEST_VALUES));
+    let tokens_after = secret_data(&client, ns, &format!("{RELEASE}-tokens")).await;
     assert_eq!(
-        secret_data(&client, ns, &format!("{RELEASE}-tokens")).await,
+        user_tokens(tokens_after.clone()),
         tokens_before,
         "the upgrade changed the tokens"
+    );
+    // 0.3.0 replaced the shared agent token with a bootstrap token agents enroll with.
+    let bootstrap = String::from_utf8(tokens_after["bootstrap-token"].clone()).unwrap();
+    assert!(
+        phoenix_wire::credentials::parse_token(&bootstrap).is_ok(),
+        "the generated bootstrap token is malformed"
     );
     assert_eq!(
         secret_data(&client, ns, &format!("{RELEASE}-database")).await,
@@ -392,7 +406,7 @@ async fn the_chart_installs_upgrades_rolls_back_and_uninstalls_on_a_real_api_ser
         "the rollback restored revision 1 (the previous chart)"
     );
     assert_eq!(
-        secret_data(&client, ns, &format!("{RELEASE}-tokens")).await,
+        user_tokens(secret_data(&client, ns, &format!("{RELEASE}-tokens")).await),
         tokens_before,
         "the rollback changed the tokens"
     );

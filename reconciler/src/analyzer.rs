@@ -20,6 +20,12 @@
 //! compared), at most `EVIDENCE_MAX_POINTS` per series, so that the console draws
 //! them without Prometheus.
 //!
+//! Only the experiment's target hosts count: every query selects
+//! `phoenix_host=~` (remote-written series) or `host=~` (Pushgateway groups) their
+//! exact ids, so samples labelled with the experiment by any other host (a forged
+//! push or remote write) are left out, and the report names those hosts in
+//! `ignoredHosts`.
+//!
 //! Missing data is an explicit `no-data` outcome that never passes. When Prometheus
 //! cannot be reached the experiment stays in `analyzing` and is retried on every
 //! activation of the analysis job; after the analysis timeout it fails with the last
@@ -207,8 +213,56 @@ fn verdict_reason(report: &ExperimentReport) -> String {
     )
 }
 
-fn selector(experiment: &str, variant: &str) -> String {
-    format!(r#"{{phoenix_experiment="{experiment}",phoenix_variant="{variant}"}}"#)
+/// A PromQL regex (inside a double-quoted string) matching exactly these hosts.
+/// Host ids hold letters, digits, `.`, `_` and `-`, of which only `.` is special.
+fn hosts_regex(hosts: &[String]) -> String {
+    hosts
+        .iter()
+        .map(|h| h.replace('.', "\\\\."))
+        .collect::<Vec<_>>()
+        .join("|")
+}
+
+/// The remote-written series of one variant, on the experiment's hosts only.
+fn selector(experiment: &Experiment, variant: &str) -> String {
+    format!(
+        r#"{{phoenix_experiment="{}",phoenix_variant="{variant}",phoenix_host=~"{}"}}"#,
+        experiment.name,
+        hosts_regex(&experiment.target_hosts)
+    )
+}
+
+/// Hosts that sent samples labelled with the experiment although it does not
+/// target them, through remote write or the Pushgateway, during the window.
+async fn foreign_hosts(
+    prom: &Prometheus,
+    experiment: &Experiment,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> std::result::Result<Vec<String>, PrometheusError> {
+    let targets = hosts_regex(&experiment.target_hosts);
+    let mut found = BTreeSet::new();
+    for (selector, label) in [
+        (
+            format!(
+                r#"{{phoenix_experiment="{}",phoenix_host!~"{targets}"}}"#,
+                experiment.name
+            ),
+            "phoenix_host",
+        ),
+        (
+            format!(
+                r#"{{job="phoenix_collectors",experiment="{}",host!~"{targets}"}}"#,
+                experiment.name
+            ),
+            "host",
+        ),
+    ] {
+        for labels in prom.series(&selector, start, end).await? {
+            found.insert(labels.get(label).cloned().unwrap_or_default());
+        }
+    }
+    Ok(found.into_iter().collect())
 }
 
 /// Measured numbers of one variant, before judging.
@@ -244,7 +298,7 @@ async fn measure_variant(
 
     // Distinct series, and which critical processes appear among them.
     let series = prom
-        .series(&selector(&experiment.name, variant), start, end)
+        .series(&selector(experiment, variant), start, end)
         .await?;
     let mut names = BTreeSet::new();
     let mut critical_overall = BTreeSet::new();
@@ -279,7 +333,7 @@ async fn measure_variant(
     let minutes = (end - start).num_milliseconds() as f64 / 60_000.0;
     let window = format!("{}ms", (end - start).num_milliseconds().max(1));
     for name in &names {
-        let inner = selector(&experiment.name, variant);
+        let inner = selector(experiment, variant);
         let query = format!(
             "sum by (phoenix_host) (count_over_time({{__name__=\"{name}\",{}}}[{window}]))",
             &inner[1..inner.len() - 1]
@@ -302,7 +356,7 @@ async fn measure_variant(
 
     // Evidence: distinct series at each step, and datapoints received in the minute
     // before it (counted per metric name, as above, and summed).
-    let inner = selector(&experiment.name, variant);
+    let inner = selector(experiment, variant);
     let count = prom
         .query_range(&format!("count({inner})"), start, end, settings.sample_step)
         .await?;
@@ -333,8 +387,9 @@ async fn measure_variant(
 
     // Collector CPU (cores) and RSS (MiB), per scrape, from the Pushgateway series.
     let group = format!(
-        r#"job="phoenix_collectors",experiment="{}",variant="{variant}""#,
-        experiment.name
+        r#"job="phoenix_collectors",experiment="{}",variant="{variant}",host=~"{}""#,
+        experiment.name,
+        hosts_regex(&experiment.target_hosts)
     );
     let rate_window = format!("{}ms", settings.rate_window.as_millis());
     let cpu = prom
@@ -463,6 +518,10 @@ pub async fn measure(
             },
         );
     }
+    let ignored_hosts = foreign_hosts(&settings.prometheus, experiment, start, end).await?;
+    if !ignored_hosts.is_empty() {
+        tracing::warn!(experiment = %experiment.name, ?ignored_hosts, "samples from hosts outside the experiment were left out");
+    }
     Ok(ExperimentReport {
         experiment: experiment.name.clone(),
         window_start: start,
@@ -482,6 +541,7 @@ pub async fn measure(
             baseline: baseline.evidence,
             candidate: candidate.evidence,
         }),
+        ignored_hosts,
     })
 }
 
@@ -580,5 +640,24 @@ fn judge_critical(
         criterion,
         outcome,
         reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hosts_regex_matches_exactly_the_targets() {
+        let hosts = vec!["web-1".to_string(), "db.eu-2".to_string()];
+        // In a PromQL string `\\.` is the regex `\.`: a literal dot.
+        assert_eq!(hosts_regex(&hosts), r"web-1|db\\.eu-2");
+        let regex = regex::Regex::new(&format!(
+            "^(?:{})$",
+            hosts_regex(&hosts).replace(r"\\", r"\")
+        ))
+        .unwrap();
+        assert!(regex.is_match("web-1") && regex.is_match("db.eu-2"));
+        assert!(!regex.is_match("dbxeu-2") && !regex.is_match("web-10"));
     }
 }

@@ -121,6 +121,10 @@ pub struct ExperimentReport {
     /// The samples behind the numbers; `None` in reports written before it was kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evidence: Option<Evidence>,
+    /// Hosts outside the experiment that sent samples labelled with it (forged, or
+    /// left over); none of their samples were counted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ignored_hosts: Vec<String>,
 }
 
 /// At most this many points are kept per series of [`Evidence`].

@@ -496,11 +496,35 @@ impl PipelineTemplateDocument {
     }
 }
 
-/// A variable a template declares by using it: its lower-snake name and default.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+/// A template's variable as the API shows it: its lower-snake name and default,
+/// and (when the template declares it, see [`crate::variables::VariableDecl`]) its
+/// type, doc and bounds.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct TemplateVariable {
     pub name: String,
     pub default: String,
+    /// Absent for a template stored before variables were declared.
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<crate::variables::VariableType>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub doc: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+}
+
+impl From<&crate::variables::VariableDecl> for TemplateVariable {
+    fn from(decl: &crate::variables::VariableDecl) -> Self {
+        TemplateVariable {
+            name: decl.name.clone(),
+            default: decl.default.clone(),
+            kind: Some(decl.kind),
+            doc: decl.doc.clone(),
+            min: decl.min,
+            max: decl.max,
+        }
+    }
 }
 
 /// The variables a collector config uses, in order of first use:
@@ -521,7 +545,11 @@ pub fn template_variables(config: &str) -> Vec<TemplateVariable> {
             // A later use may be the one that spells out the default.
             Some(known) if known.default.is_empty() => known.default = default,
             Some(_) => {}
-            None => found.push(TemplateVariable { name, default }),
+            None => found.push(TemplateVariable {
+                name,
+                default,
+                ..TemplateVariable::default()
+            }),
         }
     }
     found
@@ -654,11 +682,13 @@ spec:
             vec![
                 TemplateVariable {
                     name: "cpu_threshold".into(),
-                    default: "0.05".into()
+                    default: "0.05".into(),
+                    ..TemplateVariable::default()
                 },
                 TemplateVariable {
                     name: "interval".into(),
-                    default: "10s".into()
+                    default: "10s".into(),
+                    ..TemplateVariable::default()
                 },
             ]
         );

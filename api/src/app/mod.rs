@@ -208,10 +208,7 @@ pub fn template_view(stored: templates::StoredTemplate) -> PipelineTemplate {
             .variables
             .0
             .iter()
-            .map(|v| TemplateVariable {
-                name: v.name.clone(),
-                default: v.default.clone(),
-            })
+            .map(TemplateVariable::from)
             .collect()
     };
     PipelineTemplate {
@@ -280,10 +277,7 @@ pub async fn validate_template(
             .spec
             .variables
             .iter()
-            .map(|v| TemplateVariable {
-                name: v.name.clone(),
-                default: v.default.clone(),
-            })
+            .map(TemplateVariable::from)
             .collect(),
     })
 }

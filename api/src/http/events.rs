@@ -18,9 +18,14 @@ use crate::state::AppState;
 
 /// How long a new subscriber waits for a (re)connecting event listener.
 const LISTENER_WAIT: Duration = Duration::from_secs(5);
+/// Largest message (and frame) a client may send on the stream: it only ever
+/// answers pings and closes.
+const MAX_CLIENT_MESSAGE: usize = 4096;
 
 /// Checks the token and the filter, subscribes, then upgrades: once the client has
-/// its `101 Switching Protocols`, it receives every later event.
+/// its `101 Switching Protocols`, it receives every later event. A replica serves at
+/// most `--max-event-streams` streams at once (429 past it); a client message over
+/// [`MAX_CLIENT_MESSAGE`] bytes ends the stream.
 pub async fn stream(
     State(state): State<AppState>,
     _: Viewer,
@@ -34,13 +39,23 @@ pub async fn stream(
         // Not a WebSocket handshake: axum's own answer says what is missing.
         Err(rejection) => return Ok(rejection.into_response()),
     };
+    let limit = state.config.max_event_streams;
+    if state.events.subscribers() >= limit {
+        state.metrics.event_streams_refused.inc();
+        return Err(ApiError::TooManyRequests(format!(
+            "this api replica already serves {limit} event streams (--max-event-streams); retry later or through another replica"
+        )));
+    }
     let receiver = state.events.subscribe(LISTENER_WAIT).await.ok_or_else(|| {
         ApiError::Unavailable(
             "the event stream is not connected to the database; retry shortly".into(),
         )
     })?;
     // A browser offers the protocol (with its token, see `auth`) and needs it echoed.
-    let upgrade = upgrade.protocols([phoenix_wire::events::WS_PROTOCOL]);
+    let upgrade = upgrade
+        .protocols([phoenix_wire::events::WS_PROTOCOL])
+        .max_message_size(MAX_CLIENT_MESSAGE)
+        .max_frame_size(MAX_CLIENT_MESSAGE);
     Ok(upgrade.on_upgrade(move |socket| {
         events::forward(socket, receiver, filter, state.shutdown, state.metrics)
     }))

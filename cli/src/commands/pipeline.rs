@@ -230,11 +230,76 @@ fn template_details(template: &PipelineTemplate) -> String {
     details
         .field("Name", &template.name)
         .field("Source", if template.builtin { "builtin" } else { "user" })
-        .field("Description", &template.description)
-        .field("Variables", variables(template));
-    format!(
-        "{}Config:\n{}",
-        details.render(),
-        output::indent(&template.config, "  ")
-    )
+        .field("Description", &template.description);
+    let mut text = details.render();
+    if template.variables.is_empty() {
+        text.push_str("Variables:   none\n");
+    } else {
+        // What an experiment may set in `vars:`, each value parsed by its type.
+        let mut table = Table::new(&["VARIABLE", "TYPE", "DEFAULT", "RANGE", "DOC"]);
+        for v in &template.variables {
+            let range = match (v.min, v.max) {
+                (None, None) => "-".to_string(),
+                (min, max) => format!(
+                    "{}..{}",
+                    min.map(|m| m.to_string()).unwrap_or_default(),
+                    max.map(|m| m.to_string()).unwrap_or_default()
+                ),
+            };
+            table.row(vec![
+                v.name.clone(),
+                v.kind.map_or("undeclared", |k| k.as_str()).to_string(),
+                v.default.clone(),
+                range,
+                if v.doc.is_empty() {
+                    "-".into()
+                } else {
+                    v.doc.clone()
+                },
+            ]);
+        }
+        text.push_str("Variables:\n");
+        text.push_str(&output::indent(&table.render(), "  "));
+    }
+    format!("{text}Config:\n{}", output::indent(&template.config, "  "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_details_show_each_variable_with_its_type_and_doc() {
+        let template: PipelineTemplate = serde_json::from_value(serde_json::json!({
+            "name": "process-topk",
+            "description": "keeps the busiest processes",
+            "builtin": true,
+            "variables": [
+                {"name": "cpu_threshold", "default": "0.05", "type": "number",
+                 "doc": "share of a core a process must use", "min": 0.0, "max": 64.0},
+                {"name": "interval", "default": "10s"}
+            ],
+            "config": "receivers: {}\n",
+            "updatedAt": "2026-12-01T00:00:00Z"
+        }))
+        .unwrap();
+        let text = template_details(&template);
+        let row = text
+            .lines()
+            .find(|l| l.contains("cpu_threshold"))
+            .expect("a row for cpu_threshold");
+        for part in [
+            "number",
+            "0.05",
+            "0..64",
+            "share of a core a process must use",
+        ] {
+            assert!(row.contains(part), "{part} missing from {row:?}");
+        }
+        assert!(
+            text.lines()
+                .any(|l| l.contains("interval") && l.contains("undeclared")),
+            "{text}"
+        );
+    }
 }

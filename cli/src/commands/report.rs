@@ -132,5 +132,11 @@ pub fn render(report: &ExperimentReport) -> String {
         "\nCost at {:.2} per million datapoints/min per month.\n",
         report.price_per_million_dpm
     ));
+    if !report.ignored_hosts.is_empty() {
+        out.push_str(&format!(
+            "Left out: samples labelled with this experiment from hosts it does not target: {}.\n",
+            report.ignored_hosts.join(", ")
+        ));
+    }
     out
 }

@@ -56,8 +56,9 @@ pub struct ApiConfig {
 
     /// A file holding a bootstrap token (`phoenix-bootstrap.<id>.<secret>`) that
     /// agents may enroll with; stored at start unless stored already, revocable
-    /// like any other (`phoenix bootstrap-token revoke ID`). Or set
-    /// PHOENIX_BOOTSTRAP_TOKEN. Admins can also create tokens through the API
+    /// like any other (`phoenix bootstrap-token revoke ID`). Without it the token is
+    /// read from the environment [env: PHOENIX_BOOTSTRAP_TOKEN]. Admins can also
+    /// create tokens through the API (`phoenix bootstrap-token create`)
     #[arg(long, env = "PHOENIX_BOOTSTRAP_TOKEN_FILE", value_name = "PATH")]
     pub bootstrap_token_file: Option<std::path::PathBuf>,
 

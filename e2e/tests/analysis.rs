@@ -130,7 +130,10 @@ async fn experiments_reach_verdicts_whose_numbers_match_promql() {
             measurement.pushgateway_url
         ))
         .body(
-            "phoenix_collector_rss_bytes{experiment=\"topk-pass\",variant=\"candidate\",pipeline=\"process-topk\"} 1e12\n\
+            // Typed as the agents type them: a push the Pushgateway holds consistently.
+            "# TYPE phoenix_collector_rss_bytes gauge\n\
+             phoenix_collector_rss_bytes{experiment=\"topk-pass\",variant=\"candidate\",pipeline=\"process-topk\"} 1e12\n\
+             # TYPE phoenix_collector_cpu_seconds_total counter\n\
              phoenix_collector_cpu_seconds_total{experiment=\"topk-pass\",variant=\"candidate\",pipeline=\"process-topk\"} 1e6\n",
         )
         .send()
@@ -239,7 +242,7 @@ async fn experiments_reach_verdicts_whose_numbers_match_promql() {
         );
         assert!((kpis.monthly_cost - dpm / 1e6 * passing.price_per_million_dpm).abs() < 1e-9);
         let rss_query = format!(
-            r#"avg(avg_over_time(phoenix_collector_rss_bytes{{experiment="topk-pass",variant="{variant}"}}[{window_ms}ms])) / 1048576"#
+            r#"avg(avg_over_time(phoenix_collector_rss_bytes{{experiment="topk-pass",variant="{variant}",host!="intruder"}}[{window_ms}ms])) / 1048576"#
         );
         let rss = prom
             .query(&rss_query, Some(passing.window_end))

@@ -117,6 +117,17 @@ pub struct AgentConfig {
     #[arg(long, env = "PHOENIX_HOSTFS", value_name = "DIR", default_value = "")]
     pub hostfs: String,
 
+    /// Where destination credentials are read from (a mounted Secret): a
+    /// destination's `credentials[].file` is a path inside it. Nothing outside it
+    /// is ever read for a collector.
+    #[arg(
+        long,
+        env = "PHOENIX_CREDENTIALS_DIR",
+        value_name = "DIR",
+        default_value = "/etc/phoenix/credentials"
+    )]
+    pub credentials_dir: PathBuf,
+
     /// Address for the agent's own /metrics and /healthz, e.g. 0.0.0.0:9464
     /// (port 0 picks a free port)
     #[arg(
@@ -287,6 +298,7 @@ impl AgentConfig {
             // Checked at start-up (check_required).
             collector_bin: self.collector_bin.clone().unwrap_or_default(),
             hostfs: self.hostfs.clone(),
+            credentials_dir: self.credentials_dir.clone(),
             start_timeout: self.start_timeout,
             stop_timeout: self.stop_timeout,
             collector_user: self.collector_user()?,

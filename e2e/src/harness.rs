@@ -650,6 +650,8 @@ impl AgentProcess {
             .arg("127.0.0.1:0")
             .arg("--heartbeat-interval")
             .arg("1s")
+            .arg("--credentials-dir")
+            .arg(self.credentials_dir())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
@@ -657,6 +659,14 @@ impl AgentProcess {
             .spawn()
             .expect("spawn phoenix-agent");
         self.child = Some(child);
+    }
+
+    /// Where this agent reads destination credentials given by file (inside its
+    /// state directory's parent temp dir; made on first use).
+    pub fn credentials_dir(&self) -> PathBuf {
+        let dir = self._dir.path().join("credentials");
+        std::fs::create_dir_all(&dir).expect("credentials dir");
+        dir
     }
 
     /// The agent process's id while it runs.

@@ -52,6 +52,7 @@ impl TestHost {
             state_dir: self.path().to_path_buf(),
             collector_bin,
             hostfs: "/hostfs-for-test".into(),
+            credentials_dir: self.path().join("credentials"),
             start_timeout: Duration::from_secs(10),
             stop_timeout: Duration::from_secs(5),
             collector_user: Some(COLLECTOR_USER_FOR_TESTS),

@@ -11,15 +11,17 @@
 //!
 //! Both feed the same desired state as experiments, before the diff.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use phoenix_api::app::promotion::{self, PromotedBy, Promotion, PromotionError};
 use phoenix_storage::deployments::{self, StoredDeployment};
+use phoenix_storage::destinations;
 use phoenix_storage::hosts::HostRecord;
 use phoenix_storage::tasks;
 use phoenix_storage::{PgConnection, Result};
 use phoenix_wire::agent::{CollectorSpec, TaskKind, UnitSpec};
+use phoenix_wire::destination::DestinationSpec;
 use phoenix_wire::render::{Template, standing_collector};
 use phoenix_wire::view::Phase;
 
@@ -80,6 +82,7 @@ pub async fn add_desired(
         hosts,
         template_configs,
         &config.remote_write_url,
+        &destinations::specs(conn).await?,
     );
     for (host, spec, since) in specs {
         let failed = lifecycle::failures_of(&failures, &host, &spec, since.max(window_start));
@@ -96,6 +99,7 @@ pub fn render(
     hosts: &[HostRecord],
     template_configs: &HashMap<String, Template>,
     remote_write_url: &str,
+    destinations: &BTreeMap<String, DestinationSpec>,
 ) -> Vec<(String, CollectorSpec, DateTime<Utc>)> {
     let mut specs = Vec::new();
     for host in hosts {
@@ -113,6 +117,7 @@ pub fn render(
             &host.host_id,
             config,
             remote_write_url,
+            destinations,
         );
         specs.push((host.host_id.clone(), spec, owner.updated_at));
     }
@@ -179,7 +184,13 @@ mod tests {
             host("db-2", "db"),
             host("cache-1", "cache"),
         ];
-        let specs = render(&deployments, &hosts, &templates, "http://prom");
+        let specs = render(
+            &deployments,
+            &hosts,
+            &templates,
+            "http://prom",
+            &BTreeMap::new(),
+        );
         let got: Vec<(&str, &str, &str)> = specs
             .iter()
             .map(|(h, s, _)| (h.as_str(), s.collector_id.as_str(), s.config.as_str()))
@@ -198,7 +209,14 @@ mod tests {
         let mut more = hosts.to_vec();
         more.push(host("web-3", "web"));
         assert_eq!(
-            render(&deployments, &more, &templates, "http://prom").len(),
+            render(
+                &deployments,
+                &more,
+                &templates,
+                "http://prom",
+                &BTreeMap::new()
+            )
+            .len(),
             4
         );
     }

@@ -10,12 +10,15 @@
 //! - [`deployments`]: pipeline deployments (standing pipelines) and their revisions,
 //!   with an experiment's promote and rollback, each one transaction.
 //! - [`credentials`]: bootstrap tokens and host credentials (digests only).
+//! - [`destinations`]: the user's backends standing collectors export to
+//!   (credential references only).
 //! - [`leader`]: leader election with a session advisory lock.
 //! - [`listen`]: the one LISTEN connection of a process, with backoff.
 
 pub mod apply;
 pub mod credentials;
 pub mod deployments;
+pub mod destinations;
 pub mod experiments;
 pub mod hosts;
 pub mod leader;

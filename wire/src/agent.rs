@@ -57,8 +57,18 @@ pub struct CollectorSpec {
     /// Environment set for the collector process (template variables, experiment,
     /// variant, host, remote-write URL). The agent adds the ports it assigns.
     pub env: BTreeMap<String, String>,
-    /// [`config_hash`] of `config` and `env`.
+    /// [`config_hash`] of `config` and `env` (and of the two lists below when
+    /// either is not empty).
     pub config_hash: String,
+    /// The destinations this collector may export to (a standing collector's
+    /// deployment names them); the agent checks the config against exactly these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub destinations: Vec<crate::policy::Destination>,
+    /// Credentials the agent reads (from a file in its credentials directory or
+    /// its own environment) and sets as the named variables for this collector
+    /// alone: references, never values.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub credentials: Vec<crate::destination::CredentialRef>,
 }
 
 impl CollectorSpec {
@@ -80,6 +90,36 @@ impl CollectorSpec {
             config,
             env,
             config_hash,
+            destinations: Vec::new(),
+            credentials: Vec::new(),
+        }
+    }
+
+    /// The spec exporting to `destinations` with `credentials`, its hash covering them.
+    pub fn with_destinations(
+        mut self,
+        destinations: Vec<crate::policy::Destination>,
+        credentials: Vec<crate::destination::CredentialRef>,
+    ) -> Self {
+        self.destinations = destinations;
+        self.credentials = credentials;
+        self.config_hash = if self.destinations.is_empty() && self.credentials.is_empty() {
+            config_hash(&self.config, &self.env)
+        } else {
+            let canonical = serde_json::to_string(&(&self.destinations, &self.credentials))
+                .expect("destinations always serialize");
+            let mut env = self.env.clone();
+            // Not an environment variable: a key no variable can have, for the hash only.
+            env.insert(" destinations".into(), canonical);
+            config_hash(&self.config, &env)
+        };
+        self
+    }
+
+    /// The policy allowances this spec's collector is checked with.
+    pub fn allowances(&self) -> crate::policy::Allowances {
+        crate::policy::Allowances {
+            destinations: self.destinations.clone(),
         }
     }
 

@@ -39,6 +39,7 @@ use crate::view::Experiment;
 ///   pipeline: process-topk
 ///   vars: {cpu_threshold: "0.05"}
 ///   criticalProcesses: [nginx, postgres]
+///   destinations: [vendor]                # see `kind: Destination`
 /// ```
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -51,11 +52,11 @@ pub struct PipelineDeploymentDocument {
 
 /// What a deployment runs, and where.
 ///
-/// Standing collectors export where their template sends them: every catalog
-/// template remote-writes to `PHOENIX_REMOTE_WRITE_URL`, the measurement Prometheus
-/// that experiment collectors write to as well. Exporting to the user's own backend
-/// (otlphttp) is meant to become a documented variable of a template (e.g. an
-/// `otlp_endpoint` var), not a field here.
+/// Standing collectors export where their template sends them (every catalog
+/// template remote-writes to `PHOENIX_REMOTE_WRITE_URL`, the measurement
+/// Prometheus, so Phoenix keeps watching what it rolled out) and to each of
+/// `destinations`, the user's backends an admin declared (`kind: Destination`):
+/// rendering adds one exporter per destination to every pipeline of the config.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct DeploymentSpec {
@@ -73,6 +74,10 @@ pub struct DeploymentSpec {
     /// Executable names for `PHOENIX_CRITICAL_PROCESSES_REGEX`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub critical_processes: Vec<String>,
+    /// Destinations (by name) the standing collectors export to, besides the
+    /// measurement Prometheus.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub destinations: Vec<String>,
 }
 
 impl PipelineDeploymentDocument {
@@ -96,6 +101,16 @@ impl DeploymentSpec {
         for (i, name) in self.critical_processes.iter().enumerate() {
             check_process_name(name)
                 .map_err(|m| FieldError::new(format!("spec.criticalProcesses[{i}]"), m))?;
+        }
+        for (i, name) in self.destinations.iter().enumerate() {
+            let field = format!("spec.destinations[{i}]");
+            names::check_resource_name(name).map_err(|m| FieldError::new(&field, m))?;
+            if self.destinations[..i].contains(name) {
+                return Err(FieldError::new(
+                    field,
+                    format!("destination `{name}` is named twice"),
+                ));
+            }
         }
         Ok(())
     }

@@ -16,6 +16,8 @@
 //!   (and deployment + template + host → its standing collector).
 //! - [`deployment`]: pipeline deployments (standing pipelines for a host selector),
 //!   their revisions, and the answer to an experiment's promote or rollback.
+//! - [`destination`]: the user's backends (OTLP gRPC/HTTP, Prometheus remote write)
+//!   an admin declares, with credentials by reference, and the exporters they become.
 //! - [`report`]: an experiment's KPIs per variant and host, and its verdict.
 //! - [`policy`]: the template policy: what a collector config may contain (components,
 //!   lookups, files, listeners, destinations), checked by the api and again by the agent.
@@ -33,6 +35,7 @@ pub mod agent;
 pub mod apply;
 pub mod credentials;
 pub mod deployment;
+pub mod destination;
 pub mod duration;
 pub mod events;
 pub mod fuzzing;

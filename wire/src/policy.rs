@@ -18,8 +18,13 @@
 //!   exporter only at `verbosity: basic`, which prints counts, not data);
 //! - receivers and extensions listen on loopback only;
 //! - exporters send only to the measurement endpoint (`${env:PHOENIX_REMOTE_WRITE_URL}`)
-//!   or to a destination an admin declared ([`Allowances::destinations`]); the
-//!   collector's own telemetry is pulled on loopback, never pushed.
+//!   or to a destination an admin declared ([`Allowances::destinations`]: a
+//!   standing collector's deployment names them, and rendering adds their
+//!   exporters); the collector's own telemetry is pulled on loopback, never pushed;
+//! - a destination's credential (`${env:PHOENIX_CREDENTIAL_…}`, set by the agent
+//!   from a file or its own environment) is read only as the whole value of a
+//!   header of an exporter that sends to a declared destination, never anywhere
+//!   it could become data or reach the measurement Prometheus.
 //!
 //! Every refusal names the offending path in the config, e.g.
 //! `exporters.otlp/x.endpoint`. [`CheckedConfig::canonical`] is the checked tree
@@ -83,6 +88,10 @@ pub fn placeholder_environment() -> BTreeMap<String, String> {
 /// admin-declared destination.
 pub const MEASUREMENT_ENDPOINT: &str = "${env:PHOENIX_REMOTE_WRITE_URL}";
 
+/// The family of variables the agent sets from a destination's credentials
+/// (`PHOENIX_CREDENTIAL_<DESTINATION>_<N>`); never in a task's environment.
+pub const CREDENTIAL_PREFIX: &str = "PHOENIX_CREDENTIAL_";
+
 /// What a Phoenix variable's value looks like, as far as placement is concerned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Shape {
@@ -90,6 +99,9 @@ pub enum Shape {
     Number,
     /// Anything else; its value is checked where it is placed.
     Text,
+    /// A destination's credential: only the whole value of a destination
+    /// exporter's header.
+    Secret,
 }
 
 /// Components a template may use, by kind, with the collector's deprecated aliases.
@@ -133,8 +145,9 @@ pub const ALLOWED_COMPONENTS: &[(&str, &[&str])] = &[
 /// the others talk to cloud metadata services or the Docker socket.
 const ALLOWED_DETECTORS: &[&str] = &["env", "system"];
 
-/// A place telemetry may be sent to, declared by an admin.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A place telemetry may be sent to, declared by an admin (a task carries the
+/// destinations of its collector, so the agent checks against the same list).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Destination {
     pub name: String,
     /// The exact endpoint text an exporter must use (URL or host:port).
@@ -240,7 +253,9 @@ pub fn check(
 pub fn check_environment(env: &BTreeMap<String, String>) -> Result<(), Refusal> {
     for (name, value) in env {
         let path = format!("env.{name}");
-        if is_phoenix_variable(name).is_none() || AGENT_VARIABLES.contains(&name.as_str()) {
+        if is_phoenix_variable(name).is_none_or(|shape| shape == Shape::Secret)
+            || AGENT_VARIABLES.contains(&name.as_str())
+        {
             return Err(Refusal::new(
                 &path,
                 "a collector's environment holds only the Phoenix variables a task may set",
@@ -431,6 +446,13 @@ fn is_phoenix_variable(name: &str) -> Option<Shape> {
     if let Some((_, shape)) = PHOENIX_VARIABLES.iter().find(|(n, _)| *n == name) {
         return Some(*shape);
     }
+    if let Some(rest) = name.strip_prefix(CREDENTIAL_PREFIX) {
+        let ok = !rest.is_empty()
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+        return ok.then_some(Shape::Secret);
+    }
     let var = name.strip_prefix("PHOENIX_VAR_")?;
     let ok = !var.is_empty()
         && var
@@ -484,6 +506,9 @@ impl Checker<'_> {
                 ),
             ));
         };
+        if shape == Shape::Secret {
+            return self.credential_lookup(lookup, path);
+        }
         let value = self
             .env
             .get(name)
@@ -507,6 +532,44 @@ impl Checker<'_> {
         };
         check_value_placement(value, lookup.placement)
             .map_err(|m| Refusal::new(path, format!("the value of `{name}` {m}")))
+    }
+
+    /// A credential is the whole value of `exporters.<id>.headers.<name>`, with no
+    /// default; its value (known to the agent only) is one line of plain text.
+    fn credential_lookup(&self, lookup: &Lookup, path: &str) -> Result<(), Refusal> {
+        let name = &lookup.name;
+        let parts: Vec<&str> = path.split('.').collect();
+        let in_header = matches!(parts.as_slice(), ["exporters", _, "headers", _]);
+        if !in_header || lookup.placement != Placement::Whole || lookup.default.is_some() {
+            return Err(Refusal::new(
+                path,
+                format!(
+                    "`{name}` is a destination's credential: it may only be the whole value of a header of a destination's exporter (exporters.<id>.headers.<name>), with no default"
+                ),
+            ));
+        }
+        let Some(value) = self.env.get(name) else {
+            return Ok(()); // set by the agent, which checks again with the value
+        };
+        let bad_start = value.starts_with([
+            '[', '{', '&', '*', '!', '|', '>', '\'', '"', '%', '@', '`', '#', '?', ':', ',',
+        ]) || value.starts_with("- ");
+        let problem = if value.contains("${") || value.contains("$$") {
+            Some("holds `${` or `$$`, which the collector would expand again")
+        } else if value.chars().any(char::is_control) {
+            Some("holds a control character (newline, NUL, …)")
+        } else if value.is_empty() {
+            Some("is empty")
+        } else if bad_start || value.contains(": ") || value.contains(" #") {
+            Some("would be read as YAML structure; a credential is one line of plain text")
+        } else {
+            None
+        };
+        match problem {
+            // The value itself is never quoted: it is a secret.
+            Some(m) => Err(Refusal::new(path, format!("the value of `{name}` {m}"))),
+            None => Ok(()),
+        }
     }
 
     fn structure(&self, tree: &Value) -> Result<(), Refusal> {
@@ -632,7 +695,19 @@ impl Checker<'_> {
                 ),
             ));
         }
+        let reads_credential = settings.get("headers").is_some_and(|headers| {
+            headers.as_object().is_some_and(|h| {
+                h.values()
+                    .any(|v| v.as_str().is_some_and(|v| v.contains(CREDENTIAL_PREFIX)))
+            })
+        });
         for (here, value) in endpoints {
+            if reads_credential && value.as_str() == Some(MEASUREMENT_ENDPOINT) {
+                return Err(Refusal::new(
+                    &here,
+                    "an exporter that sends a destination's credential may send only to that destination",
+                ));
+            }
             let allowed = value.as_str().is_some_and(|v| {
                 v == MEASUREMENT_ENDPOINT || self.allow.destinations.iter().any(|d| d.endpoint == v)
             });
@@ -1176,6 +1251,47 @@ service:
         );
         let config = BASE.replace("exporters:\n", "exporters:\n  otlp: {}\n");
         assert_eq!(refused(&config).path, "exporters.otlp.endpoint");
+    }
+
+    #[test]
+    fn credentials_are_only_whole_header_values_of_destination_exporters() {
+        let allow = Allowances {
+            destinations: vec![Destination {
+                name: "vendor".into(),
+                endpoint: "https://vendor.example".into(),
+            }],
+        };
+        let header = BASE.replace(
+            "exporters:\n",
+            "exporters:\n  otlp_http/v: {endpoint: 'https://vendor.example', headers: {authorization: '${env:PHOENIX_CREDENTIAL_VENDOR_0}'}}\n",
+        );
+        check(&header, &env(), &allow).unwrap();
+        // Into data (an attribute that would reach the measurement Prometheus).
+        let r = check(
+            &BASE.replace(
+                "\"${env:PHOENIX_HOST}\"",
+                "\"${env:PHOENIX_CREDENTIAL_VENDOR_0}\"",
+            ),
+            &env(),
+            &allow,
+        )
+        .unwrap_err();
+        assert!(r.reason.contains("credential"), "{r}");
+        // As a header towards the measurement Prometheus.
+        let r = check(
+            &BASE.replace(
+                "    endpoint: ${env:PHOENIX_REMOTE_WRITE_URL}\n",
+                "    endpoint: ${env:PHOENIX_REMOTE_WRITE_URL}\n    headers: {x: '${env:PHOENIX_CREDENTIAL_VENDOR_0}'}\n",
+            ),
+            &env(),
+            &allow,
+        )
+        .unwrap_err();
+        assert_eq!(r.path, "exporters.prometheus_remote_write.endpoint");
+        // A task may not set a credential itself: only the agent does.
+        let mut e = env();
+        e.insert("PHOENIX_CREDENTIAL_VENDOR_0".into(), "x".into());
+        assert!(check_environment(&e).is_err());
     }
 
     #[test]

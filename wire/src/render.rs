@@ -6,8 +6,12 @@
 
 use std::collections::BTreeMap;
 
+use serde_json::Value;
+
 use crate::agent::{CollectorSpec, Variant};
 use crate::deployment::DeploymentSpec;
+use crate::destination::{self, DestinationSpec, Protocol};
+use crate::policy::Destination;
 use crate::resource::{ExperimentSpec, PipelineRef, variable_env_name};
 use crate::variables::VariableDecl;
 
@@ -92,19 +96,31 @@ pub fn experiment_collector(
 /// set, so it carries the deployment's name here (with `phoenix_variant="standing"`
 /// telling it apart from an experiment of the same name); `PHOENIX_DEPLOYMENT`
 /// names the deployment for templates that want to say so.
+///
+/// Each destination the deployment names (looked up in `destinations`, every
+/// declared one by name) becomes one more exporter of every pipeline that can carry
+/// it ([`with_destinations`]); the template's own exporters, the measurement
+/// Prometheus among them, stay. A name not in `destinations` (deleted since; the
+/// api refuses both) is left out.
 pub fn standing_collector(
     name: &str,
     spec: &DeploymentSpec,
     host_id: &str,
     template: &Template,
     remote_write_url: &str,
+    destinations: &BTreeMap<String, DestinationSpec>,
 ) -> CollectorSpec {
     let pipeline = PipelineRef {
         pipeline: spec.pipeline.clone(),
         vars: spec.vars.clone(),
     };
     let extra = BTreeMap::from([("PHOENIX_DEPLOYMENT".to_string(), name.to_string())]);
-    collector_spec(
+    let chosen: Vec<(&str, &DestinationSpec)> = spec
+        .destinations
+        .iter()
+        .filter_map(|d| destinations.get(d).map(|spec| (d.as_str(), spec)))
+        .collect();
+    let collector = collector_spec(
         name,
         Variant::Standing,
         host_id,
@@ -113,7 +129,75 @@ pub fn standing_collector(
         template,
         remote_write_url,
         extra,
-    )
+    );
+    if chosen.is_empty() {
+        return collector;
+    }
+    with_destinations(collector, &chosen)
+}
+
+/// `collector` exporting to `destinations` as well: one exporter each
+/// ([`crate::destination::exporter`]), added to every pipeline of its signal
+/// (metrics for all; traces and logs for OTLP), and the spec's destinations and
+/// credential references set so the agent checks and resolves exactly these. A
+/// config that is not a mapping is left as it is (the policy refuses it).
+pub fn with_destinations(
+    mut collector: CollectorSpec,
+    destinations: &[(&str, &DestinationSpec)],
+) -> CollectorSpec {
+    let Ok(mut tree) = serde_saphyr::from_str::<Value>(&collector.config) else {
+        return collector;
+    };
+    let Some(top) = tree.as_object_mut() else {
+        return collector;
+    };
+    let mut grants = Vec::new();
+    let mut credentials = Vec::new();
+    let mut added: Vec<(String, Protocol)> = Vec::new();
+    for (name, spec) in destinations {
+        let (settings, refs) = destination::exporter(name, spec);
+        let id = destination::exporter_id(spec.protocol, name);
+        let exporters = top
+            .entry("exporters")
+            .or_insert_with(|| Value::Object(Default::default()));
+        if let Some(exporters) = exporters.as_object_mut() {
+            exporters.insert(id.clone(), settings);
+        }
+        grants.push(Destination {
+            name: name.to_string(),
+            endpoint: spec.endpoint.clone(),
+        });
+        credentials.extend(refs);
+        added.push((id, spec.protocol));
+    }
+    if let Some(pipelines) = top
+        .get_mut("service")
+        .and_then(|s| s.get_mut("pipelines"))
+        .and_then(Value::as_object_mut)
+    {
+        for (pipeline, body) in pipelines.iter_mut() {
+            let signal = pipeline.split('/').next().unwrap_or_default();
+            let Some(list) = body.get_mut("exporters").and_then(Value::as_array_mut) else {
+                continue;
+            };
+            for (id, protocol) in &added {
+                let carries = signal == "metrics" || *protocol != Protocol::PrometheusRemoteWrite;
+                if carries && !list.iter().any(|e| e.as_str() == Some(id)) {
+                    list.push(Value::String(id.clone()));
+                }
+            }
+        }
+    }
+    collector.config = serde_json::to_string_pretty(&tree).expect("a JSON tree always serializes");
+    let collector = CollectorSpec::new(
+        collector.collector_id,
+        collector.owner,
+        collector.variant,
+        collector.pipeline,
+        collector.config,
+        collector.env,
+    );
+    collector.with_destinations(grants, credentials)
 }
 
 /// The one place a collector's environment is put together: what every catalog
@@ -197,7 +281,14 @@ mod tests {
         }))
         .unwrap();
         let cfg = Template::new("cfg", vec![]);
-        let c = standing_collector("web", &spec, "web-1", &cfg, "http://prom/api/v1/write");
+        let c = standing_collector(
+            "web",
+            &spec,
+            "web-1",
+            &cfg,
+            "http://prom/api/v1/write",
+            &BTreeMap::new(),
+        );
         assert_eq!(c.collector_id, "web.standing");
         assert_eq!(c.owner, "web");
         assert_eq!(c.variant, Variant::Standing);
@@ -213,9 +304,23 @@ mod tests {
             "http://prom/api/v1/write"
         );
         // Same inputs, same hash; another host, another hash.
-        let again = standing_collector("web", &spec, "web-1", &cfg, "http://prom/api/v1/write");
+        let again = standing_collector(
+            "web",
+            &spec,
+            "web-1",
+            &cfg,
+            "http://prom/api/v1/write",
+            &BTreeMap::new(),
+        );
         assert_eq!(again.config_hash, c.config_hash);
-        let other = standing_collector("web", &spec, "web-2", &cfg, "http://prom/api/v1/write");
+        let other = standing_collector(
+            "web",
+            &spec,
+            "web-2",
+            &cfg,
+            "http://prom/api/v1/write",
+            &BTreeMap::new(),
+        );
         assert_ne!(other.config_hash, c.config_hash);
     }
 }
@@ -248,8 +353,119 @@ mod typed_tests {
                 decl("interval", VariableType::Duration, "10s"),
             ],
         );
-        let c = standing_collector("d", &spec, "web-1", &template, "http://p/w");
+        let c = standing_collector(
+            "d",
+            &spec,
+            "web-1",
+            &template,
+            "http://p/w",
+            &BTreeMap::new(),
+        );
         assert_eq!(c.env["PHOENIX_VAR_KEEP"], "^(nginx|php-fpm)$");
         assert_eq!(c.env["PHOENIX_VAR_INTERVAL"], "10s");
+    }
+}
+
+#[cfg(test)]
+mod destination_tests {
+    use super::*;
+    use crate::policy;
+
+    fn catalog_config() -> String {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../pipelines/process-topk.yaml"
+        ))
+        .unwrap();
+        let doc: crate::resource::PipelineTemplateDocument =
+            crate::resource::parse_document(text.as_bytes(), crate::resource::DocumentFormat::Yaml)
+                .unwrap();
+        doc.spec.config
+    }
+
+    fn destination(yaml: &str) -> DestinationSpec {
+        serde_saphyr::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn a_standing_collector_exports_to_its_destinations_and_measurement() {
+        let spec: DeploymentSpec = serde_json::from_value(serde_json::json!({
+            "hosts": {"names": ["web-1"]},
+            "pipeline": "process-topk",
+            "destinations": ["vendor", "prom"]
+        }))
+        .unwrap();
+        let all = BTreeMap::from([
+            (
+                "vendor".to_string(),
+                destination(
+                    "{protocol: otlp_grpc, endpoint: '127.0.0.1:4317', tls: {insecure: true}, \
+                     credentials: [{header: authorization, file: vendor/token}]}",
+                ),
+            ),
+            (
+                "prom".to_string(),
+                destination(
+                    "{protocol: prometheus_remote_write, endpoint: 'https://prom.example/api/v1/write'}",
+                ),
+            ),
+            (
+                "unused".to_string(),
+                destination("{protocol: otlp_http, endpoint: 'https://x.example'}"),
+            ),
+        ]);
+        let template = Template::new(catalog_config(), vec![]);
+        let c = standing_collector("web", &spec, "web-1", &template, "http://m/w", &all);
+        let tree: Value = serde_json::from_str(&c.config).unwrap();
+        let exporters = tree["service"]["pipelines"]["metrics"]["exporters"].clone();
+        assert_eq!(
+            exporters,
+            serde_json::json!([
+                "prometheus_remote_write",
+                "otlp_grpc/destination-vendor",
+                "prometheus_remote_write/destination-prom"
+            ])
+        );
+        assert_eq!(
+            tree["exporters"]["otlp_grpc/destination-vendor"]["headers"]["authorization"],
+            "${env:PHOENIX_CREDENTIAL_VENDOR_0}"
+        );
+        assert_eq!(c.destinations.len(), 2);
+        assert_eq!(c.credentials[0].variable, "PHOENIX_CREDENTIAL_VENDOR_0");
+        assert_eq!(c.credentials[0].file.as_deref(), Some("vendor/token"));
+        assert!(!c.env.contains_key("PHOENIX_CREDENTIAL_VENDOR_0"));
+        // The api's check (no credential value yet) and the agent's (with it) pass
+        // with the spec's own allowances, and nothing else does.
+        policy::check_environment(&c.env).unwrap();
+        policy::check(&c.config, &c.env, &c.allowances()).unwrap();
+        let mut env = c.env.clone();
+        env.insert(
+            "PHOENIX_CREDENTIAL_VENDOR_0".into(),
+            "Bearer s3cr3t-token".into(),
+        );
+        policy::check(&c.config, &env, &c.allowances()).unwrap();
+        let refusal = policy::check(&c.config, &env, &policy::Allowances::default()).unwrap_err();
+        assert!(refusal.path.ends_with(".endpoint"), "{refusal}");
+        // A credential value that would become YAML structure is refused, unquoted.
+        env.insert("PHOENIX_CREDENTIAL_VENDOR_0".into(), "{a: b}".into());
+        let refusal = policy::check(&c.config, &env, &c.allowances()).unwrap_err();
+        assert!(!refusal.reason.contains("{a: b}"), "{refusal}");
+        // A different destination list is a different collector.
+        let none = standing_collector(
+            "web",
+            &DeploymentSpec {
+                destinations: vec![],
+                ..spec.clone()
+            },
+            "web-1",
+            &template,
+            "http://m/w",
+            &all,
+        );
+        assert_ne!(none.config_hash, c.config_hash);
+        assert_eq!(
+            none.config, template.config,
+            "no destination, config untouched"
+        );
     }
 }

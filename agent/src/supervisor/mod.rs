@@ -46,6 +46,8 @@ pub struct SupervisorSettings {
     pub collector_bin: PathBuf,
     /// Passed to collectors as `PHOENIX_HOSTFS` (where the host's `/` is mounted).
     pub hostfs: String,
+    /// Where destination credentials given by file are read from.
+    pub credentials_dir: PathBuf,
     /// How long a started collector may take to become healthy.
     pub start_timeout: Duration,
     /// How long a collector may take to exit after SIGTERM before SIGKILL.
@@ -82,6 +84,14 @@ pub enum SupervisorError {
     Refused {
         collector_id: String,
         refusal: phoenix_wire::policy::Refusal,
+    },
+    /// A destination's credential could not be read; nothing was started. The
+    /// message names the reference, never a value.
+    #[error("collector {collector_id}: cannot read credential {variable}: {reason}")]
+    Credential {
+        collector_id: String,
+        variable: String,
+        reason: String,
     },
     #[error(transparent)]
     State(#[from] StateError),

@@ -11,6 +11,7 @@ use std::time::Duration;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
 use phoenix_wire::agent::CollectorSpec;
+use phoenix_wire::destination::CredentialRef;
 use phoenix_wire::policy;
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
@@ -188,8 +189,17 @@ pub fn spawn(
     env.insert("PHOENIX_HEALTH_PORT".into(), ports.health.to_string());
     env.insert("PHOENIX_TELEMETRY_PORT".into(), ports.telemetry.to_string());
     env.insert("PHOENIX_HOSTFS".into(), settings.hostfs.clone());
-    let checked =
-        policy::check(&spec.config, &env, &policy::Allowances::default()).map_err(refused)?;
+    for credential in &spec.credentials {
+        let value = read_credential(&settings.credentials_dir, credential).map_err(|reason| {
+            SupervisorError::Credential {
+                collector_id: spec.collector_id.clone(),
+                variable: credential.variable.clone(),
+                reason,
+            }
+        })?;
+        env.insert(credential.variable.clone(), value);
+    }
+    let checked = policy::check(&spec.config, &env, &spec.allowances()).map_err(refused)?;
 
     let dir = collector_dir(&settings.state_dir, &spec.collector_id);
     let io_error = |path: &Path| {
@@ -250,6 +260,37 @@ pub fn spawn(
         log_offset,
         owner: Owner::Us(Box::new(child)),
     })
+}
+
+/// The value of a destination's credential: a file inside `dir` (without its
+/// trailing newline) or one of the agent's own environment variables (never a
+/// `PHOENIX_*` one). Errors name the reference, never a value.
+fn read_credential(dir: &Path, credential: &CredentialRef) -> Result<String, String> {
+    if !credential.variable.starts_with(policy::CREDENTIAL_PREFIX) {
+        return Err(format!(
+            "`{}` is not a credential variable",
+            credential.variable
+        ));
+    }
+    match (&credential.file, &credential.env) {
+        (Some(file), None) => {
+            let relative = Path::new(file);
+            let inside = relative
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
+            if !inside {
+                return Err(format!("`{file}` is not a path inside {}", dir.display()));
+            }
+            let path = dir.join(relative);
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("file {}: {e}", path.display()))?;
+            Ok(text.trim_end_matches(['\n', '\r']).to_string())
+        }
+        (None, Some(name)) if !name.starts_with("PHOENIX_") => std::env::var(name)
+            .map_err(|_| format!("the agent has no environment variable `{name}`")),
+        (None, Some(name)) => Err(format!("`{name}` is one of the agent's own variables")),
+        _ => Err("a credential names exactly one of a file and an environment variable".into()),
+    }
 }
 
 fn open_log(path: &Path) -> io::Result<File> {

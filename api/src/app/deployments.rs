@@ -75,12 +75,14 @@ pub(crate) async fn check_deployment(
     check_hosts(&doc.spec, &records)?;
     let all = deployments::list(conn).await?;
     check_overlap(name, &doc.spec, &all, &records)?;
+    let destinations = super::destinations::check_named(conn, &doc.spec.destinations).await?;
     let rendered = phoenix_wire::render::standing_collector(
         name,
         &doc.spec,
         VALIDATION_HOST,
         &config,
         VALIDATION_REMOTE_WRITE_URL,
+        &destinations,
     );
     super::check_rendered(&rendered, "spec.pipeline")?;
     validation.expect("spec.pipeline", &rendered)

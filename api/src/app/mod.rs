@@ -1,7 +1,8 @@
 //! The application layer: what a request means, between the thin handlers and the
 //! storage queries. Checks that need the database (does the pipeline exist, does
 //! the selector match a host) live here; [`apply`] (declarative apply),
-//! [`deployments`] (pipeline deployments and their views), [`promotion`] (the
+//! [`deployments`] (pipeline deployments and their views), [`destinations`] (the
+//! user's backends), [`promotion`] (the
 //! promotion policy: promote and rollback), [`loadsims`] (load
 //! simulations), [`collector`] (validation with the real collector) and
 //! [`credentials`] (agent identity: enrollment and host credentials) beside them.
@@ -10,6 +11,7 @@ pub mod apply;
 pub mod collector;
 pub mod credentials;
 pub mod deployments;
+pub mod destinations;
 pub mod loadsims;
 pub mod promotion;
 
@@ -114,7 +116,7 @@ pub(crate) async fn check_experiment(
 /// in the config.
 pub(crate) fn check_rendered(spec: &CollectorSpec, field: &str) -> Result<(), ApiError> {
     policy::check_environment(&spec.env)
-        .and_then(|()| policy::check(&spec.config, &spec.env, &policy::Allowances::default()))
+        .and_then(|()| policy::check(&spec.config, &spec.env, &spec.allowances()))
         .map(drop)
         .map_err(|refusal| ApiError::Invalid(refusal.into_field_error(field)))
 }

@@ -355,6 +355,11 @@ async fn promote_in(
         pipeline: candidate.pipeline.clone(),
         vars: candidate.vars.clone(),
         critical_processes: experiment.spec.critical_processes.clone(),
+        // Where the deployment exports is the admin's choice, not the experiment's.
+        destinations: existing
+            .as_ref()
+            .map(|d| d.spec.destinations.clone())
+            .unwrap_or_default(),
     };
     let how = match promotion.by {
         PromotedBy::Auto => "automatically (promotion: auto)".to_string(),

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod body;
 pub mod credentials;
 pub mod deployments;
+pub mod destinations;
 pub mod events;
 pub mod experiments;
 pub mod health;
@@ -61,6 +62,14 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/v1/deployments/{name}",
             get(deployments::get).delete(deployments::delete),
+        )
+        .route(
+            "/api/v1/destinations",
+            post(destinations::put).get(destinations::list),
+        )
+        .route(
+            "/api/v1/destinations/{name}",
+            get(destinations::get).delete(destinations::delete),
         )
         .route(
             "/api/v1/deployments/{name}/rollback",

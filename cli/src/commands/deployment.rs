@@ -31,6 +31,7 @@ pub struct DeployFlags {
     pub hosts: Vec<String>,
     pub vars: Vec<(String, String)>,
     pub critical: Vec<String>,
+    pub destinations: Vec<String>,
 }
 
 impl DeployFlags {
@@ -65,6 +66,7 @@ impl DeployFlags {
                 pipeline,
                 vars: self.vars.into_iter().collect(),
                 critical_processes: self.critical,
+                destinations: self.destinations,
             },
         })
     }

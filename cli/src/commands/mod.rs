@@ -9,6 +9,7 @@ pub mod apply;
 pub mod completion;
 pub mod credentials;
 pub mod deployment;
+pub mod destination;
 pub mod experiment;
 pub mod host;
 pub mod loadsim;
@@ -48,6 +49,7 @@ Typical flow:
   phoenix pipeline validate -f my.yaml         check a template with the real collector
   phoenix pipeline deploy -f standing.yaml     run a pipeline as hosts' standing collector
   phoenix pipeline list-deployments            standing pipelines, their hosts and revisions
+  phoenix destination create --name vendor ... a backend standing collectors export to (admin)
   phoenix diff -f gitops/                      what applying a directory would change
   phoenix apply -f gitops/ --prune             make the directory's documents the state (all or nothing)
   phoenix sync --dir gitops/ --prune           apply it again every 30s (GitOps; the Helm chart runs this)
@@ -105,6 +107,9 @@ pub enum Command {
     /// List, show and validate pipeline templates
     #[command(subcommand)]
     Pipeline(pipeline::PipelineCommand),
+    /// Declare the backends standing collectors export to (admin): create, list, get, delete
+    #[command(subcommand)]
+    Destination(destination::DestinationCommand),
     /// List the tasks Phoenix gave agents (start, update, stop), by host or status
     #[command(visible_alias = "tasks", subcommand)]
     Task(task::TaskCommand),
@@ -230,6 +235,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Host(command) => host::run(&ctx, command).await,
         Command::Loadsim(command) => loadsim::run(&ctx, command).await,
         Command::Pipeline(command) => pipeline::run(&ctx, command).await,
+        Command::Destination(command) => destination::run(&ctx, command).await,
         Command::Task(command) => task::run(&ctx, command).await,
         Command::BootstrapToken(command) => credentials::run_bootstrap(&ctx, command).await,
         Command::AgentCredential(command) => credentials::run_credential(&ctx, command).await,

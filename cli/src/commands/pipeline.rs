@@ -56,12 +56,17 @@ A document looks like:
     pipeline: process-topk
     vars: {cpu_threshold: \"0.05\"}
     criticalProcesses: [nginx, postgres]
+    destinations: [vendor]             # your backends (see `phoenix destination --help`)
 
 Every host the deployment selects runs one collector `<name>.standing`; hosts that
 join later with matching labels get it too. Deploying a changed spec makes a new
 revision (the previous one is kept for `phoenix pipeline rollback`); the same spec
 again changes nothing. A host runs one standing pipeline, so a deployment may not
-select a host another deployment runs on.")]
+select a host another deployment runs on.
+
+Standing collectors export to the measurement Prometheus (so Phoenix keeps watching
+what runs) and to each --destination: the backends an admin declared with
+`phoenix destination create`. A promotion into the deployment keeps its destinations.")]
     Deploy {
         /// A PipelineDeployment document (`-` reads stdin), instead of the flags
         #[arg(
@@ -69,7 +74,7 @@ select a host another deployment runs on.")]
             long = "filename",
             visible_alias = "file",
             value_name = "FILE",
-            conflicts_with_all = ["name", "pipeline", "selector", "host", "var", "critical"]
+            conflicts_with_all = ["name", "pipeline", "selector", "host", "var", "critical", "destination"]
         )]
         file: Option<String>,
         /// The deployment's name
@@ -90,6 +95,9 @@ select a host another deployment runs on.")]
         /// Critical executable names, for the templates that keep them (comma-separated)
         #[arg(long, value_delimiter = ',', value_name = "NAME")]
         critical: Vec<String>,
+        /// Destinations to export to besides measurement (comma-separated; see `phoenix destination list`)
+        #[arg(long, value_delimiter = ',', value_name = "NAME")]
+        destination: Vec<String>,
     },
     /// List pipeline deployments: what each runs, where, and how many hosts are ready
     #[command(after_help = "\
@@ -140,6 +148,7 @@ pub async fn run(ctx: &Context, command: PipelineCommand) -> anyhow::Result<()> 
             host,
             var,
             critical,
+            destination,
         } => {
             let flags = deployment::DeployFlags {
                 name,
@@ -148,6 +157,7 @@ pub async fn run(ctx: &Context, command: PipelineCommand) -> anyhow::Result<()> 
                 hosts: host,
                 vars: var,
                 critical,
+                destinations: destination,
             };
             deployment::deploy(ctx, file, flags).await
         }

@@ -960,6 +960,13 @@ impl NamedProcesses {
     }
 }
 
+impl NamedProcesses {
+    /// The processes' ids.
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(Child::id).collect()
+    }
+}
+
 impl Drop for NamedProcesses {
     fn drop(&mut self) {
         for child in &mut self.children {

@@ -1,7 +1,8 @@
 //! The end-to-end test kit: builds and locates the project's binaries, and (in
 //! `harness`) starts a real stack on loopback for a test, on a private Postgres
 //! cluster (`throwaway`) unless `DATABASE_URL` is set; `measurement` adds
-//! Prometheus and a Pushgateway, `kube` a real Kubernetes control plane. Test
+//! Prometheus and a Pushgateway, `backend` a collector standing in for the user's
+//! own backend, `kube` a real Kubernetes control plane. Test
 //! infrastructure lives here, never in the crates the production binaries are built
 //! from.
 //!
@@ -10,6 +11,7 @@
 //! behaves like the collector where the supervisor can see it (config flag, health
 //! endpoint, exit codes), for tests that do not need the real OpenTelemetry Collector.
 
+pub mod backend;
 pub mod bins;
 pub mod harness;
 pub mod image;

@@ -18,6 +18,12 @@ pub use phoenix_reconciler::prometheus::{Prometheus, Sample};
 #[error("measurement stack: {0}")]
 pub struct MeasurementError(String);
 
+impl MeasurementError {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
 /// Runs the server; when stdin closes, SIGTERM, and SIGKILL if it is still there
 /// 10 s later (an API server whose etcd went first never finishes shutting down).
 const OWNER_WRAPPER: &str = r#""$@" & pid=$!

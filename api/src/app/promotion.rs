@@ -18,6 +18,13 @@
 //!
 //! The reconciler's `promotion: auto` step calls [`promote`] too, so a user's and an
 //! automatic promotion follow the same rules.
+//!
+//! Git stays the truth: a deployment owned by a GitOps source (`managed_by`, set by
+//! `phoenix apply`/`phoenix sync`) is never changed by a promotion or a rollback
+//! ([`Conflict::ManagedByGit`], a 409 that says "change it in git" and what to
+//! write there), because the source's next round would silently put its spec back.
+//! Conversely apply never takes over a deployment it does not own, so a promotion
+//! into one made by hand or by a promotion is never undone by a sync.
 
 use std::fmt;
 use std::future::Future;
@@ -98,6 +105,15 @@ pub enum Conflict {
     NoEarlierRevision {
         deployment: String,
         revision: i64,
+    },
+    /// The deployment is owned by a GitOps source (`managed_by`): the next apply or
+    /// sync would put the git spec back, so the change must be made in git.
+    ManagedByGit {
+        deployment: String,
+        source: String,
+        /// What to write in git: the candidate's pipeline and variables (a
+        /// promotion), or `None` (a rollback).
+        wanted: Option<(String, String)>,
     },
     /// A concurrent change kept colliding with this one.
     Concurrent {
@@ -204,6 +220,28 @@ impl fmt::Display for Conflict {
                  at revision {revision}); to stop running it, delete it \
                  (`phoenix pipeline delete-deployment {deployment}`)"
             ),
+            Conflict::ManagedByGit {
+                deployment,
+                source,
+                wanted,
+            } => {
+                write!(
+                    f,
+                    "pipeline deployment {deployment} is managed by the GitOps source `{source}`, \
+                     whose next apply or sync would silently put its spec back; change it in git"
+                )?;
+                match wanted {
+                    Some((pipeline, vars)) => write!(
+                        f,
+                        ": set spec.pipeline: {pipeline}{vars} in its document, and the sync rolls \
+                         it out (nothing was changed here)"
+                    ),
+                    None => write!(
+                        f,
+                        ": revert the commit that changed its document (nothing was changed here)"
+                    ),
+                }
+            }
             Conflict::Concurrent { what } => write!(
                 f,
                 "{what} was changed by concurrent requests at the same moment; nothing was done, \
@@ -344,6 +382,24 @@ async fn promote_in(
     let (target, existing) =
         choose_deployment(tx, &experiment, promotion.deployment.as_deref()).await?;
     let candidate = &experiment.spec.candidate;
+    if let Some(source) = existing.as_ref().and_then(|d| d.managed_by.clone()) {
+        let vars = if candidate.vars.is_empty() {
+            String::new()
+        } else {
+            let pairs: Vec<String> = candidate
+                .vars
+                .iter()
+                .map(|(k, v)| format!("{k}: \"{v}\""))
+                .collect();
+            format!(" and spec.vars: {{{}}}", pairs.join(", "))
+        };
+        return Err(Conflict::ManagedByGit {
+            deployment: target,
+            source,
+            wanted: Some((candidate.pipeline.clone(), vars)),
+        }
+        .into());
+    }
     let spec = DeploymentSpec {
         hosts: match &existing {
             Some(d) => d.spec.hosts.clone(),
@@ -601,6 +657,14 @@ async fn rollback_deployment_in(
     if current.revision != seen.revision {
         return Err(Conflict::Concurrent {
             what: format!("pipeline deployment {name}"),
+        }
+        .into());
+    }
+    if let Some(source) = &current.managed_by {
+        return Err(Conflict::ManagedByGit {
+            deployment: name.to_string(),
+            source: source.clone(),
+            wanted: None,
         }
         .into());
     }

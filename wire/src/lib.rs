@@ -18,6 +18,8 @@
 //!   their revisions, and the answer to an experiment's promote or rollback.
 //! - [`destination`]: the user's backends (OTLP gRPC/HTTP, Prometheus remote write)
 //!   an admin declares, with credentials by reference, and the exporters they become.
+//! - [`import`]: a user's own collector config turned into a pipeline template
+//!   (`phoenix pipeline import`), with what was changed.
 //! - [`report`]: an experiment's KPIs per variant and host, and its verdict.
 //! - [`policy`]: the template policy: what a collector config may contain (components,
 //!   lookups, files, listeners, destinations), checked by the api and again by the agent.
@@ -39,6 +41,7 @@ pub mod destination;
 pub mod duration;
 pub mod events;
 pub mod fuzzing;
+pub mod import;
 pub mod load;
 pub mod names;
 pub mod policy;

@@ -4,9 +4,12 @@
 //! rollback, delete-deployment (their calls and tables: [`super::deployment`]).
 
 use clap::Subcommand;
+use phoenix_wire::apply::{ApplyItem, PlanEntry};
 use phoenix_wire::names;
+use phoenix_wire::resource::{Metadata, PipelineTemplateDocument, PipelineTemplateSpec};
 use phoenix_wire::view::{List, PipelineTemplate, PipelineValidation};
 
+use crate::client::Body;
 use crate::commands::{Context, deployment};
 use crate::document;
 use crate::output::{self, Details, Table};
@@ -38,6 +41,45 @@ The API renders the config with its variables' defaults and runs the real collec
         /// The PipelineTemplate document (`-` reads stdin)
         #[arg(short = 'f', long = "filename", value_name = "FILE")]
         file: String,
+    },
+    /// Turn your current collector config into a pipeline template (a baseline); admin only
+    #[command(after_help = "\
+Examples:
+  phoenix pipeline import -f /etc/otelcol/config.yaml --name current
+  phoenix pipeline import -f otelcol.yaml --name current --dry-run   # show, store nothing
+  phoenix pipeline import -f otelcol.yaml --name current -o yaml     # the template document
+
+What it does, and reports line by line:
+  - keeps your receivers and processors (a receiver listens on 127.0.0.1; hostmetrics
+    reads the host's / through ${env:PHOENIX_HOSTFS});
+  - keeps metrics pipelines only: traces and logs pipelines, and what only they use,
+    are removed (Phoenix compares metrics pipelines); so are zpages and pprof;
+  - swaps your exporters for Phoenix's slots: remote write to the measurement
+    Prometheus (labelled with phoenix.experiment/variant/host), and, when it runs as a
+    deployment's standing collector, that deployment's destinations
+    (`phoenix destination create`, `--destination` of `phoenix pipeline deploy`);
+  - refuses, naming each, any other component that is not in the Phoenix collector
+    build (collector/manifest.yaml), and every connector; nothing is stored then.
+
+The template is stored like `phoenix apply` stores one (the real collector validates
+it first), owned by the source `pipeline-import`, so importing again with the same
+name replaces it. Then use it as an experiment's baseline:
+  baseline: {pipeline: current}")]
+    Import {
+        /// Your collector config (`-` reads stdin)
+        #[arg(
+            short = 'f',
+            long = "filename",
+            visible_alias = "file",
+            value_name = "FILE"
+        )]
+        file: String,
+        /// The template's name
+        #[arg(long)]
+        name: String,
+        /// Check and show it (the API validates it with the collector), store nothing
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Run a pipeline as the standing collector of hosts (create a deployment, or a new revision of it)
     #[command(after_help = "\
@@ -161,6 +203,11 @@ pub async fn run(ctx: &Context, command: PipelineCommand) -> anyhow::Result<()> 
             };
             deployment::deploy(ctx, file, flags).await
         }
+        PipelineCommand::Import {
+            file,
+            name,
+            dry_run,
+        } => import(ctx, &file, &name, dry_run).await,
         PipelineCommand::ListDeployments => deployment::list(ctx).await,
         PipelineCommand::ShowDeployment { name } => deployment::show(ctx, &name).await,
         PipelineCommand::Rollback { name } => deployment::rollback(ctx, &name).await,
@@ -203,6 +250,79 @@ pub async fn run(ctx: &Context, command: PipelineCommand) -> anyhow::Result<()> 
             Ok(output::print(&text)?)
         }
     }
+}
+
+/// The source an imported template is owned by.
+const IMPORT_SOURCE: &str = "pipeline-import";
+
+/// `phoenix pipeline import`: the config made a template here (pure, see
+/// `phoenix_wire::import`), then stored through apply (checked like any template).
+async fn import(ctx: &Context, file: &str, name: &str, dry_run: bool) -> anyhow::Result<()> {
+    names::check_resource_name(name).map_err(|m| anyhow::anyhow!("invalid --name: {m}"))?;
+    let text = if file == "-" {
+        std::io::read_to_string(std::io::stdin())?
+    } else {
+        std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("cannot read {file}: {e}"))?
+    };
+    let imported = phoenix_wire::import::import(&text).map_err(|refusals| {
+        anyhow::anyhow!(
+            "{file} cannot become a pipeline template; nothing was stored:\n  - {}",
+            refusals.join("\n  - ")
+        )
+    })?;
+    let document = PipelineTemplateDocument {
+        api_version: phoenix_wire::API_VERSION.to_string(),
+        kind: PipelineTemplateDocument::KIND.to_string(),
+        metadata: Metadata {
+            name: name.to_string(),
+            labels: Default::default(),
+        },
+        spec: PipelineTemplateSpec {
+            description: format!("Imported from {file} by `phoenix pipeline import`."),
+            variables: Vec::new(),
+            config: imported.config.clone(),
+        },
+    };
+    let body = Body {
+        bytes: serde_json::to_vec(&vec![ApplyItem {
+            file: Some(file.to_string()),
+            document: serde_json::to_value(&document)?,
+        }])?,
+        content_type: "application/json",
+    };
+    let path = format!("/api/v1/apply?source={IMPORT_SOURCE}&prune=false&dryRun={dry_run}");
+    let plan: Vec<PlanEntry> = ctx.client.post(&path, Some(body)).await?;
+    let answer = serde_json::json!({
+        "template": document,
+        "changes": imported.changes,
+        "plan": plan,
+        "dryRun": dry_run,
+    });
+    let text = match output::render_object(ctx.output, &answer)? {
+        Some(text) => text,
+        None => {
+            let action = plan
+                .first()
+                .map(|p| p.action.as_str())
+                .unwrap_or("unchanged");
+            let mut out = format!(
+                "pipeline/{name} {}{action} from {file}; what was changed:\n",
+                if dry_run {
+                    "(dry run, nothing stored) would be "
+                } else {
+                    ""
+                }
+            );
+            for change in &imported.changes {
+                out.push_str(&format!("  - {change}\n"));
+            }
+            out.push_str(&format!(
+                "  see it with `phoenix pipeline show {name}`; use it as an experiment's baseline: `baseline: {{pipeline: {name}}}`\n"
+            ));
+            out
+        }
+    };
+    Ok(output::print(&text)?)
 }
 
 fn variables(template: &PipelineTemplate) -> String {

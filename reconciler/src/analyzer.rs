@@ -498,6 +498,14 @@ pub async fn measure(
     );
     results.push(cpu_outcome);
     results.push(memory_outcome);
+    if let Some(min_reduction) = criteria.min_cost_reduction {
+        results.push(judge_cost(
+            &baseline.overall,
+            &candidate.overall,
+            min_reduction,
+            price,
+        ));
+    }
     let verdict = if results.iter().any(|c| c.outcome == Outcome::Fail) {
         Verdict::Fail
     } else if results
@@ -581,6 +589,50 @@ fn judge_series(
     }
 }
 
+/// `minCostReduction`: the candidate's monthly cost (datapoints per minute times the
+/// configured price) must be at least `min_reduction` percent below the baseline's.
+fn judge_cost(
+    baseline: &VariantKpis,
+    candidate: &VariantKpis,
+    min_reduction: f64,
+    price: f64,
+) -> CriterionResult {
+    let criterion = "costReduction".to_string();
+    if price.is_nan() || price <= 0.0 {
+        return CriterionResult {
+            criterion,
+            outcome: Outcome::NoData,
+            reason:
+                "no price is configured (--price-per-million-dpm, PHOENIX_PRICE_PER_MILLION_DPM, \
+                     the chart's reconciler.pricePerMillionDatapoints), so cost cannot be judged"
+                    .into(),
+        };
+    }
+    if baseline.monthly_cost <= 0.0 {
+        return CriterionResult {
+            criterion,
+            outcome: Outcome::NoData,
+            reason:
+                "the baseline sent no datapoints over the window; are the collectors exporting?"
+                    .into(),
+        };
+    }
+    let reduction = 100.0 * (1.0 - candidate.monthly_cost / baseline.monthly_cost);
+    let outcome = if reduction >= min_reduction {
+        Outcome::Pass
+    } else {
+        Outcome::Fail
+    };
+    CriterionResult {
+        criterion,
+        outcome,
+        reason: format!(
+            "monthly cost cut by {reduction:.1}% ({:.2} → {:.2} at {price} per million datapoints per minute); needs at least {min_reduction}%",
+            baseline.monthly_cost, candidate.monthly_cost
+        ),
+    }
+}
+
 fn judge_critical(
     experiment: &Experiment,
     baseline: &Measured,
@@ -646,6 +698,32 @@ fn judge_critical(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cost_is_judged_against_the_configured_price() {
+        let kpis = |dpm: f64| {
+            let mut k = VariantKpis {
+                datapoints_per_minute: dpm,
+                ..Default::default()
+            };
+            cost(&mut k, 100.0);
+            k
+        };
+        let r = judge_cost(&kpis(10_000.0), &kpis(2_000.0), 50.0, 100.0);
+        assert_eq!(r.outcome, Outcome::Pass, "{}", r.reason);
+        assert!(
+            r.reason.contains("80.0%") && r.reason.contains("1.00 → 0.20"),
+            "{}",
+            r.reason
+        );
+        let r = judge_cost(&kpis(10_000.0), &kpis(8_000.0), 50.0, 100.0);
+        assert_eq!(r.outcome, Outcome::Fail, "{}", r.reason);
+        let r = judge_cost(&kpis(10_000.0), &kpis(2_000.0), 50.0, 0.0);
+        assert_eq!(r.outcome, Outcome::NoData);
+        assert!(r.reason.contains("price"));
+        let r = judge_cost(&kpis(0.0), &kpis(0.0), 50.0, 100.0);
+        assert_eq!(r.outcome, Outcome::NoData);
+    }
 
     #[test]
     fn the_hosts_regex_matches_exactly_the_targets() {

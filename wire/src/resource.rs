@@ -277,6 +277,12 @@ pub struct Criteria {
     /// Maximum extra resident memory of the candidate over the baseline, in MiB.
     #[serde(default = "default_max_memory_overhead")]
     pub max_memory_overhead_mib: f64,
+    /// Minimum reduction of the monthly cost versus the baseline, in percent (not
+    /// judged when absent). The cost is datapoints per minute times the price per
+    /// million datapoints that Phoenix is configured with
+    /// (`--price-per-million-dpm`, the chart's `reconciler.pricePerMillionDatapoints`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_cost_reduction: Option<f64>,
 }
 
 fn default_min_series_reduction() -> f64 {
@@ -299,6 +305,7 @@ impl Default for Criteria {
             min_critical_retention: default_min_critical_retention(),
             max_cpu_overhead_cores: default_max_cpu_overhead(),
             max_memory_overhead_mib: default_max_memory_overhead(),
+            min_cost_reduction: None,
         }
     }
 }
@@ -405,6 +412,10 @@ impl ExperimentSpec {
             (
                 "spec.criteria.minCriticalRetention",
                 c.min_critical_retention,
+            ),
+            (
+                "spec.criteria.minCostReduction",
+                c.min_cost_reduction.unwrap_or(0.0),
             ),
         ] {
             if !(0.0..=100.0).contains(&value) {
@@ -664,6 +675,10 @@ spec:
             (
                 YAML.replace("minSeriesReduction: 50", "minSeriesReduction: 150"),
                 "spec.criteria.minSeriesReduction",
+            ),
+            (
+                YAML.replace("minSeriesReduction: 50", "minCostReduction: -5"),
+                "spec.criteria.minCostReduction",
             ),
             (YAML.replace("kind: Experiment", "kind: Pipeline"), "kind"),
         ];

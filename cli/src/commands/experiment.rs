@@ -300,8 +300,12 @@ fn pipeline(p: &PipelineRef) -> String {
 
 fn criteria(spec: &ExperimentSpec) -> String {
     let c = &spec.criteria;
+    let cost = c
+        .min_cost_reduction
+        .map(|v| format!(", cost reduction >= {v}%"))
+        .unwrap_or_default();
     format!(
-        "series reduction >= {}%, critical retention >= {}%, cpu overhead <= {} cores, memory overhead <= {} MiB",
+        "series reduction >= {}%, critical retention >= {}%, cpu overhead <= {} cores, memory overhead <= {} MiB{cost}",
         c.min_series_reduction,
         c.min_critical_retention,
         c.max_cpu_overhead_cores,

@@ -1,9 +1,14 @@
-//! Embeds the pipeline catalog (`pipelines/*.yaml`) into the binary, so every
-//! replica seeds the same built-in templates without reading files at run time.
+//! Rebuilds when `migrations/` changes (sqlx::migrate! embeds them), and embeds the
+//! pipeline catalog (`pipelines/*.yaml`) into the binary, so every replica seeds the
+//! same built-in templates without reading files at run time.
 
 use std::path::PathBuf;
 
 fn main() {
+    // sqlx::migrate! embeds the migrations; a new file must rebuild this crate.
+    let migrations =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("../migrations");
+    println!("cargo:rerun-if-changed={}", migrations.display());
     let dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("../pipelines");
     println!("cargo:rerun-if-changed={}", dir.display());
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)

@@ -18,6 +18,10 @@ use crate::http::auth::TokenSet;
     after_help = "Example:\n  PHOENIX_API_TOKENS='admin:s3cret,viewer:r3ad' \\\n  PHOENIX_BOOTSTRAP_TOKEN_FILE=/etc/phoenix/bootstrap-token \\\n  DATABASE_URL=postgres://phoenix@db/phoenix phoenix-api --listen 0.0.0.0:8443 \\\n    --tls-cert /etc/phoenix/tls.crt --tls-key /etc/phoenix/tls.key"
 )]
 pub struct ApiConfig {
+    /// An admin command instead of serving (`migrate status|up|down`).
+    #[command(subcommand)]
+    pub command: Option<ApiCommand>,
+
     /// Address to listen on.
     #[arg(long, env = "PHOENIX_API_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
@@ -25,6 +29,7 @@ pub struct ApiConfig {
     /// Postgres connection URL. Required
     #[arg(
         long,
+        global = true,
         env = "DATABASE_URL",
         value_name = "URL",
         hide_env_values = true,
@@ -121,6 +126,22 @@ pub struct ApiConfig {
     /// Maximum Postgres connections of this process.
     #[arg(long, env = "PHOENIX_API_DB_CONNECTIONS", default_value_t = 16)]
     pub db_connections: u32,
+
+    /// Never migrate at start: refuse to start on a schema behind this release's,
+    /// naming both versions (`phoenix-api migrate up`, or the Helm chart's
+    /// migration Job, moves it). Without it, missing migrations are applied at
+    /// start. A schema ahead of this release's is used either way, never migrated
+    /// down
+    #[arg(long, env = "PHOENIX_NO_MIGRATE")]
+    pub no_migrate: bool,
+}
+
+/// Admin commands of phoenix-api.
+#[derive(Clone, Debug, clap::Subcommand)]
+pub enum ApiCommand {
+    /// Show or move the schema's version (reversible migrations).
+    #[command(subcommand)]
+    Migrate(crate::migrate::MigrateCommand),
 }
 
 /// A setting a deployment must give, not given (or empty).
@@ -183,6 +204,15 @@ impl ApiConfig {
         };
         let text = text.trim();
         Ok((!text.is_empty()).then(|| text.to_string()))
+    }
+
+    /// What to do at start with a schema behind this release's.
+    pub fn on_start(&self) -> phoenix_storage::schema::OnStart {
+        if self.no_migrate {
+            phoenix_storage::schema::OnStart::Refuse
+        } else {
+            phoenix_storage::schema::OnStart::Migrate
+        }
     }
 
     pub fn max_wait(&self) -> Duration {

@@ -18,8 +18,9 @@
 //!   few statements), [`fanout::heartbeats`] (the coalescing heartbeat writer) and
 //!   [`fanout::events`] (the event stream's fan-out to WebSockets).
 //!
-//! Beside them: [`config`], [`state`] (what every handler shares), [`error`] (every
-//! error as problem+json, with one status per kind) and [`metrics`].
+//! Beside them: [`migrate`] (the `phoenix-api migrate` admin command), [`config`],
+//! [`state`] (what every handler shares), [`error`] (every error as problem+json,
+//! with one status per kind) and [`metrics`].
 
 pub mod app;
 pub mod config;
@@ -27,6 +28,7 @@ pub mod error;
 pub mod fanout;
 pub mod http;
 pub mod metrics;
+pub mod migrate;
 pub mod state;
 
 use std::sync::Arc;
@@ -47,7 +49,8 @@ use crate::state::AppState;
 /// Most tasks handed to one agent in one long-poll answer.
 const CLAIM_LIMIT: i64 = 64;
 
-/// Runs the API on `listener` until `shutdown` turns true. Applies migrations first.
+/// Runs the API on `listener` until `shutdown` turns true. Brings the schema up to
+/// date first (or refuses one behind, with `--no-migrate`).
 pub async fn serve(
     config: ApiConfig,
     listener: TcpListener,
@@ -75,9 +78,9 @@ pub async fn serve(
     let pool = phoenix_storage::connect(&config.database_url, config.db_connections)
         .await
         .context("connecting to Postgres")?;
-    phoenix_storage::migrate(&pool)
+    phoenix_storage::schema::prepare(&pool, "phoenix-api", config.on_start())
         .await
-        .context("migrating the schema")?;
+        .context("preparing the schema")?;
     if let Some(token) = config.bootstrap_token()? {
         app::credentials::seed_configured_bootstrap(&pool, &token)
             .await

@@ -6,10 +6,28 @@ use tokio::sync::watch;
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            // sqlx's notices ("relation _sqlx_migrations already exists, skipping")
+            // are Postgres talking to itself.
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx::postgres::notice=warn".into()),
         )
         .init();
     let mut config = ApiConfig::parse();
+    if let Some(phoenix_api::config::ApiCommand::Migrate(command)) = config.command.take() {
+        // An admin reads the command's own lines; a failure is one line, no backtrace.
+        let result = if config.database_url.trim().is_empty() {
+            Err(anyhow::anyhow!(
+                "--database-url (environment variable DATABASE_URL) is required"
+            ))
+        } else {
+            phoenix_api::migrate::run(&config.database_url, command).await
+        };
+        if let Err(err) = result {
+            eprintln!("phoenix-api migrate: {err:#}");
+            std::process::exit(1);
+        }
+        return Ok(());
+    }
     config.check_required()?;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let (stop_tx, stop_rx) = watch::channel(false);

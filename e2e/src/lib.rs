@@ -2,9 +2,9 @@
 //! `harness`) starts a real stack on loopback for a test, on a private Postgres
 //! cluster (`throwaway`) unless `DATABASE_URL` is set; `measurement` adds
 //! Prometheus and a Pushgateway, `backend` a collector standing in for the user's
-//! own backend, `kube` a real Kubernetes control plane. Test
-//! infrastructure lives here, never in the crates the production binaries are built
-//! from.
+//! own backend, `pgtools` pg_dump, pg_restore and checksums of a database, `kube` a
+//! real Kubernetes control plane. Test infrastructure lives here, never in the
+//! crates the production binaries are built from.
 //!
 //! Binaries under test: `phoenix-agent` (from the agent crate) and
 //! `stand-in-collector` (this crate's `src/bin`), a real long-running program that
@@ -18,4 +18,5 @@ pub mod image;
 pub mod kube;
 pub mod kubelet;
 pub mod measurement;
+pub mod pgtools;
 pub mod throwaway;

@@ -27,6 +27,13 @@ pub struct ReconcilerConfig {
     )]
     pub database_url: String,
 
+    /// Never migrate at start: refuse to start on a schema behind this release's,
+    /// naming both versions (`phoenix-api migrate up`, or the Helm chart's
+    /// migration Job, moves it). Without it, missing migrations are applied at
+    /// start. A schema ahead of this release's is used either way
+    #[arg(long, env = "PHOENIX_NO_MIGRATE")]
+    pub no_migrate: bool,
+
     /// Local development: the Prometheus settings not given default to
     /// 127.0.0.1:9090. Without it every deployment setting must be given
     #[arg(long, env = "PHOENIX_DEV")]

@@ -41,15 +41,21 @@ use background::Schedule;
 pub use config::ReconcilerConfig;
 use metrics::Metrics;
 
-/// Runs the reconciler until `shutdown` turns true: migrations, the wake-up
-/// listener, the background jobs, then leader election and passes.
+/// Runs the reconciler until `shutdown` turns true: the schema (see
+/// [`phoenix_storage::schema::prepare`]), the wake-up listener, the background
+/// jobs, then leader election and passes.
 pub async fn run(
     config: ReconcilerConfig,
     metrics: Metrics,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let pool = phoenix_storage::connect(&config.database_url, 4).await?;
-    phoenix_storage::migrate(&pool).await?;
+    let on_start = if config.no_migrate {
+        phoenix_storage::schema::OnStart::Refuse
+    } else {
+        phoenix_storage::schema::OnStart::Migrate
+    };
+    phoenix_storage::schema::prepare(&pool, "phoenix-reconciler", on_start).await?;
     let wake = Arc::new(Notify::new());
     let analyze = Arc::new(Notify::new());
     let (leading_tx, leading) = watch::channel(false);

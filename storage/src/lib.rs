@@ -1,9 +1,10 @@
 //! Phoenix's Postgres layer, shared by the api and the reconciler.
 //!
-//! - [`connect`] opens a bounded pool and [`migrate`] brings the schema up to date
-//!   (embedded migrations from `migrations/`; sqlx serialises concurrent migrators
-//!   with an advisory lock, so several replicas may start at once) and seeds the
-//!   built-in pipeline catalog.
+//! - [`connect`] opens a bounded pool. [`schema`] reads and moves the schema's
+//!   version (the reversible migrations of `migrations/`, embedded; sqlx serialises
+//!   concurrent migrators with an advisory lock, so several replicas may start at
+//!   once); [`schema::prepare`], run by every server at start, brings a schema that
+//!   is behind up to date (or refuses it) and seeds the built-in pipeline catalog.
 //! - [`experiments`], [`hosts`], [`loads`], [`tasks`], [`templates`]: the queries, as free
 //!   functions over a `&mut PgConnection`, so a caller chooses the transaction (the
 //!   reconciler runs a whole pass in one, on the connection that holds leadership).
@@ -25,6 +26,7 @@ pub mod leader;
 pub mod listen;
 pub mod loads;
 pub mod results;
+pub mod schema;
 pub mod tasks;
 pub mod templates;
 
@@ -98,16 +100,8 @@ pub async fn connect(database_url: &str, max_connections: u32) -> Result<PgPool>
     Ok(pool)
 }
 
+/// Every migration of `migrations/`, embedded at build time (see [`schema`]).
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
-
-/// Applies pending migrations and seeds the built-in pipeline templates.
-/// Safe to run from several processes at once.
-pub async fn migrate(pool: &PgPool) -> Result<()> {
-    MIGRATOR.run(pool).await?;
-    let mut conn = pool.acquire().await?;
-    templates::seed_builtin(&mut conn).await?;
-    Ok(())
-}
 
 fn corrupt(what: &str, err: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {err}"))

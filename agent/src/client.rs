@@ -6,7 +6,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
-use phoenix_wire::agent::{HostStatus, TaskBatch, TaskOutcome};
+use phoenix_wire::agent::{HostStatus, PROTOCOL_HEADER, ProtocolVersion, TaskBatch, TaskOutcome};
 use phoenix_wire::duration::HumanDuration;
 use phoenix_wire::problem::Problem;
 use reqwest::{RequestBuilder, Response, StatusCode};
@@ -18,6 +18,10 @@ use crate::metrics::Metrics;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How much longer than its `wait` a long-poll may take before we give up on it.
 const LONG_POLL_GRACE: Duration = Duration::from_secs(10);
+/// How long a request the api refused for the agent's protocol version waits
+/// before its caller may ask again: only an upgrade (or a rollback) of the api or
+/// the agent changes the answer, so asking sooner only fills the logs.
+pub const INCOMPATIBLE_PAUSE: Duration = Duration::from_secs(60);
 
 /// A failed request to the API.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +42,14 @@ pub enum ApiError {
     /// The api refused the host credential and the agent enrolled again: try again.
     #[error("the API refused the host credential for {endpoint}; enrolled again")]
     Renewed { endpoint: &'static str },
+    /// 426: the api does not serve this agent's protocol version; its problem
+    /// names both versions.
+    #[error("the API does not serve this agent's protocol version ({endpoint}): {problem}")]
+    Incompatible {
+        endpoint: &'static str,
+        // Boxed: a second inline Problem would make every ApiError larger.
+        problem: Box<Problem>,
+    },
     /// A success status with a body that is not what the protocol says.
     #[error("the API answered {endpoint} with an unreadable body: {detail}")]
     Decode {
@@ -54,7 +66,7 @@ impl ApiError {
             ApiError::Refused { problem, .. } => {
                 problem.status >= 500 || problem.status == 408 || problem.status == 429
             }
-            ApiError::Decode { .. } => false,
+            ApiError::Decode { .. } | ApiError::Incompatible { .. } => false,
         }
     }
 
@@ -62,6 +74,7 @@ impl ApiError {
     pub fn status(&self) -> Option<u16> {
         match self {
             ApiError::Refused { problem, .. } => Some(problem.status),
+            ApiError::Incompatible { problem, .. } => Some(problem.status),
             _ => None,
         }
     }
@@ -70,6 +83,7 @@ impl ApiError {
         match self {
             ApiError::Transport { .. } => "transport",
             ApiError::Renewed { .. } => "renewed",
+            ApiError::Incompatible { .. } => "incompatible",
             ApiError::Refused { problem, .. } if problem.status >= 500 => "server",
             ApiError::Refused { .. } => "client",
             ApiError::Decode { .. } => "decode",
@@ -131,9 +145,10 @@ impl ApiClient {
         api_url: &reqwest::Url,
         host_id: &str,
         identity: Identity,
+        protocol: ProtocolVersion,
         metrics: Metrics,
     ) -> Self {
-        let http = build_http(http);
+        let http = build_http(http, protocol);
         let base = api_url.as_str().trim_end_matches('/');
         Self {
             http,
@@ -206,6 +221,16 @@ impl ApiClient {
         if status.is_success() {
             return Ok(response);
         }
+        if status == StatusCode::UPGRADE_REQUIRED {
+            let body = response.bytes().await.unwrap_or_default();
+            let err = self.failed(ApiError::Incompatible {
+                endpoint,
+                problem: Box::new(problem_from(status, &body)),
+            });
+            tracing::error!("{err}; asking again in {}s", INCOMPATIBLE_PAUSE.as_secs());
+            tokio::time::sleep(INCOMPATIBLE_PAUSE).await;
+            return Err(err);
+        }
         if status == StatusCode::UNAUTHORIZED && self.identity.renew(&token).await {
             return Err(self.failed(ApiError::Renewed { endpoint }));
         }
@@ -221,6 +246,7 @@ impl ApiClient {
             ApiError::Transport { endpoint, .. }
             | ApiError::Refused { endpoint, .. }
             | ApiError::Renewed { endpoint }
+            | ApiError::Incompatible { endpoint, .. }
             | ApiError::Decode { endpoint, .. } => *endpoint,
         };
         self.metrics.api_error(endpoint, err.kind_label());
@@ -228,9 +254,19 @@ impl ApiClient {
     }
 }
 
-/// The agent's HTTP client for the api: its timeout and user agent.
-pub fn build_http(http: reqwest::ClientBuilder) -> reqwest::Client {
+/// The agent's HTTP client for the api: its timeout, user agent, and the protocol
+/// version it speaks on every request.
+pub fn build_http(http: reqwest::ClientBuilder, protocol: ProtocolVersion) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        PROTOCOL_HEADER,
+        protocol
+            .to_string()
+            .parse()
+            .expect("a version is a header value"),
+    );
     http.timeout(REQUEST_TIMEOUT)
+        .default_headers(headers)
         .user_agent(concat!("phoenix-agent/", env!("CARGO_PKG_VERSION")))
         .build()
         .expect("an HTTP client with rustls and ring always builds")

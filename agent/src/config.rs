@@ -185,6 +185,11 @@ pub struct AgentConfig {
     )]
     pub max_load_processes: u32,
 
+    /// The agent protocol version to send instead of this build's; only
+    /// compatibility tests set it (to stand for an older or newer agent)
+    #[arg(long, env = "PHOENIX_AGENT_PROTOCOL", hide = true, default_value_t = phoenix_wire::agent::AGENT_PROTOCOL)]
+    pub protocol_version: phoenix_wire::agent::ProtocolVersion,
+
     /// Prometheus Pushgateway to push each collector's CPU seconds and RSS to,
     /// labelled with experiment, variant and host, e.g. http://pushgateway:9091.
     /// Required: experiments measure collector overhead from it [--dev: unset, no

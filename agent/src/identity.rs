@@ -48,7 +48,10 @@ pub enum IdentityError {
     #[error("the bootstrap token is malformed: {0}")]
     MalformedBootstrap(String),
     #[error("cannot enroll host {host_id}: {source}")]
-    Enroll { host_id: String, source: ApiError },
+    Enroll {
+        host_id: String,
+        source: Box<ApiError>,
+    },
     #[error("cannot keep the host credential in {}: {source}", path.display())]
     Store {
         path: PathBuf,
@@ -171,7 +174,7 @@ impl Renewal {
             .await
             .map_err(|source| IdentityError::Enroll {
                 host_id: self.host_id.clone(),
-                source,
+                source: Box::new(source),
             })?;
         self.keep(enrollment)
     }
@@ -183,7 +186,7 @@ impl Renewal {
             .await
             .map_err(|source| IdentityError::Enroll {
                 host_id: self.host_id.clone(),
-                source,
+                source: Box::new(source),
             })?;
         self.keep(enrollment)
     }

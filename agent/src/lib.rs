@@ -139,7 +139,10 @@ pub async fn run(
             state_dir: supervisor.state_dir().to_path_buf(),
             host_id: host_id.clone(),
         },
-        client::build_http(tls::client_builder(config.ca_file.as_deref())?),
+        client::build_http(
+            tls::client_builder(config.ca_file.as_deref())?,
+            config.protocol_version,
+        ),
         &config.api_url,
     )
     .await?;
@@ -148,6 +151,7 @@ pub async fn run(
         &config.api_url,
         &host_id,
         identity,
+        config.protocol_version,
         metrics.clone(),
     );
     let status_wanted = Arc::new(Notify::new());

@@ -134,6 +134,11 @@ pub struct ApiConfig {
     /// down
     #[arg(long, env = "PHOENIX_NO_MIGRATE")]
     pub no_migrate: bool,
+
+    /// The agent protocol version this api speaks; only compatibility tests set it
+    /// (to stand for a newer api)
+    #[arg(long, env = "PHOENIX_API_AGENT_PROTOCOL", hide = true, default_value_t = phoenix_wire::agent::AGENT_PROTOCOL)]
+    pub agent_protocol: phoenix_wire::agent::ProtocolVersion,
 }
 
 /// Admin commands of phoenix-api.

@@ -318,8 +318,7 @@ async fn run_fleet(
             .stdout(Stdio::null())
             .spawn()?,
     };
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let http = reqwest::Client::builder()
+    let http = phoenix_e2e::harness::http_client_builder()
         .pool_max_idle_per_host(usize::MAX)
         .timeout(Duration::from_secs(90))
         .build()?;

@@ -132,6 +132,9 @@ pub struct StackOptions {
     pub host_grace: Duration,
     /// Event streams the api serves at once.
     pub max_event_streams: usize,
+    /// Run on this existing database (e.g. one a backup was restored into)
+    /// instead of a fresh one.
+    pub database_url: Option<String>,
 }
 
 /// A private CA and a server certificate it signed for 127.0.0.1 and localhost,
@@ -252,6 +255,7 @@ impl Default for StackOptions {
             tls: None,
             host_grace: Duration::from_secs(60),
             max_event_streams: 1000,
+            database_url: None,
         }
     }
 }
@@ -275,7 +279,10 @@ impl Stack {
     }
 
     pub async fn start_with(options: StackOptions) -> Stack {
-        let database_url = fresh_database().await;
+        let database_url = match options.database_url {
+            Some(url) => url,
+            None => fresh_database().await,
+        };
         let (stop, stop_rx) = watch::channel(false);
         let mut api_config = api_config(&database_url);
         api_config.task_lease = HumanDuration(options.task_lease);
@@ -288,7 +295,7 @@ impl Stack {
             api_config.tls_key = Some(tls.server_key.clone());
             let pem = std::fs::read(&tls.ca_cert).expect("CA file");
             let certs = reqwest::Certificate::from_pem_bundle(&pem).expect("CA PEM");
-            http = reqwest::Client::builder()
+            http = http_client_builder()
                 .tls_certs_only(certs)
                 .build()
                 .expect("https client");
@@ -529,7 +536,10 @@ pub struct AgentProcess {
     pub host_id: String,
     pub labels: BTreeMap<String, String>,
     pub state_dir: PathBuf,
-    api_url: String,
+    /// The api it talks to; change it between a kill and a start to move it.
+    pub api_url: String,
+    /// More environment for the agent process (e.g. `PHOENIX_AGENT_PROTOCOL`).
+    pub env: Vec<(String, String)>,
     collector_bin: PathBuf,
     pushgateway_url: Option<String>,
     ca_file: Option<PathBuf>,
@@ -593,6 +603,7 @@ impl AgentProcess {
                 .collect(),
             state_dir: dir.path().canonicalize().expect("canonical state dir"),
             api_url: api_url.to_string(),
+            env: Vec::new(),
             collector_bin: collector.to_path_buf(),
             pushgateway_url: pushgateway_url.map(str::to_string),
             ca_file: ca_file.map(Path::to_path_buf),
@@ -653,6 +664,7 @@ impl AgentProcess {
             .arg("--credentials-dir")
             .arg(self.credentials_dir())
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log)
@@ -979,6 +991,23 @@ impl Drop for NamedProcesses {
 /// A plain reqwest client, after making ring the process's rustls crypto provider
 /// (reqwest is built without one; see the workspace Cargo.toml).
 pub fn http_client() -> reqwest::Client {
+    http_client_builder()
+        .build()
+        .expect("an HTTP client with rustls and ring always builds")
+}
+
+/// What [`http_client`] is built from: its requests name this build's agent
+/// protocol version (`phoenix-agent-protocol`), as a real agent's do, so tests may
+/// speak the agent protocol with it; user routes ignore the header.
+pub fn http_client_builder() -> reqwest::ClientBuilder {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::new()
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        phoenix_wire::agent::PROTOCOL_HEADER,
+        phoenix_wire::agent::AGENT_PROTOCOL
+            .to_string()
+            .parse()
+            .expect("a version is a header value"),
+    );
+    reqwest::Client::builder().default_headers(headers)
 }

@@ -12,9 +12,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use phoenix_e2e::bins::binary;
-use phoenix_e2e::harness::{
-    ADMIN_TOKEN, AGENT_TOKEN, OPERATOR_TOKEN, Stack, eventually, fresh_database,
-};
+use phoenix_e2e::harness::{OPERATOR_TOKEN, Stack, api_config, eventually, fresh_database};
 use phoenix_e2e::pgtools::{data_checksums, schema_fingerprint};
 use phoenix_storage::schema::{self, Standing};
 use phoenix_storage::{PgPool, experiments, results};
@@ -37,6 +35,8 @@ const FEATURE_TABLES: &[&str] = &[
     "host_loads",
     "pipeline_deployments",
     "pipeline_deployment_revisions",
+    "bootstrap_tokens",
+    "host_credentials",
 ];
 
 fn experiment_yaml(name: &str) -> String {
@@ -76,11 +76,12 @@ async fn report_host(stack: &Stack, host: &str) {
             "spawnedTotal": 7, "startedAt": now, "expiresAt": now + chrono::Duration::minutes(10)
         }]
     });
+    let credential = stack.host_credential(host).await;
     let response = stack
         .request(
             Method::PUT,
             &format!("/agent/v1/hosts/{host}/status"),
-            AGENT_TOKEN,
+            &credential,
         )
         .json(&status)
         .send()
@@ -457,8 +458,7 @@ async fn servers_with_no_migrate_refuse_a_schema_behind_and_run_on_one_ahead() {
     schema::up(&mut conn, Some(6), |_| {}).await.unwrap();
     let latest = schema::latest();
 
-    let tokens = format!("admin:{ADMIN_TOKEN},agent:{AGENT_TOKEN}");
-    let mut api = phoenix_api::ApiConfig::new(url.clone(), tokens.parse().unwrap());
+    let mut api = api_config(&url);
     api.no_migrate = true;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (_stop, stop_rx) = tokio::sync::watch::channel(false);

@@ -6,14 +6,71 @@
 //! - `POST tasks/{task_id}` — a [`TaskOutcome`] for a task the agent claimed.
 //! - `PUT  status` — the full [`HostStatus`], sent when it changes.
 //! - `POST heartbeat` — no body; a cheap "still here".
+//!
+//! Every agent request names the protocol it speaks in [`PROTOCOL_HEADER`]
+//! (`major.minor`); the api serves an agent its [`ProtocolVersion::accepts`], and
+//! answers any other with 426 naming both versions.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::load::{LoadRunSpec, LoadStatus};
 use crate::names::Labels;
+
+/// The header every agent request carries: the agent protocol version it speaks.
+pub const PROTOCOL_HEADER: &str = "phoenix-agent-protocol";
+
+/// The agent protocol this build speaks. A minor version adds only what an agent
+/// or api one minor version older can ignore (fields with defaults, endpoints it
+/// does not call); a major version is a break. 2.0: agents enroll with a bootstrap
+/// token and use a credential of their own host (releases before it spoke 1.0 and
+/// sent no header).
+pub const AGENT_PROTOCOL: ProtocolVersion = ProtocolVersion { major: 2, minor: 0 };
+
+/// What an agent that sends no [`PROTOCOL_HEADER`] speaks: releases before the
+/// header existed (v0.1.0).
+pub const UNVERSIONED_AGENT: ProtocolVersion = ProtocolVersion { major: 1, minor: 0 };
+
+/// An agent protocol version, `major.minor`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ProtocolVersion {
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl ProtocolVersion {
+    /// Reads `2.1`; anything else is `None`.
+    pub fn parse(text: &str) -> Option<ProtocolVersion> {
+        let (major, minor) = text.trim().split_once('.')?;
+        Some(ProtocolVersion {
+            major: major.parse().ok()?,
+            minor: minor.parse().ok()?,
+        })
+    }
+
+    /// Whether an api speaking `self` serves an agent speaking `agent`: the same
+    /// major version, at most one minor version behind (a DaemonSet mid roll-out)
+    /// or any minor version ahead (newer minors only add what this api ignores).
+    pub fn accepts(self, agent: ProtocolVersion) -> bool {
+        agent.major == self.major && agent.minor + 1 >= self.minor
+    }
+}
+
+impl fmt::Display for ProtocolVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
+impl std::str::FromStr for ProtocolVersion {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        ProtocolVersion::parse(text).ok_or_else(|| format!("{text:?} is not a version like 2.0"))
+    }
+}
 
 /// Which side of an experiment a collector is, or a host's standing pipeline.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -392,6 +449,23 @@ impl HostStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_api_serves_its_major_version_from_one_minor_behind() {
+        let v = |text: &str| ProtocolVersion::parse(text).unwrap();
+        assert_eq!(v("2.1"), ProtocolVersion { major: 2, minor: 1 });
+        assert_eq!(v("2.1").to_string(), "2.1");
+        assert!(ProtocolVersion::parse("2").is_none());
+        assert!(ProtocolVersion::parse("two.one").is_none());
+        let api = v("2.1");
+        assert!(api.accepts(v("2.1")));
+        assert!(api.accepts(v("2.0")), "one minor behind");
+        assert!(api.accepts(v("2.2")), "a newer minor");
+        assert!(!v("2.2").accepts(v("2.0")), "two minors behind");
+        assert!(!api.accepts(v("1.9")));
+        assert!(!api.accepts(v("3.0")));
+        assert!(!AGENT_PROTOCOL.accepts(UNVERSIONED_AGENT));
+    }
 
     #[test]
     fn hash_covers_config_and_env() {

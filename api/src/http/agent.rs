@@ -14,11 +14,62 @@ use phoenix_wire::duration::HumanDuration;
 use phoenix_wire::problem::FieldError;
 use serde::Deserialize;
 
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use phoenix_wire::agent::{PROTOCOL_HEADER, ProtocolVersion, UNVERSIONED_AGENT};
+
 use crate::app::{credentials, parse_body};
 use crate::error::ApiError;
 use crate::http::auth::{AgentHost, BootstrapBearer};
 use crate::http::body::DocumentBody;
 use crate::state::AppState;
+
+/// Runs before every agent route (and its authentication): an agent whose protocol
+/// version this api does not serve gets a 426 naming both versions, and the
+/// api's version in [`PROTOCOL_HEADER`].
+pub async fn check_protocol(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let ours = state.config.agent_protocol;
+    let sent = request.headers().get(PROTOCOL_HEADER);
+    let theirs = match sent {
+        None => Some(UNVERSIONED_AGENT),
+        Some(value) => value.to_str().ok().and_then(ProtocolVersion::parse),
+    };
+    if let Some(theirs) = theirs
+        && ours.accepts(theirs)
+    {
+        return next.run(request).await;
+    }
+    let agent = match (sent, theirs) {
+        (None, _) => format!(
+            "this agent speaks {UNVERSIONED_AGENT} (it sent no {PROTOCOL_HEADER} header: a release from before the header, such as v0.1.0)"
+        ),
+        (Some(_), Some(theirs)) => format!("this agent speaks {theirs}"),
+        (Some(value), None) => format!(
+            "this agent sent {PROTOCOL_HEADER}: {:?}, which is no version",
+            String::from_utf8_lossy(value.as_bytes())
+        ),
+    };
+    let oldest = ProtocolVersion {
+        major: ours.major,
+        minor: ours.minor.saturating_sub(1),
+    };
+    let mut response = ApiError::UpgradeRequired(format!(
+        "phoenix-api {} speaks agent protocol {ours} and serves agents of {oldest} and newer within {}.x; {agent}. Run a phoenix-agent of a release that speaks {}.x (the api's, or one minor version older)",
+        env!("CARGO_PKG_VERSION"),
+        ours.major,
+        ours.major,
+    ))
+    .into_response();
+    if let Ok(value) = ours.to_string().parse() {
+        response.headers_mut().insert(PROTOCOL_HEADER, value);
+    }
+    response
+}
 
 #[derive(Deserialize)]
 pub struct WaitQuery {

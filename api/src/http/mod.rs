@@ -119,6 +119,18 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/agent-credentials/{host_id}",
             delete(credentials::revoke_host_credential),
         )
+        .merge(agent_routes(state.clone()))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
+        .with_state(state)
+}
+
+/// The agent protocol's routes, each behind the protocol version check.
+fn agent_routes(state: AppState) -> Router<AppState> {
+    Router::new()
         .route("/agent/v1/enroll", post(agent::enroll))
         .route("/agent/v1/hosts/{host_id}/tasks", get(agent::claim_tasks))
         .route(
@@ -133,12 +145,7 @@ pub fn router(state: AppState) -> Router {
             "/agent/v1/hosts/{host_id}/heartbeat",
             post(agent::heartbeat),
         )
-        .fallback(not_found)
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            count_requests,
-        ))
-        .with_state(state)
+        .route_layer(middleware::from_fn_with_state(state, agent::check_protocol))
 }
 
 async fn not_found() -> crate::error::ApiError {

@@ -590,7 +590,8 @@ fn make_certificates(dir: &Path, ips: &[String]) -> Result<(), KubeError> {
 }
 
 /// kwok's configuration: its Node stages (initialize, then heartbeats with leases),
-/// deleted Pods removed, and for [`PodStages::Fake`] Pods reported running and ready.
+/// deleted Pods removed, and for [`PodStages::Fake`] Pods reported running and ready
+/// (and, for Pods of Jobs, then succeeded).
 fn kwok_config(pods: PodStages) -> String {
     let mut config = NODE_STAGES.join("---\n");
     config.push_str("---\n");
@@ -598,6 +599,8 @@ fn kwok_config(pods: PodStages) -> String {
     if pods == PodStages::Fake {
         config.push_str("---\n");
         config.push_str(POD_READY_STAGE);
+        config.push_str("---\n");
+        config.push_str(POD_COMPLETE_STAGE);
     }
     config
 }
@@ -609,3 +612,5 @@ const NODE_STAGES: [&str; 2] = [
 /// Deleted Pods go at once (what a kubelet confirms after stopping them).
 const POD_DELETE_STAGE: &str = include_str!("kwok/pod-delete.yaml");
 const POD_READY_STAGE: &str = include_str!("kwok/pod-ready.yaml");
+/// Pods of Jobs then succeed (the chart's migration hook Job completes).
+const POD_COMPLETE_STAGE: &str = include_str!("kwok/pod-complete.yaml");

@@ -17,6 +17,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
     Event, HostPathVolumeSource, Namespace, PersistentVolume, PersistentVolumeClaim,
     PersistentVolumeSpec, Pod, Secret, ServiceAccount,
@@ -316,6 +317,36 @@ async fn the_chart_installs_upgrades_rolls_back_and_uninstalls_on_a_real_api_ser
         claims.get(&claim).await.unwrap().metadata.uid,
         claim_uid,
         "the upgrade replaced the database's volume"
+    );
+    // The upgrade ran this chart's schema migration hook first: a Job with
+    // `phoenix-api migrate up`, which completed (and, finished, was deleted).
+    let hooks = run(helm(&plane, ns).args(["get", "hooks", RELEASE]));
+    assert!(hooks.contains("name: phoenix-migrate"), "{hooks}");
+    assert!(hooks.contains("\"helm.sh/hook\": pre-upgrade"), "{hooks}");
+    assert!(
+        hooks.contains("command: [/usr/local/bin/phoenix-api, migrate, up]"),
+        "{hooks}"
+    );
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    let completed = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .any(|e| {
+            e.involved_object.kind.as_deref() == Some("Job")
+                && e.involved_object.name.as_deref() == Some("phoenix-migrate")
+                && e.reason.as_deref() == Some("Completed")
+        });
+    assert!(completed, "no Completed event of the migration Job");
+    assert!(
+        Api::<Job>::namespaced(client.clone(), ns)
+            .get_opt("phoenix-migrate")
+            .await
+            .unwrap()
+            .is_none(),
+        "a finished migration Job is deleted"
     );
     let reconciler_env = |d: &Deployment| -> Vec<String> {
         d.spec

@@ -196,6 +196,7 @@ async fn populate() -> String {
         memory_test: None,
         price_per_million_dpm: 0.5,
         evidence: None,
+        ignored_hosts: Vec::new(),
     };
     results::store(&mut conn, &report).await.unwrap();
     let moved = experiments::transition(

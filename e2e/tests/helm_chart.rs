@@ -23,6 +23,7 @@ use std::sync::OnceLock;
 
 use k8s_openapi::Resource;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, PersistentVolumeClaim, Pod, PodSpec, Probe, Secret, Service,
     ServiceAccount,
@@ -170,6 +171,7 @@ enum Object {
     ClusterRole(ClusterRole),
     ClusterRoleBinding(ClusterRoleBinding),
     NetworkPolicy(NetworkPolicy),
+    Job(Box<Job>),
 }
 
 fn is<T: Resource>(api_version: &str, kind: &str) -> bool {
@@ -207,6 +209,8 @@ fn parse_object(document: &Document) -> Result<Object, String> {
         round_trip(value).map(Object::ClusterRoleBinding)
     } else if is::<NetworkPolicy>(api_version, kind) {
         round_trip(value).map(Object::NetworkPolicy)
+    } else if is::<Job>(api_version, kind) {
+        round_trip(value).map(|j| Object::Job(Box::new(j)))
     } else {
         Err(format!(
             "{api_version} {kind} is not a kind this test knows; add it to `Object`"
@@ -285,6 +289,10 @@ impl Rendered {
                 Object::Deployment(d) => (&d.metadata.name, &d.spec.template),
                 Object::StatefulSet(s) => (&s.metadata.name, &s.spec.template),
                 Object::DaemonSet(d) => (&d.metadata.name, &d.spec.template),
+                Object::Job(j) => match &j.spec {
+                    Some(spec) => (&j.metadata.name, &spec.template),
+                    None => continue,
+                },
                 _ => continue,
             };
             let labels = template.metadata.as_ref().and_then(|m| m.labels.as_ref());

@@ -22,6 +22,7 @@ use k8s_openapi::api::core::v1::{
     Event, HostPathVolumeSource, Namespace, PersistentVolume, PersistentVolumeClaim,
     PersistentVolumeSpec, Pod, Secret, ServiceAccount,
 };
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{Api, ListParams, ObjectMeta, PostParams};
 use phoenix_e2e::kube::{ControlPlane, ControlPlaneOptions, wait_until};
@@ -372,6 +373,17 @@ async fn the_chart_installs_upgrades_rolls_back_and_uninstalls_on_a_real_api_ser
         reconciler_env(&reconciler).contains(&"PHOENIX_PROMETHEUS_URL".to_string()),
         "this chart gives the reconciler its Prometheus"
     );
+    // Chart 0.3.0 added the measurement NetworkPolicies; 0.2.0 has none.
+    let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), ns);
+    let prometheus_policy = format!("{RELEASE}-prometheus");
+    assert!(
+        policies
+            .get_opt(&prometheus_policy)
+            .await
+            .unwrap()
+            .is_some(),
+        "this chart guards the bundled Prometheus with a NetworkPolicy"
+    );
 
     // --- one agent per node, admitted under the documented Pod Security labels -------
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
@@ -433,8 +445,16 @@ async fn the_chart_installs_upgrades_rolls_back_and_uninstalls_on_a_real_api_ser
         .await
         .unwrap();
     assert!(
-        !reconciler_env(&reconciler).contains(&"PHOENIX_PROMETHEUS_URL".to_string()),
-        "the rollback restored revision 1 (the previous chart)"
+        reconciler_env(&reconciler).contains(&"PHOENIX_PROMETHEUS_URL".to_string()),
+        "chart 0.2.0 gives the reconciler its Prometheus too"
+    );
+    assert!(
+        policies
+            .get_opt(&prometheus_policy)
+            .await
+            .unwrap()
+            .is_none(),
+        "the rollback restored revision 1 (the previous chart, without NetworkPolicies)"
     );
     assert_eq!(
         user_tokens(secret_data(&client, ns, &format!("{RELEASE}-tokens")).await),

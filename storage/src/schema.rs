@@ -183,7 +183,15 @@ struct Applied {
 }
 
 async fn applied(conn: &mut PgConnection) -> Result<Vec<Applied>, StoreError> {
-    conn.ensure_migrations_table().await?;
+    // Not created here: `CREATE TABLE IF NOT EXISTS` from two processes at once
+    // can fail (a unique violation in pg_type), so only a migrator holding the
+    // lock creates it ([`up`]).
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(&mut *conn)
+        .await?;
+    if !exists {
+        return Ok(Vec::new());
+    }
     let rows: Vec<(i64, Vec<u8>, bool, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
         "SELECT version, checksum, success, installed_on FROM _sqlx_migrations ORDER BY version",
     )
@@ -200,7 +208,7 @@ async fn applied(conn: &mut PgConnection) -> Result<Vec<Applied>, StoreError> {
         .collect())
 }
 
-/// Reads the schema's state (creating sqlx's bookkeeping table if there is none).
+/// Reads the schema's state (no bookkeeping table yet: nothing applied).
 pub async fn status(conn: &mut PgConnection) -> Result<SchemaStatus, StoreError> {
     let applied = applied(conn).await?;
     Ok(compare(&steps(), &applied))
@@ -361,6 +369,7 @@ pub async fn up(
         check_target(&steps, to)?;
     }
     locked(conn, async move |conn| {
+        conn.ensure_migrations_table().await?;
         let status = status(conn).await?;
         refuse_broken(&status)?;
         let applied: Vec<i64> = status

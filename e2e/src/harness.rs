@@ -87,10 +87,17 @@ fn admin_url() -> String {
 
 /// Creates an empty database and returns its URL.
 pub async fn fresh_database() -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
     let admin = tokio::task::spawn_blocking(admin_url)
         .await
         .expect("admin url");
+    fresh_database_on(&admin).await
+}
+
+/// Creates an empty database on the server of `admin` (a maintenance database's
+/// URL) and returns its URL.
+pub async fn fresh_database_on(admin: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let admin = admin.to_string();
     let name = format!(
         "phoenix_test_{}_{}",
         std::process::id(),
@@ -135,6 +142,9 @@ pub struct StackOptions {
     /// Run on this existing database (e.g. one a backup was restored into)
     /// instead of a fresh one.
     pub database_url: Option<String>,
+    /// The server to make the stack's database on (a maintenance database's URL,
+    /// e.g. of a [`ThrowawayPostgres`] a fault test stops); none: the shared one.
+    pub postgres: Option<String>,
 }
 
 /// A private CA and a server certificate it signed for 127.0.0.1 and localhost,
@@ -256,6 +266,7 @@ impl Default for StackOptions {
             host_grace: Duration::from_secs(60),
             max_event_streams: 1000,
             database_url: None,
+            postgres: None,
         }
     }
 }
@@ -279,9 +290,10 @@ impl Stack {
     }
 
     pub async fn start_with(options: StackOptions) -> Stack {
-        let database_url = match options.database_url {
-            Some(url) => url,
-            None => fresh_database().await,
+        let database_url = match (options.database_url.clone(), &options.postgres) {
+            (Some(url), _) => url,
+            (None, Some(admin)) => fresh_database_on(admin).await,
+            (None, None) => fresh_database().await,
         };
         let (stop, stop_rx) = watch::channel(false);
         let mut api_config = api_config(&database_url);

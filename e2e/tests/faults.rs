@@ -1,0 +1,231 @@
+//! Faults production brings, injected into a real stack while an experiment runs
+//! (issue 18). Each case asserts what a user would notice: the control plane fails
+//! fast while a dependency is gone, nothing is orphaned or left leased, and desired
+//! and actual state agree again after recovery, within a time the test prints.
+
+use std::time::{Duration, Instant};
+
+use phoenix_e2e::harness::{
+    AgentProcess, OPERATOR_TOKEN, Stack, StackOptions, VIEWER_TOKEN, eventually,
+};
+use phoenix_e2e::throwaway::ThrowawayPostgres;
+use phoenix_wire::view::{Host, HostState, List, Phase};
+use reqwest::Method;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn experiment_yaml(name: &str, selector: &str) -> String {
+    format!(
+        r#"
+apiVersion: phoenix.dev/v1
+kind: Experiment
+metadata:
+  name: {name}
+spec:
+  hosts: {{selector: {{{selector}}}}}
+  baseline: {{pipeline: process-baseline}}
+  candidate: {{pipeline: process-topk, vars: {{cpu_threshold: "0.2"}}}}
+  warmup: 0s
+  duration: 1h
+  criticalProcesses: [nginx]
+"#
+    )
+}
+
+async fn host(stack: &Stack, host_id: &str) -> Option<Host> {
+    let response = stack
+        .request(Method::GET, "/api/v1/hosts", VIEWER_TOKEN)
+        .send()
+        .await
+        .ok()?;
+    let hosts = response.json::<List<Host>>().await.ok()?.items;
+    hosts.into_iter().find(|h| h.host_id == host_id)
+}
+
+/// Tasks still leased to an agent (none should stay so once things settle).
+async fn leased_tasks(stack: &Stack) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM agent_tasks WHERE status = 'leased'")
+        .fetch_one(&stack.pool)
+        .await
+        .expect("count leased tasks")
+}
+
+fn collector_pids(agent: &AgentProcess) -> Vec<u32> {
+    let mut pids: Vec<u32> = agent.collector_processes().iter().map(|p| p.pid).collect();
+    pids.sort();
+    pids
+}
+
+/// One request while the database is away: a 503 problem+json with Retry-After,
+/// in how long.
+async fn expect_unavailable(request: reqwest::RequestBuilder, what: &str) -> Duration {
+    let started = Instant::now();
+    let response = request.send().await.expect("the api answers");
+    let took = started.elapsed();
+    assert_eq!(response.status(), 503, "{what}");
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(content_type, "application/problem+json", "{what}");
+    if what != "readyz" {
+        assert_eq!(
+            response
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap()),
+            Some("2"),
+            "{what}"
+        );
+    }
+    let body = response.text().await.unwrap();
+    assert!(body.contains("database"), "{what}: {body}");
+    took
+}
+
+/// Postgres frozen (SIGSTOP: connections hang) and then stopped (connections
+/// refused) while an experiment runs: `/readyz` and API requests answer 503 at once
+/// instead of hanging, the agent keeps its collectors and backs off, and after the
+/// database is back everything converges without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_away_fails_fast_and_everything_heals() {
+    let mut postgres = tokio::task::spawn_blocking(ThrowawayPostgres::start)
+        .await
+        .unwrap()
+        .expect("a throwaway Postgres of this test's own");
+    let stack = Stack::start_with(StackOptions {
+        postgres: Some(postgres.url("postgres")),
+        ..Default::default()
+    })
+    .await;
+    let agent = AgentProcess::spawn(&stack.api_url, "dbfault-1", &[("role", "dbfault")]);
+    eventually("the host registers", WAIT, || async {
+        host(&stack, "dbfault-1").await.map(|_| ())
+    })
+    .await;
+    stack
+        .create_experiment(&experiment_yaml("dbfault", "role: dbfault"))
+        .await;
+    stack.wait_for_phase("dbfault", Phase::Running, WAIT).await;
+    let running = eventually("two collectors", WAIT, || async {
+        let pids = collector_pids(&agent);
+        (pids.len() == 2).then_some(pids)
+    })
+    .await;
+
+    let readyz = || stack.http.get(stack.url("/readyz"));
+    let list = || stack.request(Method::GET, "/api/v1/experiments", VIEWER_TOKEN);
+
+    // Frozen: the server accepts connections and never answers.
+    let pids = postgres.server_pids();
+    assert!(!pids.is_empty(), "the server's processes");
+    for pid in &pids {
+        // SAFETY: kill(2) on the throwaway server's own processes.
+        unsafe { libc::kill(*pid, libc::SIGSTOP) };
+    }
+    let frozen_ready = expect_unavailable(readyz(), "readyz").await;
+    let frozen_request = expect_unavailable(list(), "GET /api/v1/experiments").await;
+    for pid in &pids {
+        // SAFETY: as above.
+        unsafe { libc::kill(*pid, libc::SIGCONT) };
+    }
+    println!(
+        "database frozen: /readyz 503 in {} ms, GET /api/v1/experiments 503 in {} ms",
+        frozen_ready.as_millis(),
+        frozen_request.as_millis()
+    );
+    eventually("ready again after the thaw", WAIT, || async {
+        readyz()
+            .send()
+            .await
+            .ok()
+            .filter(|r| r.status() == 200)
+            .map(|_| ())
+    })
+    .await;
+
+    // Stopped: connections are closed and refused.
+    tokio::task::block_in_place(|| postgres.stop_server()).expect("stop the server");
+    let down_at = Instant::now();
+    let stopped_ready = expect_unavailable(readyz(), "readyz").await;
+    let stopped_request = expect_unavailable(list(), "GET /api/v1/experiments").await;
+    let create = stack
+        .request(Method::POST, "/api/v1/experiments", OPERATOR_TOKEN)
+        .header("content-type", "application/yaml")
+        .body(experiment_yaml("while-down", "role: dbfault"));
+    let stopped_create = expect_unavailable(create, "POST /api/v1/experiments").await;
+    println!(
+        "database stopped: /readyz 503 in {} ms, GET /api/v1/experiments 503 in {} ms, POST 503 in {} ms",
+        stopped_ready.as_millis(),
+        stopped_request.as_millis(),
+        stopped_create.as_millis()
+    );
+    // A probe must be answered within its own timeout; a request within the pool's
+    // acquire timeout (2 s) and a little: never the 10 s and more of a hang.
+    for (what, took, bound) in [
+        ("frozen /readyz", frozen_ready, Duration::from_secs(1)),
+        ("stopped /readyz", stopped_ready, Duration::from_secs(1)),
+        ("frozen request", frozen_request, Duration::from_secs(4)),
+        ("stopped request", stopped_request, Duration::from_secs(4)),
+        ("stopped create", stopped_create, Duration::from_secs(4)),
+    ] {
+        assert!(took < bound, "{what} took {took:?}, more than {bound:?}");
+    }
+
+    // The agent keeps its collectors while the control plane cannot answer.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        collector_pids(&agent),
+        running,
+        "collectors untouched while the database is down"
+    );
+
+    tokio::task::block_in_place(|| postgres.start_server()).expect("start the server again");
+    let back = Instant::now();
+    println!("database was down for {} ms", down_at.elapsed().as_millis());
+    eventually("ready again", WAIT, || async {
+        readyz()
+            .send()
+            .await
+            .ok()
+            .filter(|r| r.status() == 200)
+            .map(|_| ())
+    })
+    .await;
+    let ready_after = back.elapsed();
+    // Heartbeats land again: the host is ready, seen after the restart.
+    let restarted_at = chrono::Utc::now();
+    eventually("a heartbeat after the restart", WAIT, || async {
+        host(&stack, "dbfault-1")
+            .await
+            .filter(|h| h.state == HostState::Ready && h.last_seen > restarted_at)
+            .map(|_| ())
+    })
+    .await;
+    // Tasks flow again: stopping the experiment stops both collectors.
+    let stop = stack
+        .request(
+            Method::POST,
+            "/api/v1/experiments/dbfault/stop",
+            OPERATOR_TOKEN,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(stop.status().is_success(), "stop: {}", stop.status());
+    eventually("collectors stopped after recovery", WAIT, || async {
+        collector_pids(&agent).is_empty().then_some(())
+    })
+    .await;
+    eventually("no task left leased", WAIT, || async {
+        (leased_tasks(&stack).await == 0).then_some(())
+    })
+    .await;
+    println!(
+        "after the restart: ready in {} ms, converged (collectors stopped, no task leased) in {} ms",
+        ready_after.as_millis(),
+        back.elapsed().as_millis()
+    );
+    assert_eq!(stack.experiment("dbfault").await.phase, Phase::Stopped);
+    stack.shutdown().await;
+}

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use phoenix_e2e::harness::{
-    AgentProcess, OPERATOR_TOKEN, Stack, StackOptions, VIEWER_TOKEN, eventually,
+    AGENT_TOKEN, AgentProcess, OPERATOR_TOKEN, Stack, StackOptions, VIEWER_TOKEN, eventually,
 };
 use phoenix_e2e::throwaway::ThrowawayPostgres;
 use phoenix_wire::view::{Host, HostState, List, Phase};
@@ -227,5 +227,54 @@ async fn database_away_fails_fast_and_everything_heals() {
         back.elapsed().as_millis()
     );
     assert_eq!(stack.experiment("dbfault").await.phase, Phase::Stopped);
+    stack.shutdown().await;
+}
+
+/// A heartbeat for a host the database does not know (never registered, or
+/// deleted since) is a 404, and the agent registers again at once with a full
+/// status report instead of waiting for its 5-minute refresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_of_an_unknown_host_is_404_and_its_agent_registers_again_at_once() {
+    let stack = Stack::start().await;
+    let ghost = stack
+        .request(
+            Method::POST,
+            "/agent/v1/hosts/ghost-1/heartbeat",
+            AGENT_TOKEN,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ghost.status(), 404);
+    let body = ghost.text().await.unwrap();
+    assert!(body.contains("ghost-1 is not registered"), "{body}");
+
+    let agent = AgentProcess::spawn(&stack.api_url, "beat-1", &[("role", "beat")]);
+    eventually("the host registers", WAIT, || async {
+        host(&stack, "beat-1").await.map(|_| ())
+    })
+    .await;
+    // Let this replica take a few heartbeats of the registered host first.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    sqlx::query("DELETE FROM hosts WHERE host_id = 'beat-1'")
+        .execute(&stack.pool)
+        .await
+        .unwrap();
+    let deleted = Instant::now();
+    eventually(
+        "the agent registers again",
+        Duration::from_secs(30),
+        || async { host(&stack, "beat-1").await.map(|_| ()) },
+    )
+    .await;
+    println!(
+        "host deleted: registered again after {} ms (heartbeat every 1 s, full status every 5 min)",
+        deleted.elapsed().as_millis()
+    );
+    assert!(
+        agent.log().contains("heartbeat refused"),
+        "the agent saw the 404:\n{}",
+        agent.log()
+    );
     stack.shutdown().await;
 }

@@ -234,7 +234,7 @@ async fn database_away_fails_fast_and_everything_heals() {
 /// deleted since) is a 404, and the agent registers again at once with a full
 /// status report instead of waiting for its 5-minute refresh.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn heartbeat_of_an_unknown_host_is_404_and_its_agent_registers_again_at_once() {
+async fn heartbeat_of_an_unknown_host_is_404_and_itsagent_registers_again_at_once() {
     let stack = Stack::start().await;
     let ghost = stack
         .request(
@@ -276,5 +276,119 @@ async fn heartbeat_of_an_unknown_host_is_404_and_its_agent_registers_again_at_on
         "the agent saw the 404:\n{}",
         agent.log()
     );
+    stack.shutdown().await;
+}
+
+/// What was asked is what is measured. An experiment whose load no selected host
+/// could run is refused at creation (422 naming `spec.load.processes` and the
+/// host, nothing stored); load that the agent refuses once the experiment runs
+/// (here: a standalone run already holds most of the host's limit) is an event of
+/// the experiment each time, and fails it, naming the host and the agent's reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_that_cannot_run_is_refused_or_fails_the_experiment() {
+    let stack = Stack::start().await;
+    let agent = AgentProcess::spawn(&stack.api_url, "loadfault-1", &[("role", "loadfault")]);
+    eventually("the host registers", WAIT, || async {
+        host(&stack, "loadfault-1").await.map(|_| ())
+    })
+    .await;
+
+    let with_load = |name: &str, processes: u32| {
+        format!(
+            "{}  load: {{profile: realistic, processes: {processes}}}\n",
+            experiment_yaml(name, "role: loadfault")
+        )
+    };
+    let response = stack
+        .request(Method::POST, "/api/v1/experiments", OPERATOR_TOKEN)
+        .header("content-type", "application/yaml")
+        .body(with_load("too-much-load", 3000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 422);
+    let problem: phoenix_wire::problem::Problem = response.json().await.unwrap();
+    assert_eq!(problem.field.as_deref(), Some("spec.load.processes"));
+    let detail = problem.detail.unwrap_or_default();
+    assert!(
+        detail.contains("host loadfault-1 allows at most 2000"),
+        "{detail}"
+    );
+    let stored = stack
+        .request(
+            Method::GET,
+            "/api/v1/experiments/too-much-load",
+            VIEWER_TOKEN,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stored.status(), 404, "nothing stored");
+
+    // A standalone run takes 1990 of the host's 2000 (spawning one worker a second).
+    let hog = stack
+        .request(Method::POST, "/api/v1/loadsims", OPERATOR_TOKEN)
+        .json(&serde_json::json!({
+            "name": "hog", "hosts": {"names": ["loadfault-1"]}, "profile": "realistic",
+            "processes": 1990, "spawnRate": 1, "busyPercent": 0, "memoryMib": 1, "duration": "3m"
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(hog.status(), 201, "{}", hog.text().await.unwrap());
+    stack.create_experiment(&with_load("starved", 100)).await;
+    let started = Instant::now();
+    let failed = eventually("the experiment fails", WAIT, || async {
+        let e = stack.experiment("starved").await;
+        (e.phase == Phase::Failed).then_some(e)
+    })
+    .await;
+    let reason = failed.reason.unwrap_or_default();
+    println!(
+        "load refused on the host: experiment failed after {} ms: {reason}",
+        started.elapsed().as_millis()
+    );
+    assert!(reason.contains("host loadfault-1"), "{reason}");
+    assert!(reason.contains("realistic"), "{reason}");
+    assert!(reason.contains("1990"), "the agent's reason: {reason}");
+    let events: Vec<phoenix_wire::view::ExperimentEvent> = stack
+        .request(
+            Method::GET,
+            "/api/v1/experiments/starved/events",
+            VIEWER_TOKEN,
+        )
+        .send()
+        .await
+        .unwrap()
+        .json::<List<phoenix_wire::view::ExperimentEvent>>()
+        .await
+        .unwrap()
+        .items;
+    let load_events = events
+        .iter()
+        .filter(|e| e.reason.starts_with("load failed on host loadfault-1"))
+        .count();
+    assert!(
+        load_events >= 3,
+        "one event per refused load task: {events:#?}"
+    );
+
+    let stop = stack
+        .request(Method::DELETE, "/api/v1/loadsims/hog", OPERATOR_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert!(stop.status().is_success());
+    eventually(
+        "no collector, no load process, no leased task",
+        WAIT,
+        || async {
+            (collector_pids(&agent).is_empty()
+                && agent.load_processes().is_empty()
+                && leased_tasks(&stack).await == 0)
+                .then_some(())
+        },
+    )
+    .await;
     stack.shutdown().await;
 }

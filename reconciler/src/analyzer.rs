@@ -550,6 +550,7 @@ pub async fn measure(
             candidate: candidate.evidence,
         }),
         ignored_hosts,
+        incidents: Vec::new(),
     })
 }
 

@@ -8,7 +8,8 @@
 //! analysis of experiments, which waits on Prometheus, never holds up a pass.
 //!
 //! Modules: [`diff`] (desired vs reported vs open tasks → tasks to write, for every
-//! kind of unit), [`lifecycle`] (phase decisions), [`load`] (the load runs each host
+//! kind of unit), [`incidents`] (failed tasks of an experiment as its events, and
+//! when they fail it), [`lifecycle`] (phase decisions), [`load`] (the load runs each host
 //! should have), [`pass`] (one transactional pass), [`standing`] (pipeline
 //! deployments' standing collectors and `promotion: auto`, steps of the pass),
 //! [`analyzer`] (KPIs from [`prometheus`], judged by [`judge`]), [`stats`]
@@ -19,6 +20,7 @@ pub mod analyzer;
 pub mod background;
 pub mod config;
 pub mod diff;
+pub mod incidents;
 pub mod judge;
 pub mod lifecycle;
 pub mod load;

@@ -253,6 +253,28 @@ impl ThrowawayPostgres {
         self.wait_ready(&bin, &root)
     }
 
+    /// Lets clients from `cidr` (say a test's network namespace) connect without a
+    /// password, like loopback ones, and reloads the server's configuration.
+    pub fn trust_network(&self, cidr: &str) -> Result<(), ThrowawayError> {
+        use std::io::Write;
+        let hba = self.root.join("data").join("pg_hba.conf");
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&hba)
+            .map_err(|e| ThrowawayError(format!("{}: {e}", hba.display())))?;
+        writeln!(file, "host all all {cidr} trust")
+            .map_err(|e| ThrowawayError(format!("{}: {e}", hba.display())))?;
+        let postmaster = self
+            .server_pids()
+            .first()
+            .copied()
+            .ok_or_else(|| ThrowawayError("no server running".into()))?;
+        // SAFETY: SIGHUP to the postmaster: reload its configuration.
+        unsafe { libc::kill(postmaster, libc::SIGHUP) };
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(())
+    }
+
     /// Every process of the running server (the postmaster and its children),
     /// for a test that freezes it with SIGSTOP and thaws it with SIGCONT.
     pub fn server_pids(&self) -> Vec<i32> {

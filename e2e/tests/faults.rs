@@ -5,10 +5,13 @@
 
 use std::time::{Duration, Instant};
 
+use phoenix_e2e::bins::binary;
 use phoenix_e2e::harness::{
     AGENT_TOKEN, AgentProcess, OPERATOR_TOKEN, Stack, StackOptions, VIEWER_TOKEN, eventually,
 };
+use phoenix_e2e::netns::NetNs;
 use phoenix_e2e::throwaway::ThrowawayPostgres;
+use phoenix_storage::leader::{LeaderLock, LeaderSettings};
 use phoenix_wire::view::{Host, HostState, List, Phase};
 use reqwest::Method;
 
@@ -391,4 +394,187 @@ async fn load_that_cannot_run_is_refused_or_fails_the_experiment() {
     )
     .await;
     stack.shutdown().await;
+}
+
+/// A deposed leader's late write is refused: once the database ended its session
+/// and another replica took the lock (a newer epoch), a pass or any fenced write
+/// with the old epoch fails with `Deposed` and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_leaders_late_write_is_refused() {
+    let stack = Stack::start_with(StackOptions {
+        reconciler: false,
+        ..Default::default()
+    })
+    .await;
+    stack.register_host("fence-1", &[("role", "fence")]).await;
+    stack
+        .create_experiment(&experiment_yaml("fenced", "role: fence"))
+        .await;
+    let settings = LeaderSettings::default();
+    let mut first = LeaderLock::try_acquire(&stack.database_url, settings, "first")
+        .await
+        .unwrap()
+        .expect("nobody else leads");
+    let old = first.epoch();
+    let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(first.connection())
+        .await
+        .unwrap();
+    // What the server does to a leader that went silent: it ends the session.
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(backend)
+        .execute(&stack.pool)
+        .await
+        .unwrap();
+    let second = eventually("the lock is free for another replica", WAIT, || async {
+        LeaderLock::try_acquire(&stack.database_url, settings, "second")
+            .await
+            .ok()
+            .flatten()
+    })
+    .await;
+    assert_eq!(second.epoch(), old + 1);
+    assert!(
+        !first.confirm().await.unwrap_or(false),
+        "the old leader knows"
+    );
+
+    // A pass of the old leader on another connection (one of its pool's, say).
+    let mut conn = stack.pool.acquire().await.unwrap();
+    let late = phoenix_reconciler::pass::run_pass(&mut conn, &stack.reconciler_config, old).await;
+    match late {
+        Err(phoenix_storage::StoreError::Deposed { epoch, current }) => {
+            assert_eq!((epoch, current), (old, old + 1));
+        }
+        other => panic!("a deposed leader's pass must be refused, got {other:?}"),
+    }
+    let tasks: i64 = sqlx::query_scalar("SELECT count(*) FROM agent_tasks")
+        .fetch_one(&stack.pool)
+        .await
+        .unwrap();
+    assert_eq!(tasks, 0, "nothing written");
+    assert_eq!(stack.experiment("fenced").await.phase, Phase::Pending);
+    // The leader of the current epoch writes.
+    let report = phoenix_reconciler::pass::run_pass(&mut conn, &stack.reconciler_config, old + 1)
+        .await
+        .unwrap();
+    assert_eq!(report.transitions.len(), 1, "{report:?}");
+    drop(second);
+    stack.shutdown().await;
+}
+
+/// The reconciler leader partitioned from the database (its network link cut,
+/// the process alive) with a standby running: the old leader stops acting within
+/// its lease, before the database frees the lock; the standby then leads with a
+/// new epoch and reconciles; after the link is back the old one stays a standby.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_leader_stops_before_the_standby_takes_over() {
+    let ns = tokio::task::spawn_blocking(|| NetNs::create("leader", 1))
+        .await
+        .unwrap()
+        .expect("a network namespace for the leader");
+    let host_ip = ns.host_ip;
+    let postgres = tokio::task::spawn_blocking(move || {
+        ThrowawayPostgres::start_with(&[("listen_addresses", &format!("127.0.0.1,{host_ip}"))])
+    })
+    .await
+    .unwrap()
+    .expect("a throwaway Postgres reachable from the namespace");
+    postgres.trust_network(&format!("{host_ip}/30")).unwrap();
+    let mut stack = Stack::start_with(StackOptions {
+        postgres: Some(postgres.url("postgres")),
+        reconciler: false,
+        ..Default::default()
+    })
+    .await;
+    let log_dir = tempfile::tempdir().unwrap();
+    let log_path = log_dir.path().join("reconciler.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut leader = ns
+        .command(&binary("phoenix-reconciler"))
+        .args([
+            "--dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--resync-interval",
+            "1s",
+        ])
+        .args(["--standby-retry", "200ms", "--leader-lease", "5s"])
+        .arg("--database-url")
+        .arg(
+            stack
+                .database_url
+                .replace("127.0.0.1", &host_ip.to_string()),
+        )
+        .env("RUST_LOG", "info")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start the reconciler in the namespace");
+    let leader_pid = leader.id();
+    let read_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let pool = stack.pool.clone();
+    let epoch = || async {
+        let mut conn = pool.acquire().await.unwrap();
+        phoenix_storage::leader::current(&mut conn).await.unwrap()
+    };
+    eventually("the namespaced reconciler leads", WAIT, || async {
+        let (n, holder) = epoch().await;
+        (n == 1 && holder.ends_with(&format!("pid {leader_pid}"))).then_some(())
+    })
+    .await;
+    stack.spawn_reconciler(); // the standby, on loopback
+    stack.register_host("part-1", &[("role", "part")]).await;
+    stack
+        .create_experiment(&experiment_yaml("before", "role: part"))
+        .await;
+    stack.wait_for_phase("before", Phase::Deploying, WAIT).await;
+
+    ns.cut().unwrap();
+    let cut = Instant::now();
+    let (mut stopped, mut replaced) = (None, None);
+    while stopped.is_none() || replaced.is_none() {
+        assert!(
+            cut.elapsed() < Duration::from_secs(90),
+            "after {:?}: old leader stopped {stopped:?}, standby leads {replaced:?}; log:\n{}",
+            cut.elapsed(),
+            read_log()
+        );
+        if stopped.is_none() && read_log().contains("no longer leading") {
+            stopped = Some(cut.elapsed());
+        }
+        if replaced.is_none() && epoch().await.0 == 2 {
+            replaced = Some(cut.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (stopped, replaced) = (stopped.unwrap(), replaced.unwrap());
+    println!(
+        "leader partitioned: it stopped acting after {} ms, the standby led after {} ms (lease 5 s)",
+        stopped.as_millis(),
+        replaced.as_millis()
+    );
+    assert!(
+        stopped < replaced,
+        "the old leader stopped ({stopped:?}) before the standby led ({replaced:?})"
+    );
+    stack
+        .create_experiment(&experiment_yaml("after", "role: part"))
+        .await;
+    stack.wait_for_phase("after", Phase::Deploying, WAIT).await;
+
+    ns.restore().unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(epoch().await.0, 2, "the old leader did not take over again");
+    assert_eq!(
+        read_log().matches("this replica now reconciles").count(),
+        1,
+        "{}",
+        read_log()
+    );
+    let _ = leader.kill();
+    let _ = leader.wait();
+    stack.shutdown().await;
+    drop(postgres);
+    drop(ns);
 }

@@ -1,6 +1,7 @@
 //! phoenix-reconciler settings: flags, each with an environment variable.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use clap::Parser;
 use phoenix_wire::duration::HumanDuration;
@@ -70,6 +71,13 @@ pub struct ReconcilerConfig {
     /// How often a standby replica tries to become the leader.
     #[arg(long, env = "PHOENIX_STANDBY_RETRY", default_value = "2s", value_parser = HumanDuration::parse)]
     pub standby_retry: HumanDuration,
+
+    /// How long a leader keeps acting after its lock was last confirmed; it renews
+    /// every third of this. The database ends a silent leader's session (and frees
+    /// the lock) 3 s after this, by TCP keepalives, so a partitioned leader has
+    /// stopped before a standby can lead. Whole seconds, at least 1s.
+    #[arg(long, env = "PHOENIX_LEADER_LEASE", default_value = "5s", value_parser = HumanDuration::parse)]
+    pub leader_lease: HumanDuration,
 
     /// Prometheus holding the measurements (its HTTP API), for the analyzer, e.g.
     /// http://prometheus:9090. Required [--dev: http://127.0.0.1:9090]
@@ -165,6 +173,13 @@ impl ReconcilerConfig {
             }
         }
         Ok(())
+    }
+
+    /// How leadership is kept and given up.
+    pub fn leader_settings(&self) -> phoenix_storage::leader::LeaderSettings {
+        phoenix_storage::leader::LeaderSettings {
+            lease: self.leader_lease.as_duration().max(Duration::from_secs(1)),
+        }
     }
 
     /// The analyzer's settings.

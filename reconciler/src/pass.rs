@@ -28,9 +28,16 @@ pub struct PassReport {
     pub transitions: Vec<(String, Phase, Phase)>,
 }
 
-/// Runs one pass. Time is the database's, like every timestamp it stores.
-pub async fn run_pass(conn: &mut PgConnection, config: &ReconcilerConfig) -> Result<PassReport> {
+/// Runs one pass as the leader of `epoch` (refused with
+/// [`phoenix_storage::StoreError::Deposed`] once a newer leader took over). Time is
+/// the database's, like every timestamp it stores.
+pub async fn run_pass(
+    conn: &mut PgConnection,
+    config: &ReconcilerConfig,
+    epoch: i64,
+) -> Result<PassReport> {
     let mut tx = conn.begin().await?;
+    phoenix_storage::leader::fence(&mut tx, epoch).await?;
     let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
         .fetch_one(&mut *tx)
         .await?;

@@ -13,7 +13,8 @@
 //! - [`credentials`]: bootstrap tokens and host credentials (digests only).
 //! - [`destinations`]: the user's backends standing collectors export to
 //!   (credential references only).
-//! - [`leader`]: leader election with a session advisory lock.
+//! - [`leader`]: leader election with a session advisory lock, a lease, and
+//!   fencing by leadership epoch.
 //! - [`listen`]: the one LISTEN connection of a process, with backoff.
 
 pub mod apply;
@@ -61,6 +62,10 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(
+        "this reconciler's leadership (epoch {epoch}) has ended: epoch {current} leads now; the write was refused"
+    )]
+    Deposed { epoch: i64, current: i64 },
 }
 
 impl StoreError {
@@ -107,6 +112,7 @@ impl StoreError {
             StoreError::Corrupt(_) => "corrupt",
             StoreError::Database(_) => "database",
             StoreError::Migrate(_) => "migrate",
+            StoreError::Deposed { .. } => "deposed",
         }
     }
 }

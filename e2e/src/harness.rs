@@ -364,10 +364,16 @@ impl Stack {
 
     /// Starts one more reconciler replica in this process.
     pub fn spawn_reconciler(&mut self) {
+        self.spawn_reconciler_with(phoenix_reconciler::metrics::Metrics::new());
+    }
+
+    /// Starts one more reconciler replica in this process, recording into `metrics`
+    /// (which the test may read).
+    pub fn spawn_reconciler_with(&mut self, metrics: phoenix_reconciler::metrics::Metrics) {
         let config = self.reconciler_config.clone();
         let stop_rx = self.stop.subscribe();
         self.tasks.push(tokio::spawn(async move {
-            phoenix_reconciler::run(config, phoenix_reconciler::metrics::Metrics::new(), stop_rx)
+            phoenix_reconciler::run(config, metrics, stop_rx)
                 .await
                 .expect("reconciler runs")
         }));

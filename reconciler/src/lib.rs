@@ -95,6 +95,30 @@ pub async fn run(
         },
     ));
 
+    let retention = tokio::spawn(background::run_job(
+        Schedule {
+            name: "retention",
+            period: config.retention_interval.as_duration(),
+            wake: Arc::new(Notify::new()),
+        },
+        metrics.clone(),
+        leading.clone(),
+        shutdown.clone(),
+        {
+            let (pool, settings, metrics, epoch) = (
+                pool.clone(),
+                config.retention_settings(),
+                metrics.clone(),
+                epoch.clone(),
+            );
+            move || {
+                let (pool, metrics) = (pool.clone(), metrics.clone());
+                let epoch = epoch.load(Ordering::SeqCst);
+                async move { Ok(prune(&pool, &settings, &metrics, epoch).await?) }
+            }
+        },
+    ));
+
     let settings = config.leader_settings();
     let holder = holder_name();
     while !*shutdown.borrow() {
@@ -126,8 +150,50 @@ pub async fn run(
     }
     listener.abort();
     let _ = analysis.await;
+    let _ = retention.await;
     pool.close().await;
     Ok(())
+}
+
+/// The retention job's activation: prunes in batches, each in a transaction
+/// fenced by the leadership epoch, until every table is done.
+async fn prune(
+    pool: &PgPool,
+    settings: &phoenix_storage::retention::RetentionSettings,
+    metrics: &Metrics,
+    epoch: i64,
+) -> phoenix_storage::Result<()> {
+    use phoenix_storage::retention::BATCH;
+    use sqlx::Connection;
+    let mut conn = pool.acquire().await?;
+    loop {
+        let mut tx = conn.begin().await?;
+        phoenix_storage::leader::fence(&mut tx, epoch).await?;
+        let pruned = phoenix_storage::retention::prune(&mut tx, settings).await?;
+        tx.commit().await?;
+        for (table, rows) in [
+            ("agent_tasks", pruned.tasks),
+            ("experiment_events", pruned.events),
+            ("hosts", pruned.hosts),
+        ] {
+            metrics
+                .pruned_rows
+                .get_or_create(&metrics::TableLabels { table })
+                .inc_by(rows);
+        }
+        if pruned.tasks + pruned.events + pruned.hosts > 0 {
+            tracing::info!(
+                tasks = pruned.tasks,
+                events = pruned.events,
+                hosts = pruned.hosts,
+                "retention: pruned old rows"
+            );
+        }
+        let full = BATCH as u64;
+        if pruned.tasks < full && pruned.events < full && pruned.hosts < full {
+            return Ok(());
+        }
+    }
 }
 
 /// How this replica names itself in `reconciler_leadership.holder`: its host name

@@ -16,6 +16,7 @@
 //! - [`leader`]: leader election with a session advisory lock, a lease, and
 //!   fencing by leadership epoch.
 //! - [`listen`]: the one LISTEN connection of a process, with backoff.
+//! - [`retention`]: pruning finished tasks, old events and long-gone hosts by age.
 
 pub mod apply;
 pub mod credentials;
@@ -27,6 +28,7 @@ pub mod leader;
 pub mod listen;
 pub mod loads;
 pub mod results;
+pub mod retention;
 pub mod schema;
 pub mod tasks;
 pub mod templates;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use phoenix_e2e::bins::binary;
 use phoenix_e2e::harness::{
-    AGENT_TOKEN, AgentProcess, OPERATOR_TOKEN, Stack, StackOptions, VIEWER_TOKEN, eventually,
+    AgentProcess, OPERATOR_TOKEN, Stack, StackOptions, VIEWER_TOKEN, eventually,
 };
 use phoenix_e2e::netns::NetNs;
 use phoenix_e2e::throwaway::ThrowawayPostgres;
@@ -237,13 +237,15 @@ async fn database_away_fails_fast_and_everything_heals() {
 /// deleted since) is a 404, and the agent registers again at once with a full
 /// status report instead of waiting for its 5-minute refresh.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn heartbeat_of_an_unknown_host_is_404_and_itsagent_registers_again_at_once() {
+async fn heartbeat_of_an_unknown_host_is_404_and_its_agent_registers_again_at_once() {
     let stack = Stack::start().await;
+    // Enrolled (it holds a credential of its own) but never registered.
+    let credential = stack.host_credential("ghost-1").await;
     let ghost = stack
         .request(
             Method::POST,
             "/agent/v1/hosts/ghost-1/heartbeat",
-            AGENT_TOKEN,
+            &credential,
         )
         .send()
         .await

@@ -92,15 +92,16 @@ impl NetNs {
         Ok(created)
     }
 
-    /// Cuts the link: packets between the namespace and this side are dropped;
-    /// every process and socket stays as it is.
+    /// Cuts the link (the namespace's end goes down): packets between the
+    /// namespace and this side are dropped; every process and socket stays as it
+    /// is, and [`Self::host_ip`] stays reachable from this side.
     pub fn cut(&self) -> Result<(), String> {
-        ip(&["link", "set", &self.host_link, "down"])
+        ip(&["-n", &self.name, "link", "set", "eth0", "down"])
     }
 
     /// Restores the link.
     pub fn restore(&self) -> Result<(), String> {
-        ip(&["link", "set", &self.host_link, "up"])
+        ip(&["-n", &self.name, "link", "set", "eth0", "up"])
     }
 
     /// A command that runs `program` inside the namespace.

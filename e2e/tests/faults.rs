@@ -580,3 +580,90 @@ async fn a_partitioned_leader_stops_before_the_standby_takes_over() {
     drop(postgres);
     drop(ns);
 }
+
+/// An agent cut off from the api (its host's network link down, in a network
+/// namespace of its own) for a while, then restored; the experiment is stopped while
+/// it is cut off. Meanwhile the host shows `lost` and its collectors keep running;
+/// after the link is back the stop reaches it, and nothing stays leased. The cut
+/// lasts 20 s here (the 2 minutes, shortened for CI time; nothing in the
+/// agent depends on the length beyond its backoff, capped at 30 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_cut_off_keeps_its_collectors_and_converges_after_the_link_is_back() {
+    const CUT: Duration = Duration::from_secs(20);
+    let ns = tokio::task::spawn_blocking(|| NetNs::create("agent", 2))
+        .await
+        .unwrap()
+        .expect("a network namespace for the agent's host");
+    let stack = Stack::start_with(StackOptions {
+        api_bind: Some(format!("{}:0", ns.host_ip)),
+        host_grace: Duration::from_secs(5),
+        task_lease: Duration::from_secs(15),
+        ..Default::default()
+    })
+    .await;
+    let agent = AgentProcess::spawn_in_netns(&stack.api_url, "cut-1", &[("role", "cut")], &ns.name);
+    eventually("the host registers", WAIT, || async {
+        host(&stack, "cut-1").await.map(|_| ())
+    })
+    .await;
+    stack
+        .create_experiment(&experiment_yaml("cut", "role: cut"))
+        .await;
+    stack.wait_for_phase("cut", Phase::Running, WAIT).await;
+    let running = eventually("two collectors", WAIT, || async {
+        let pids = collector_pids(&agent);
+        (pids.len() == 2).then_some(pids)
+    })
+    .await;
+
+    ns.cut().unwrap();
+    let cut = Instant::now();
+    eventually("the host shows lost", WAIT, || async {
+        host(&stack, "cut-1")
+            .await
+            .filter(|h| h.state == HostState::Lost)
+            .map(|_| ())
+    })
+    .await;
+    let lost_after = cut.elapsed();
+    let stop = stack
+        .request(Method::POST, "/api/v1/experiments/cut/stop", OPERATOR_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert!(stop.status().is_success());
+    tokio::time::sleep(CUT.saturating_sub(cut.elapsed())).await;
+    assert_eq!(
+        collector_pids(&agent),
+        running,
+        "collectors keep running while the agent is cut off"
+    );
+
+    ns.restore().unwrap();
+    let back = Instant::now();
+    eventually(
+        "the stop reaches the host",
+        Duration::from_secs(90),
+        || async { collector_pids(&agent).is_empty().then_some(()) },
+    )
+    .await;
+    let stopped_after = back.elapsed();
+    eventually("ready, nothing leased", WAIT, || async {
+        let ready = host(&stack, "cut-1")
+            .await
+            .is_some_and(|h| h.state == HostState::Ready && h.collectors.is_empty());
+        (ready && leased_tasks(&stack).await == 0).then_some(())
+    })
+    .await;
+    println!(
+        "agent cut off for {} s: lost after {} ms; after the link was back the stop reached it in {} ms, converged (ready, nothing reported, nothing leased) in {} ms (task lease 15 s)",
+        CUT.as_secs(),
+        lost_after.as_millis(),
+        stopped_after.as_millis(),
+        back.elapsed().as_millis()
+    );
+    assert!(agent.load_processes().is_empty());
+    drop(agent);
+    stack.shutdown().await;
+    drop(ns);
+}

@@ -667,3 +667,119 @@ async fn an_agent_cut_off_keeps_its_collectors_and_converges_after_the_link_is_b
     stack.shutdown().await;
     drop(ns);
 }
+
+/// `phoenix-api` as a process of its own on `port` (a replica a test can SIGKILL).
+fn api_process(database_url: &str, port: u16, log: &std::path::Path) -> std::process::Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    std::process::Command::new(binary("phoenix-api"))
+        .args(["--dev", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--task-lease", "10s"])
+        .arg("--bootstrap-token-file")
+        .arg(phoenix_e2e::harness::bootstrap_token_file())
+        .env("DATABASE_URL", database_url)
+        .env(
+            "PHOENIX_API_TOKENS",
+            "admin:admin-token-for-tests,operator:operator-token-for-tests,viewer:viewer-token-for-tests",
+        )
+        .env("RUST_LOG", "info")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start phoenix-api")
+}
+
+/// One of two api replicas SIGKILLed while its agent's long-poll waits in it; the
+/// experiment is stopped through the other replica meanwhile. The agent keeps its
+/// collectors and retries; once the replica is back (a restarted pod, same
+/// address) the stop reaches it and nothing stays leased.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_replica_killed_with_long_polls_in_flight() {
+    let stack = Stack::start_with(StackOptions {
+        task_lease: Duration::from_secs(10),
+        ..Default::default()
+    })
+    .await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log_dir = tempfile::tempdir().unwrap();
+    let log = log_dir.path().join("api.log");
+    let mut replica = api_process(&stack.database_url, port, &log);
+    let replica_url = format!("http://127.0.0.1:{port}");
+    eventually("the second replica is ready", WAIT, || async {
+        let r = stack
+            .http
+            .get(format!("{replica_url}/readyz"))
+            .send()
+            .await
+            .ok()?;
+        r.status().is_success().then_some(())
+    })
+    .await;
+    let agent = AgentProcess::spawn(&replica_url, "replica-1", &[("role", "replica")]);
+    eventually("the host registers", WAIT, || async {
+        host(&stack, "replica-1").await.map(|_| ())
+    })
+    .await;
+    stack
+        .create_experiment(&experiment_yaml("replica", "role: replica"))
+        .await;
+    stack.wait_for_phase("replica", Phase::Running, WAIT).await;
+    let running = eventually("two collectors", WAIT, || async {
+        let pids = collector_pids(&agent);
+        (pids.len() == 2).then_some(pids)
+    })
+    .await;
+    // The agent's long-poll is waiting in the replica now.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _ = replica.kill(); // SIGKILL
+    let _ = replica.wait();
+    let stop = stack
+        .request(
+            Method::POST,
+            "/api/v1/experiments/replica/stop",
+            OPERATOR_TOKEN,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(stop.status().is_success(), "the other replica serves");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        collector_pids(&agent),
+        running,
+        "collectors kept while the api is gone"
+    );
+
+    let mut replica = api_process(&stack.database_url, port, &log);
+    let back = Instant::now();
+    eventually(
+        "the stop reaches the host",
+        Duration::from_secs(90),
+        || async { collector_pids(&agent).is_empty().then_some(()) },
+    )
+    .await;
+    let stopped_after = back.elapsed();
+    eventually("nothing leased, nothing reported", WAIT, || async {
+        let reported = host(&stack, "replica-1")
+            .await
+            .is_some_and(|h| h.collectors.is_empty());
+        (reported && leased_tasks(&stack).await == 0).then_some(())
+    })
+    .await;
+    println!(
+        "api replica SIGKILLed: after its restart the stop reached the host in {} ms, converged in {} ms",
+        stopped_after.as_millis(),
+        back.elapsed().as_millis()
+    );
+    let _ = replica.kill();
+    let _ = replica.wait();
+    drop(agent);
+    stack.shutdown().await;
+}

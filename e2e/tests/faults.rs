@@ -670,12 +670,19 @@ async fn an_agent_cut_off_keeps_its_collectors_and_converges_after_the_link_is_b
 
 /// `phoenix-api` as a process of its own on `port` (a replica a test can SIGKILL).
 fn api_process(database_url: &str, port: u16, log: &std::path::Path) -> std::process::Child {
+    api_command(database_url, port, log)
+        .spawn()
+        .expect("start phoenix-api")
+}
+
+fn api_command(database_url: &str, port: u16, log: &std::path::Path) -> std::process::Command {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .unwrap();
-    std::process::Command::new(binary("phoenix-api"))
+    let mut command = std::process::Command::new(binary("phoenix-api"));
+    command
         .args(["--dev", "--listen", &format!("127.0.0.1:{port}")])
         .args(["--task-lease", "10s"])
         .arg("--bootstrap-token-file")
@@ -687,9 +694,109 @@ fn api_process(database_url: &str, port: u16, log: &std::path::Path) -> std::pro
         )
         .env("RUST_LOG", "info")
         .stdout(log.try_clone().unwrap())
-        .stderr(log)
+        .stderr(log);
+    command
+}
+
+/// Debian's libfaketime (scripts/test installs it).
+fn libfaketime() -> std::path::PathBuf {
+    let found = std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("faketime/libfaketime.so.1"))
+        .find(|p| p.exists());
+    found.expect("libfaketime is not installed: apt-get install libfaketime (scripts/test does)")
+}
+
+/// An api replica whose clock is 2 minutes behind (libfaketime) takes the agent's
+/// heartbeats: liveness is judged by the database's clock, so the host stays ready
+/// (it used to be written 2 minutes in the past, and the host showed lost once the
+/// grace period passed after its last full status report).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_replica_with_its_clock_off_does_not_make_hosts_lost() {
+    let stack = Stack::start_with(StackOptions {
+        host_grace: Duration::from_secs(5),
+        ..Default::default()
+    })
+    .await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log_dir = tempfile::tempdir().unwrap();
+    let log = log_dir.path().join("api.log");
+    let mut replica = api_command(&stack.database_url, port, &log)
+        .env("LD_PRELOAD", libfaketime())
+        .env("FAKETIME", "-2m")
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .env("FAKETIME_NO_CACHE", "1")
         .spawn()
-        .expect("start phoenix-api")
+        .expect("start phoenix-api under libfaketime");
+    let replica_url = format!("http://127.0.0.1:{port}");
+    eventually("the skewed replica is ready", WAIT, || async {
+        let r = stack
+            .http
+            .get(format!("{replica_url}/readyz"))
+            .send()
+            .await
+            .ok()?;
+        r.status().is_success().then_some(())
+    })
+    .await;
+    // Its clock really is off: its own log's timestamps are 2 minutes behind.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains("listening"))
+        .unwrap_or_else(|| panic!("no start line in:\n{text}"));
+    // Without its colour codes (ESC [ … m).
+    let mut plain = String::new();
+    let mut in_escape = false;
+    for c in line.chars() {
+        match (in_escape, c) {
+            (false, '\u{1b}') => in_escape = true,
+            (true, 'm') => in_escape = false,
+            (false, c) => plain.push(c),
+            (true, _) => {}
+        }
+    }
+    let stamp = plain
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let logged: chrono::DateTime<chrono::Utc> =
+        stamp.parse().unwrap_or_else(|e| panic!("{stamp}: {e}"));
+    let behind = chrono::Utc::now() - logged;
+    assert!(
+        behind > chrono::Duration::seconds(100),
+        "the replica logs {stamp}, {behind} behind"
+    );
+    let agent = AgentProcess::spawn(&replica_url, "skew-1", &[("role", "skew")]);
+    eventually("the host registers", WAIT, || async {
+        host(&stack, "skew-1").await.map(|_| ())
+    })
+    .await;
+    // Three grace periods of heartbeats through the skewed replica only (the full
+    // status is sent once at start and then every 5 minutes).
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(15) {
+        let h = host(&stack, "skew-1").await.expect("registered");
+        assert_eq!(
+            h.state,
+            HostState::Ready,
+            "heartbeats through a replica 2 minutes behind keep the host ready (last seen {})",
+            h.last_seen
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    println!("api replica 2 minutes behind: the host stayed ready for 15 s (grace 5 s)");
+    let _ = replica.kill();
+    let _ = replica.wait();
+    drop(agent);
+    stack.shutdown().await;
 }
 
 /// One of two api replicas SIGKILLed while its agent's long-poll waits in it; the

@@ -1,3 +1,4 @@
+-- lossy: reconciler_leadership, experiment_events.task_id
 DROP INDEX IF EXISTS hosts_last_seen;
 DROP INDEX IF EXISTS experiment_events_at;
 DROP INDEX IF EXISTS agent_tasks_finished;

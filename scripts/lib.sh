@@ -28,6 +28,16 @@ ensure_measurement_binaries() {
     prometheus prometheus-pushgateway >/dev/null
 }
 
+# libfaketime (Debian's package), for the fault test of an api replica whose clock
+# is off (e2e/tests/faults.rs).
+ensure_libfaketime() {
+  if compgen -G "/usr/lib/*/faketime/libfaketime.so.1" >/dev/null; then
+    return
+  fi
+  echo "installing libfaketime (apt-get install libfaketime)…" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libfaketime >/dev/null
+}
+
 # The Kubernetes control plane the suite runs (etcd, kube-apiserver,
 # kube-controller-manager, kube-scheduler, kubectl, kwok), built once per machine
 # and cached (kube/build.sh); the tests find it through PHOENIX_KUBE_BIN_DIR.

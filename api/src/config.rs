@@ -127,6 +127,10 @@ pub struct ApiConfig {
     #[arg(long, env = "PHOENIX_API_DB_CONNECTIONS", default_value_t = 16)]
     pub db_connections: u32,
 
+    /// How long a request waits for a database connection before it is answered
+    /// 503 with Retry-After (the database unreachable, or every connection busy)
+    #[arg(long, env = "PHOENIX_API_DB_ACQUIRE_TIMEOUT", default_value = "2s", value_parser = HumanDuration::parse)]
+    pub db_acquire_timeout: HumanDuration,
     /// Never migrate at start: refuse to start on a schema behind this release's,
     /// naming both versions (`phoenix-api migrate up`, or the Helm chart's
     /// migration Job, moves it). Without it, missing migrations are applied at

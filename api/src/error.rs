@@ -5,6 +5,10 @@ use axum::response::{IntoResponse, Response};
 use phoenix_storage::StoreError;
 use phoenix_wire::problem::{FieldError, PROBLEM_CONTENT_TYPE, Problem};
 
+/// The `Retry-After` of every 503: the database is usually back (a restart, a
+/// failover) within seconds, and a client that waits this long asks again gently.
+pub const RETRY_AFTER_SECONDS: &str = "2";
+
 /// Everything a handler can answer besides success. Each maps to one status code.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum ApiError {
@@ -99,7 +103,7 @@ impl From<StoreError> for ApiError {
             err if err.is_concurrency_failure() => ApiError::Conflict(
                 "a concurrent request changed the same resources at the same moment; nothing was done, retry".into(),
             ),
-            StoreError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)) => {
+            err if err.is_unavailable() => {
                 tracing::warn!(error = %err, "database unavailable");
                 ApiError::Unavailable("the database is unavailable; retry shortly".into())
             }
@@ -125,6 +129,12 @@ impl IntoResponse for ApiError {
         );
         if matches!(self, ApiError::Unauthorized(_)) {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if matches!(self, ApiError::Unavailable(_)) {
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECONDS),
+            );
         }
         response
     }

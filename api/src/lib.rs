@@ -75,9 +75,13 @@ pub async fn serve(
         tls,
         max_connections: config.max_connections,
     };
-    let pool = phoenix_storage::connect(&config.database_url, config.db_connections)
-        .await
-        .context("connecting to Postgres")?;
+    let pool = phoenix_storage::connect_with(
+        &config.database_url,
+        config.db_connections,
+        config.db_acquire_timeout.as_duration(),
+    )
+    .await
+    .context("connecting to Postgres")?;
     phoenix_storage::schema::prepare(&pool, "phoenix-api", config.on_start())
         .await
         .context("preparing the schema")?;

@@ -87,10 +87,17 @@ fn admin_url() -> String {
 
 /// Creates an empty database and returns its URL.
 pub async fn fresh_database() -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
     let admin = tokio::task::spawn_blocking(admin_url)
         .await
         .expect("admin url");
+    fresh_database_on(&admin).await
+}
+
+/// Creates an empty database on the server of `admin` (a maintenance database's
+/// URL) and returns its URL.
+pub async fn fresh_database_on(admin: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let admin = admin.to_string();
     let name = format!(
         "phoenix_test_{}_{}",
         std::process::id(),
@@ -135,6 +142,12 @@ pub struct StackOptions {
     /// Run on this existing database (e.g. one a backup was restored into)
     /// instead of a fresh one.
     pub database_url: Option<String>,
+    /// The server to make the stack's database on (a maintenance database's URL,
+    /// e.g. of a [`ThrowawayPostgres`] a fault test stops); none: the shared one.
+    pub postgres: Option<String>,
+    /// Where the api listens (say a test network namespace's host-side address,
+    /// for agents inside it); none: a free loopback port.
+    pub api_bind: Option<String>,
 }
 
 /// A private CA and a server certificate it signed for 127.0.0.1 and localhost,
@@ -256,6 +269,8 @@ impl Default for StackOptions {
             host_grace: Duration::from_secs(60),
             max_event_streams: 1000,
             database_url: None,
+            postgres: None,
+            api_bind: None,
         }
     }
 }
@@ -279,9 +294,10 @@ impl Stack {
     }
 
     pub async fn start_with(options: StackOptions) -> Stack {
-        let database_url = match options.database_url {
-            Some(url) => url,
-            None => fresh_database().await,
+        let database_url = match (options.database_url.clone(), &options.postgres) {
+            (Some(url), _) => url,
+            (None, Some(admin)) => fresh_database_on(admin).await,
+            (None, None) => fresh_database().await,
         };
         let (stop, stop_rx) = watch::channel(false);
         let mut api_config = api_config(&database_url);
@@ -303,9 +319,10 @@ impl Stack {
         }
         api_config.host_grace = HumanDuration(options.host_grace);
         api_config.max_event_streams = options.max_event_streams;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind api");
+        let listener =
+            tokio::net::TcpListener::bind(options.api_bind.as_deref().unwrap_or("127.0.0.1:0"))
+                .await
+                .expect("bind api");
         let api_url = format!("{scheme}://{}", listener.local_addr().expect("api address"));
         let api = tokio::spawn({
             let stop_rx = stop_rx.clone();
@@ -352,10 +369,16 @@ impl Stack {
 
     /// Starts one more reconciler replica in this process.
     pub fn spawn_reconciler(&mut self) {
+        self.spawn_reconciler_with(phoenix_reconciler::metrics::Metrics::new());
+    }
+
+    /// Starts one more reconciler replica in this process, recording into `metrics`
+    /// (which the test may read).
+    pub fn spawn_reconciler_with(&mut self, metrics: phoenix_reconciler::metrics::Metrics) {
         let config = self.reconciler_config.clone();
         let stop_rx = self.stop.subscribe();
         self.tasks.push(tokio::spawn(async move {
-            phoenix_reconciler::run(config, phoenix_reconciler::metrics::Metrics::new(), stop_rx)
+            phoenix_reconciler::run(config, metrics, stop_rx)
                 .await
                 .expect("reconciler runs")
         }));
@@ -543,6 +566,8 @@ pub struct AgentProcess {
     collector_bin: PathBuf,
     pushgateway_url: Option<String>,
     ca_file: Option<PathBuf>,
+    /// The network namespace the agent runs in (see [`crate::netns`]); none: this one.
+    netns: Option<String>,
     child: Option<Child>,
     _dir: tempfile::TempDir,
 }
@@ -583,7 +608,42 @@ impl AgentProcess {
         Self::spawn_full(api_url, host_id, labels, &collector, None, Some(ca_file))
     }
 
+    /// An agent of another host: it runs in network namespace `netns` (made by
+    /// [`crate::netns::NetNs`]), reaching the api at `api_url` over that link.
+    pub fn spawn_in_netns(
+        api_url: &str,
+        host_id: &str,
+        labels: &[(&str, &str)],
+        netns: &str,
+    ) -> AgentProcess {
+        let collector = binary("stand-in-collector");
+        let mut agent = Self::new(api_url, host_id, labels, &collector, None, None);
+        agent.netns = Some(netns.to_string());
+        agent.start();
+        agent
+    }
+
     fn spawn_full(
+        api_url: &str,
+        host_id: &str,
+        labels: &[(&str, &str)],
+        collector: &Path,
+        pushgateway_url: Option<&str>,
+        ca_file: Option<&Path>,
+    ) -> AgentProcess {
+        let mut agent = Self::new(
+            api_url,
+            host_id,
+            labels,
+            collector,
+            pushgateway_url,
+            ca_file,
+        );
+        agent.start();
+        agent
+    }
+
+    fn new(
         api_url: &str,
         host_id: &str,
         labels: &[(&str, &str)],
@@ -595,7 +655,7 @@ impl AgentProcess {
             .prefix("phoenix-agent-")
             .tempdir()
             .expect("agent state dir");
-        let mut agent = AgentProcess {
+        AgentProcess {
             host_id: host_id.to_string(),
             labels: labels
                 .iter()
@@ -607,11 +667,10 @@ impl AgentProcess {
             collector_bin: collector.to_path_buf(),
             pushgateway_url: pushgateway_url.map(str::to_string),
             ca_file: ca_file.map(Path::to_path_buf),
+            netns: None,
             child: None,
             _dir: dir,
-        };
-        agent.start();
-        agent
+        }
     }
 
     /// Starts the agent process (again, after a kill).
@@ -631,7 +690,16 @@ impl AgentProcess {
             .append(true)
             .open(self.state_dir.join("agent.log"))
             .expect("agent log");
-        let mut command = Command::new(binary("phoenix-agent"));
+        let mut command = match &self.netns {
+            Some(netns) => {
+                let mut command = Command::new("ip");
+                command
+                    .args(["netns", "exec", netns])
+                    .arg(binary("phoenix-agent"));
+                command
+            }
+            None => Command::new(binary("phoenix-agent")),
+        };
         // Development mode: a test agent may run without a Pushgateway.
         command.arg("--dev");
         if let Some(url) = &self.pushgateway_url {

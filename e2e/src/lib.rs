@@ -18,5 +18,6 @@ pub mod image;
 pub mod kube;
 pub mod kubelet;
 pub mod measurement;
+pub mod netns;
 pub mod pgtools;
 pub mod throwaway;

@@ -27,6 +27,10 @@ pub struct ThrowawayPostgres {
     port: u16,
     owner_pipe: Option<ChildStdin>,
     wrapper: Child,
+    bin: PathBuf,
+    root: PathBuf,
+    identity: Option<(u32, u32)>,
+    settings: Vec<String>,
 }
 
 /// The directory holding `initdb` and `postgres`: `PHOENIX_PG_BIN`, else the newest
@@ -57,16 +61,33 @@ fn no_postgres_hint() -> String {
         .into()
 }
 
+// The server running at the end may not be the first one (see `stop_server` and
+// `start_server`): the one to stop is the one `postmaster.pid` names.
 const WRAPPER: &str = r#"
 bin=$0; data=$1; port=$2; root=$3; shift 3
 "$bin/postgres" -D "$data" -p "$port" -k "$root" -h 127.0.0.1 \
   -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
-  -c max_connections=500 -c shared_buffers=128MB "$@" >"$root/postgres.log" 2>&1 &
-pid=$!
+  -c max_connections=500 -c shared_buffers=128MB "$@" >>"$root/postgres.log" 2>&1 &
 read -r _
-kill -INT "$pid" 2>/dev/null
-wait "$pid"
+pid=$(head -n 1 "$data/postmaster.pid" 2>/dev/null)
+if [ -n "$pid" ]; then
+  kill -INT "$pid" 2>/dev/null
+  # The server removes its pid file as it exits (a child of ours stays a zombie).
+  n=0
+  while [ -e "$data/postmaster.pid" ] && kill -0 "$pid" 2>/dev/null && [ $n -lt 300 ]; do
+    sleep 0.1; n=$((n + 1))
+  done
+fi
 rm -rf "$root"
+"#;
+
+// Starts the server again on the same directory and port, detached; the wrapper
+// above still owns the cluster.
+const RESTART: &str = r#"
+bin=$0; data=$1; port=$2; root=$3; shift 3
+setsid "$bin/postgres" -D "$data" -p "$port" -k "$root" -h 127.0.0.1 \
+  -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
+  -c max_connections=500 -c shared_buffers=128MB "$@" >>"$root/postgres.log" 2>&1 </dev/null &
 "#;
 
 /// The uid and gid to run Postgres as: ours, or the `postgres` user's when we are root.
@@ -157,6 +178,10 @@ impl ThrowawayPostgres {
             )));
         }
         let port = free_port()?;
+        let settings: Vec<String> = settings
+            .iter()
+            .flat_map(|(name, value)| ["-c".to_string(), format!("{name}={value}")])
+            .collect();
         let wrapper = as_server(&mut Command::new("sh"), identity)
             .arg("-c")
             .arg(WRAPPER)
@@ -164,11 +189,7 @@ impl ThrowawayPostgres {
             .arg(&data)
             .arg(port.to_string())
             .arg(&root)
-            .args(
-                settings
-                    .iter()
-                    .flat_map(|(name, value)| ["-c".to_string(), format!("{name}={value}")]),
-            )
+            .args(&settings)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -178,10 +199,111 @@ impl ThrowawayPostgres {
             port,
             owner_pipe: None,
             wrapper,
+            bin: bin.clone(),
+            root: root.clone(),
+            identity,
+            settings,
         };
         cluster.owner_pipe = cluster.wrapper.stdin.take();
         cluster.wait_ready(&bin, &root)?;
         Ok(cluster)
+    }
+
+    /// Stops the server (a fast shutdown: sessions are ended, clients see their
+    /// connections close and new ones refused) and waits until it is gone. The
+    /// files stay; [`start_server`](Self::start_server) brings it back.
+    pub fn stop_server(&self) -> Result<(), ThrowawayError> {
+        let pid_file = self.root.join("data").join("postmaster.pid");
+        let pid: i32 = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|text| text.lines().next()?.trim().parse().ok())
+            .ok_or_else(|| ThrowawayError(format!("no server running ({})", pid_file.display())))?;
+        // SAFETY: kill(2) on the postmaster's pid, read from its own pid file.
+        unsafe { libc::kill(pid, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        // The server removes its pid file as it exits (it may stay a zombie of the
+        // wrapper, so the pid alone says nothing).
+        while pid_file.exists() {
+            if Instant::now() > deadline {
+                return Err(ThrowawayError("the server did not stop within 30 s".into()));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// Starts the server again after [`stop_server`](Self::stop_server), on the same
+    /// port and files; blocks until it accepts connections.
+    pub fn start_server(&mut self) -> Result<(), ThrowawayError> {
+        let status = as_server(&mut Command::new("sh"), self.identity)
+            .arg("-c")
+            .arg(RESTART)
+            .arg(&self.bin)
+            .arg(self.root.join("data"))
+            .arg(self.port.to_string())
+            .arg(&self.root)
+            .args(&self.settings)
+            .stdin(Stdio::null())
+            .status()
+            .map_err(|e| ThrowawayError(format!("cannot start postgres again: {e}")))?;
+        if !status.success() {
+            return Err(ThrowawayError(format!("restarting postgres: {status}")));
+        }
+        let (bin, root) = (self.bin.clone(), self.root.clone());
+        self.wait_ready(&bin, &root)
+    }
+
+    /// Lets clients from `cidr` (say a test's network namespace) connect without a
+    /// password, like loopback ones, and reloads the server's configuration.
+    pub fn trust_network(&self, cidr: &str) -> Result<(), ThrowawayError> {
+        use std::io::Write;
+        let hba = self.root.join("data").join("pg_hba.conf");
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&hba)
+            .map_err(|e| ThrowawayError(format!("{}: {e}", hba.display())))?;
+        writeln!(file, "host all all {cidr} trust")
+            .map_err(|e| ThrowawayError(format!("{}: {e}", hba.display())))?;
+        let postmaster = self
+            .server_pids()
+            .first()
+            .copied()
+            .ok_or_else(|| ThrowawayError("no server running".into()))?;
+        // SAFETY: SIGHUP to the postmaster: reload its configuration.
+        unsafe { libc::kill(postmaster, libc::SIGHUP) };
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(())
+    }
+
+    /// Every process of the running server (the postmaster and its children),
+    /// for a test that freezes it with SIGSTOP and thaws it with SIGCONT.
+    pub fn server_pids(&self) -> Vec<i32> {
+        let pid_file = self.root.join("data").join("postmaster.pid");
+        let Some(postmaster) = std::fs::read_to_string(pid_file)
+            .ok()
+            .and_then(|text| text.lines().next()?.trim().parse::<i32>().ok())
+        else {
+            return Vec::new();
+        };
+        let mut pids = vec![postmaster];
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            // The parent pid is the second field after the command's closing parenthesis.
+            let parent = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok());
+            if parent == Some(postmaster) {
+                pids.push(pid);
+            }
+        }
+        pids
     }
 
     fn wait_ready(&mut self, bin: &Path, root: &Path) -> Result<(), ThrowawayError> {

@@ -373,10 +373,12 @@ async fn two_reconcilers_never_emit_duplicate_tasks() {
     let mut b = sqlx::PgConnection::connect(&stack.database_url)
         .await
         .unwrap();
+    // As the current leader's epoch: the fence lets them write.
+    let (epoch, _) = phoenix_storage::leader::current(&mut a).await.unwrap();
     for _ in 0..5 {
         let (ra, rb) = tokio::join!(
-            phoenix_reconciler::pass::run_pass(&mut a, &config),
-            phoenix_reconciler::pass::run_pass(&mut b, &config)
+            phoenix_reconciler::pass::run_pass(&mut a, &config, epoch),
+            phoenix_reconciler::pass::run_pass(&mut b, &config, epoch)
         );
         // A pass that lost a race to a conflicting write may fail; it must not duplicate.
         let _ = (ra, rb);

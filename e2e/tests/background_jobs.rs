@@ -126,3 +126,93 @@ async fn a_hung_prometheus_does_not_delay_a_new_experiments_tasks() {
     );
     stack.shutdown().await;
 }
+
+/// The retention job prunes what only grew: finished tasks older than their
+/// retention, events of experiments that ended (never of an active one), hosts
+/// silent for days; it keeps everything newer, and counts what it removed on
+/// `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_prunes_old_finished_tasks_events_and_long_gone_hosts() {
+    let mut stack = Stack::start_with(StackOptions {
+        reconciler: false,
+        ..Default::default()
+    })
+    .await;
+    stack.register_host("gone-1", &[("role", "old")]).await;
+    stack.register_host("live-1", &[("role", "live")]).await;
+    stack
+        .create_experiment(&experiment("current", "live-1", "1h"))
+        .await;
+    let sql = |q: &'static str| {
+        let pool = stack.pool.clone();
+        async move { sqlx::query(q).execute(&pool).await.unwrap() }
+    };
+    sql("UPDATE hosts SET last_seen = now() - interval '10 days' WHERE host_id = 'gone-1'").await;
+    sql(
+        "INSERT INTO agent_tasks (host_id, unit_id, action, spec_hash, status, updated_at) VALUES \
+         ('gone-1', 'old.baseline', 'start', 'h1', 'succeeded', now() - interval '10 days'), \
+         ('gone-1', 'old.candidate', 'start', 'h2', 'failed', now() - interval '8 days'), \
+         ('live-1', 'recent.baseline', 'start', 'h3', 'succeeded', now() - interval '1 day')",
+    )
+    .await;
+    sql(
+        "INSERT INTO experiment_events (experiment, from_phase, to_phase, reason, at) VALUES \
+         ('ancient', 'running', 'completed', 'done long ago', now() - interval '40 days'), \
+         ('ancient', 'completed', 'completed', 'deleted by user', now() - interval '40 days'), \
+         ('recent', 'running', 'completed', 'done yesterday', now() - interval '1 day')",
+    )
+    .await;
+    // The active experiment's creation event is old too, and must stay.
+    sql(
+        "UPDATE experiment_events SET at = now() - interval '40 days' WHERE experiment = 'current'",
+    )
+    .await;
+
+    stack.reconciler_config.retention_interval =
+        phoenix_wire::duration::HumanDuration(Duration::from_secs(1));
+    let metrics = phoenix_reconciler::metrics::Metrics::new();
+    stack.spawn_reconciler_with(metrics.clone());
+    let count = |q: &'static str| {
+        let pool = stack.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(q)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    eventually("old rows pruned", WAIT, || async {
+        (count("SELECT count(*) FROM agent_tasks WHERE unit_id LIKE 'old.%'").await == 0
+            && count("SELECT count(*) FROM experiment_events WHERE experiment = 'ancient'").await
+                == 0
+            && count("SELECT count(*) FROM hosts WHERE host_id = 'gone-1'").await == 0)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        count("SELECT count(*) FROM agent_tasks WHERE unit_id = 'recent.baseline'").await,
+        1
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM experiment_events WHERE experiment = 'recent'").await,
+        1,
+        "newer events stay"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM experiment_events WHERE experiment = 'current' AND reason = 'created'").await,
+        1
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM hosts WHERE host_id = 'live-1'").await,
+        1
+    );
+    let text = metrics.encode();
+    for line in [
+        r#"phoenix_reconciler_pruned_rows_total{table="agent_tasks"} 2"#,
+        r#"phoenix_reconciler_pruned_rows_total{table="experiment_events"} 2"#,
+        r#"phoenix_reconciler_pruned_rows_total{table="hosts"} 1"#,
+    ] {
+        assert!(text.contains(line), "{line} in:\n{text}");
+    }
+    stack.shutdown().await;
+}

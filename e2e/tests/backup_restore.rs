@@ -183,6 +183,7 @@ async fn a_dump_taken_mid_experiment_restores_and_agents_converge_without_duplic
             price_per_million_dpm: 0.5,
             evidence: None,
             ignored_hosts: Vec::new(),
+            incidents: Vec::new(),
         };
         results::store(&mut conn, &report).await.unwrap();
         assert!(

@@ -197,6 +197,7 @@ async fn populate() -> String {
         price_per_million_dpm: 0.5,
         evidence: None,
         ignored_hosts: Vec::new(),
+        incidents: Vec::new(),
     };
     results::store(&mut conn, &report).await.unwrap();
     let moved = experiments::transition(

@@ -66,11 +66,13 @@ pub struct AnalyzerSettings {
 /// its own ([`crate::background`]), never inside the reconcile pass, and holds no
 /// database connection while it waits for Prometheus: it reads what is due, measures,
 /// then writes each result in a short transaction whose phase change is a
-/// compare-and-set.
+/// compare-and-set, fenced by the leadership `epoch` (a deposed leader's late
+/// result is refused).
 pub async fn analyze_due(
     pool: &PgPool,
     settings: &AnalyzerSettings,
     metrics: &Metrics,
+    epoch: i64,
 ) -> Result<()> {
     let due = {
         let mut conn = pool.acquire().await?;
@@ -102,6 +104,7 @@ pub async fn analyze_due(
         let outcome = match measured {
             Ok(report) => {
                 let mut tx = conn.begin().await?;
+                phoenix_storage::leader::fence(&mut tx, epoch).await?;
                 results::store(&mut tx, &report).await?;
                 let reason = verdict_reason(&report);
                 experiments::transition(
@@ -119,7 +122,9 @@ pub async fn analyze_due(
             }
             Err(err) => {
                 let error = err.to_string();
-                let attempts = results::record_failure(&mut conn, &experiment.name, &error).await?;
+                let mut tx = conn.begin().await?;
+                phoenix_storage::leader::fence(&mut tx, epoch).await?;
+                let attempts = results::record_failure(&mut tx, &experiment.name, &error).await?;
                 // Counted from when measuring could first start, not from the phase change.
                 let waited = now
                     .signed_duration_since(ready_at)
@@ -133,7 +138,7 @@ pub async fn analyze_due(
                         ))
                     );
                     experiments::transition(
-                        &mut conn,
+                        &mut tx,
                         &experiment.name,
                         Phase::Analyzing,
                         Phase::Failed,
@@ -141,8 +146,10 @@ pub async fn analyze_due(
                         None,
                     )
                     .await?;
+                    tx.commit().await?;
                     "failed"
                 } else {
+                    tx.commit().await?;
                     tracing::warn!(experiment = %experiment.name, attempts, %error, "analysis failed; will retry");
                     "retrying"
                 }
@@ -550,6 +557,7 @@ pub async fn measure(
             candidate: candidate.evidence,
         }),
         ignored_hosts,
+        incidents: Vec::new(),
     })
 }
 

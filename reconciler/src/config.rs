@@ -1,6 +1,7 @@
 //! phoenix-reconciler settings: flags, each with an environment variable.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use clap::Parser;
 use phoenix_wire::duration::HumanDuration;
@@ -70,6 +71,31 @@ pub struct ReconcilerConfig {
     /// How often a standby replica tries to become the leader.
     #[arg(long, env = "PHOENIX_STANDBY_RETRY", default_value = "2s", value_parser = HumanDuration::parse)]
     pub standby_retry: HumanDuration,
+
+    /// How long a leader keeps acting after its lock was last confirmed; it renews
+    /// every third of this. The database ends a silent leader's session (and frees
+    /// the lock) 3 s after this, by TCP keepalives, so a partitioned leader has
+    /// stopped before a standby can lead. Whole seconds, at least 1s.
+    #[arg(long, env = "PHOENIX_LEADER_LEASE", default_value = "5s", value_parser = HumanDuration::parse)]
+    pub leader_lease: HumanDuration,
+
+    /// How often the retention job prunes old rows.
+    #[arg(long, env = "PHOENIX_RETENTION_INTERVAL", default_value = "10m", value_parser = HumanDuration::parse)]
+    pub retention_interval: HumanDuration,
+
+    /// Finished agent tasks (succeeded, failed, cancelled) older than this are
+    /// pruned (at least 1h: recent failures decide retries and phases).
+    #[arg(long, env = "PHOENIX_RETAIN_TASKS", default_value = "7d", value_parser = HumanDuration::parse)]
+    pub retain_tasks: HumanDuration,
+
+    /// Events older than this are pruned, unless their experiment is still active.
+    #[arg(long, env = "PHOENIX_RETAIN_EVENTS", default_value = "30d", value_parser = HumanDuration::parse)]
+    pub retain_events: HumanDuration,
+
+    /// Hosts silent for longer than this are forgotten (with what they reported); an
+    /// agent that comes back registers again.
+    #[arg(long, env = "PHOENIX_RETAIN_HOSTS", default_value = "7d", value_parser = HumanDuration::parse)]
+    pub retain_hosts: HumanDuration,
 
     /// Prometheus holding the measurements (its HTTP API), for the analyzer, e.g.
     /// http://prometheus:9090. Required [--dev: http://127.0.0.1:9090]
@@ -165,6 +191,25 @@ impl ReconcilerConfig {
             }
         }
         Ok(())
+    }
+
+    /// How leadership is kept and given up.
+    pub fn leader_settings(&self) -> phoenix_storage::leader::LeaderSettings {
+        phoenix_storage::leader::LeaderSettings {
+            lease: self.leader_lease.as_duration().max(Duration::from_secs(1)),
+        }
+    }
+
+    /// What the retention job keeps.
+    pub fn retention_settings(&self) -> phoenix_storage::retention::RetentionSettings {
+        phoenix_storage::retention::RetentionSettings {
+            tasks: self
+                .retain_tasks
+                .as_duration()
+                .max(Duration::from_secs(3600)),
+            events: self.retain_events.as_duration(),
+            hosts: self.retain_hosts.as_duration(),
+        }
     }
 
     /// The analyzer's settings.

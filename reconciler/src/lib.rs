@@ -1,6 +1,7 @@
 //! phoenix-reconciler: a level-triggered control loop.
 //!
-//! Replicas compete for leadership ([`phoenix_storage::leader`]); the leader runs
+//! Replicas compete for leadership ([`phoenix_storage::leader`]: an advisory lock,
+//! a lease the leader renews, and an epoch that fences every write); the leader runs
 //! [`pass::run_pass`] whenever the database announces a change (`NOTIFY
 //! phoenix_reconcile`, a hint) and at least every resync interval (the truth), so a
 //! lost wake-up, a crashed agent or a deleted row only delays convergence. Slow work
@@ -8,7 +9,8 @@
 //! analysis of experiments, which waits on Prometheus, never holds up a pass.
 //!
 //! Modules: [`diff`] (desired vs reported vs open tasks → tasks to write, for every
-//! kind of unit), [`lifecycle`] (phase decisions), [`load`] (the load runs each host
+//! kind of unit), [`incidents`] (failed tasks of an experiment as its events, and
+//! when they fail it), [`lifecycle`] (phase decisions), [`load`] (the load runs each host
 //! should have), [`pass`] (one transactional pass), [`standing`] (pipeline
 //! deployments' standing collectors and `promotion: auto`, steps of the pass),
 //! [`analyzer`] (KPIs from [`prometheus`], judged by [`judge`]), [`stats`]
@@ -19,6 +21,7 @@ pub mod analyzer;
 pub mod background;
 pub mod config;
 pub mod diff;
+pub mod incidents;
 pub mod judge;
 pub mod lifecycle;
 pub mod load;
@@ -29,6 +32,7 @@ pub mod standing;
 pub mod stats;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use phoenix_storage::leader::LeaderLock;
@@ -59,6 +63,9 @@ pub async fn run(
     let wake = Arc::new(Notify::new());
     let analyze = Arc::new(Notify::new());
     let (leading_tx, leading) = watch::channel(false);
+    // The epoch of this replica's leadership while it leads: every write of a
+    // background job is fenced by it (phoenix_storage::leader::fence).
+    let epoch = Arc::new(AtomicI64::new(0));
     let listener = tokio::spawn(listen_for_changes(
         pool.clone(),
         wake.clone(),
@@ -74,25 +81,62 @@ pub async fn run(
         leading.clone(),
         shutdown.clone(),
         {
-            let (pool, settings, metrics) =
-                (pool.clone(), config.analyzer_settings(), metrics.clone());
+            let (pool, settings, metrics, epoch) = (
+                pool.clone(),
+                config.analyzer_settings(),
+                metrics.clone(),
+                epoch.clone(),
+            );
             move || {
                 let (pool, settings, metrics) = (pool.clone(), settings.clone(), metrics.clone());
-                async move { Ok(analyzer::analyze_due(&pool, &settings, &metrics).await?) }
+                let epoch = epoch.load(Ordering::SeqCst);
+                async move { Ok(analyzer::analyze_due(&pool, &settings, &metrics, epoch).await?) }
             }
         },
     ));
 
+    let retention = tokio::spawn(background::run_job(
+        Schedule {
+            name: "retention",
+            period: config.retention_interval.as_duration(),
+            wake: Arc::new(Notify::new()),
+        },
+        metrics.clone(),
+        leading.clone(),
+        shutdown.clone(),
+        {
+            let (pool, settings, metrics, epoch) = (
+                pool.clone(),
+                config.retention_settings(),
+                metrics.clone(),
+                epoch.clone(),
+            );
+            move || {
+                let (pool, metrics) = (pool.clone(), metrics.clone());
+                let epoch = epoch.load(Ordering::SeqCst);
+                async move { Ok(prune(&pool, &settings, &metrics, epoch).await?) }
+            }
+        },
+    ));
+
+    let settings = config.leader_settings();
+    let holder = holder_name();
     while !*shutdown.borrow() {
-        match LeaderLock::try_acquire(&config.database_url).await {
+        match LeaderLock::try_acquire(&config.database_url, settings, &holder).await {
             Ok(Some(lock)) => {
-                tracing::info!("leading: this replica now reconciles");
+                tracing::info!(
+                    epoch = lock.epoch(),
+                    lease_ms = settings.lease.as_millis() as u64,
+                    "leading: this replica now reconciles"
+                );
+                epoch.store(lock.epoch(), Ordering::SeqCst);
                 metrics.is_leader.set(1);
+                metrics.leader_epoch.set(lock.epoch());
                 let _ = leading_tx.send(true);
-                lead(lock, &config, &metrics, &wake, &analyze, &mut shutdown).await;
+                let why = lead(lock, &config, &metrics, &wake, &analyze, &mut shutdown).await;
                 let _ = leading_tx.send(false);
                 metrics.is_leader.set(0);
-                tracing::info!("no longer leading");
+                tracing::warn!(reason = why, "no longer leading: stopped acting");
             }
             Ok(None) => tracing::debug!("another replica leads; standing by"),
             Err(err) => {
@@ -106,11 +150,69 @@ pub async fn run(
     }
     listener.abort();
     let _ = analysis.await;
+    let _ = retention.await;
     pool.close().await;
     Ok(())
 }
 
-/// Runs passes while the lock holds; returns when it is lost or on shutdown.
+/// The retention job's activation: prunes in batches, each in a transaction
+/// fenced by the leadership epoch, until every table is done.
+async fn prune(
+    pool: &PgPool,
+    settings: &phoenix_storage::retention::RetentionSettings,
+    metrics: &Metrics,
+    epoch: i64,
+) -> phoenix_storage::Result<()> {
+    use phoenix_storage::retention::BATCH;
+    use sqlx::Connection;
+    let mut conn = pool.acquire().await?;
+    loop {
+        let mut tx = conn.begin().await?;
+        phoenix_storage::leader::fence(&mut tx, epoch).await?;
+        let pruned = phoenix_storage::retention::prune(&mut tx, settings).await?;
+        tx.commit().await?;
+        for (table, rows) in [
+            ("agent_tasks", pruned.tasks),
+            ("experiment_events", pruned.events),
+            ("hosts", pruned.hosts),
+        ] {
+            metrics
+                .pruned_rows
+                .get_or_create(&metrics::TableLabels { table })
+                .inc_by(rows);
+        }
+        if pruned.tasks + pruned.events + pruned.hosts > 0 {
+            tracing::info!(
+                tasks = pruned.tasks,
+                events = pruned.events,
+                hosts = pruned.hosts,
+                "retention: pruned old rows"
+            );
+        }
+        let full = BATCH as u64;
+        if pruned.tasks < full && pruned.events < full && pruned.hosts < full {
+            return Ok(());
+        }
+    }
+}
+
+/// How this replica names itself in `reconciler_leadership.holder`: its host name
+/// (a pod's name on Kubernetes) and process id.
+fn holder_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    format!("{host} pid {}", std::process::id())
+}
+
+/// Runs passes while the lock holds and its lease is renewed; returns why it
+/// stopped (leadership lost, or shutdown). The lease is renewed at least every
+/// third of its length, also while no pass is due, and no pass outlives it: a
+/// leader cut off from the database stops acting within the lease, before the
+/// database frees the lock for another replica
+/// ([`phoenix_storage::leader::LeaderSettings::server_gives_up`]).
 async fn lead(
     mut lock: LeaderLock,
     config: &ReconcilerConfig,
@@ -118,60 +220,81 @@ async fn lead(
     wake: &Notify,
     analyze: &Notify,
     shutdown: &mut watch::Receiver<bool>,
-) {
+) -> &'static str {
     let resync = config.resync_interval.as_duration();
+    let renew_every = config.leader_settings().lease / 3;
+    let mut pass_due = true;
+    let mut next_resync = Instant::now() + resync;
     while !*shutdown.borrow() {
-        match lock.still_held().await {
+        match lock.confirm().await {
             Ok(true) => {}
-            Ok(false) => return,
+            Ok(false) => return "the lock could not be confirmed within the lease",
             Err(err) => {
                 tracing::warn!(error = %err, "leader connection failed");
-                return;
+                return "the leader connection failed";
             }
         }
-        let started = Instant::now();
-        let result = pass::run_pass(lock.connection(), config).await;
-        background::record(metrics, "pass", started, &result);
-        match result {
-            Ok(report) => {
-                metrics.tasks_emitted.inc_by(report.tasks_created);
-                metrics.tasks_cancelled.inc_by(report.tasks_cancelled);
-                metrics.transitions.inc_by(report.transitions.len() as u64);
-                if report
-                    .transitions
-                    .iter()
-                    .any(|(_, _, to)| *to == Phase::Analyzing)
+        if pass_due || Instant::now() >= next_resync {
+            pass_due = false;
+            next_resync = Instant::now() + resync;
+            let started = Instant::now();
+            let epoch = lock.epoch();
+            let left = lock.lease_left();
+            let result =
+                match tokio::time::timeout(left, pass::run_pass(lock.connection(), config, epoch))
+                    .await
                 {
-                    analyze.notify_one();
+                    Ok(result) => result,
+                    Err(_) => return "a pass outlived the lease",
+                };
+            background::record(metrics, "pass", started, &result);
+            match result {
+                Ok(report) => {
+                    metrics.tasks_emitted.inc_by(report.tasks_created);
+                    metrics.tasks_cancelled.inc_by(report.tasks_cancelled);
+                    metrics.transitions.inc_by(report.transitions.len() as u64);
+                    if report
+                        .transitions
+                        .iter()
+                        .any(|(_, _, to)| *to == Phase::Analyzing)
+                    {
+                        analyze.notify_one();
+                    }
+                    if report.tasks_created > 0 || report.tasks_cancelled > 0 {
+                        tracing::info!(
+                            created = report.tasks_created,
+                            cancelled = report.tasks_cancelled,
+                            elapsed_ms = started.elapsed().as_millis() as u64,
+                            "reconcile pass"
+                        );
+                    }
                 }
-                if report.tasks_created > 0 || report.tasks_cancelled > 0 {
-                    tracing::info!(
-                        created = report.tasks_created,
-                        cancelled = report.tasks_cancelled,
-                        elapsed_ms = started.elapsed().as_millis() as u64,
-                        "reconcile pass"
-                    );
+                Err(phoenix_storage::StoreError::Deposed { .. }) => {
+                    return "another replica took over (a newer leadership epoch)";
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "reconcile pass failed");
+                    if matches!(err, phoenix_storage::StoreError::Database(_)) {
+                        return "a pass failed on the leader connection"; // re-elect
+                    }
                 }
             }
-            Err(err) => {
-                tracing::warn!(error = %err, "reconcile pass failed");
-                if matches!(err, phoenix_storage::StoreError::Database(_)) {
-                    return; // the connection may be gone; re-elect
-                }
-            }
+            metrics
+                .pass_seconds
+                .observe(started.elapsed().as_secs_f64());
         }
-        metrics
-            .pass_seconds
-            .observe(started.elapsed().as_secs_f64());
+        let until_resync = next_resync.saturating_duration_since(Instant::now());
         tokio::select! {
             _ = wake.notified() => {
                 // Let a burst of changes settle into one pass.
                 tokio::time::sleep(Duration::from_millis(20)).await;
+                pass_due = true;
             }
-            _ = tokio::time::sleep(resync) => {}
+            _ = tokio::time::sleep(until_resync.min(renew_every)) => {}
             _ = shutdown.changed() => {}
         }
     }
+    "shutdown"
 }
 
 /// Turns `NOTIFY phoenix_reconcile` into wake-ups, through the process's one

@@ -341,6 +341,7 @@ mod tests {
         assert_eq!(p.new_tasks[0].spec_hash, new.spec_hash);
 
         let failure = |at_s| FailedTask {
+            id: at_s,
             host_id: "h1".into(),
             unit_id: new.unit_id(),
             spec_hash: new.spec_hash.clone(),

@@ -30,6 +30,12 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+/// Labels of the retention job's counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabels {
+    pub table: &'static str,
+}
+
 type GaugeF64 = Gauge<f64, AtomicU64>;
 
 #[derive(Clone)]
@@ -40,6 +46,8 @@ pub struct Metrics {
     pub tasks_cancelled: Counter,
     pub transitions: Counter,
     pub is_leader: Gauge,
+    pub leader_epoch: Gauge,
+    pub pruned_rows: Family<TableLabels, Counter>,
     pub job_activations: Family<JobResultLabels, Counter>,
     pub job_last_seconds: Family<JobLabels, GaugeF64>,
     pub job_last_success: Family<JobLabels, GaugeF64>,
@@ -86,6 +94,18 @@ impl Metrics {
                 "is_leader",
                 "1 while this replica leads",
                 Gauge::default(),
+            ),
+            leader_epoch: registered(
+                &mut r,
+                "leader_epoch",
+                "The leadership epoch this replica last led in (every write of that leadership is fenced by it)",
+                Gauge::default(),
+            ),
+            pruned_rows: registered(
+                &mut r,
+                "pruned_rows",
+                "Rows removed by the retention job, by table",
+                Family::default(),
             ),
             job_activations: registered(
                 &mut r,

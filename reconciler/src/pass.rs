@@ -28,9 +28,16 @@ pub struct PassReport {
     pub transitions: Vec<(String, Phase, Phase)>,
 }
 
-/// Runs one pass. Time is the database's, like every timestamp it stores.
-pub async fn run_pass(conn: &mut PgConnection, config: &ReconcilerConfig) -> Result<PassReport> {
+/// Runs one pass as the leader of `epoch` (refused with
+/// [`phoenix_storage::StoreError::Deposed`] once a newer leader took over). Time is
+/// the database's, like every timestamp it stores.
+pub async fn run_pass(
+    conn: &mut PgConnection,
+    config: &ReconcilerConfig,
+    epoch: i64,
+) -> Result<PassReport> {
     let mut tx = conn.begin().await?;
+    phoenix_storage::leader::fence(&mut tx, epoch).await?;
     let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
         .fetch_one(&mut *tx)
         .await?;
@@ -48,12 +55,11 @@ pub async fn run_pass(conn: &mut PgConnection, config: &ReconcilerConfig) -> Res
     // and this order never misses a task between its answer and its report.
     let open = tasks::list_open(&mut tx).await?;
     let actual = hosts::collectors_by_host(&mut tx).await?;
-    let oldest_start = active
-        .iter()
-        .map(|e| e.phase_changed_at)
-        .min()
-        .unwrap_or(now);
+    // Since the oldest creation: crate::incidents reads every failed task of an
+    // experiment, the deploying decision those of its current phase.
+    let oldest_start = active.iter().map(|e| e.created_at).min().unwrap_or(now);
     let failures = tasks::failures_since(&mut tx, TaskKind::Collector, oldest_start).await?;
+    let load_failures = tasks::failures_since(&mut tx, TaskKind::Load, oldest_start).await?;
 
     let mut desired = DesiredState::new();
     let mut blocked = Blocked::new();
@@ -68,6 +74,33 @@ pub async fn run_pass(conn: &mut PgConnection, config: &ReconcilerConfig) -> Res
             apply(&mut tx, experiment, decision, now, &mut report).await?;
         }
         if !experiment.phase.wants_collectors() {
+            continue;
+        }
+        let judgement = crate::incidents::judge(
+            experiment,
+            &failures,
+            &load_failures,
+            config.max_start_failures,
+        );
+        for (task_id, reason) in &judgement.events {
+            experiments::record_task_event(
+                &mut tx,
+                &experiment.name,
+                experiment.phase,
+                *task_id,
+                reason,
+            )
+            .await?;
+        }
+        if let Some(reason) = judgement.fail {
+            apply(
+                &mut tx,
+                experiment,
+                Decision::Fail { reason },
+                now,
+                &mut report,
+            )
+            .await?;
             continue;
         }
         let rendered = render_experiment(experiment, &template_configs, &config.remote_write_url);

@@ -219,6 +219,41 @@ async fn record_event(
     Ok(())
 }
 
+/// Records that task `task_id` of experiment `name` failed (an event in its
+/// current `phase`), once: the same task again is a no-op. True when recorded now.
+pub async fn record_task_event(
+    conn: &mut PgConnection,
+    name: &str,
+    phase: Phase,
+    task_id: i64,
+    reason: &str,
+) -> Result<bool> {
+    let inserted = sqlx::query(
+        "INSERT INTO experiment_events (experiment, from_phase, to_phase, reason, task_id) \
+         VALUES ($1, $2, $2, $3, $4) \
+         ON CONFLICT (experiment, task_id) WHERE task_id IS NOT NULL DO NOTHING",
+    )
+    .bind(name)
+    .bind(phase.as_str())
+    .bind(reason)
+    .bind(task_id)
+    .execute(conn)
+    .await?;
+    Ok(inserted.rows_affected() == 1)
+}
+
+/// The events of experiment `name` that record a failed task, oldest first.
+pub async fn task_events(conn: &mut PgConnection, name: &str) -> Result<Vec<ExperimentEvent>> {
+    let rows: Vec<EventRow> = sqlx::query_as(
+        "SELECT id, experiment, from_phase, to_phase, reason, at FROM experiment_events \
+         WHERE experiment = $1 AND task_id IS NOT NULL ORDER BY id",
+    )
+    .bind(name)
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter().map(event_from_row).collect()
+}
+
 #[derive(FromRow)]
 struct EventRow {
     id: i64,
@@ -238,19 +273,18 @@ pub async fn events(conn: &mut PgConnection, name: &str) -> Result<Vec<Experimen
     .bind(name)
     .fetch_all(conn)
     .await?;
-    rows.into_iter()
-        .map(|row| {
-            let phase = |p: &str| {
-                Phase::parse(p).ok_or_else(|| corrupt("event", format!("unknown phase {p}")))
-            };
-            Ok(ExperimentEvent {
-                id: row.id,
-                from_phase: row.from_phase.as_deref().map(phase).transpose()?,
-                to_phase: phase(&row.to_phase)?,
-                experiment: row.experiment,
-                reason: row.reason,
-                at: row.at,
-            })
-        })
-        .collect()
+    rows.into_iter().map(event_from_row).collect()
+}
+
+fn event_from_row(row: EventRow) -> Result<ExperimentEvent> {
+    let phase =
+        |p: &str| Phase::parse(p).ok_or_else(|| corrupt("event", format!("unknown phase {p}")));
+    Ok(ExperimentEvent {
+        id: row.id,
+        from_phase: row.from_phase.as_deref().map(phase).transpose()?,
+        to_phase: phase(&row.to_phase)?,
+        experiment: row.experiment,
+        reason: row.reason,
+        at: row.at,
+    })
 }

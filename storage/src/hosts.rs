@@ -75,26 +75,40 @@ pub async fn report_status(
     Ok(())
 }
 
-/// Writes a batch of coalesced heartbeats in one statement. Unknown hosts are
-/// ignored (an agent registers with a full status report). Returns rows updated.
+/// Marks the hosts of a batch of coalesced heartbeats as seen now, by the
+/// database's clock (every liveness decision uses that one clock, whichever api
+/// replica took the heartbeat), in one statement. Returns the ids that are
+/// registered; the others are unknown (an agent registers with a full status
+/// report).
 pub async fn record_heartbeats(
     conn: &mut PgConnection,
-    beats: &[(String, DateTime<Utc>)],
-) -> Result<u64> {
-    if beats.is_empty() {
-        return Ok(0);
+    host_ids: &[String],
+) -> Result<Vec<String>> {
+    if host_ids.is_empty() {
+        return Ok(Vec::new());
     }
-    let ids: Vec<&str> = beats.iter().map(|(id, _)| id.as_str()).collect();
-    let times: Vec<DateTime<Utc>> = beats.iter().map(|(_, at)| *at).collect();
-    let result = sqlx::query(
-        "UPDATE hosts SET last_seen = beat.at FROM unnest($1::text[], $2::timestamptz[]) AS beat(host_id, at) \
-         WHERE hosts.host_id = beat.host_id AND hosts.last_seen < beat.at",
+    let known: Vec<String> = sqlx::query_scalar(
+        "UPDATE hosts SET last_seen = greatest(last_seen, now()) WHERE host_id = ANY($1) RETURNING host_id",
     )
-    .bind(&ids)
-    .bind(&times)
-    .execute(conn)
+    .bind(host_ids)
+    .fetch_all(conn)
     .await?;
-    Ok(result.rows_affected())
+    Ok(known)
+}
+
+/// Whether `host_id` is registered.
+pub async fn exists(conn: &mut PgConnection, host_id: &str) -> Result<bool> {
+    Ok(
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM hosts WHERE host_id = $1)")
+            .bind(host_id)
+            .fetch_one(conn)
+            .await?,
+    )
+}
+
+/// The database's clock: the one every liveness decision is made by.
+pub async fn database_now(conn: &mut PgConnection) -> Result<DateTime<Utc>> {
+    Ok(sqlx::query_scalar("SELECT now()").fetch_one(conn).await?)
 }
 
 /// A host's identity and liveness, without its collectors.
@@ -225,9 +239,9 @@ fn to_view(
 
 /// Every host with its collectors; hosts silent for longer than `grace` are `lost`.
 pub async fn list(conn: &mut PgConnection, grace: Duration) -> Result<Vec<Host>> {
+    let now = database_now(conn).await?;
     let records = list_records(conn).await?;
     let mut collectors = collectors_by_host(conn).await?;
-    let now = Utc::now();
     Ok(records
         .into_iter()
         .map(|r| {
@@ -250,10 +264,14 @@ pub async fn get(conn: &mut PgConnection, host_id: &str, grace: Duration) -> Res
     let sql = format!(
         "SELECT {COLLECTOR_COLUMNS} FROM host_collectors WHERE host_id = $1 ORDER BY collector_id"
     );
-    let rows: Vec<CollectorRow> = sqlx::query_as(&sql).bind(host_id).fetch_all(conn).await?;
+    let rows: Vec<CollectorRow> = sqlx::query_as(&sql)
+        .bind(host_id)
+        .fetch_all(&mut *conn)
+        .await?;
+    let now = database_now(conn).await?;
     let collectors = rows
         .into_iter()
         .map(|row| <(String, CollectorStatus)>::try_from(row).map(|(_, c)| c))
         .collect::<Result<Vec<_>>>()?;
-    Ok(to_view(record, collectors, Utc::now(), grace))
+    Ok(to_view(record, collectors, now, grace))
 }

@@ -13,8 +13,10 @@
 //! - [`credentials`]: bootstrap tokens and host credentials (digests only).
 //! - [`destinations`]: the user's backends standing collectors export to
 //!   (credential references only).
-//! - [`leader`]: leader election with a session advisory lock.
+//! - [`leader`]: leader election with a session advisory lock, a lease, and
+//!   fencing by leadership epoch.
 //! - [`listen`]: the one LISTEN connection of a process, with backoff.
+//! - [`retention`]: pruning finished tasks, old events and long-gone hosts by age.
 
 pub mod apply;
 pub mod credentials;
@@ -26,6 +28,7 @@ pub mod leader;
 pub mod listen;
 pub mod loads;
 pub mod results;
+pub mod retention;
 pub mod schema;
 pub mod tasks;
 pub mod templates;
@@ -61,6 +64,10 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(
+        "this reconciler's leadership (epoch {epoch}) has ended: epoch {current} leads now; the write was refused"
+    )]
+    Deposed { epoch: i64, current: i64 },
 }
 
 impl StoreError {
@@ -75,6 +82,29 @@ impl StoreError {
         }
     }
 
+    /// The database is unreachable or going away (connection refused or lost, no
+    /// connection within the pool's acquire timeout, the server shutting down or
+    /// out of connections): the same request may well succeed shortly.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Database(err) => match err {
+                sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::WorkerCrashed => true,
+                // Class 08: connection exception; 57P01-57P03: admin shutdown, crash
+                // shutdown, cannot connect now; 53300: too many connections.
+                sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+                    code.starts_with("08")
+                        || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300")
+                }),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
     /// A short, stable label for metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {
@@ -84,6 +114,7 @@ impl StoreError {
             StoreError::Corrupt(_) => "corrupt",
             StoreError::Database(_) => "database",
             StoreError::Migrate(_) => "migrate",
+            StoreError::Deposed { .. } => "deposed",
         }
     }
 }
@@ -92,9 +123,22 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Opens a pool of at most `max_connections`, waiting up to 10 s for a connection.
 pub async fn connect(database_url: &str, max_connections: u32) -> Result<PgPool> {
+    connect_with(database_url, max_connections, Duration::from_secs(10)).await
+}
+
+/// Opens a pool of at most `max_connections` whose `acquire` gives up after
+/// `acquire_timeout` (a dead pooled connection is noticed by the ping before use,
+/// and a refused connect is retried, all within that time), so a request fails fast
+/// with [`sqlx::Error::PoolTimedOut`] while the database is unreachable. The first
+/// connection is opened lazily: the caller's first query says whether it answers.
+pub async fn connect_with(
+    database_url: &str,
+    max_connections: u32,
+    acquire_timeout: Duration,
+) -> Result<PgPool> {
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(10))
+        .acquire_timeout(acquire_timeout)
         .connect(database_url)
         .await?;
     Ok(pool)

@@ -379,6 +379,7 @@ pub const UNREPORTED_SUCCESS_WINDOW: Duration = Duration::from_secs(600);
 /// A failed start or update, for judging whether a unit keeps failing.
 #[derive(Clone, Debug, FromRow)]
 pub struct FailedTask {
+    pub id: i64,
     pub host_id: String,
     pub unit_id: String,
     pub spec_hash: String,
@@ -393,7 +394,7 @@ pub async fn failures_since(
     since: DateTime<Utc>,
 ) -> Result<Vec<FailedTask>> {
     Ok(sqlx::query_as(
-        "SELECT host_id, unit_id, spec_hash, error, created_at FROM agent_tasks \
+        "SELECT id, host_id, unit_id, spec_hash, error, created_at FROM agent_tasks \
          WHERE status = 'failed' AND action <> 'stop' AND kind = $1 AND created_at >= $2 ORDER BY id",
     )
     .bind(kind.as_str())

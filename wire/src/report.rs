@@ -125,6 +125,11 @@ pub struct ExperimentReport {
     /// left over); none of their samples were counted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ignored_hosts: Vec<String>,
+    /// What failed on the hosts while the experiment deployed and ran (its collector
+    /// and load tasks that failed, from its events), oldest first. Filled when the
+    /// report is read, so a report never hides them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub incidents: Vec<crate::view::ExperimentEvent>,
 }
 
 /// At most this many points are kept per series of [`Evidence`].

@@ -30,22 +30,7 @@ pub async fn start(conn: &mut PgConnection, body: &DocumentBody) -> Result<LoadS
     let parameters = request.validate().map_err(ApiError::Invalid)?;
     let target_hosts = resolve_hosts(conn, &request).await?;
     let limits = loads::max_processes_by_host(conn).await?;
-    for host in &target_hosts {
-        let max = limits.get(host).copied().unwrap_or(0);
-        if parameters.processes > max {
-            let why = if max == 0 {
-                format!(
-                    "host {host} runs no load: its agent allows 0 load processes (an agent older than load simulation, or --max-load-processes 0)"
-                )
-            } else {
-                format!(
-                    "host {host} allows at most {max} load processes (its agent's --max-load-processes), and {} were asked for; ask for at most {max}, or raise the host's limit",
-                    parameters.processes
-                )
-            };
-            return Err(ApiError::Invalid(FieldError::new("processes", why)));
-        }
-    }
+    check_load_limits(&target_hosts, &limits, parameters.processes, "processes")?;
     let stored = loads::create_run(
         conn,
         NewLoadRun {
@@ -59,6 +44,33 @@ pub async fn start(conn: &mut PgConnection, body: &DocumentBody) -> Result<LoadS
     .await?;
     let reported = loads::reported_by_host(conn).await?;
     Ok(view(stored, &reported, &[], Utc::now()))
+}
+
+/// Refuses load that asks one of `hosts` for more processes than its agent allows
+/// (`limits`, from the hosts' status reports): a 422 naming `field` and the host.
+/// Used by `loadsim start` and by an experiment's `spec.load`.
+pub(crate) fn check_load_limits(
+    hosts: &[String],
+    limits: &HashMap<String, u32>,
+    processes: u32,
+    field: &str,
+) -> Result<(), ApiError> {
+    for host in hosts {
+        let max = limits.get(host).copied().unwrap_or(0);
+        if processes > max {
+            let why = if max == 0 {
+                format!(
+                    "host {host} runs no load: its agent allows 0 load processes (an agent older than load simulation, or --max-load-processes 0)"
+                )
+            } else {
+                format!(
+                    "host {host} allows at most {max} load processes (its agent's --max-load-processes), and {processes} were asked for; ask for at most {max}, or raise the host's limit"
+                )
+            };
+            return Err(ApiError::Invalid(FieldError::new(field, why)));
+        }
+    }
+    Ok(())
 }
 
 /// The registered hosts the request targets, in order; a selector that matches

@@ -199,6 +199,29 @@ async fn check_hosts(conn: &mut PgConnection, doc: &ExperimentDocument) -> Resul
             }
         }
     }
+    // What was asked is what is measured: load no selected host could run is
+    // refused now, not discovered as failed tasks once the experiment runs.
+    if let Some(load) = &doc.spec.load {
+        let (_, parameters) = load.parameters().map_err(ApiError::Invalid)?;
+        let selected: Vec<String> = known
+            .iter()
+            .filter(
+                |h| match (&doc.spec.hosts.selector, &doc.spec.hosts.names) {
+                    (Some(selector), _) => selector_matches(selector, &h.labels),
+                    (None, Some(names)) => names.contains(&h.host_id),
+                    (None, None) => false,
+                },
+            )
+            .map(|h| h.host_id.clone())
+            .collect();
+        let limits = phoenix_storage::loads::max_processes_by_host(conn).await?;
+        loadsims::check_load_limits(
+            &selected,
+            &limits,
+            parameters.processes,
+            "spec.load.processes",
+        )?;
+    }
     Ok(())
 }
 

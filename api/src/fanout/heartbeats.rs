@@ -1,45 +1,61 @@
-//! Cheap heartbeats: a heartbeat only records a timestamp in memory; a background
-//! task writes all of them in one statement per flush interval. A heartbeat costs
+//! Cheap heartbeats: a heartbeat only records the host in memory; a background
+//! task marks all of them seen in one statement per flush interval, by the
+//! database's clock (`now()`, the one clock of every liveness decision, so api
+//! replicas whose clocks disagree cannot make a host look lost). A heartbeat costs
 //! no database round trip, however many agents there are.
+//!
+//! A heartbeat for a host that is not registered is refused (404), so its agent
+//! registers again at once with a full status report. Each replica remembers the
+//! hosts it has seen registered (one look-up per host and replica); a flush that
+//! finds a remembered host gone (deleted, pruned) forgets it, and that host's next
+//! heartbeat is looked up again.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
 use phoenix_storage::{PgPool, hosts};
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
 
-/// Heartbeats received since the last flush, newest per host.
+/// Heartbeats received since the last flush, and the hosts known to be registered.
 #[derive(Clone, Default)]
 pub struct HeartbeatBuffer {
-    pending: Arc<Mutex<HashMap<String, DateTime<Utc>>>>,
+    pending: Arc<Mutex<HashSet<String>>>,
+    known: Arc<Mutex<HashSet<String>>>,
 }
 
 impl HeartbeatBuffer {
-    pub fn record(&self, host_id: &str, at: DateTime<Utc>) {
-        let mut pending = self.pending.lock().expect("heartbeat lock");
-        match pending.get_mut(host_id) {
-            Some(existing) => *existing = (*existing).max(at),
-            None => {
-                pending.insert(host_id.to_string(), at);
-            }
-        }
+    pub fn record(&self, host_id: &str) {
+        self.pending
+            .lock()
+            .expect("heartbeat lock")
+            .insert(host_id.to_string());
     }
 
-    fn take(&self) -> Vec<(String, DateTime<Utc>)> {
+    /// Whether this replica has seen `host_id` registered (and not found it gone since).
+    pub fn is_known(&self, host_id: &str) -> bool {
+        self.known.lock().expect("heartbeat lock").contains(host_id)
+    }
+
+    /// Remembers that `host_id` is registered.
+    pub fn mark_known(&self, host_id: &str) {
+        self.known
+            .lock()
+            .expect("heartbeat lock")
+            .insert(host_id.to_string());
+    }
+
+    fn take(&self) -> Vec<String> {
         std::mem::take(&mut *self.pending.lock().expect("heartbeat lock"))
             .into_iter()
             .collect()
     }
 
-    /// Puts back beats that could not be written, keeping newer ones.
-    fn restore(&self, beats: Vec<(String, DateTime<Utc>)>) {
-        for (host, at) in beats {
-            self.record(&host, at);
-        }
+    /// Puts back beats that could not be written.
+    fn restore(&self, beats: Vec<String>) {
+        self.pending.lock().expect("heartbeat lock").extend(beats);
     }
 
     pub fn len(&self) -> usize {
@@ -67,11 +83,19 @@ impl HeartbeatBuffer {
         }
         .await;
         match result {
-            Ok(_) => {
+            Ok(registered) => {
                 metrics
                     .heartbeat_flush_seconds
                     .observe(started.elapsed().as_secs_f64());
-                metrics.heartbeats_written.inc_by(beats.len() as u64);
+                metrics.heartbeats_written.inc_by(registered.len() as u64);
+                if registered.len() < beats.len() {
+                    let registered: HashSet<String> = registered.into_iter().collect();
+                    let mut known = self.known.lock().expect("heartbeat lock");
+                    for gone in beats.iter().filter(|b| !registered.contains(*b)) {
+                        tracing::info!(host_id = %gone, "heartbeat from a host no longer registered; its next one is refused");
+                        known.remove(gone);
+                    }
+                }
                 Ok(beats.len())
             }
             Err(err) => {

@@ -5,7 +5,6 @@
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use chrono::Utc;
 use phoenix_storage::hosts;
 use phoenix_storage::tasks::Completion;
 use phoenix_wire::agent::{HostStatus, TaskBatch, TaskOutcome};
@@ -165,16 +164,27 @@ pub async fn report_status(
     status.check().map_err(ApiError::Invalid)?;
     let mut conn = state.conn().await?;
     hosts::report_status(&mut conn, &host_id, &status).await?;
+    state.heartbeats.mark_known(&host_id);
     state.metrics.status_reports.inc();
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// Records the heartbeat in memory; it reaches the database with the next batch.
+/// A host that is not registered gets a 404, so its agent registers again at once.
 pub async fn heartbeat(
     State(state): State<AppState>,
     AgentHost(host_id): AgentHost,
 ) -> Result<StatusCode, ApiError> {
-    state.heartbeats.record(&host_id, Utc::now());
+    if !state.heartbeats.is_known(&host_id) {
+        let mut conn = state.conn().await?;
+        if !hosts::exists(&mut conn, &host_id).await? {
+            return Err(ApiError::NotFound(format!(
+                "host {host_id} is not registered; its agent registers with a full status report (PUT /agent/v1/hosts/{host_id}/status)"
+            )));
+        }
+        state.heartbeats.mark_known(&host_id);
+    }
+    state.heartbeats.record(&host_id);
     state.metrics.heartbeats_received.inc();
     Ok(StatusCode::NO_CONTENT)
 }

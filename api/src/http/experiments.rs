@@ -88,7 +88,10 @@ pub async fn report(
     let mut conn = state.conn().await?;
     let experiment = experiments::get(&mut conn, &name).await?;
     match phoenix_storage::results::report(&mut conn, &name).await? {
-        Some(report) => Ok(Json(report)),
+        Some(mut report) => {
+            report.incidents = experiments::task_events(&mut conn, &name).await?;
+            Ok(Json(report))
+        }
         None => Err(ApiError::NotFound(format!(
             "experiment {name} has no report yet: it is {}{}",
             experiment.phase,

@@ -1,5 +1,7 @@
 //! Liveness, readiness and metrics.
 
+use std::time::Duration;
+
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
@@ -12,12 +14,27 @@ pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// The process can serve: the database answers and the task listener is connected.
+/// How long readiness waits for the database: a probe must be answered well
+/// within its own timeout (Kubernetes' default is one second).
+pub const READY_DATABASE_TIMEOUT: Duration = Duration::from_millis(800);
+
+/// The process can serve: the database answers within [`READY_DATABASE_TIMEOUT`]
+/// and the task listener is connected. Otherwise a 503, within that time.
 pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
-    sqlx::query("SELECT 1")
-        .execute(&state.pool)
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("database: {e}")))?;
+    let ping = async {
+        let mut conn = state.pool.acquire().await?;
+        sqlx::query("SELECT 1").execute(&mut *conn).await
+    };
+    match tokio::time::timeout(READY_DATABASE_TIMEOUT, ping).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(err)) => return Err(ApiError::Unavailable(format!("database: {err}"))),
+        Err(_) => {
+            return Err(ApiError::Unavailable(format!(
+                "database: no answer within {} ms",
+                READY_DATABASE_TIMEOUT.as_millis()
+            )));
+        }
+    }
     if !*state.listener_connected.borrow() {
         return Err(ApiError::Unavailable(
             "the task listener is not connected yet".into(),

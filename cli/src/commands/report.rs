@@ -138,5 +138,15 @@ pub fn render(report: &ExperimentReport) -> String {
             report.ignored_hosts.join(", ")
         ));
     }
+    if !report.incidents.is_empty() {
+        out.push_str("\nIncidents (failed tasks while it deployed and ran):\n");
+        for event in &report.incidents {
+            out.push_str(&format!(
+                "  {}  {}\n",
+                event.at.format("%H:%M:%S"),
+                event.reason
+            ));
+        }
+    }
     out
 }

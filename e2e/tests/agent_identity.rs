@@ -285,9 +285,9 @@ async fn bootstrap_tokens_are_created_listed_and_revoked_by_admins_only() {
         .unwrap();
     assert_eq!(refused.status(), 401);
     assert!(refused.text().await.unwrap().contains("was revoked"));
-    let heartbeat = &agent_routes("rack7-1")[3];
+    let status_report = &agent_routes("rack7-1")[2];
     assert_eq!(
-        call(&stack.http, &stack.api_url, &credential, heartbeat)
+        call(&stack.http, &stack.api_url, &credential, status_report)
             .await
             .0,
         204

@@ -341,6 +341,23 @@ async fn load_that_cannot_run_is_refused_or_fails_the_experiment() {
         .await
         .unwrap();
     assert_eq!(hog.status(), 201, "{}", hog.text().await.unwrap());
+    // The agent holds the run (it reports live workers) before the experiment's
+    // load asks for more; otherwise the two could be started in either order.
+    eventually("the agent runs the standalone load", WAIT, || async {
+        let run: phoenix_wire::load::LoadSim = stack
+            .request(Method::GET, "/api/v1/loadsims/hog", VIEWER_TOKEN)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        run.host_status
+            .iter()
+            .any(|h| h.host_id == "loadfault-1" && h.live_processes > 0)
+            .then_some(())
+    })
+    .await;
     stack.create_experiment(&with_load("starved", 100)).await;
     let started = Instant::now();
     let failed = eventually("the experiment fails", WAIT, || async {

@@ -133,6 +133,9 @@ pub struct StackOptions {
     pub prometheus_url: Option<String>,
     /// How long analysis may keep failing before the experiment fails.
     pub analysis_timeout: Duration,
+    /// How long after the window the analyzer waits for late samples (remote
+    /// write from a busy collector can lag by seconds on a loaded machine).
+    pub analysis_delay: Duration,
     /// Serve the api over HTTPS with this certificate (see [`TestCa`]).
     pub tls: Option<TestCa>,
     /// A host silent for longer than this shows as lost.
@@ -265,6 +268,7 @@ impl Default for StackOptions {
             collector_bin: None,
             prometheus_url: None,
             analysis_timeout: Duration::from_secs(60),
+            analysis_delay: Duration::from_secs(5),
             tls: None,
             host_grace: Duration::from_secs(60),
             max_event_streams: 1000,
@@ -345,7 +349,7 @@ impl Stack {
         // Test measurements are pushed and scraped every second.
         reconciler_config.cpu_rate_window = HumanDuration(Duration::from_secs(5));
         reconciler_config.sample_step = HumanDuration(Duration::from_secs(2));
-        reconciler_config.analysis_delay = HumanDuration(Duration::from_secs(5));
+        reconciler_config.analysis_delay = HumanDuration(options.analysis_delay);
         reconciler_config.resync_interval = HumanDuration(options.resync);
         reconciler_config.standby_retry = HumanDuration(Duration::from_millis(200));
         let mut stack = Stack {

@@ -64,6 +64,9 @@ async fn experiments_reach_verdicts_whose_numbers_match_promql() {
         remote_write_url: Some(measurement.remote_write_url()),
         prometheus_url: Some(measurement.prometheus_url.clone()),
         deploy_timeout: Duration::from_secs(120),
+        // The report is compared with PromQL afterwards, exactly: give late
+        // remote writes (a loaded CI machine) time to land before the analyzer reads.
+        analysis_delay: Duration::from_secs(15),
         ..Default::default()
     })
     .await;
@@ -183,7 +186,10 @@ async fn experiments_reach_verdicts_whose_numbers_match_promql() {
         }));
     }
     let last = |points: &[Point]| points.last().expect("points").1;
-    assert!(last(&evidence.candidate.series) < last(&evidence.baseline.series));
+    assert!(
+        last(&evidence.candidate.series) < last(&evidence.baseline.series),
+        "candidate series end below the baseline's: {evidence:?}"
+    );
     let samples = |m: &BTreeMap<String, Vec<Point>>| m.values().map(Vec::len).sum::<usize>();
     let cpu = passing.cpu_test.as_ref().expect("a CPU test");
     assert_eq!(samples(&evidence.baseline.cpu_cores), cpu.baseline_samples);
@@ -194,7 +200,7 @@ async fn experiments_reach_verdicts_whose_numbers_match_promql() {
 
     // The candidate that drops a critical process fails, naming it.
     let failing = report(&stack, "drop-fail").await;
-    assert_eq!(failing.verdict, Verdict::Fail);
+    assert_eq!(failing.verdict, Verdict::Fail, "{:#?}", failing.criteria);
     let critical = failing
         .criteria
         .iter()
@@ -240,7 +246,11 @@ async fn experiments_reach_verdicts_whose_numbers_match_promql() {
             "{variant} DPM {} vs {dpm}",
             kpis.datapoints_per_minute
         );
-        assert!((kpis.monthly_cost - dpm / 1e6 * passing.price_per_million_dpm).abs() < 1e-9);
+        assert!(
+            (kpis.monthly_cost - dpm / 1e6 * passing.price_per_million_dpm).abs() < 1e-9,
+            "{variant} cost {} for {dpm} DPM",
+            kpis.monthly_cost
+        );
         let rss_query = format!(
             r#"avg(avg_over_time(phoenix_collector_rss_bytes{{experiment="topk-pass",variant="{variant}",host!="intruder"}}[{window_ms}ms])) / 1048576"#
         );

@@ -1,12 +1,17 @@
 //! HTTP to the Phoenix API's agent endpoints (`/agent/v1/hosts/{host_id}/...`), and
 //! retrying failed requests with jittered exponential backoff.
 
+use std::collections::VecDeque;
 use std::error::Error as _;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
-use phoenix_wire::agent::{HostStatus, PROTOCOL_HEADER, ProtocolVersion, TaskBatch, TaskOutcome};
+use phoenix_wire::agent::{
+    CONFIG_BY_REFERENCE, HostStatus, PROTOCOL_HEADER, ProtocolVersion, Task, TaskBatch, TaskOutcome,
+};
 use phoenix_wire::duration::HumanDuration;
 use phoenix_wire::problem::Problem;
 use reqwest::{RequestBuilder, Response, StatusCode};
@@ -22,6 +27,13 @@ const LONG_POLL_GRACE: Duration = Duration::from_secs(10);
 /// before its caller may ask again: only an upgrade (or a rollback) of the api or
 /// the agent changes the answer, so asking sooner only fills the logs.
 pub const INCOMPATIBLE_PAUSE: Duration = Duration::from_secs(60);
+/// How long a connection to the api may stay idle in the pool: the long-poll's own
+/// connection is reused at once, and a second one (a status report sent while the
+/// long-poll waits) closes soon after, so an idle agent holds one connection.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Config bodies kept by hash: a host runs a handful of collectors, and an update
+/// usually brings one new body.
+const CONFIG_CACHE_ENTRIES: usize = 16;
 
 /// A failed request to the API.
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +147,24 @@ pub struct ApiClient {
     host_url: String,
     identity: Identity,
     metrics: Metrics,
+    shared: Arc<Shared>,
+}
+
+/// What the clones of one [`ApiClient`] share.
+struct Shared {
+    /// Whether the api has answered a status report of this agent (so the host is
+    /// registered, or was refused): long-polls wait for it.
+    status_answered: tokio::sync::watch::Sender<bool>,
+    /// Config bodies fetched by SHA-256, oldest first.
+    bodies: Mutex<VecDeque<(String, Arc<str>)>>,
+    /// Whether a long-poll is waiting on the api now.
+    polling: AtomicBool,
+    /// The agent protocol the api last said it speaks (`major << 32 | minor`; 0 =
+    /// not said, an api from before it said so).
+    api_protocol: AtomicU64,
+    /// Raised when the api says this host is not registered (a 404 on a heartbeat
+    /// or a long-poll): the status loop registers again.
+    registration_wanted: tokio::sync::Notify,
 }
 
 impl ApiClient {
@@ -155,7 +185,86 @@ impl ApiClient {
             host_url: format!("{base}/agent/v1/hosts/{host_id}"),
             identity,
             metrics,
+            shared: Arc::new(Shared {
+                status_answered: tokio::sync::watch::Sender::new(false),
+                bodies: Mutex::default(),
+                polling: AtomicBool::default(),
+                api_protocol: AtomicU64::default(),
+                registration_wanted: tokio::sync::Notify::new(),
+            }),
         }
+    }
+
+    /// Marks that the api answered a status report (the host is registered).
+    pub fn status_answered(&self) {
+        self.shared.status_answered.send_replace(true);
+    }
+
+    /// Resolves once the api has answered a status report: the long-poll starts
+    /// then, so the first poll does not find its host unregistered.
+    pub async fn wait_status_answered(&self) {
+        let mut answered = self.shared.status_answered.subscribe();
+        let _ = answered.wait_for(|&answered| answered).await;
+    }
+
+    /// Resolves once the api said this host is not registered.
+    pub async fn registration_wanted(&self) {
+        self.shared.registration_wanted.notified().await
+    }
+
+    /// Whether a separate heartbeat is needed now: not while a long-poll waits on
+    /// an api that counts it as the heartbeat ([`CONFIG_BY_REFERENCE`] and newer).
+    pub fn needs_heartbeat(&self) -> bool {
+        let said = self.shared.api_protocol.load(Ordering::Relaxed);
+        let api = ProtocolVersion {
+            major: (said >> 32) as u32,
+            minor: said as u32,
+        };
+        !(self.shared.polling.load(Ordering::Relaxed) && api >= CONFIG_BY_REFERENCE)
+    }
+
+    /// `task` with its collector's config body, fetched by reference when the task
+    /// names it rather than carries it (protocol 2.1), from the cache when held.
+    pub async fn with_config_body(&self, mut task: Task) -> Result<Task, String> {
+        let Some(sha) = task.collector.as_ref().and_then(|c| c.config_ref.clone()) else {
+            return Ok(task);
+        };
+        let body = match self.cached_body(&sha) {
+            Some(body) => body,
+            None => {
+                let body = retry(RetryPolicy::TransientOnly, || self.fetch_body(&sha))
+                    .await
+                    .map_err(|e| format!("cannot fetch config body {sha}: {e}"))?;
+                let body: Arc<str> = Arc::from(body);
+                let mut cache = self.shared.bodies.lock().expect("cache lock");
+                if cache.len() >= CONFIG_CACHE_ENTRIES {
+                    cache.pop_front();
+                }
+                cache.push_back((sha.clone(), body.clone()));
+                body
+            }
+        };
+        let spec = task.collector.take().expect("checked above");
+        task.collector = Some(spec.with_body(body)?);
+        Ok(task)
+    }
+
+    fn cached_body(&self, sha: &str) -> Option<Arc<str>> {
+        let cache = self.shared.bodies.lock().expect("cache lock");
+        cache.iter().find(|(s, _)| s == sha).map(|(_, b)| b.clone())
+    }
+
+    /// `GET configs/{sha256}`: a config body one of this host's tasks names.
+    async fn fetch_body(&self, sha: &str) -> Result<String, ApiError> {
+        const ENDPOINT: &str = "config body";
+        let request = self.http.get(format!("{}/configs/{sha}", self.host_url));
+        let response = self.send(ENDPOINT, request).await?;
+        response.text().await.map_err(|err| {
+            self.failed(ApiError::Decode {
+                endpoint: ENDPOINT,
+                detail: error_chain(&err),
+            })
+        })
     }
 
     /// `GET tasks?wait=...`: waits up to `wait` for tasks; the batch may be empty.
@@ -167,8 +276,10 @@ impl ApiClient {
             .get(format!("{}/tasks", self.host_url))
             .query(&[("wait", wait_text.as_str())])
             .timeout(wait + LONG_POLL_GRACE);
-        let response = self.send(ENDPOINT, request).await?;
-        response.json().await.map_err(|err| {
+        self.shared.polling.store(true, Ordering::Relaxed);
+        let response = self.send(ENDPOINT, request).await;
+        self.shared.polling.store(false, Ordering::Relaxed);
+        response?.json().await.map_err(|err| {
             self.failed(ApiError::Decode {
                 endpoint: ENDPOINT,
                 detail: error_chain(&err),
@@ -217,9 +328,21 @@ impl ApiClient {
                 detail: error_chain(&err),
             })
         })?;
+        if let Some(api) = response
+            .headers()
+            .get(PROTOCOL_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(ProtocolVersion::parse)
+        {
+            let said = (u64::from(api.major) << 32) | u64::from(api.minor);
+            self.shared.api_protocol.store(said, Ordering::Relaxed);
+        }
         let status = response.status();
         if status.is_success() {
             return Ok(response);
+        }
+        if status == StatusCode::NOT_FOUND && matches!(endpoint, "tasks" | "heartbeat") {
+            self.shared.registration_wanted.notify_one();
         }
         if status == StatusCode::UPGRADE_REQUIRED {
             let body = response.bytes().await.unwrap_or_default();
@@ -266,6 +389,7 @@ pub fn build_http(http: reqwest::ClientBuilder, protocol: ProtocolVersion) -> re
             .expect("a version is a header value"),
     );
     http.timeout(REQUEST_TIMEOUT)
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .default_headers(headers)
         .user_agent(concat!("phoenix-agent/", env!("CARGO_PKG_VERSION")))
         .build()

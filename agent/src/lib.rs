@@ -16,8 +16,12 @@
 //! - [`loadsim`]: load simulation: runs of real worker processes, bounded and
 //!   always cleaned up (stopped on exit; a restarted agent kills leftovers).
 //! - this file: [`run`], which ties them together in four independent loops: the task
-//!   long-poll, heartbeats, status reports, and the `/metrics` + `/healthz` server. A
-//!   long poll never delays a heartbeat.
+//!   long-poll, heartbeats, status reports, and the `/metrics` + `/healthz` server.
+//!   The long-poll is the heartbeat for an api of protocol 2.1 and newer, so an idle
+//!   agent holds one connection and sends nothing else; the heartbeat loop speaks
+//!   only when no long-poll waits (or to an older api). A task that names its
+//!   collector's config body by hash gets it from the client's cache or the api
+//!   ([`ApiClient::with_config_body`]).
 //!
 //! While the API is unreachable or failing, every loop retries with backoff and the
 //! collectors keep running as they are (last known good): the agent never stops a
@@ -44,7 +48,6 @@ pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -54,7 +57,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use phoenix_wire::agent::{HostStatus, Task, TaskAction, TaskKind, TaskOutcome, UnitSpec};
 use phoenix_wire::names::Labels;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -154,14 +157,12 @@ pub async fn run(
         config.protocol_version,
         metrics.clone(),
     );
-    let status_wanted = Arc::new(Notify::new());
     let (stop_sender, stop) = watch::channel(false);
     let mut loops = JoinSet::new();
     loops.spawn(serve_metrics(listener, metrics.clone(), stop.clone()));
     loops.spawn(heartbeat_loop(
         client.clone(),
         config.heartbeat_interval,
-        status_wanted.clone(),
         stop.clone(),
     ));
     loops.spawn(status_loop(
@@ -170,7 +171,6 @@ pub async fn run(
         loads.clone(),
         metrics.clone(),
         config.labels.clone(),
-        status_wanted,
         stop.clone(),
     ));
     if let Some(url) = &config.pushgateway_url {
@@ -234,6 +234,12 @@ async fn task_loop(
     metrics: Metrics,
     mut stop: watch::Receiver<bool>,
 ) {
+    // The host registers with its first status report; polling before that would
+    // only be told it is not registered.
+    tokio::select! {
+        () = stopped(&mut stop) => return,
+        () = client.wait_status_answered() => {}
+    }
     loop {
         let polled_at = Instant::now();
         let polled = tokio::select! {
@@ -300,7 +306,13 @@ async fn handle_task(
     mut stop: watch::Receiver<bool>,
     task: Task,
 ) {
-    let outcome = apply_task(supervisor, loads, &task).await;
+    let outcome = match client.with_config_body(task.clone()).await {
+        Ok(task) => apply_task(supervisor, loads, &task).await,
+        Err(error) => TaskOutcome {
+            ok: false,
+            error: Some(error),
+        },
+    };
     metrics.task_handled(task.action, outcome.ok);
     match &outcome.error {
         None => {
@@ -359,14 +371,12 @@ async fn apply_task(supervisor: &Supervisor, loads: &LoadRunner, task: &Task) ->
 }
 
 /// Sends a heartbeat every `interval` (the first one interval after start: the first
-/// status report announces the agent). A heartbeat the API refuses because it does
-/// not know this host asks the status loop to send the full status again.
-async fn heartbeat_loop(
-    client: ApiClient,
-    interval: Duration,
-    status_wanted: Arc<Notify>,
-    mut stop: watch::Receiver<bool>,
-) {
+/// status report announces the agent), unless a long-poll is waiting on an api
+/// that counts it as the heartbeat: then the agent holds one connection and sends
+/// nothing else. A heartbeat the API refuses because it does not know this host
+/// asks the status loop to send the full status again (the client raises
+/// [`ApiClient::registration_wanted`]).
+async fn heartbeat_loop(client: ApiClient, interval: Duration, mut stop: watch::Receiver<bool>) {
     let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -374,15 +384,15 @@ async fn heartbeat_loop(
             () = stopped(&mut stop) => return,
             _ = ticker.tick() => {}
         }
+        if !client.needs_heartbeat() {
+            continue;
+        }
         let sent = tokio::select! {
             () = stopped(&mut stop) => return,
             sent = retry(RetryPolicy::TransientOnly, || client.heartbeat()) => sent,
         };
         if let Err(err) = sent {
             tracing::warn!("heartbeat refused: {err}");
-            if err.status() == Some(404) {
-                status_wanted.notify_one();
-            }
         }
     }
 }
@@ -396,7 +406,6 @@ async fn status_loop(
     loads: LoadRunner,
     metrics: Metrics,
     labels: Labels,
-    status_wanted: Arc<Notify>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut changes = supervisor.subscribe();
@@ -417,6 +426,7 @@ async fn status_loop(
                 () = stopped(&mut stop) => return,
                 sent = retry(RetryPolicy::TransientOnly, || client.put_status(&status)) => sent,
             };
+            client.status_answered();
             if let Err(err) = sent {
                 // Sending the same status again will not help; the next change will.
                 tracing::error!("status not accepted: {err}");
@@ -429,7 +439,7 @@ async fn status_loop(
             () = stopped(&mut stop) => return,
             _ = changes.changed() => {}
             _ = load_changes.changed() => {}
-            () = status_wanted.notified() => force = true,
+            () = client.registration_wanted() => force = true,
             () = tokio::time::sleep_until(last_sent_at + STATUS_REFRESH) => {}
         }
     }

@@ -115,7 +115,7 @@ mod tests {
             "exp".into(),
             Variant::Baseline,
             "process-baseline".into(),
-            "receivers: {}".into(),
+            "receivers: {}",
             BTreeMap::new(),
         );
         let state = AgentState {

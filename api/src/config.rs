@@ -227,6 +227,14 @@ impl ApiConfig {
     pub fn max_wait(&self) -> Duration {
         self.max_wait.as_duration()
     }
+
+    /// How often a waiting long-poll counts as its host's heartbeat again: every
+    /// 10 s, or a third of the host grace when that is shorter, so a host whose only
+    /// traffic is its long-poll never looks lost.
+    pub fn long_poll_heartbeat(&self) -> Duration {
+        (self.host_grace.as_duration() / 3)
+            .clamp(Duration::from_millis(100), Duration::from_secs(10))
+    }
 }
 
 #[cfg(test)]

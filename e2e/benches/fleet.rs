@@ -3,11 +3,14 @@
 //! Starts a real Postgres (throwaway, or `DATABASE_URL`), the real `phoenix-api`
 //! and `phoenix-reconciler` binaries (optimized builds, production defaults), and N
 //! simulated agents in this process: async clients that speak the real agent
-//! protocol over HTTP (register with a status report, long-poll for tasks,
-//! acknowledge them, report status when it changes, heartbeat every 10 s). Then:
+//! protocol 2.1 over HTTP, as the real agent does: register with a status report,
+//! long-poll for tasks (the long-poll is the heartbeat: the api records one when a
+//! poll arrives and every 10 s it waits, so an idle agent sends nothing else),
+//! fetch each config body a task names by hash, acknowledge the tasks, report
+//! status when it changes. Then:
 //!
-//! 1. **soak**: heartbeats only, to measure sustained heartbeat throughput, the
-//!    write backlog and the cost of an idle fleet;
+//! 1. **soak**: an idle fleet, to measure sustained heartbeat throughput, the
+//!    write backlog and the cost of N agents doing nothing;
 //! 2. **rollout**: one experiment over all N hosts; measures, per host, the time
 //!    from the experiment's creation until the host holds both of its tasks, and
 //!    from the commit of the task write (seen here through the same `NOTIFY` the
@@ -53,10 +56,7 @@ struct Args {
     /// Fleet sizes to run, one after the other, each on a fresh database.
     #[arg(long, value_delimiter = ',', default_values_t = [1000, 5000, 10000])]
     agents: Vec<usize>,
-    /// How often each simulated agent sends a heartbeat.
-    #[arg(long, default_value = "10", value_name = "SECONDS")]
-    heartbeat_every: u64,
-    /// How long the heartbeat-only soak lasts.
+    /// How long the idle soak lasts.
     #[arg(long, default_value = "40", value_name = "SECONDS")]
     soak: u64,
     /// Where the JSON results go.
@@ -93,14 +93,30 @@ impl HostClock {
 /// What the simulated agents count, for throughput figures.
 #[derive(Default)]
 struct AgentCounters {
-    heartbeats_ok: AtomicU64,
-    heartbeats_failed: AtomicU64,
-    heartbeat_latency_us: std::sync::Mutex<Vec<u64>>,
     polls: AtomicU64,
+    /// Config bodies fetched by hash (one per agent and body: each caches its own).
+    config_fetches: AtomicU64,
     poll_errors: AtomicU64,
     acks: AtomicU64,
     status_reports: AtomicU64,
     request_errors: AtomicU64,
+}
+
+impl AgentCounters {
+    /// Every request the fleet sent (long-polls, answers, fetches, status reports).
+    fn requests(&self) -> u64 {
+        [
+            &self.polls,
+            &self.config_fetches,
+            &self.acks,
+            &self.status_reports,
+            &self.request_errors,
+            &self.poll_errors,
+        ]
+        .iter()
+        .map(|c| c.load(Ordering::Relaxed))
+        .sum()
+    }
 }
 
 /// Tasks each host gets for the experiment: start its baseline and its candidate.
@@ -167,7 +183,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let results = Results {
         machine: machine_description(),
-        heartbeat_every_s: args.heartbeat_every,
         rows,
     };
     if let Some(dir) = args.results.parent() {
@@ -184,7 +199,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
 #[derive(Serialize)]
 struct Results {
     machine: String,
-    heartbeat_every_s: u64,
     rows: Vec<Row>,
 }
 
@@ -194,11 +208,14 @@ struct Row {
     agents: usize,
     register_s: f64,
     long_polls_held: u64,
-    heartbeats_per_s: f64,
+    /// Heartbeats the api wrote per second in the soak: every one comes from a
+    /// waiting long-poll.
     heartbeats_written_per_s: f64,
-    heartbeat_failures: u64,
-    heartbeat_latency_p99_ms: f64,
+    /// Requests of any kind the fleet sent per second in the soak.
+    agent_requests_per_s: f64,
     heartbeat_backlog_max: f64,
+    /// Config bodies fetched in the rollout.
+    config_fetches: u64,
     soak_reconcile_pass_mean_ms: f64,
     /// Experiment creation -> host holds both tasks.
     creation_to_tasks_ms: Percentiles,
@@ -384,15 +401,13 @@ async fn run_fleet(
             host_id: host_id(i),
             api_url: api_url.clone(),
             // One client for the whole fleet: the long-poll holds a connection per
-            // agent, and heartbeats, answers and status reports share the idle ones.
-            // A real agent has a client of its own and so a second connection;
-            // 20,000 sockets in one process exceed this machine's open-file limit
-            // (BENCHMARKS.md counts their cost).
+            // agent, and answers, fetches and status reports share the idle ones,
+            // as a real agent's own client does once its second connection idles out.
             http: http.clone(),
             clock: clock.clone(),
             counters: counters.clone(),
-            heartbeat_every: Duration::from_secs(args.heartbeat_every),
             collectors: Mutex::new(BTreeMap::new()),
+            bodies: Mutex::new(BTreeMap::new()),
             stopped: stopped.clone(),
             credential: String::new(),
         };
@@ -420,12 +435,11 @@ async fn run_fleet(
     .await;
     let long_polls_held = waiting as u64;
 
-    // Soak: heartbeats only.
-    eprintln!("soak: {} s of heartbeats", args.soak);
+    // Soak: an idle fleet; its long-polls are its heartbeats.
+    eprintln!("soak: {} s of an idle fleet", args.soak);
     let api_metrics_before = scrape(&http, &format!("{api_url}/metrics")).await?;
     let rec_before = scrape(&http, &format!("{reconciler_url}/metrics")).await?;
-    let hb_before = counters.heartbeats_ok.load(Ordering::Relaxed);
-    counters.heartbeat_latency_us.lock().unwrap().clear();
+    let requests_before = counters.requests();
     sampler.begin_phase().await;
     let soak_started = Instant::now();
     let mut backlog_max: f64 = 0.0;
@@ -439,16 +453,11 @@ async fn run_fleet(
     let api_rss_idle_fleet_mib = rss_kib(api.child.id()) as f64 / 1024.0;
     let api_metrics_after = scrape(&http, &format!("{api_url}/metrics")).await?;
     let rec_after = scrape(&http, &format!("{reconciler_url}/metrics")).await?;
-    let heartbeats_per_s =
-        (counters.heartbeats_ok.load(Ordering::Relaxed) - hb_before) as f64 / soak_s;
+    let agent_requests_per_s = (counters.requests() - requests_before) as f64 / soak_s;
     let heartbeats_written_per_s =
         (metric(&api_metrics_after, "phoenix_api_heartbeats_written_total")
             - metric(&api_metrics_before, "phoenix_api_heartbeats_written_total"))
             / soak_s;
-    let heartbeat_latency_p99_ms = {
-        let latencies = counters.heartbeat_latency_us.lock().unwrap().clone();
-        Percentiles::of(latencies.into_iter().map(|us| us as f64 / 1000.0).collect()).p99
-    };
     let soak_passes = metric(&rec_after, "phoenix_reconciler_pass_seconds_count")
         - metric(&rec_before, "phoenix_reconciler_pass_seconds_count");
     let soak_reconcile_pass_mean_ms = 1000.0
@@ -573,11 +582,10 @@ async fn run_fleet(
         agents: n,
         register_s,
         long_polls_held,
-        heartbeats_per_s,
         heartbeats_written_per_s,
-        heartbeat_failures: counters.heartbeats_failed.load(Ordering::Relaxed),
-        heartbeat_latency_p99_ms,
+        agent_requests_per_s,
         heartbeat_backlog_max: backlog_max,
+        config_fetches: counters.config_fetches.load(Ordering::Relaxed),
         soak_reconcile_pass_mean_ms,
         creation_to_tasks_ms: Percentiles::of(creation_to_tasks),
         write_to_delivery_ms: Percentiles::of(write_to_delivery),
@@ -633,7 +641,8 @@ struct SimulatedAgent {
     http: reqwest::Client,
     clock: Arc<HostClock>,
     counters: Arc<AgentCounters>,
-    heartbeat_every: Duration,
+    /// Config bodies it holds, by SHA-256 (a real agent's cache).
+    bodies: Mutex<BTreeMap<String, Arc<str>>>,
     /// The collectors it "runs", by id, as it reports them.
     collectors: Mutex<BTreeMap<String, CollectorStatus>>,
     stopped: watch::Receiver<bool>,
@@ -643,50 +652,7 @@ struct SimulatedAgent {
 
 impl SimulatedAgent {
     async fn run(self) {
-        let agent = Arc::new(self);
-        let heartbeats = tokio::spawn({
-            let agent = agent.clone();
-            async move { agent.heartbeat_loop().await }
-        });
-        agent.poll_loop().await;
-        heartbeats.abort();
-    }
-
-    async fn heartbeat_loop(&self) {
-        // Spread the fleet's heartbeats over the interval, as real agents that
-        // started at different times are.
-        let offset = self.heartbeat_every.mul_f64(rand::random::<f64>());
-        tokio::time::sleep(offset).await;
-        let mut ticker = tokio::time::interval(self.heartbeat_every);
-        loop {
-            ticker.tick().await;
-            let sent = Instant::now();
-            let result = self
-                .http
-                .post(format!(
-                    "{}/agent/v1/hosts/{}/heartbeat",
-                    self.api_url, self.host_id
-                ))
-                .bearer_auth(&self.credential)
-                .send()
-                .await;
-            match result {
-                Ok(response) if response.status() == 204 => {
-                    self.counters.heartbeats_ok.fetch_add(1, Ordering::Relaxed);
-                    self.counters
-                        .heartbeat_latency_us
-                        .lock()
-                        .unwrap()
-                        .push(sent.elapsed().as_micros() as u64);
-                }
-                _ if *self.stopped.borrow() => return,
-                _ => {
-                    self.counters
-                        .heartbeats_failed
-                        .fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
+        self.poll_loop().await;
     }
 
     async fn poll_loop(&self) {
@@ -745,6 +711,9 @@ impl SimulatedAgent {
         }
         let mut changed = false;
         for task in &batch.tasks {
+            if let Some(sha) = task.collector.as_ref().and_then(|c| c.config_ref.as_ref()) {
+                self.fetch_body(sha).await;
+            }
             {
                 let mut collectors = self.collectors.lock().await;
                 match (task.action, &task.collector) {
@@ -797,6 +766,35 @@ impl SimulatedAgent {
         }
         if changed {
             self.report_status().await;
+        }
+    }
+
+    /// Fetches a config body it does not hold, as the real agent does.
+    async fn fetch_body(&self, sha: &str) {
+        if self.bodies.lock().await.contains_key(sha) {
+            return;
+        }
+        let fetched = self
+            .http
+            .get(format!(
+                "{}/agent/v1/hosts/{}/configs/{sha}",
+                self.api_url, self.host_id
+            ))
+            .bearer_auth(&self.credential)
+            .send()
+            .await;
+        match fetched {
+            Ok(response) if response.status() == 200 => {
+                let body = response.text().await.unwrap_or_default();
+                self.counters.config_fetches.fetch_add(1, Ordering::Relaxed);
+                self.bodies
+                    .lock()
+                    .await
+                    .insert(sha.to_string(), body.into());
+            }
+            _ => {
+                self.counters.request_errors.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -1231,14 +1229,14 @@ fn machine_description() -> String {
 
 fn print_table(rows: &[Row]) {
     println!(
-        "\n| agents | creation → all tasks p50 / p99 / max | write → delivery p50 / p99 / max | to Running | heartbeats/s (p99 latency) | backlog max | pass: soak mean / rollout max | api RSS idle / peak (open files) | reconciler RSS | CPU cores in rollout: api / reconciler / Postgres / agents | PG conns | errors |"
+        "\n| agents | creation → all tasks p50 / p99 / max | write → delivery p50 / p99 / max | to Running | heartbeats written/s (agent requests/s) idle | backlog max | pass: soak mean / rollout max | api RSS idle / peak (open files) | reconciler RSS | CPU cores in rollout: api / reconciler / Postgres / agents | PG conns | errors |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let c = r.creation_to_tasks_ms;
         let w = r.write_to_delivery_ms;
         println!(
-            "| {} | {:.0} / {:.0} / {:.0} ms | {:.0} / {:.0} / {:.0} ms | {} | {:.0} ({:.1} ms) | {:.0} | {:.0} / {:.0} ms | {:.0} / {:.0} MiB ({}) | {:.0} MiB | {:.2} / {:.2} / {:.2} / {:.2} | {} | {} |",
+            "| {} | {:.0} / {:.0} / {:.0} ms | {:.0} / {:.0} / {:.0} ms | {} | {:.0} ({:.0}) | {:.0} | {:.0} / {:.0} ms | {:.0} / {:.0} MiB ({}) | {:.0} MiB | {:.2} / {:.2} / {:.2} / {:.2} | {} | {} |",
             r.agents,
             c.p50,
             c.p99,
@@ -1248,8 +1246,8 @@ fn print_table(rows: &[Row]) {
             w.max,
             r.creation_to_running_s
                 .map_or("never".to_string(), |s| format!("{s:.1} s")),
-            r.heartbeats_per_s,
-            r.heartbeat_latency_p99_ms,
+            r.heartbeats_written_per_s,
+            r.agent_requests_per_s,
             r.heartbeat_backlog_max,
             r.soak_reconcile_pass_mean_ms,
             r.rollout_reconcile_pass_max_ms,
@@ -1262,7 +1260,7 @@ fn print_table(rows: &[Row]) {
             r.postgres_cpu_rollout_cores,
             r.agents_cpu_rollout_cores,
             r.postgres_connections_peak,
-            r.request_errors + r.heartbeat_failures,
+            r.request_errors,
         );
     }
 }

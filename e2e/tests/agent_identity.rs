@@ -48,9 +48,15 @@ async fn stack() -> Stack {
     .await
 }
 
-/// Every agent route of `host`, as (method, path, body).
+/// Every agent route of `host`, as (method, path, body): the status report (which
+/// registers the host) first, the heartbeat last.
 fn agent_routes(host: &str) -> Vec<(Method, String, Option<serde_json::Value>)> {
     vec![
+        (
+            Method::PUT,
+            format!("/agent/v1/hosts/{host}/status"),
+            Some(serde_json::json!({"labels": {}, "agentVersion": "t", "collectors": []})),
+        ),
         (
             Method::GET,
             format!("/agent/v1/hosts/{host}/tasks?wait=0s"),
@@ -62,9 +68,9 @@ fn agent_routes(host: &str) -> Vec<(Method, String, Option<serde_json::Value>)> 
             Some(serde_json::json!({"ok": true})),
         ),
         (
-            Method::PUT,
-            format!("/agent/v1/hosts/{host}/status"),
-            Some(serde_json::json!({"labels": {}, "agentVersion": "t", "collectors": []})),
+            Method::GET,
+            format!("/agent/v1/hosts/{host}/configs/{}", "0".repeat(64)),
+            None,
         ),
         (
             Method::POST,
@@ -106,7 +112,8 @@ async fn host_a_credential_gets_403_on_every_route_of_host_b() {
             "{detail}"
         );
     }
-    // Its own routes work (the task does not exist: 404 is the protocol's answer).
+    // Its own routes work (the task and the config body do not exist: 404 is the
+    // protocol's answer).
     let own: Vec<u16> = {
         let mut statuses = Vec::new();
         for route in agent_routes("web-a") {
@@ -114,7 +121,7 @@ async fn host_a_credential_gets_403_on_every_route_of_host_b() {
         }
         statuses
     };
-    assert_eq!(own, [200, 404, 204, 204]);
+    assert_eq!(own, [204, 200, 404, 404, 204]);
     // Host B's status was not touched by A: still the labels B reported.
     let host: phoenix_wire::view::Host = stack
         .request(Method::GET, "/api/v1/hosts/web-b", ADMIN_TOKEN)
@@ -126,7 +133,8 @@ async fn host_a_credential_gets_403_on_every_route_of_host_b() {
         .unwrap();
     assert_eq!(host.labels.get("role").map(String::as_str), Some("web"));
     // No bootstrap token, user token or made-up token acts for a host.
-    let heartbeat = &agent_routes("web-a")[3];
+    let routes = agent_routes("web-a");
+    let heartbeat = routes.last().unwrap();
     for (token, status) in [
         (BOOTSTRAP_TOKEN, 401),
         (ADMIN_TOKEN, 403),
@@ -161,7 +169,17 @@ async fn a_revoked_credential_gets_401_on_every_replica_and_the_agent_enrolls_ag
     })
     .await;
     let old = credential_file(&agent.state_dir);
-    let heartbeat = &agent_routes("web-1")[3];
+    let routes = agent_routes("web-1");
+    let heartbeat = routes.last().unwrap();
+    eventually("the agent registers", Duration::from_secs(20), || async {
+        let r = stack
+            .request(Method::GET, "/api/v1/hosts/web-1", ADMIN_TOKEN)
+            .send()
+            .await
+            .ok()?;
+        r.status().is_success().then_some(())
+    })
+    .await;
     // The replica has checked (and cached) the credential.
     assert_eq!(call(&stack.http, &replica, &old, heartbeat).await.0, 204);
     let mode = std::os::unix::fs::PermissionsExt::mode(
@@ -285,7 +303,7 @@ async fn bootstrap_tokens_are_created_listed_and_revoked_by_admins_only() {
         .unwrap();
     assert_eq!(refused.status(), 401);
     assert!(refused.text().await.unwrap().contains("was revoked"));
-    let status_report = &agent_routes("rack7-1")[2];
+    let status_report = &agent_routes("rack7-1")[0];
     assert_eq!(
         call(&stack.http, &stack.api_url, &credential, status_report)
             .await

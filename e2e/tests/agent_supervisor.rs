@@ -110,7 +110,7 @@ fn spec(collector_id: &str, config: &str) -> CollectorSpec {
         "exp".into(),
         Variant::Candidate,
         "process-topk".into(),
-        config.into(),
+        config,
         env,
     )
 }

@@ -129,8 +129,8 @@ async fn a_hung_prometheus_does_not_delay_a_new_experiments_tasks() {
 
 /// The retention job prunes what only grew: finished tasks older than their
 /// retention, events of experiments that ended (never of an active one), hosts
-/// silent for days; it keeps everything newer, and counts what it removed on
-/// `/metrics`.
+/// silent for days, config bodies no task names; it keeps everything newer (and
+/// every body a task names), and counts what it removed on `/metrics`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_prunes_old_finished_tasks_events_and_long_gone_hosts() {
     let mut stack = Stack::start_with(StackOptions {
@@ -148,13 +148,29 @@ async fn retention_prunes_old_finished_tasks_events_and_long_gone_hosts() {
         async move { sqlx::query(q).execute(&pool).await.unwrap() }
     };
     sql("UPDATE hosts SET last_seen = now() - interval '10 days' WHERE host_id = 'gone-1'").await;
-    sql(
-        "INSERT INTO agent_tasks (host_id, unit_id, action, spec_hash, status, updated_at) VALUES \
-         ('gone-1', 'old.baseline', 'start', 'h1', 'succeeded', now() - interval '10 days'), \
-         ('gone-1', 'old.candidate', 'start', 'h2', 'failed', now() - interval '8 days'), \
-         ('live-1', 'recent.baseline', 'start', 'h3', 'succeeded', now() - interval '1 day')",
+    // Bodies by their (made-up) hashes: old and unnamed, old and named, new and unnamed.
+    let (unnamed, named, fresh) = ("a".repeat(64), "b".repeat(64), "c".repeat(64));
+    sqlx::query(
+        "INSERT INTO collector_configs (sha256, body, created_at) VALUES \
+         ($1, 'x: 1', now() - interval '10 days'), ($2, 'x: 2', now() - interval '10 days'), \
+         ($3, 'x: 3', now())",
     )
-    .await;
+    .bind(&unnamed)
+    .bind(&named)
+    .bind(&fresh)
+    .execute(&stack.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO agent_tasks (host_id, unit_id, action, spec_hash, status, updated_at, config_sha256) VALUES \
+         ('gone-1', 'old.baseline', 'start', 'h1', 'succeeded', now() - interval '10 days', NULL), \
+         ('gone-1', 'old.candidate', 'start', 'h2', 'failed', now() - interval '8 days', NULL), \
+         ('live-1', 'recent.baseline', 'start', 'h3', 'succeeded', now() - interval '1 day', $1)",
+    )
+    .bind(&named)
+    .execute(&stack.pool)
+    .await
+    .unwrap();
     sql(
         "INSERT INTO experiment_events (experiment, from_phase, to_phase, reason, at) VALUES \
          ('ancient', 'running', 'completed', 'done long ago', now() - interval '40 days'), \
@@ -185,7 +201,8 @@ async fn retention_prunes_old_finished_tasks_events_and_long_gone_hosts() {
         (count("SELECT count(*) FROM agent_tasks WHERE unit_id LIKE 'old.%'").await == 0
             && count("SELECT count(*) FROM experiment_events WHERE experiment = 'ancient'").await
                 == 0
-            && count("SELECT count(*) FROM hosts WHERE host_id = 'gone-1'").await == 0)
+            && count("SELECT count(*) FROM hosts WHERE host_id = 'gone-1'").await == 0
+            && count("SELECT count(*) FROM collector_configs WHERE body = 'x: 1'").await == 0)
             .then_some(())
     })
     .await;
@@ -206,11 +223,17 @@ async fn retention_prunes_old_finished_tasks_events_and_long_gone_hosts() {
         count("SELECT count(*) FROM hosts WHERE host_id = 'live-1'").await,
         1
     );
+    assert_eq!(
+        count("SELECT count(*) FROM collector_configs WHERE body IN ('x: 2', 'x: 3')").await,
+        2,
+        "a body a task names, and a new one, stay"
+    );
     let text = metrics.encode();
     for line in [
         r#"phoenix_reconciler_pruned_rows_total{table="agent_tasks"} 2"#,
         r#"phoenix_reconciler_pruned_rows_total{table="experiment_events"} 2"#,
         r#"phoenix_reconciler_pruned_rows_total{table="hosts"} 1"#,
+        r#"phoenix_reconciler_pruned_rows_total{table="collector_configs"} 1"#,
     ] {
         assert!(text.contains(line), "{line} in:\n{text}");
     }

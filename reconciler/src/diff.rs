@@ -190,7 +190,7 @@ mod tests {
             "exp".into(),
             Variant::Baseline,
             "p".into(),
-            config.into(),
+            config,
             BTreeMap::new(),
         )
     }

@@ -171,26 +171,23 @@ async fn prune(
         phoenix_storage::leader::fence(&mut tx, epoch).await?;
         let pruned = phoenix_storage::retention::prune(&mut tx, settings).await?;
         tx.commit().await?;
-        for (table, rows) in [
-            ("agent_tasks", pruned.tasks),
-            ("experiment_events", pruned.events),
-            ("hosts", pruned.hosts),
-        ] {
+        let by_table = pruned.by_table();
+        for (table, rows) in by_table {
             metrics
                 .pruned_rows
                 .get_or_create(&metrics::TableLabels { table })
                 .inc_by(rows);
         }
-        if pruned.tasks + pruned.events + pruned.hosts > 0 {
+        if by_table.iter().any(|(_, rows)| *rows > 0) {
             tracing::info!(
                 tasks = pruned.tasks,
                 events = pruned.events,
                 hosts = pruned.hosts,
+                configs = pruned.configs,
                 "retention: pruned old rows"
             );
         }
-        let full = BATCH as u64;
-        if pruned.tasks < full && pruned.events < full && pruned.hosts < full {
+        if by_table.iter().all(|(_, rows)| *rows < BATCH as u64) {
             return Ok(());
         }
     }

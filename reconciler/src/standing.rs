@@ -193,7 +193,7 @@ mod tests {
         );
         let got: Vec<(&str, &str, &str)> = specs
             .iter()
-            .map(|(h, s, _)| (h.as_str(), s.collector_id.as_str(), s.config.as_str()))
+            .map(|(h, s, _)| (h.as_str(), s.collector_id.as_str(), &*s.config))
             .collect();
         assert_eq!(
             got,

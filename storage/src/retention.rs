@@ -1,8 +1,9 @@
 //! Retention: what only grows is pruned by age. Finished agent tasks (succeeded,
 //! failed, cancelled), the events of experiments that are no longer active (or no
 //! longer exist), and hosts silent for long (their reported collectors and loads go
-//! with them). Each table is pruned in batches, one short statement each, so a
-//! large backlog never holds locks for long.
+//! with them), and collector config bodies no task names any more (older than the
+//! task retention: a body is only a cache of a rendering). Each table is pruned in
+//! batches, one short statement each, so a large backlog never holds locks for long.
 
 use std::time::Duration;
 
@@ -24,6 +25,19 @@ pub struct Pruned {
     pub tasks: u64,
     pub events: u64,
     pub hosts: u64,
+    pub configs: u64,
+}
+
+impl Pruned {
+    /// Each table's count, by table name (for metrics and logs).
+    pub fn by_table(&self) -> [(&'static str, u64); 4] {
+        [
+            ("agent_tasks", self.tasks),
+            ("experiment_events", self.events),
+            ("hosts", self.hosts),
+            ("collector_configs", self.configs),
+        ]
+    }
 }
 
 /// Rows deleted per statement.
@@ -66,9 +80,20 @@ pub async fn prune(conn: &mut PgConnection, settings: &RetentionSettings) -> Res
     .execute(&mut *conn)
     .await?
     .rows_affected();
+    let configs = sqlx::query(
+        "DELETE FROM collector_configs WHERE sha256 IN (SELECT c.sha256 FROM collector_configs c \
+         WHERE c.created_at < now() - make_interval(secs => $1) \
+         AND NOT EXISTS (SELECT 1 FROM agent_tasks t WHERE t.config_sha256 = c.sha256) LIMIT $2)",
+    )
+    .bind(interval(settings.tasks))
+    .bind(BATCH)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
     Ok(Pruned {
         tasks,
         events,
         hosts,
+        configs,
     })
 }

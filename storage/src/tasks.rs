@@ -15,10 +15,11 @@
 //! first.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use phoenix_wire::agent::{Task, TaskAction, TaskKind, TaskOutcome, UnitSpec};
+use phoenix_wire::agent::{Task, TaskAction, TaskKind, TaskOutcome, UnitSpec, body_sha256};
 use phoenix_wire::view::{AgentTask, TaskFilter, TaskStatus};
 use sqlx::FromRow;
 use sqlx::postgres::PgConnection;
@@ -65,21 +66,64 @@ impl NewTask {
 
 /// Inserts tasks of any kind in one statement; a task that is already open is
 /// skipped. Returns how many were new.
+///
+/// A collector's config body is stored once in `collector_configs`, keyed by its
+/// SHA-256, and the task names it: a rollout over 10,000 hosts writes one body, not
+/// 10,000 copies. Specs rendered from one template share one body in memory, so
+/// each distinct body is hashed once.
 pub async fn insert(conn: &mut PgConnection, tasks: &[NewTask]) -> Result<u64> {
     if tasks.is_empty() {
         return Ok(0);
     }
+    // Keyed by where the body lives: specs of one template share it.
+    let mut hashed: HashMap<usize, String> = HashMap::new();
+    let mut bodies: HashMap<String, &str> = HashMap::new();
     // Sent as text and parsed by the server: a rollout writes thousands of specs,
     // and building a JSON tree for each first costs more than the write.
-    let payloads: Vec<Option<String>> = tasks
-        .iter()
-        .map(|t| t.spec.as_ref().map(UnitSpec::to_json))
-        .collect();
+    let mut payloads: Vec<Option<String>> = Vec::with_capacity(tasks.len());
+    let mut config_refs: Vec<Option<String>> = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        match &task.spec {
+            Some(UnitSpec::Collector(spec)) if !spec.config.is_empty() => {
+                let sha = hashed
+                    .entry(spec.config.as_ptr() as usize)
+                    .or_insert_with(|| body_sha256(&spec.config))
+                    .clone();
+                bodies.entry(sha.clone()).or_insert(&spec.config);
+                payloads.push(Some(
+                    UnitSpec::Collector(spec.without_body(sha.clone())).to_json(),
+                ));
+                config_refs.push(Some(sha));
+            }
+            Some(UnitSpec::Collector(spec)) => {
+                payloads.push(Some(UnitSpec::Collector(spec.clone()).to_json()));
+                config_refs.push(spec.config_ref.clone());
+            }
+            spec => {
+                payloads.push(spec.as_ref().map(UnitSpec::to_json));
+                config_refs.push(None);
+            }
+        }
+    }
+    if !bodies.is_empty() {
+        let (shas, texts): (Vec<&str>, Vec<&str>) = bodies
+            .iter()
+            .map(|(sha, body)| (sha.as_str(), *body))
+            .unzip();
+        sqlx::query(
+            "INSERT INTO collector_configs (sha256, body) \
+             SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT (sha256) DO NOTHING",
+        )
+        .bind(&shas)
+        .bind(&texts)
+        .execute(&mut *conn)
+        .await?;
+    }
     let result = sqlx::query(
-        "INSERT INTO agent_tasks (kind, host_id, unit_id, action, spec_hash, payload) \
-         SELECT k, h, u, a, sh, p::jsonb \
-         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) \
-         AS x(k, h, u, a, sh, p) \
+        "INSERT INTO agent_tasks (kind, host_id, unit_id, action, spec_hash, payload, config_sha256) \
+         SELECT k, h, u, a, sh, p::jsonb, c \
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[]) \
+         AS x(k, h, u, a, sh, p, c) \
          ON CONFLICT (host_id, unit_id, spec_hash, action) WHERE status IN ('pending', 'leased') DO NOTHING",
     )
     .bind(tasks.iter().map(|t| t.kind.as_str()).collect::<Vec<_>>())
@@ -88,9 +132,43 @@ pub async fn insert(conn: &mut PgConnection, tasks: &[NewTask]) -> Result<u64> {
     .bind(tasks.iter().map(|t| t.action.as_str()).collect::<Vec<_>>())
     .bind(tasks.iter().map(|t| t.spec_hash.as_str()).collect::<Vec<_>>())
     .bind(&payloads)
+    .bind(&config_refs)
     .execute(conn)
     .await?;
     Ok(result.rows_affected())
+}
+
+/// The stored config bodies among `shas` (see [`insert`]), by SHA-256.
+pub async fn config_bodies(
+    conn: &mut PgConnection,
+    shas: &[String],
+) -> Result<HashMap<String, Arc<str>>> {
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT sha256, body FROM collector_configs WHERE sha256 = ANY($1)")
+            .bind(shas)
+            .fetch_all(conn)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(sha, body)| (sha, Arc::from(body)))
+        .collect())
+}
+
+/// The config body `sha256` as `host_id` may fetch it: only a body one of that
+/// host's tasks names (a host's credential reads its own configs, no one else's).
+pub async fn config_body_for_host(
+    conn: &mut PgConnection,
+    host_id: &str,
+    sha256: &str,
+) -> Result<Option<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT c.body FROM collector_configs c WHERE c.sha256 = $2 \
+         AND EXISTS (SELECT 1 FROM agent_tasks t WHERE t.host_id = $1 AND t.config_sha256 = $2)",
+    )
+    .bind(host_id)
+    .bind(sha256)
+    .fetch_optional(conn)
+    .await?)
 }
 
 #[derive(FromRow)]

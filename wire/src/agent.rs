@@ -1,11 +1,14 @@
 //! The agent protocol: what the reconciler asks an agent to run, and what the agent
 //! reports back.
 //!
-//! Endpoints (all under `/agent/v1/hosts/{host_id}`, agent token required):
-//! - `GET  tasks?wait=30s` — long-poll; returns a [`TaskBatch`] (possibly empty).
+//! Endpoints (all under `/agent/v1/hosts/{host_id}`, that host's credential required):
+//! - `GET  tasks?wait=30s` — long-poll; returns a [`TaskBatch`] (possibly empty). It
+//!   also counts as the host's heartbeat, when it arrives and every 10 s it waits.
+//! - `GET  configs/{sha256}` — a collector config body a task of this host names by
+//!   [`CollectorSpec::config_ref`] (2.1), as text.
 //! - `POST tasks/{task_id}` — a [`TaskOutcome`] for a task the agent claimed.
 //! - `PUT  status` — the full [`HostStatus`], sent when it changes.
-//! - `POST heartbeat` — no body; a cheap "still here".
+//! - `POST heartbeat` — no body; a cheap "still here", for when no long-poll waits.
 //!
 //! Every agent request names the protocol it speaks in [`PROTOCOL_HEADER`]
 //! (`major.minor`); the api serves an agent its [`ProtocolVersion::accepts`], and
@@ -13,6 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -27,8 +31,14 @@ pub const PROTOCOL_HEADER: &str = "phoenix-agent-protocol";
 /// or api one minor version older can ignore (fields with defaults, endpoints it
 /// does not call); a major version is a break. 2.0: agents enroll with a bootstrap
 /// token and use a credential of their own host (releases before it spoke 1.0 and
-/// sent no header).
-pub const AGENT_PROTOCOL: ProtocolVersion = ProtocolVersion { major: 2, minor: 0 };
+/// sent no header). 2.1: a task's collector spec may name its config body by
+/// [`CollectorSpec::config_ref`] instead of carrying it; the agent fetches a body it
+/// does not hold (`GET configs/{sha256}`) and caches it by hash. A 2.0 agent is
+/// served every body inline.
+pub const AGENT_PROTOCOL: ProtocolVersion = ProtocolVersion { major: 2, minor: 1 };
+
+/// The first agent protocol whose agents fetch config bodies by reference.
+pub const CONFIG_BY_REFERENCE: ProtocolVersion = ProtocolVersion { major: 2, minor: 1 };
 
 /// What an agent that sends no [`PROTOCOL_HEADER`] speaks: releases before the
 /// header existed (v0.1.0).
@@ -109,8 +119,15 @@ pub struct CollectorSpec {
     pub owner: String,
     pub variant: Variant,
     pub pipeline: String,
-    /// Collector config YAML; may refer to `${env:...}` variables.
-    pub config: String,
+    /// Collector config YAML; may refer to `${env:...}` variables. The same body on
+    /// every host (what differs per host is in `env`), so it is shared, not copied.
+    /// Empty when the body travels apart, named by `config_ref`: how a task stores
+    /// it, and how agents of [`CONFIG_BY_REFERENCE`] and newer receive it.
+    #[serde(default, skip_serializing_if = "is_empty")]
+    pub config: Arc<str>,
+    /// The SHA-256 ([`body_sha256`]) of the config body, when `config` is empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_ref: Option<String>,
     /// Environment set for the collector process (template variables, experiment,
     /// variant, host, remote-write URL). The agent adds the ports it assigns.
     pub env: BTreeMap<String, String>,
@@ -135,9 +152,10 @@ impl CollectorSpec {
         owner: String,
         variant: Variant,
         pipeline: String,
-        config: String,
+        config: impl Into<Arc<str>>,
         env: BTreeMap<String, String>,
     ) -> Self {
+        let config = config.into();
         let config_hash = config_hash(&config, &env);
         Self {
             collector_id,
@@ -145,6 +163,7 @@ impl CollectorSpec {
             variant,
             pipeline,
             config,
+            config_ref: None,
             env,
             config_hash,
             destinations: Vec::new(),
@@ -180,6 +199,33 @@ impl CollectorSpec {
         }
     }
 
+    /// This spec with its body taken out and named by [`CollectorSpec::config_ref`]
+    /// (`sha256` is [`body_sha256`] of `config`, which the caller may already know).
+    pub fn without_body(&self, sha256: String) -> CollectorSpec {
+        CollectorSpec {
+            config: Arc::from(""),
+            config_ref: Some(sha256),
+            ..self.clone()
+        }
+    }
+
+    /// Puts back a body fetched by [`CollectorSpec::config_ref`], after checking it is
+    /// the one named: a body that does not hash to the reference is refused.
+    pub fn with_body(mut self, body: Arc<str>) -> Result<CollectorSpec, String> {
+        let Some(wanted) = self.config_ref.take() else {
+            return Ok(self);
+        };
+        let got = body_sha256(&body);
+        if got != wanted {
+            return Err(format!(
+                "the config body fetched for {} hashes to {got}, not {wanted}",
+                self.collector_id
+            ));
+        }
+        self.config = body;
+        Ok(self)
+    }
+
     /// The collector id Phoenix gives an owner's variant.
     pub fn id_for(owner: &str, variant: Variant) -> String {
         format!("{owner}.{variant}")
@@ -193,6 +239,24 @@ pub fn config_hash(config: &str, env: &BTreeMap<String, String>) -> String {
     let canonical = serde_json::to_vec(&(config, env)).expect("strings always serialize");
     let digest = Sha256::digest(&canonical);
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The key a config body is stored and fetched under: its SHA-256, 64 hex digits
+/// (content-addressed: equal bodies, one row, whatever the host).
+pub fn body_sha256(body: &str) -> String {
+    Sha256::digest(body.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Whether `text` has the shape of a [`body_sha256`] (checked where a path carries one).
+pub fn is_body_sha256(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+fn is_empty(text: &Arc<str>) -> bool {
+    text.is_empty()
 }
 
 /// What a task asks of the agent.
@@ -449,6 +513,29 @@ impl HostStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_body_travels_apart_and_comes_back_only_if_it_hashes_to_its_name() {
+        let env = BTreeMap::from([("PHOENIX_HOST".to_string(), "web-1".to_string())]);
+        let spec = CollectorSpec::new(
+            "e.baseline".into(),
+            "e".into(),
+            Variant::Baseline,
+            "p".into(),
+            "receivers: {}",
+            env,
+        );
+        let sha = body_sha256(&spec.config);
+        assert!(is_body_sha256(&sha) && !is_body_sha256("abc"));
+        let apart = spec.without_body(sha.clone());
+        let json = serde_json::to_string(&apart).unwrap();
+        assert!(!json.contains("receivers") && json.contains(&sha), "{json}");
+        assert_eq!(apart.config_hash, spec.config_hash, "the same collector");
+        let back = apart.clone().with_body(Arc::from("receivers: {}")).unwrap();
+        assert_eq!(back, spec);
+        let forged = apart.with_body(Arc::from("receivers: {evil: {}}"));
+        assert!(forged.unwrap_err().contains(&sha));
+    }
 
     #[test]
     fn an_api_serves_its_major_version_from_one_minor_behind() {

@@ -5,6 +5,7 @@
 //! the same for a pipeline deployment's standing collector.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -16,14 +17,16 @@ use crate::resource::{ExperimentSpec, PipelineRef, variable_env_name};
 use crate::variables::VariableDecl;
 
 /// A pipeline template as rendering needs it: its config and declared variables.
+/// The config is shared by every collector rendered from it (the body is the same
+/// on every host; only the environment differs).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Template {
-    pub config: String,
+    pub config: Arc<str>,
     pub variables: Vec<VariableDecl>,
 }
 
 impl Template {
-    pub fn new(config: impl Into<String>, variables: Vec<VariableDecl>) -> Self {
+    pub fn new(config: impl Into<Arc<str>>, variables: Vec<VariableDecl>) -> Self {
         Self {
             config: config.into(),
             variables,
@@ -188,7 +191,9 @@ pub fn with_destinations(
             }
         }
     }
-    collector.config = serde_json::to_string_pretty(&tree).expect("a JSON tree always serializes");
+    collector.config = serde_json::to_string_pretty(&tree)
+        .expect("a JSON tree always serializes")
+        .into();
     let collector = CollectorSpec::new(
         collector.collector_id,
         collector.owner,

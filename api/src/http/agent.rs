@@ -1,13 +1,21 @@
 //! The agent protocol (see `phoenix_wire::agent`): `POST /agent/v1/enroll` with a
 //! bootstrap token, then `/agent/v1/hosts/{host_id}/...` with that host's credential
 //! ([`AgentHost`]).
+//!
+//! A long-poll is also the host's heartbeat: it is recorded when the poll arrives
+//! and again every 10 s while it waits (`ApiConfig::long_poll_heartbeat`), so an
+//! idle agent holds one connection and sends nothing else. A waiting poll whose
+//! host is no longer registered ends with a 404, so its agent registers again.
+//! `POST heartbeat` stays for agents that want it (and older ones).
 
-use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
-use phoenix_storage::hosts;
+use axum::http::{StatusCode, header};
+use axum::{Extension, Json};
 use phoenix_storage::tasks::Completion;
-use phoenix_wire::agent::{HostStatus, TaskBatch, TaskOutcome};
+use phoenix_storage::{hosts, tasks};
+use phoenix_wire::agent::{
+    CONFIG_BY_REFERENCE, HostStatus, Task, TaskBatch, TaskOutcome, is_body_sha256,
+};
 use phoenix_wire::credentials::{EnrollRequest, Enrollment};
 use phoenix_wire::duration::HumanDuration;
 use phoenix_wire::problem::FieldError;
@@ -41,7 +49,15 @@ pub async fn check_protocol(
     if let Some(theirs) = theirs
         && ours.accepts(theirs)
     {
-        return next.run(request).await;
+        let mut request = request;
+        request.extensions_mut().insert(theirs);
+        let mut response = next.run(request).await;
+        // Every answer says what the api speaks: a 2.1 agent stops sending separate
+        // heartbeats only to an api that counts its long-poll as one.
+        if let Ok(value) = ours.to_string().parse() {
+            response.headers_mut().insert(PROTOCOL_HEADER, value);
+        }
+        return response;
     }
     let agent = match (sent, theirs) {
         (None, _) => format!(
@@ -77,10 +93,14 @@ pub struct WaitQuery {
 }
 
 /// Long-poll: claims the host's open tasks, or waits until a new one is announced
-/// or the wait ends. No database connection is held while waiting.
+/// or the wait ends. No database connection is held while waiting. The poll is the
+/// host's heartbeat, when it arrives and while it waits; a host that is not (or no
+/// longer) registered gets a 404, so its agent registers again. Agents older than
+/// [`CONFIG_BY_REFERENCE`] get each collector's config body inline.
 pub async fn claim_tasks(
     State(state): State<AppState>,
-    AgentHost(host_id): AgentHost,
+    agent: AgentHost,
+    Extension(protocol): Extension<ProtocolVersion>,
     Query(query): Query<WaitQuery>,
 ) -> Result<Json<TaskBatch>, ApiError> {
     let wait = match query.wait.as_deref() {
@@ -90,6 +110,10 @@ pub async fn claim_tasks(
             .as_duration()
             .min(state.config.max_wait()),
     };
+    let host_id = agent.0.clone();
+    beat(&state, &host_id).await?;
+    let beat_every = state.config.long_poll_heartbeat();
+    let mut next_beat = tokio::time::Instant::now() + beat_every;
     let deadline = tokio::time::Instant::now() + wait;
     let subscription = state.wakeups.subscribe(&host_id);
     let mut shutdown = state.shutdown.clone();
@@ -97,23 +121,108 @@ pub async fn claim_tasks(
     let _waiting = scopeguard(|| {
         state.metrics.long_polls_waiting.dec();
     });
+    let mut woken = false;
     loop {
         // Register for a wake-up before looking, so a task announced between the
         // look and the wait is not missed.
         let notified = subscription.notify().notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
+        if woken {
+            // The credential may have been revoked while the poll waited.
+            agent.check_again(&state).await?;
+        }
+        woken = true;
         let tasks = state.claims.claim(&host_id).await?;
         if !tasks.is_empty() || tokio::time::Instant::now() >= deadline || *shutdown.borrow() {
             state.metrics.tasks_delivered.inc_by(tasks.len() as u64);
+            let tasks = if protocol < CONFIG_BY_REFERENCE {
+                with_bodies_inline(&state, tasks).await?
+            } else {
+                tasks
+            };
             return Ok(Json(TaskBatch { tasks }));
         }
-        tokio::select! {
-            _ = &mut notified => {}
-            _ = tokio::time::sleep_until(deadline) => {}
-            _ = shutdown.changed() => {}
+        // Wait for a wake-up, the deadline or shutdown; meanwhile count as the
+        // heartbeat every `beat_every` (without claiming: a claim is a statement).
+        loop {
+            tokio::select! {
+                _ = &mut notified => break,
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = tokio::time::sleep_until(next_beat) => {
+                    agent.check_again(&state).await?;
+                    beat(&state, &host_id).await?;
+                    next_beat += beat_every;
+                }
+                _ = shutdown.changed() => break,
+            }
         }
     }
+}
+
+/// The tasks with each collector's config body put back in (for agents that do
+/// not fetch bodies by reference).
+async fn with_bodies_inline(state: &AppState, mut tasks: Vec<Task>) -> Result<Vec<Task>, ApiError> {
+    let refs: Vec<String> = tasks
+        .iter()
+        .filter_map(|t| t.collector.as_ref()?.config_ref.clone())
+        .collect();
+    if refs.is_empty() {
+        return Ok(tasks);
+    }
+    let mut conn = state.conn().await?;
+    let bodies = tasks::config_bodies(&mut conn, &refs).await?;
+    for task in &mut tasks {
+        let Some(spec) = task.collector.take() else {
+            continue;
+        };
+        let body = spec.config_ref.as_ref().and_then(|sha| bodies.get(sha));
+        task.collector = Some(match body {
+            Some(body) => spec.with_body(body.clone()).map_err(ApiError::Internal)?,
+            // Not stored (cannot happen while the foreign key holds): the agent
+            // fails the task, naming the missing body.
+            None => spec,
+        });
+    }
+    Ok(tasks)
+}
+
+/// `GET configs/{sha256}`: a config body one of this host's tasks names, as text
+/// (content-addressed: the agent checks the body hashes to the name).
+pub async fn config_body(
+    State(state): State<AppState>,
+    AgentHost(host_id, _): AgentHost,
+    Path((_, sha256)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    if !is_body_sha256(&sha256) {
+        return Err(ApiError::Invalid(FieldError::new(
+            "sha256",
+            "a config body is named by its SHA-256: 64 lowercase hex digits",
+        )));
+    }
+    let mut conn = state.conn().await?;
+    match tasks::config_body_for_host(&mut conn, &host_id, &sha256).await? {
+        Some(body) => Ok(([(header::CONTENT_TYPE, "application/yaml")], body).into_response()),
+        None => Err(ApiError::NotFound(format!(
+            "no task of host {host_id} names the config body {sha256}"
+        ))),
+    }
+}
+
+/// Counts a request of `host_id` as its heartbeat; a host that is not registered
+/// is a 404, so its agent registers again at once.
+async fn beat(state: &AppState, host_id: &str) -> Result<(), ApiError> {
+    if !state.heartbeats.is_known(host_id) {
+        let mut conn = state.conn().await?;
+        if !hosts::exists(&mut conn, host_id).await? {
+            return Err(ApiError::NotFound(format!(
+                "host {host_id} is not registered; its agent registers with a full status report (PUT /agent/v1/hosts/{host_id}/status)"
+            )));
+        }
+        state.heartbeats.mark_known(host_id);
+    }
+    state.heartbeats.record(host_id);
+    Ok(())
 }
 
 /// Runs `f` when dropped (when the request finishes or is cancelled).
@@ -129,7 +238,7 @@ fn scopeguard<F: FnMut()>(f: F) -> impl Drop {
 
 pub async fn complete_task(
     State(state): State<AppState>,
-    AgentHost(host_id): AgentHost,
+    AgentHost(host_id, _): AgentHost,
     Path((_, task_id)): Path<(String, i64)>,
     body: DocumentBody,
 ) -> Result<StatusCode, ApiError> {
@@ -157,7 +266,7 @@ pub async fn complete_task(
 
 pub async fn report_status(
     State(state): State<AppState>,
-    AgentHost(host_id): AgentHost,
+    AgentHost(host_id, _): AgentHost,
     body: DocumentBody,
 ) -> Result<StatusCode, ApiError> {
     let status: HostStatus = parse_body(&body)?;
@@ -173,18 +282,9 @@ pub async fn report_status(
 /// A host that is not registered gets a 404, so its agent registers again at once.
 pub async fn heartbeat(
     State(state): State<AppState>,
-    AgentHost(host_id): AgentHost,
+    AgentHost(host_id, _): AgentHost,
 ) -> Result<StatusCode, ApiError> {
-    if !state.heartbeats.is_known(&host_id) {
-        let mut conn = state.conn().await?;
-        if !hosts::exists(&mut conn, &host_id).await? {
-            return Err(ApiError::NotFound(format!(
-                "host {host_id} is not registered; its agent registers with a full status report (PUT /agent/v1/hosts/{host_id}/status)"
-            )));
-        }
-        state.heartbeats.mark_known(&host_id);
-    }
-    state.heartbeats.record(&host_id);
+    beat(&state, &host_id).await?;
     state.metrics.heartbeats_received.inc();
     Ok(StatusCode::NO_CONTENT)
 }

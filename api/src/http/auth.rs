@@ -223,8 +223,26 @@ role_extractor!(
 
 /// An agent acting for the host in the route's `{host_id}`: it presented that
 /// host's credential (401 for no valid credential, 403 for another host's).
-/// Carries the host id.
-pub struct AgentHost(pub String);
+/// Carries the host id, and the credential for a request that lasts (a long-poll
+/// checks it again before it hands out work: see [`AgentHost::check_again`]).
+pub struct AgentHost(pub String, pub PresentedCredential);
+
+/// The credential an agent request presented (none with authentication off).
+pub struct PresentedCredential(Option<String>);
+
+impl AgentHost {
+    /// Checks the credential again (revoked since the request began: 401).
+    pub async fn check_again(&self, state: &AppState) -> Result<(), ApiError> {
+        let Some(presented) = &self.1.0 else {
+            return Ok(());
+        };
+        state
+            .credentials
+            .host_of(&state.pool, presented)
+            .await
+            .map(drop)
+    }
+}
 
 impl FromRequestParts<AppState> for AgentHost {
     type Rejection = ApiError;
@@ -245,7 +263,7 @@ impl FromRequestParts<AppState> for AgentHost {
         phoenix_wire::names::check_host_id(&path_host)
             .map_err(|m| ApiError::Invalid(phoenix_wire::problem::FieldError::new("host_id", m)))?;
         if state.config.dev_no_auth {
-            return Ok(AgentHost(path_host));
+            return Ok(AgentHost(path_host, PresentedCredential(None)));
         }
         let presented = bearer(parts)?;
         if state.config.tokens.role_of(&presented).is_some() {
@@ -259,7 +277,7 @@ impl FromRequestParts<AppState> for AgentHost {
                 "this credential belongs to host {credential_host}; it cannot act for host {path_host}"
             )));
         }
-        Ok(AgentHost(path_host))
+        Ok(AgentHost(path_host, PresentedCredential(Some(presented))))
     }
 }
 

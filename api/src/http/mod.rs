@@ -142,6 +142,10 @@ fn agent_routes(state: AppState) -> Router<AppState> {
             put(agent::report_status),
         )
         .route(
+            "/agent/v1/hosts/{host_id}/configs/{sha256}",
+            get(agent::config_body),
+        )
+        .route(
             "/agent/v1/hosts/{host_id}/heartbeat",
             post(agent::heartbeat),
         )

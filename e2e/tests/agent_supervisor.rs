@@ -519,8 +519,10 @@ async fn the_agent_binary_adopts_collectors_and_keeps_them_while_the_api_is_down
         || {
             http_get(metrics_port, "/metrics").filter(|m| {
                 m.contains(r#"phoenix_agent_collectors{health="healthy"} 1"#)
+                    // It keeps trying to register (its first status report); it
+                    // polls for tasks only once that was answered.
                     && m.contains(
-                        r#"phoenix_agent_api_errors_total{endpoint="tasks",kind="transport"}"#,
+                        r#"phoenix_agent_api_errors_total{endpoint="status",kind="transport"}"#,
                     )
             })
         },

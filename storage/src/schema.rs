@@ -633,7 +633,8 @@ mod tests {
         assert!(err.contains("--force"), "{err}");
         let undo = plan_down(&steps, &status, 5, true).unwrap();
         let versions: Vec<i64> = undo.iter().map(|s| s.version).collect();
-        assert_eq!(versions, (6..=latest()).rev().collect::<Vec<_>>());
+        let from_6: Vec<i64> = all.iter().copied().filter(|v| *v >= 6).rev().collect();
+        assert_eq!(versions, from_6);
 
         let below_8 = compare(&steps, &applied(&all[..7]));
         let undo = plan_down(&steps, &below_8, 5, false).unwrap();

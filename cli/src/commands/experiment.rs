@@ -403,6 +403,7 @@ async fn status(ctx: &Context, name: &str, watch: bool) -> anyhow::Result<()> {
         let filter = EventFilter {
             experiment: Some(name.to_string()),
             host: None,
+            deployment: None,
         };
         Some(stream::subscribe(&ctx.client, &filter).await?)
     } else {

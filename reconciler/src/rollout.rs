@@ -16,6 +16,10 @@
 //!   the deployment is put back on the revision it came from (only that
 //!   deployment), through the api's promotion policy.
 //!
+//! A deployment's first revision replaces nothing, so it goes to every host in
+//! one batch; a host that fails it marks the roll-out `failed` (there is nothing
+//! to go back to; the hosts keep running it).
+//!
 //! Every step is a row of `deployment_events` (the event stream's `rollout`
 //! events). The pass ([`crate::standing`]) reads the roll-out to decide which
 //! revision each host runs: hosts a batch reached run the new one, the others the
@@ -102,7 +106,8 @@ pub struct StepEvent {
 pub enum Outcome {
     /// Keep going (or wait).
     Continue,
-    /// A host failed: put the deployment back on `from_revision`.
+    /// A host failed: put the deployment back on `from_revision` (with none, the
+    /// deployment stays; an experiment whose promotion made it is rolled back).
     RollBack { reason: String },
 }
 
@@ -322,8 +327,7 @@ pub fn decide(
                 RolloutState::Failed,
                 RolloutStep::Failed,
                 format!(
-                    "stopped at batch {}: {}; no earlier revision to go back to, so the hosts it reached stop the collector",
-                    rollout.batch,
+                    "{}; this is the deployment's first revision, with nothing to go back to: its hosts keep running it (deploy a fix, or delete the deployment)",
                     hosts.join("; ")
                 ),
             ),
@@ -517,13 +521,14 @@ async fn measure(
             if state.state != HostRollout::Healthy || since(state.since, now) < window {
                 continue;
             }
-            let seconds = since(state.since, now).as_secs().max(1);
-            let query = format!(
-                "count(count_over_time({{phoenix_experiment=\"{}\",phoenix_variant=\"standing\",phoenix_host=\"{host}\"}}[{seconds}s]))",
+            // The series API counts distinct series (metric names included) with
+            // samples in the window.
+            let selector = format!(
+                "{{phoenix_experiment=\"{}\",phoenix_variant=\"standing\",phoenix_host=\"{host}\"}}",
                 current.deployment
             );
-            let measured = match prometheus.query(&query, Some(now)).await {
-                Ok(samples) => Series::Counted(samples.first().map_or(0, |s| s.value as u64)),
+            let measured = match prometheus.series(&selector, state.since, now).await {
+                Ok(found) => Series::Counted(found.len() as u64),
                 Err(err) => Series::Unmeasurable(err.to_string()),
             };
             series.insert((current.deployment.clone(), host.clone()), measured);
@@ -578,7 +583,12 @@ async fn step(
         .map(|e| e.target_hosts.clone())
         .unwrap_or_default();
     let limits = Limits {
-        batch_size: deployment.spec.rollout.batch_size(reports.len()),
+        // A first revision replaces nothing: it goes everywhere at once (and is
+        // still watched, host by host).
+        batch_size: match current.rollout.from_revision {
+            Some(_) => deployment.spec.rollout.batch_size(reports.len()),
+            None => reports.len().max(1),
+        },
         health_timeout: settings.health_timeout,
         series_window: settings.series_window,
         max_start_failures: settings.max_start_failures,

@@ -26,7 +26,6 @@ use phoenix_wire::agent::{CollectorSpec, TaskKind, UnitSpec};
 use phoenix_wire::deployment::DeploymentSpec;
 use phoenix_wire::destination::DestinationSpec;
 use phoenix_wire::render::{Template, standing_collector};
-use phoenix_wire::rollout::RolloutState;
 use phoenix_wire::view::Phase;
 
 use crate::config::ReconcilerConfig;
@@ -112,22 +111,23 @@ pub async fn template_configs(conn: &mut PgConnection) -> Result<HashMap<String,
 }
 
 /// The spec a host runs of its deployment `owner`: the current revision's, unless
-/// a roll-out of it has not reached the host yet (then the revision it comes
-/// from, if that one selects the host) or failed with nothing to go back to.
+/// an open roll-out of it has not reached the host yet (then the revision it
+/// comes from, if that one selects the host; a first revision's roll-out reaches
+/// every host in its first batch).
 fn revision_for<'a>(
     owner: &'a StoredDeployment,
     rollout: Option<&'a CurrentRollout>,
     host: &HostRecord,
 ) -> Option<&'a DeploymentSpec> {
-    let Some(current) = rollout else {
-        return Some(&owner.spec);
-    };
-    match current.rollout.state {
-        RolloutState::Failed => None,
-        state if state.is_open() && !current.rollout.reached(&host.host_id) => current
-            .from_spec
-            .as_ref()
-            .filter(|from| from.selects(&host.host_id, &host.labels)),
+    match rollout {
+        Some(current)
+            if current.rollout.state.is_open() && !current.rollout.reached(&host.host_id) =>
+        {
+            current
+                .from_spec
+                .as_ref()
+                .filter(|from| from.selects(&host.host_id, &host.labels))
+        }
         _ => Some(&owner.spec),
     }
 }
@@ -264,5 +264,71 @@ mod tests {
             .len(),
             4
         );
+    }
+
+    #[test]
+    fn hosts_a_rollout_has_not_reached_keep_the_revision_it_comes_from() {
+        use phoenix_wire::rollout::{HostRollout, Rollout, RolloutHost, RolloutState};
+        let mut web = deployment(
+            "web",
+            serde_json::json!({"selector": {"role": "web"}}),
+            "p2",
+        );
+        web.revision = 2;
+        let from = deployment(
+            "web",
+            serde_json::json!({"selector": {"role": "web"}}),
+            "p1",
+        )
+        .spec;
+        let reached = RolloutHost {
+            batch: 1,
+            state: HostRollout::Updating,
+            since: Utc::now(),
+            reason: None,
+        };
+        let mut rollout = CurrentRollout {
+            deployment: "web".into(),
+            rollout: Rollout {
+                revision: 2,
+                from_revision: Some(1),
+                state: RolloutState::Rolling,
+                batch: 1,
+                batch_started_at: Some(Utc::now()),
+                hosts: [("web-1".to_string(), reached)].into(),
+                reason: None,
+                started_at: Utc::now(),
+                finished_at: None,
+            },
+            from_spec: Some(from),
+        };
+        let templates = HashMap::from([
+            ("p1".to_string(), Template::new("one", vec![])),
+            ("p2".to_string(), Template::new("two", vec![])),
+        ]);
+        let hosts = [host("web-1", "web"), host("web-2", "web")];
+        let configs = |rollout: &CurrentRollout| -> Vec<String> {
+            let rollouts = HashMap::from([("web".to_string(), rollout.clone())]);
+            render(
+                std::slice::from_ref(&web),
+                &rollouts,
+                &hosts,
+                &templates,
+                "http://prom",
+                &BTreeMap::new(),
+            )
+            .into_iter()
+            .map(|(h, s, _)| format!("{h}={}", s.config))
+            .collect()
+        };
+        assert_eq!(configs(&rollout), ["web-1=two", "web-2=one"]);
+        // Once it is done (or rolled back, when revision 1 is current again) every
+        // host runs the current revision.
+        rollout.rollout.state = RolloutState::Done;
+        assert_eq!(configs(&rollout), ["web-1=two", "web-2=two"]);
+        // A first revision's hosts not reached yet run nothing of it.
+        rollout.rollout.state = RolloutState::Rolling;
+        rollout.from_spec = None;
+        assert_eq!(configs(&rollout), ["web-1=two"]);
     }
 }

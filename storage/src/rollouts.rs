@@ -25,8 +25,8 @@ pub struct StoredRollout {
 }
 
 /// The roll-out of a deployment's current revision that still decides what its
-/// hosts run (pending, rolling, or failed without a revision to go back to), with
-/// the spec of the revision hosts not reached run.
+/// hosts run (pending or rolling), with the spec of the revision the hosts not
+/// reached run.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CurrentRollout {
     pub deployment: String,
@@ -80,8 +80,8 @@ impl TryFrom<RolloutRow> for StoredRollout {
 }
 
 /// The revision `name`'s hosts are settled on: its current revision, unless that
-/// is still rolling out (then the one it comes from) or failed with nothing to go
-/// back to (then none). `None` too when the deployment does not exist.
+/// is still rolling out (then the one it comes from). `None` when the deployment
+/// does not exist, or its first revision is still rolling out.
 pub async fn settled_revision(conn: &mut PgConnection, name: &str) -> Result<Option<i64>> {
     let row: Option<(i64, Option<String>, Option<i64>)> = sqlx::query_as(
         "SELECT d.revision, r.state, r.from_revision FROM pipeline_deployments d \
@@ -94,7 +94,6 @@ pub async fn settled_revision(conn: &mut PgConnection, name: &str) -> Result<Opt
     Ok(row.and_then(|(revision, state, from)| {
         match state.as_deref().and_then(RolloutState::parse) {
             Some(RolloutState::Pending | RolloutState::Rolling) => from,
-            Some(RolloutState::Failed) => None,
             _ => Some(revision),
         }
     }))
@@ -154,10 +153,9 @@ pub async fn supersede_open(conn: &mut PgConnection, deployment: &str, reason: &
 }
 
 /// Every roll-out that still decides what a deployment's hosts run: that of the
-/// current revision while pending or rolling, or failed (its hosts run nothing
-/// of the deployment).
+/// current revision while pending or rolling.
 pub async fn current(conn: &mut PgConnection) -> Result<Vec<CurrentRollout>> {
-    rollouts_with_from(conn, "('pending', 'rolling', 'failed')", false).await
+    rollouts_with_from(conn, "('pending', 'rolling')", false).await
 }
 
 /// Open roll-outs (pending, rolling) of current revisions, locked for update when

@@ -141,7 +141,7 @@ pub enum RolloutState {
     /// A host failed; the deployment is back on the revision it came from.
     RolledBack,
     /// A host failed and there was no revision to go back to (the deployment's
-    /// first): the hosts it reached stopped the collector.
+    /// first, which goes to every host at once): the hosts keep running it.
     Failed,
     /// Another revision became current before it finished (a deploy, a promotion
     /// or a user's rollback).

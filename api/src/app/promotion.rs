@@ -633,8 +633,8 @@ async fn rollback_promotion_in(
 /// `phoenix_reconciler::rollout`), in the caller's transaction, which locked the
 /// experiment that made the revision (if any) and then `deployment`: the revision
 /// is undone and `from` (the revision the hosts came from, with its spec) is
-/// current again; with no `from` (a first revision) the deployment stays, and its
-/// hosts run nothing of it. Only this deployment changes, whoever owns it: git's
+/// current again; with no `from` (a first revision) nothing changes. Only this
+/// deployment changes, whoever owns it: git's
 /// spec is not silently applied again (see `crate::app::apply`). When the
 /// revision came from promoting an experiment that is still `promoted`, the
 /// experiment moves to `rolled-back` with the reason.
@@ -644,9 +644,10 @@ pub async fn undo_failed_rollout(
     from: Option<(i64, DeploymentSpec)>,
     reason: &str,
 ) -> Result<(), PromotionError> {
-    if let Some(from) = &from {
-        deployments::restore(tx, &deployment.name, deployment.revision, from).await?;
-    }
+    let Some(from) = &from else {
+        return Ok(()); // a first revision: nothing to go back to
+    };
+    deployments::restore(tx, &deployment.name, deployment.revision, from).await?;
     if let Some(experiment) = &deployment.promoted_from {
         let reason = format!(
             "the roll-out of deployment {} revision {} (this experiment's promotion) {reason}",

@@ -486,7 +486,7 @@ fn waiting_for(rollout: &Rollout, selected: &HashMap<&str, &HostReport>) -> Stri
 /// The job's activation: every open roll-out one step further.
 pub async fn advance(pool: &PgPool, settings: &RolloutSettings, epoch: i64) -> Result<()> {
     let mut conn = pool.acquire().await?;
-    let open = rollouts::open(&mut conn, false).await?;
+    let open = rollouts::open(&mut conn).await?;
     if open.is_empty() {
         return Ok(());
     }
@@ -560,10 +560,9 @@ async fn step(
     let Some(deployment) = deployments::find(tx, name, true).await? else {
         return Ok(());
     };
-    let Some(current) = rollouts::open(tx, true)
+    let Some(current) = rollouts::lock_open(tx, name)
         .await?
-        .into_iter()
-        .find(|r| r.deployment == name && r.rollout.revision == deployment.revision)
+        .filter(|r| r.rollout.revision == deployment.revision)
     else {
         return Ok(()); // finished or superseded meanwhile
     };

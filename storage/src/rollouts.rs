@@ -155,19 +155,33 @@ pub async fn supersede_open(conn: &mut PgConnection, deployment: &str, reason: &
 /// Every roll-out that still decides what a deployment's hosts run: that of the
 /// current revision while pending or rolling.
 pub async fn current(conn: &mut PgConnection) -> Result<Vec<CurrentRollout>> {
-    rollouts_with_from(conn, "('pending', 'rolling')", false).await
+    rollouts_with_from(conn, "('pending', 'rolling')", None).await
 }
 
-/// Open roll-outs (pending, rolling) of current revisions, locked for update when
-/// `lock`: what the reconciler's roll-out step works on.
-pub async fn open(conn: &mut PgConnection, lock: bool) -> Result<Vec<CurrentRollout>> {
-    rollouts_with_from(conn, "('pending', 'rolling')", lock).await
+/// Open roll-outs (pending, rolling) of current revisions: what the reconciler's
+/// roll-out step works on.
+pub async fn open(conn: &mut PgConnection) -> Result<Vec<CurrentRollout>> {
+    rollouts_with_from(conn, "('pending', 'rolling')", None).await
 }
 
+/// The open roll-out of `deployment`'s current revision, locked for update.
+pub async fn lock_open(
+    conn: &mut PgConnection,
+    deployment: &str,
+) -> Result<Option<CurrentRollout>> {
+    Ok(
+        rollouts_with_from(conn, "('pending', 'rolling')", Some(deployment))
+            .await?
+            .pop(),
+    )
+}
+
+/// Roll-outs in `states` of current revisions, with the spec they come from; only
+/// `lock`'s, locked for update, when given.
 async fn rollouts_with_from(
     conn: &mut PgConnection,
     states: &str,
-    lock: bool,
+    lock: Option<&str>,
 ) -> Result<Vec<CurrentRollout>> {
     #[derive(FromRow)]
     struct Row {
@@ -180,10 +194,15 @@ async fn rollouts_with_from(
          JOIN pipeline_deployments d ON d.name = r.deployment AND d.revision = r.revision \
          LEFT JOIN pipeline_deployment_revisions f \
            ON f.deployment = r.deployment AND f.revision = r.from_revision \
-         WHERE r.state IN {states} ORDER BY r.deployment{}",
-        if lock { " FOR UPDATE OF r" } else { "" }
+         WHERE r.state IN {states} AND ($1::text IS NULL OR r.deployment = $1) \
+         ORDER BY r.deployment{}",
+        if lock.is_some() {
+            " FOR UPDATE OF r"
+        } else {
+            ""
+        }
     );
-    let rows: Vec<Row> = sqlx::query_as(&sql).fetch_all(conn).await?;
+    let rows: Vec<Row> = sqlx::query_as(&sql).bind(lock).fetch_all(conn).await?;
     rows.into_iter()
         .map(|row| {
             let what = format!(

@@ -447,7 +447,7 @@ async fn promote_in(
     )
     .await?;
     let reason = format!(
-        "promoted {how} into pipeline deployment {target} (revision {revision}): its hosts now run {} as their standing pipeline",
+        "promoted {how} into pipeline deployment {target} (revision {revision}): it rolls out {} as the standing pipeline of every host the deployment selects, in batches (see `phoenix deployment get {target}`)",
         spec.pipeline
     );
     experiments::transition(tx, name, Phase::Completed, Phase::Promoted, &reason, None).await?;

@@ -170,7 +170,7 @@ pub async fn deploy(ctx: &Context, file: Option<String>, flags: DeployFlags) -> 
     let text = match output::render_object(ctx.output, &deployment)? {
         Some(text) => text,
         None => format!(
-            "deployment/{name} at revision {revision}: {pipeline} on {hosts} host(s) ({target})\n  follow it with `phoenix pipeline show-deployment {name}`\n",
+            "deployment/{name} at revision {revision}: {pipeline} on {hosts} host(s) ({target})\n  it reaches them in batches; follow its roll-out with `phoenix deployment get {name}`\n",
             name = deployment.name,
             revision = deployment.revision,
             pipeline = pipeline(&deployment.spec),

@@ -9,7 +9,8 @@
 //! web-2 (healthy, writing series), then web-3 and web-4; web-4 fails, the
 //! roll-out stops there and `web` goes back to revision 1 on every host; web-5 and
 //! web-6 never get revision 2 (no task, nothing at the backend). Deployment `db`
-//! on another host is untouched. The events show each step in order, the API view
+//! on another host is untouched. The reconciler is stopped in the middle of the
+//! first batch and a new one carries on from what Postgres holds. The events show each step in order, the API view
 //! and `phoenix deployment describe|get -o json` show where it stopped and why, and
 //! a bad `maxUnavailable` is a 422 naming the field with nothing stored. `web` is
 //! owned by a GitOps source: applying the failed spec again is held (unchanged,
@@ -88,6 +89,31 @@ async fn events(stack: &Stack, name: &str) -> Vec<RolloutEvent> {
     serde_json::from_str::<List<RolloutEvent>>(&body)
         .unwrap()
         .items
+}
+
+/// A reconciler run by the test, stopped and started at will.
+struct Reconciler {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Reconciler {
+    fn start(stack: &Stack) -> Reconciler {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let config = stack.reconciler_config.clone();
+        let task = tokio::spawn(async move {
+            let metrics = phoenix_reconciler::metrics::Metrics::new();
+            phoenix_reconciler::run(config, metrics, stopped)
+                .await
+                .expect("reconciler runs")
+        });
+        Reconciler { stop, task }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        self.task.await.expect("reconciler stops");
+    }
 }
 
 /// `phoenix apply` of one document from the GitOps source `git`: the plan.
@@ -178,7 +204,8 @@ async fn a_host_failing_in_the_second_batch_stops_the_rollout_and_rolls_back_onl
     // Series are counted 10 s after a new collector is healthy (it scrapes every 2 s).
     stack.reconciler_config.rollout_series_window =
         phoenix_wire::duration::HumanDuration(Duration::from_secs(10));
-    stack.spawn_reconciler();
+    // A reconciler of our own, so that it can be restarted in the middle.
+    let mut reconciler = Reconciler::start(&stack);
 
     let mut agents = Vec::new();
     for host in WEB.iter().chain(&["db-1"]) {
@@ -302,6 +329,18 @@ spec:
     // the credential.
     let plan = apply(&stack, &revision_2).await;
     assert_eq!(plan[0].action, Action::Update, "{plan:?}");
+
+    // The reconciler stops in the middle of the first batch (web-1 healthy, its
+    // series being counted) and a new one carries on from Postgres.
+    eventually("web-1 healthy in the first batch", WAIT, || async {
+        let r = deployment(&stack, "web").await.rollout?;
+        (r.revision == 2 && r.hosts.get("web-1")?.state == HostRollout::Healthy).then_some(())
+    })
+    .await;
+    reconciler.stop().await;
+    let paused = deployment(&stack, "web").await.rollout.unwrap();
+    assert_eq!((paused.revision, paused.batch), (2, 1), "{paused:#?}");
+    reconciler = Reconciler::start(&stack);
     let stopped = eventually("the roll-out of revision 2 to end", WAIT, || async {
         let d = deployment(&stack, "web").await;
         let r = d.rollout.clone()?;
@@ -461,5 +500,6 @@ spec:
     assert!(listed.contains("rolled-back (revision 2)"), "{listed}");
 
     drop(agents);
+    reconciler.stop().await;
     stack.shutdown().await;
 }

@@ -185,6 +185,13 @@ pub fn event_line(event: &Event) -> String {
             };
             format!("host/{}  {change} (agent {})", h.host, h.agent_version)
         }
+        Event::Rollout(r) => format!(
+            "deployment/{}  revision {} {}: {}",
+            r.deployment,
+            r.revision,
+            r.step,
+            one_line(&r.reason)
+        ),
         Event::Task(t) => {
             let mut line = format!(
                 "task/{}  {} {} on {}: {}",

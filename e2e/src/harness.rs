@@ -341,10 +341,19 @@ impl Stack {
         if let Some(url) = options.remote_write_url {
             reconciler_config.remote_write_url = url;
         }
+        let has_prometheus = options.prometheus_url.is_some();
         // Port 1 refuses connections: without a Prometheus, analysis cannot succeed.
         reconciler_config.prometheus_url = options
             .prometheus_url
             .unwrap_or_else(|| "http://127.0.0.1:1".into());
+        // Roll-outs count a new collector's series for a few seconds when there is a
+        // Prometheus to count them in, and judge by health alone otherwise.
+        reconciler_config.rollout_series_window = HumanDuration(if has_prometheus {
+            Duration::from_secs(5)
+        } else {
+            Duration::ZERO
+        });
+        reconciler_config.rollout_interval = HumanDuration(Duration::from_secs(1));
         reconciler_config.analysis_timeout = HumanDuration(options.analysis_timeout);
         // Test measurements are pushed and scraped every second.
         reconciler_config.cpu_rate_window = HumanDuration(Duration::from_secs(5));

@@ -38,6 +38,8 @@ const FEATURE_TABLES: &[&str] = &[
     "bootstrap_tokens",
     "host_credentials",
     "collector_configs",
+    "deployment_rollouts",
+    "deployment_events",
 ];
 
 fn experiment_yaml(name: &str) -> String {
@@ -169,6 +171,19 @@ async fn populate() -> String {
                     .await
                     .unwrap();
             (kinds == ["collector", "load"]).then_some(())
+        }
+    })
+    .await;
+    // The deployment's roll-outs record their steps.
+    let pool = stack.pool.clone();
+    eventually("roll-out steps", WAIT, || {
+        let pool = pool.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM deployment_events")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            (n > 0).then_some(())
         }
     })
     .await;

@@ -79,6 +79,18 @@ pub struct ReconcilerConfig {
     #[arg(long, env = "PHOENIX_LEADER_LEASE", default_value = "5s", value_parser = HumanDuration::parse)]
     pub leader_lease: HumanDuration,
 
+    /// How often the roll-out job looks at open roll-outs (it also runs on every
+    /// change the database announces).
+    #[arg(long, env = "PHOENIX_ROLLOUT_INTERVAL", default_value = "5s", value_parser = HumanDuration::parse)]
+    pub rollout_interval: HumanDuration,
+
+    /// How long a host's new collector must have been healthy before its series in
+    /// the measurement Prometheus are counted; none fails the host ("its series
+    /// dropped to zero") and stops the roll-out. 0s turns the check off: roll-outs
+    /// then judge hosts by their collector's health alone.
+    #[arg(long, env = "PHOENIX_ROLLOUT_SERIES_WINDOW", default_value = "1m", value_parser = HumanDuration::parse)]
+    pub rollout_series_window: HumanDuration,
+
     /// How often the retention job prunes old rows.
     #[arg(long, env = "PHOENIX_RETENTION_INTERVAL", default_value = "10m", value_parser = HumanDuration::parse)]
     pub retention_interval: HumanDuration,
@@ -209,6 +221,18 @@ impl ReconcilerConfig {
                 .max(Duration::from_secs(3600)),
             events: self.retain_events.as_duration(),
             hosts: self.retain_hosts.as_duration(),
+        }
+    }
+
+    /// The roll-out job's settings.
+    pub fn rollout_settings(&self) -> crate::rollout::RolloutSettings {
+        let window = self.rollout_series_window.as_duration();
+        crate::rollout::RolloutSettings {
+            prometheus: crate::prometheus::Prometheus::new(&self.prometheus_url),
+            health_timeout: self.deploy_timeout.as_duration(),
+            series_window: (!window.is_zero()).then_some(window),
+            max_start_failures: self.max_start_failures,
+            remote_write_url: self.remote_write_url.clone(),
         }
     }
 

@@ -13,6 +13,7 @@
 //! when they fail it), [`lifecycle`] (phase decisions), [`load`] (the load runs each host
 //! should have), [`pass`] (one transactional pass), [`standing`] (pipeline
 //! deployments' standing collectors and `promotion: auto`, steps of the pass),
+//! [`rollout`] (staged roll-outs of deployment revisions, a background job),
 //! [`analyzer`] (KPIs from [`prometheus`], judged by [`judge`]), [`stats`]
 //! (Mann–Whitney U, Hodges–Lehmann, the resource pass/fail/inconclusive rule),
 //! [`background`] (how jobs are scheduled and observed), [`metrics`], [`config`].
@@ -28,6 +29,7 @@ pub mod load;
 pub mod metrics;
 pub mod pass;
 pub mod prometheus;
+pub mod rollout;
 pub mod standing;
 pub mod stats;
 
@@ -62,13 +64,14 @@ pub async fn run(
     phoenix_storage::schema::prepare(&pool, "phoenix-reconciler", on_start).await?;
     let wake = Arc::new(Notify::new());
     let analyze = Arc::new(Notify::new());
+    let roll = Arc::new(Notify::new());
     let (leading_tx, leading) = watch::channel(false);
     // The epoch of this replica's leadership while it leads: every write of a
     // background job is fenced by it (phoenix_storage::leader::fence).
     let epoch = Arc::new(AtomicI64::new(0));
     let listener = tokio::spawn(listen_for_changes(
         pool.clone(),
-        wake.clone(),
+        [wake.clone(), roll.clone()],
         shutdown.clone(),
     ));
     let analysis = tokio::spawn(background::run_job(
@@ -119,6 +122,27 @@ pub async fn run(
         },
     ));
 
+    // Roll-outs move on what agents report (announced changes) and on time (health
+    // timeouts, the series window).
+    let rollout = tokio::spawn(background::run_job(
+        Schedule {
+            name: "rollout",
+            period: config.rollout_interval.as_duration(),
+            wake: roll,
+        },
+        metrics.clone(),
+        leading.clone(),
+        shutdown.clone(),
+        {
+            let (pool, settings, epoch) = (pool.clone(), config.rollout_settings(), epoch.clone());
+            move || {
+                let (pool, settings) = (pool.clone(), settings.clone());
+                let epoch = epoch.load(Ordering::SeqCst);
+                async move { Ok(rollout::advance(&pool, &settings, epoch).await?) }
+            }
+        },
+    ));
+
     let settings = config.leader_settings();
     let holder = holder_name();
     while !*shutdown.borrow() {
@@ -151,6 +175,7 @@ pub async fn run(
     listener.abort();
     let _ = analysis.await;
     let _ = retention.await;
+    let _ = rollout.await;
     pool.close().await;
     Ok(())
 }
@@ -295,12 +320,12 @@ async fn lead(
 }
 
 /// Turns `NOTIFY phoenix_reconcile` into wake-ups, through the process's one
-/// listener ([`phoenix_storage::listen`]). Every (re)connection wakes once, since
-/// changes may have been missed meanwhile.
-async fn listen_for_changes(pool: PgPool, wake: Arc<Notify>, shutdown: watch::Receiver<bool>) {
+/// listener ([`phoenix_storage::listen`]), for the pass and the roll-out job.
+/// Every (re)connection wakes once, since changes may have been missed meanwhile.
+async fn listen_for_changes(pool: PgPool, wake: [Arc<Notify>; 2], shutdown: watch::Receiver<bool>) {
     phoenix_storage::listen::listen(pool, &[RECONCILE_CHANNEL], shutdown, |heard| {
         if !matches!(heard, Heard::Disconnected) {
-            wake.notify_one();
+            wake.iter().for_each(|w| w.notify_one());
         }
     })
     .await

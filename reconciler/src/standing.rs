@@ -9,7 +9,9 @@
 //!   pipelines follow the fleet (unlike experiments, whose hosts are fixed when
 //!   deploying starts). A host selected by several deployments runs the oldest's.
 //!
-//! Both feed the same desired state as experiments, before the diff.
+//! Both feed the same desired state as experiments, before the diff. While a
+//! deployment's revision is rolling out ([`crate::rollout`]), only the hosts its
+//! batches reached run it; the others keep the revision it came from.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -18,9 +20,10 @@ use phoenix_api::app::promotion::{self, PromotedBy, Promotion, PromotionError};
 use phoenix_storage::deployments::{self, StoredDeployment};
 use phoenix_storage::destinations;
 use phoenix_storage::hosts::HostRecord;
-use phoenix_storage::tasks;
-use phoenix_storage::{PgConnection, Result};
+use phoenix_storage::rollouts::{self, CurrentRollout};
+use phoenix_storage::{PgConnection, Result, tasks, templates};
 use phoenix_wire::agent::{CollectorSpec, TaskKind, UnitSpec};
+use phoenix_wire::deployment::DeploymentSpec;
 use phoenix_wire::destination::DestinationSpec;
 use phoenix_wire::render::{Template, standing_collector};
 use phoenix_wire::view::Phase;
@@ -77,8 +80,14 @@ pub async fn add_desired(
     let retry_after = config.deploy_timeout.as_duration();
     let window_start = now - chrono::Duration::from_std(retry_after).unwrap_or_default();
     let failures = tasks::failures_since(conn, TaskKind::Collector, window_start).await?;
+    let rollouts: HashMap<String, CurrentRollout> = rollouts::current(conn)
+        .await?
+        .into_iter()
+        .map(|r| (r.deployment.clone(), r))
+        .collect();
     let specs = render(
         &deployments,
+        &rollouts,
         hosts,
         template_configs,
         &config.remote_write_url,
@@ -92,10 +101,42 @@ pub async fn add_desired(
     Ok(())
 }
 
+/// Every pipeline template, by name, ready to render.
+pub async fn template_configs(conn: &mut PgConnection) -> Result<HashMap<String, Template>> {
+    Ok(templates::list(conn)
+        .await?
+        .into_iter()
+        .map(|t| (t.name, Template::new(t.config, t.variables.0)))
+        .collect())
+}
+
+/// The spec a host runs of its deployment `owner`: the current revision's, unless
+/// an open roll-out of it has not reached the host yet (then the revision it
+/// comes from, if that one selects the host; a first revision's roll-out reaches
+/// every host in its first batch).
+fn revision_for<'a>(
+    owner: &'a StoredDeployment,
+    rollout: Option<&'a CurrentRollout>,
+    host: &HostRecord,
+) -> Option<&'a DeploymentSpec> {
+    match rollout {
+        Some(current)
+            if current.rollout.state.is_open() && !current.rollout.reached(&host.host_id) =>
+        {
+            current
+                .from_spec
+                .as_ref()
+                .filter(|from| from.selects(&host.host_id, &host.labels))
+        }
+        _ => Some(&owner.spec),
+    }
+}
+
 /// Every (host, standing collector, time its revision became current) desired.
 /// A deployment whose template is gone is left out, with a warning.
 pub fn render(
     deployments: &[StoredDeployment],
+    rollouts: &HashMap<String, CurrentRollout>,
     hosts: &[HostRecord],
     template_configs: &HashMap<String, Template>,
     remote_write_url: &str,
@@ -107,13 +148,16 @@ pub fn render(
         else {
             continue;
         };
-        let Some(config) = template_configs.get(&owner.spec.pipeline) else {
-            tracing::warn!(deployment = %owner.name, pipeline = %owner.spec.pipeline, host = %host.host_id, "the deployment's pipeline template no longer exists");
+        let Some(revision) = revision_for(owner, rollouts.get(&owner.name), host) else {
+            continue;
+        };
+        let Some(config) = template_configs.get(&revision.pipeline) else {
+            tracing::warn!(deployment = %owner.name, pipeline = %revision.pipeline, host = %host.host_id, "the deployment's pipeline template no longer exists");
             continue;
         };
         let spec = standing_collector(
             &owner.name,
-            &owner.spec,
+            revision,
             &host.host_id,
             config,
             remote_write_url,
@@ -127,7 +171,6 @@ pub fn render(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use phoenix_wire::deployment::DeploymentSpec;
     use phoenix_wire::names::Labels;
 
     fn deployment(name: &str, hosts: serde_json::Value, pipeline: &str) -> StoredDeployment {
@@ -186,6 +229,7 @@ mod tests {
         ];
         let specs = render(
             &deployments,
+            &HashMap::new(),
             &hosts,
             &templates,
             "http://prom",
@@ -211,6 +255,7 @@ mod tests {
         assert_eq!(
             render(
                 &deployments,
+                &HashMap::new(),
                 &more,
                 &templates,
                 "http://prom",
@@ -219,5 +264,71 @@ mod tests {
             .len(),
             4
         );
+    }
+
+    #[test]
+    fn hosts_a_rollout_has_not_reached_keep_the_revision_it_comes_from() {
+        use phoenix_wire::rollout::{HostRollout, Rollout, RolloutHost, RolloutState};
+        let mut web = deployment(
+            "web",
+            serde_json::json!({"selector": {"role": "web"}}),
+            "p2",
+        );
+        web.revision = 2;
+        let from = deployment(
+            "web",
+            serde_json::json!({"selector": {"role": "web"}}),
+            "p1",
+        )
+        .spec;
+        let reached = RolloutHost {
+            batch: 1,
+            state: HostRollout::Updating,
+            since: Utc::now(),
+            reason: None,
+        };
+        let mut rollout = CurrentRollout {
+            deployment: "web".into(),
+            rollout: Rollout {
+                revision: 2,
+                from_revision: Some(1),
+                state: RolloutState::Rolling,
+                batch: 1,
+                batch_started_at: Some(Utc::now()),
+                hosts: [("web-1".to_string(), reached)].into(),
+                reason: None,
+                started_at: Utc::now(),
+                finished_at: None,
+            },
+            from_spec: Some(from),
+        };
+        let templates = HashMap::from([
+            ("p1".to_string(), Template::new("one", vec![])),
+            ("p2".to_string(), Template::new("two", vec![])),
+        ]);
+        let hosts = [host("web-1", "web"), host("web-2", "web")];
+        let configs = |rollout: &CurrentRollout| -> Vec<String> {
+            let rollouts = HashMap::from([("web".to_string(), rollout.clone())]);
+            render(
+                std::slice::from_ref(&web),
+                &rollouts,
+                &hosts,
+                &templates,
+                "http://prom",
+                &BTreeMap::new(),
+            )
+            .into_iter()
+            .map(|(h, s, _)| format!("{h}={}", s.config))
+            .collect()
+        };
+        assert_eq!(configs(&rollout), ["web-1=two", "web-2=one"]);
+        // Once it is done (or rolled back, when revision 1 is current again) every
+        // host runs the current revision.
+        rollout.rollout.state = RolloutState::Done;
+        assert_eq!(configs(&rollout), ["web-1=two", "web-2=two"]);
+        // A first revision's hosts not reached yet run nothing of it.
+        rollout.rollout.state = RolloutState::Rolling;
+        rollout.from_spec = None;
+        assert_eq!(configs(&rollout), ["web-1=two"]);
     }
 }

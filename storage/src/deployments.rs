@@ -8,6 +8,9 @@
 //! newest earlier revision that was not rolled back current again (a stack: rolling
 //! back twice goes back two steps).
 //!
+//! A revision made by [`add_revision`] reaches the hosts through a staged
+//! roll-out ([`crate::rollouts`]); a restored one at once.
+//!
 //! A host runs one standing pipeline: when several deployments select it, the
 //! oldest wins ([`standing_owner`]).
 
@@ -210,6 +213,12 @@ pub async fn add_revision(
 ) -> Result<i64> {
     let labels = serde_json::to_value(new.labels).expect("labels serialize");
     let spec = serde_json::to_value(new.spec).expect("spec serializes");
+    // What the hosts run until a batch of the new revision's roll-out reaches them.
+    let from = if exists {
+        crate::rollouts::settled_revision(conn, new.name).await?
+    } else {
+        None
+    };
     let revision: i64 = if exists {
         let next: i64 = sqlx::query_scalar(
             "SELECT COALESCE(max(revision), 0) + 1 FROM pipeline_deployment_revisions WHERE deployment = $1",
@@ -258,6 +267,7 @@ pub async fn add_revision(
     .bind(new.change)
     .execute(&mut *conn)
     .await?;
+    crate::rollouts::begin(conn, new.name, revision, from).await?;
     Ok(revision)
 }
 
@@ -303,13 +313,17 @@ pub async fn previous_revision(
 }
 
 /// Marks revision `undone` of `name` (locked by the caller) rolled back and makes
-/// `previous` (from [`previous_revision`]) current again.
+/// `previous` (from [`previous_revision`]) current again. A restored revision is
+/// not rolled out in batches: every host runs it at once, and a roll-out still
+/// open is closed as superseded.
 pub async fn restore(
     conn: &mut PgConnection,
     name: &str,
     undone: i64,
     (previous, spec): &(i64, DeploymentSpec),
 ) -> Result<()> {
+    crate::rollouts::supersede_open(conn, name, &format!("rolled back to revision {previous}"))
+        .await?;
     sqlx::query(
         "UPDATE pipeline_deployment_revisions SET rolled_back_at = now() WHERE deployment = $1 AND revision = $2",
     )

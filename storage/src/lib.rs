@@ -10,6 +10,7 @@
 //!   reconciler runs a whole pass in one, on the connection that holds leadership).
 //! - [`deployments`]: pipeline deployments (standing pipelines) and their revisions,
 //!   with an experiment's promote and rollback, each one transaction.
+//! - [`rollouts`]: staged roll-outs of deployment revisions and their steps.
 //! - [`credentials`]: bootstrap tokens and host credentials (digests only).
 //! - [`destinations`]: the user's backends standing collectors export to
 //!   (credential references only).
@@ -29,6 +30,7 @@ pub mod listen;
 pub mod loads;
 pub mod results;
 pub mod retention;
+pub mod rollouts;
 pub mod schema;
 pub mod tasks;
 pub mod templates;

@@ -25,6 +25,7 @@ use crate::resource::{
     HostTarget, Metadata, PipelineRef, check_envelope, check_process_name, check_variable_name,
     scalar_map,
 };
+use crate::rollout::{Rollout, RolloutPolicy};
 use crate::view::Experiment;
 
 /// `kind: PipelineDeployment`: run a pipeline template as the standing collector of
@@ -40,6 +41,7 @@ use crate::view::Experiment;
 ///   vars: {cpu_threshold: "0.05"}
 ///   criticalProcesses: [nginx, postgres]
 ///   destinations: [vendor]                # see `kind: Destination`
+///   rollout: {maxUnavailable: 2}          # hosts per batch, or "25%" (the default)
 /// ```
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -78,6 +80,10 @@ pub struct DeploymentSpec {
     /// measurement Prometheus.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub destinations: Vec<String>,
+    /// How a new revision reaches the hosts: in batches of `maxUnavailable` (see
+    /// [`crate::rollout`]).
+    #[serde(default, skip_serializing_if = "RolloutPolicy::is_default")]
+    pub rollout: RolloutPolicy,
 }
 
 impl PipelineDeploymentDocument {
@@ -156,6 +162,10 @@ pub struct PipelineDeployment {
     /// Every revision, newest first (only when one deployment is fetched).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub revisions: Vec<DeploymentRevision>,
+    /// The latest roll-out (of the current revision, or the one that failed and
+    /// was rolled back), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Rollout>,
 }
 
 impl PipelineDeployment {
@@ -289,6 +299,27 @@ spec:
             (
                 YAML.replace("  pipeline: process-topk\n", ""),
                 "spec.pipeline",
+            ),
+            (
+                YAML.replace(
+                    "  pipeline: process-topk\n",
+                    "  pipeline: process-topk\n  rollout: {maxUnavailable: 0}\n",
+                ),
+                "spec.rollout.maxUnavailable",
+            ),
+            (
+                YAML.replace(
+                    "  pipeline: process-topk\n",
+                    "  pipeline: process-topk\n  rollout: {maxUnavailable: \"150%\"}\n",
+                ),
+                "spec.rollout.maxUnavailable",
+            ),
+            (
+                YAML.replace(
+                    "  pipeline: process-topk\n",
+                    "  pipeline: process-topk\n  rollout: {maxSurge: 1}\n",
+                ),
+                "spec.rollout.maxSurge",
             ),
         ];
         for (yaml, field) in cases {

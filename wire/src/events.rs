@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::names::{check_host_id, check_resource_name};
 use crate::problem::FieldError;
+use crate::rollout::RolloutEvent;
 use crate::view::ExperimentEvent;
 
 /// WebSocket close code: events were (or may have been) dropped for this
@@ -48,6 +49,10 @@ pub enum Event {
     Host(HostEvent),
     /// An agent task was created or ended.
     Task(TaskEvent),
+    /// A step of a pipeline deployment's roll-out (a batch started or done, a host
+    /// healthy or failed, the roll-out done or rolled back); its experiment is the
+    /// one whose promotion made the revision.
+    Rollout(RolloutEvent),
 }
 
 /// What happened to a host.
@@ -104,6 +109,15 @@ impl Event {
             Event::Experiment(e) => Some(&e.experiment),
             Event::Host(_) => None,
             Event::Task(t) => t.experiment.as_deref(),
+            Event::Rollout(r) => r.experiment.as_deref(),
+        }
+    }
+
+    /// The pipeline deployment the event is about, if any.
+    pub fn deployment(&self) -> Option<&str> {
+        match self {
+            Event::Rollout(r) => Some(&r.deployment),
+            _ => None,
         }
     }
 
@@ -113,6 +127,7 @@ impl Event {
             Event::Experiment(_) => None,
             Event::Host(h) => Some(&h.host),
             Event::Task(t) => Some(&t.host),
+            Event::Rollout(r) => r.host.as_deref(),
         }
     }
 
@@ -121,6 +136,7 @@ impl Event {
             Event::Experiment(e) => e.at,
             Event::Host(h) => h.at,
             Event::Task(t) => t.at,
+            Event::Rollout(r) => r.at,
         }
     }
 }
@@ -135,6 +151,9 @@ pub struct EventFilter {
     pub experiment: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// `deployment=NAME`: that deployment's roll-out steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<String>,
 }
 
 impl EventFilter {
@@ -146,6 +165,9 @@ impl EventFilter {
         if let Some(host) = &self.host {
             check_host_id(host).map_err(|m| FieldError::new("host", m))?;
         }
+        if let Some(name) = &self.deployment {
+            check_resource_name(name).map_err(|m| FieldError::new("deployment", m))?;
+        }
         Ok(())
     }
 
@@ -153,7 +175,9 @@ impl EventFilter {
         let wanted = |want: &Option<String>, have: Option<&str>| {
             want.as_deref().is_none_or(|w| have == Some(w))
         };
-        wanted(&self.experiment, event.experiment()) && wanted(&self.host, event.host())
+        wanted(&self.experiment, event.experiment())
+            && wanted(&self.host, event.host())
+            && wanted(&self.deployment, event.deployment())
     }
 
     /// The query string (without `?`); names are checked to need no escaping.
@@ -164,6 +188,9 @@ impl EventFilter {
         }
         if let Some(host) = &self.host {
             parts.push(format!("host={host}"));
+        }
+        if let Some(name) = &self.deployment {
+            parts.push(format!("deployment={name}"));
         }
         parts.join("&")
     }
@@ -198,9 +225,27 @@ mod tests {
         assert_eq!(t.attempts, 3);
     }
 
+    const ROLLOUT: &str = r#"{"kind" : "rollout", "id" : 3, "deployment" : "web", "revision" : 2, "experiment" : "topk-web", "step" : "host-failed", "batch" : 2, "host" : "web-4", "reason" : "host web-4 failed", "at" : "2025-06-01T12:00:02.000000Z"}"#;
+
+    #[test]
+    fn rollout_steps_select_by_deployment_experiment_and_host() {
+        let event: Event = serde_json::from_str(ROLLOUT).unwrap();
+        let filter =
+            |experiment: Option<&str>, host: Option<&str>, deployment: Option<&str>| EventFilter {
+                experiment: experiment.map(String::from),
+                host: host.map(String::from),
+                deployment: deployment.map(String::from),
+            };
+        assert!(filter(None, None, Some("web")).matches(&event));
+        assert!(filter(Some("topk-web"), Some("web-4"), None).matches(&event));
+        assert!(!filter(None, None, Some("db")).matches(&event));
+        let task: Event = serde_json::from_str(TASK).unwrap();
+        assert!(!filter(None, None, Some("web")).matches(&task));
+    }
+
     #[test]
     fn events_round_trip() {
-        for text in [EXPERIMENT, HOST, TASK] {
+        for text in [EXPERIMENT, HOST, TASK, ROLLOUT] {
             let event: Event = serde_json::from_str(text).unwrap();
             let again: Event =
                 serde_json::from_str(&serde_json::to_string(&event).unwrap()).unwrap();
@@ -216,6 +261,7 @@ mod tests {
         let filter = |experiment: Option<&str>, host: Option<&str>| EventFilter {
             experiment: experiment.map(String::from),
             host: host.map(String::from),
+            deployment: None,
         };
         let selected = |f: &EventFilter| {
             [&experiment, &host, &task]
@@ -244,6 +290,7 @@ mod tests {
         let filter = EventFilter {
             experiment: Some("topk-web".into()),
             host: Some("web-1.example".into()),
+            deployment: None,
         };
         assert!(filter.check().is_ok());
         assert_eq!(filter.to_query(), "experiment=topk-web&host=web-1.example");
@@ -251,6 +298,7 @@ mod tests {
         let bad = EventFilter {
             experiment: Some("Topk/../x".into()),
             host: None,
+            deployment: None,
         };
         assert_eq!(bad.check().unwrap_err().field, "experiment");
     }

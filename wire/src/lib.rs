@@ -16,6 +16,8 @@
 //!   (and deployment + template + host → its standing collector).
 //! - [`deployment`]: pipeline deployments (standing pipelines for a host selector),
 //!   their revisions, and the answer to an experiment's promote or rollback.
+//! - [`rollout`]: staged roll-outs of a deployment's revisions: the spec's
+//!   `rollout` section, a roll-out's progress and its steps (events).
 //! - [`destination`]: the user's backends (OTLP gRPC/HTTP, Prometheus remote write)
 //!   an admin declares, with credentials by reference, and the exporters they become.
 //! - [`import`]: a user's own collector config turned into a pipeline template
@@ -49,6 +51,7 @@ pub mod problem;
 pub mod render;
 pub mod report;
 pub mod resource;
+pub mod rollout;
 pub mod variables;
 pub mod view;
 

@@ -34,6 +34,7 @@ use phoenix_wire::names;
 use phoenix_wire::policy::Allowances;
 use phoenix_wire::problem::FieldError;
 use phoenix_wire::resource::{ExperimentDocument, PipelineTemplateDocument, from_tree};
+use phoenix_wire::rollout::RolloutState;
 use phoenix_wire::view::Phase;
 use sqlx::{Connection, Postgres, Transaction};
 
@@ -422,6 +423,9 @@ async fn apply_one(
                 if current.spec == doc.spec && current.labels == doc.metadata.labels {
                     return Ok(entry(Action::Unchanged, None));
                 }
+                if let Some(held) = held_after_failed_rollout(conn, current, doc).await? {
+                    return Ok(entry(Action::Unchanged, Some(held)));
+                }
             }
             check_deployment(conn, doc, validation).await?;
             let change = format!("applied from {source}");
@@ -450,4 +454,32 @@ async fn apply_one(
             })
         }
     }
+}
+
+/// A document whose spec is that of the deployment's last revision, which a
+/// failed roll-out rolled back: applying it again would roll the same failure out
+/// again on every round of a sync. It is held, and the plan says why; a changed
+/// document (the fix, made in git) rolls out as usual.
+async fn held_after_failed_rollout(
+    conn: &mut PgConnection,
+    current: &deployments::StoredDeployment,
+    doc: &PipelineDeploymentDocument,
+) -> Result<Option<String>, ApiError> {
+    let Some(rollout) = phoenix_storage::rollouts::latest(conn, &current.name).await? else {
+        return Ok(None);
+    };
+    if rollout.state != RolloutState::RolledBack || rollout.revision <= current.revision {
+        return Ok(None);
+    }
+    let revisions = deployments::revisions(conn, &current.name).await?;
+    let failed = revisions.iter().find(|r| r.revision == rollout.revision);
+    Ok(failed.filter(|r| r.spec == doc.spec).map(|r| {
+        format!(
+            "held: this spec is revision {}, whose roll-out failed and was rolled back ({}); \
+             the deployment stays at revision {}; change the document to roll out again",
+            r.revision,
+            rollout.reason.as_deref().unwrap_or("no reason recorded"),
+            current.revision
+        )
+    }))
 }

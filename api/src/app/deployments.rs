@@ -2,13 +2,15 @@
 //! experiment's promote and rollback: what a deploy request means (the template
 //! exists and declares the variables, the real collector accepts the rendered
 //! config, the hosts exist and run no other standing pipeline) and how a stored
-//! deployment looks with the hosts it selects and what they report.
+//! deployment looks with the hosts it selects, what they report and its latest
+//! roll-out (and that roll-out's steps).
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use phoenix_storage::deployments::{self, Applied, NewRevision, StoredDeployment};
 use phoenix_storage::hosts::{self, HostRecord};
+use phoenix_storage::rollouts;
 use phoenix_storage::{PgConnection, PgPool, StoreError};
 use phoenix_wire::agent::CollectorStatus;
 use phoenix_wire::deployment::{
@@ -16,6 +18,7 @@ use phoenix_wire::deployment::{
 };
 use phoenix_wire::names::{self, selector_matches};
 use phoenix_wire::problem::FieldError;
+use phoenix_wire::rollout::{Rollout, RolloutEvent};
 
 use crate::app::collector::Validation;
 use crate::app::promotion::{self, PromotedBy, Promotion};
@@ -148,9 +151,13 @@ pub async fn list(conn: &mut PgConnection) -> Result<Vec<PipelineDeployment>, Ap
     let all = deployments::list(conn).await?;
     let records = hosts::list_records(conn).await?;
     let collectors = hosts::collectors_by_host(conn).await?;
+    let mut rollouts = rollouts::latest_all(conn).await?;
     Ok(all
         .iter()
-        .map(|d| view(d.clone(), &all, &records, &collectors))
+        .map(|d| {
+            let rollout = rollouts.remove(&d.name);
+            view(d.clone(), &all, &records, &collectors, rollout)
+        })
         .collect())
 }
 
@@ -163,7 +170,8 @@ async fn one_view(
     let all = deployments::list(conn).await?;
     let records = hosts::list_records(conn).await?;
     let collectors = hosts::collectors_by_host(conn).await?;
-    let mut deployment = view(stored, &all, &records, &collectors);
+    let rollout = rollouts::latest(conn, &stored.name).await?;
+    let mut deployment = view(stored, &all, &records, &collectors, rollout);
     if with_revisions {
         deployment.revisions = deployments::revisions(conn, &deployment.name).await?;
     }
@@ -244,6 +252,7 @@ fn view(
     all: &[StoredDeployment],
     records: &[HostRecord],
     collectors: &HashMap<String, Vec<CollectorStatus>>,
+    rollout: Option<Rollout>,
 ) -> PipelineDeployment {
     let collector_id = phoenix_wire::agent::CollectorSpec::id_for(
         &stored.name,
@@ -275,5 +284,13 @@ fn view(
         updated_at: stored.updated_at,
         hosts,
         revisions: Vec::new(),
+        rollout,
     }
+}
+
+/// The steps of a deployment's roll-outs, oldest first (404 for an unknown
+/// deployment; its events outlive it otherwise).
+pub async fn events(conn: &mut PgConnection, name: &str) -> Result<Vec<RolloutEvent>, ApiError> {
+    deployments::get(conn, name).await?;
+    Ok(rollouts::events(conn, name).await?)
 }

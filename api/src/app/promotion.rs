@@ -416,6 +416,11 @@ async fn promote_in(
             .as_ref()
             .map(|d| d.spec.destinations.clone())
             .unwrap_or_default(),
+        // So is how fast a new revision reaches its hosts.
+        rollout: existing
+            .as_ref()
+            .map(|d| d.spec.rollout.clone())
+            .unwrap_or_default(),
     };
     let how = match promotion.by {
         PromotedBy::Auto => "automatically (promotion: auto)".to_string(),
@@ -442,7 +447,7 @@ async fn promote_in(
     )
     .await?;
     let reason = format!(
-        "promoted {how} into pipeline deployment {target} (revision {revision}): its hosts now run {} as their standing pipeline",
+        "promoted {how} into pipeline deployment {target} (revision {revision}): it rolls out {} as the standing pipeline of every host the deployment selects, in batches (see `phoenix deployment get {target}`)",
         spec.pipeline
     );
     experiments::transition(tx, name, Phase::Completed, Phase::Promoted, &reason, None).await?;
@@ -622,6 +627,43 @@ async fn rollback_promotion_in(
     experiments::transition(tx, name, Phase::Promoted, Phase::RolledBack, &reason, None).await?;
     let experiment = experiments::get(tx, name).await?;
     Ok((experiment, deployment))
+}
+
+/// The reconciler's rollback of a roll-out that failed on a host (see
+/// `phoenix_reconciler::rollout`), in the caller's transaction, which locked the
+/// experiment that made the revision (if any) and then `deployment`: the revision
+/// is undone and `from` (the revision the hosts came from, with its spec) is
+/// current again; with no `from` (a first revision) nothing changes. Only this
+/// deployment changes, whoever owns it: git's
+/// spec is not silently applied again (see `crate::app::apply`). When the
+/// revision came from promoting an experiment that is still `promoted`, the
+/// experiment moves to `rolled-back` with the reason.
+pub async fn undo_failed_rollout(
+    tx: &mut PgConnection,
+    deployment: &StoredDeployment,
+    from: Option<(i64, DeploymentSpec)>,
+    reason: &str,
+) -> Result<(), PromotionError> {
+    let Some(from) = &from else {
+        return Ok(()); // a first revision: nothing to go back to
+    };
+    deployments::restore(tx, &deployment.name, deployment.revision, from).await?;
+    if let Some(experiment) = &deployment.promoted_from {
+        let reason = format!(
+            "the roll-out of deployment {} revision {} (this experiment's promotion) {reason}",
+            deployment.name, deployment.revision
+        );
+        experiments::transition(
+            tx,
+            experiment,
+            Phase::Promoted,
+            Phase::RolledBack,
+            &reason,
+            None,
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// A user's rollback of a deployment to its previous revision (a conflict when

@@ -1,11 +1,13 @@
 //! `/api/v1/deployments`: pipeline deployments (standing pipelines): deploy (create
-//! or new revision), list, get (with revisions), delete, and roll back.
+//! or new revision), list, get (with revisions and the latest roll-out), the
+//! roll-outs' steps (`/events`), delete, and roll back.
 
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use phoenix_storage::deployments::{self, Applied};
 use phoenix_wire::deployment::PipelineDeployment;
+use phoenix_wire::rollout::RolloutEvent;
 use phoenix_wire::view::List;
 
 use crate::app::deployments as app;
@@ -49,6 +51,18 @@ pub async fn get(
 ) -> Result<Json<PipelineDeployment>, ApiError> {
     let mut conn = state.conn().await?;
     Ok(Json(app::get(&mut conn, &name).await?))
+}
+
+/// Every step of the deployment's roll-outs, oldest first.
+pub async fn events(
+    State(state): State<AppState>,
+    _: Viewer,
+    Path(name): Path<String>,
+) -> Result<Json<List<RolloutEvent>>, ApiError> {
+    let mut conn = state.conn().await?;
+    Ok(Json(List {
+        items: app::events(&mut conn, &name).await?,
+    }))
 }
 
 /// Deletes a deployment and its history; its hosts stop its collector.

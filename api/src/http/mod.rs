@@ -76,6 +76,10 @@ pub fn router(state: AppState) -> Router {
             post(deployments::rollback),
         )
         .route(
+            "/api/v1/deployments/{name}/events",
+            get(deployments::events),
+        )
+        .route(
             "/api/v1/experiments/{name}/report",
             get(experiments::report),
         )

@@ -1,7 +1,9 @@
-//! Pipeline deployments (`phoenix pipeline deploy|list-deployments|show-deployment|
+//! Pipeline deployments (`phoenix deployment list|get|describe|events|rollback|
+//! delete`, and the older `phoenix pipeline deploy|list-deployments|show-deployment|
 //! rollback|delete-deployment`) and an experiment's promote and rollback
-//! (`phoenix experiment promote|rollback`): the calls, and how deployments look in
-//! a table. The clap subcommands live with their nouns (`pipeline`, `experiment`).
+//! (`phoenix experiment promote|rollback`): the calls, and how deployments and
+//! their roll-outs look in a table. [`DeploymentCommand`] is the `deployment` noun;
+//! the other clap subcommands live with their nouns (`pipeline`, `experiment`).
 
 use chrono::{DateTime, Utc};
 use phoenix_wire::API_VERSION;
@@ -12,6 +14,7 @@ use phoenix_wire::deployment::{
 };
 use phoenix_wire::names::{self, Labels};
 use phoenix_wire::resource::{HostTarget, Metadata};
+use phoenix_wire::rollout::{HostRollout, MaxUnavailable, Rollout, RolloutEvent, RolloutPolicy};
 use phoenix_wire::view::List;
 
 use crate::client::Body;
@@ -21,6 +24,72 @@ use crate::output::{self, Details, Table};
 
 const DEPLOYMENTS: &str = "/api/v1/deployments";
 const EXPERIMENTS: &str = "/api/v1/experiments";
+
+/// `phoenix deployment ...`: standing pipelines and their roll-outs.
+#[derive(Debug, clap::Subcommand)]
+pub enum DeploymentCommand {
+    /// List deployments: what each runs, where, how many hosts are ready, and its roll-out
+    #[command(
+        after_help = "Example:\n  phoenix deployment list\n  phoenix deployment list -o json"
+    )]
+    List,
+    /// One deployment: its hosts, their collectors, its latest roll-out and its revisions
+    #[command(after_help = "\
+Example:
+  phoenix deployment get web
+  phoenix deployment get web -o json     # the API object, with `rollout`
+
+The roll-out shows where a new revision is: its batch, each host a batch reached
+(updating, healthy, done or failed, and why) and how it ended. Hosts no batch
+reached still run the revision it came from.")]
+    Get {
+        /// The deployment's name
+        name: String,
+    },
+    /// Like get, followed by every step of its roll-outs
+    #[command(after_help = "\
+Example:
+  phoenix deployment describe web
+  phoenix deployment describe web -o yaml   # {deployment, events}")]
+    Describe {
+        /// The deployment's name
+        name: String,
+    },
+    /// Every step of its roll-outs: batches started and done, hosts healthy or failed, roll-backs
+    #[command(after_help = "\
+Example:
+  phoenix deployment events web
+  phoenix deployment events web -o json
+
+Live: `phoenix` streams them too (GET /api/v1/events?deployment=NAME, `kind: rollout`).")]
+    Events {
+        /// The deployment's name
+        name: String,
+    },
+    /// Restore the previous revision on every host at once (same as `phoenix pipeline rollback`)
+    #[command(after_help = "Example:\n  phoenix deployment rollback web")]
+    Rollback {
+        /// The deployment's name
+        name: String,
+    },
+    /// Delete a deployment and its history; its hosts stop its collector
+    #[command(after_help = "Example:\n  phoenix deployment delete web")]
+    Delete {
+        /// The deployment's name
+        name: String,
+    },
+}
+
+pub async fn run(ctx: &Context, command: DeploymentCommand) -> anyhow::Result<()> {
+    match command {
+        DeploymentCommand::List => list(ctx).await,
+        DeploymentCommand::Get { name } => show(ctx, &name).await,
+        DeploymentCommand::Describe { name } => describe(ctx, &name).await,
+        DeploymentCommand::Events { name } => events(ctx, &name).await,
+        DeploymentCommand::Rollback { name } => rollback(ctx, &name).await,
+        DeploymentCommand::Delete { name } => delete(ctx, &name).await,
+    }
+}
 
 /// A deployment given by flags instead of a file.
 #[derive(Debug, Default)]
@@ -32,6 +101,7 @@ pub struct DeployFlags {
     pub vars: Vec<(String, String)>,
     pub critical: Vec<String>,
     pub destinations: Vec<String>,
+    pub max_unavailable: Option<MaxUnavailable>,
 }
 
 impl DeployFlags {
@@ -67,6 +137,9 @@ impl DeployFlags {
                 vars: self.vars.into_iter().collect(),
                 critical_processes: self.critical,
                 destinations: self.destinations,
+                rollout: RolloutPolicy {
+                    max_unavailable: self.max_unavailable,
+                },
             },
         })
     }
@@ -97,7 +170,7 @@ pub async fn deploy(ctx: &Context, file: Option<String>, flags: DeployFlags) -> 
     let text = match output::render_object(ctx.output, &deployment)? {
         Some(text) => text,
         None => format!(
-            "deployment/{name} at revision {revision}: {pipeline} on {hosts} host(s) ({target})\n  follow it with `phoenix pipeline show-deployment {name}`\n",
+            "deployment/{name} at revision {revision}: {pipeline} on {hosts} host(s) ({target})\n  it reaches them in batches; follow its roll-out with `phoenix deployment get {name}`\n",
             name = deployment.name,
             revision = deployment.revision,
             pipeline = pipeline(&deployment.spec),
@@ -127,6 +200,123 @@ pub async fn show(ctx: &Context, name: &str) -> anyhow::Result<()> {
         None => deployment_details(&deployment, ctx.now),
     };
     Ok(output::print(&text)?)
+}
+
+/// `phoenix deployment describe NAME`: the details and every roll-out step; with
+/// `-o json|yaml`, `{deployment, events}`.
+pub async fn describe(ctx: &Context, name: &str) -> anyhow::Result<()> {
+    let path = deployment_path(name)?;
+    let deployment: PipelineDeployment = ctx.client.get(&path).await?;
+    let events: List<RolloutEvent> = ctx.client.get(&format!("{path}/events")).await?;
+    #[derive(serde::Serialize)]
+    struct Described<'a> {
+        deployment: &'a PipelineDeployment,
+        events: &'a [RolloutEvent],
+    }
+    let described = Described {
+        deployment: &deployment,
+        events: &events.items,
+    };
+    let text = match output::render_object(ctx.output, &described)? {
+        Some(text) => text,
+        None => {
+            let mut text = deployment_details(&deployment, ctx.now);
+            text.push_str("Events:\n");
+            text.push_str(&output::indent(&event_lines(&events.items), "  "));
+            text
+        }
+    };
+    Ok(output::print(&text)?)
+}
+
+/// `phoenix deployment events NAME`: every roll-out step, oldest first.
+pub async fn events(ctx: &Context, name: &str) -> anyhow::Result<()> {
+    let path = format!("{}/events", deployment_path(name)?);
+    let events: List<RolloutEvent> = ctx.client.get(&path).await?;
+    let text = match output::render_object(ctx.output, &events)? {
+        Some(text) => text,
+        None => event_lines(&events.items),
+    };
+    Ok(output::print(&text)?)
+}
+
+/// One line per step: `2026-01-01T00:00:00Z  rev 2  batch-started  batch 1 started: …`.
+fn event_lines(events: &[RolloutEvent]) -> String {
+    if events.is_empty() {
+        return "<no roll-out steps yet>\n".to_string();
+    }
+    let mut table = Table::new(&["AT", "REVISION", "STEP", "REASON"]);
+    for e in events {
+        table.row(vec![
+            e.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            e.revision.to_string(),
+            e.step.clone(),
+            e.reason.clone(),
+        ]);
+    }
+    table.render()
+}
+
+/// `rolling 2/6`, `done`, `rolled-back`: where the latest roll-out is.
+fn rollout_summary(deployment: &PipelineDeployment) -> String {
+    match &deployment.rollout {
+        None => "-".to_string(),
+        Some(r) if r.state.is_open() => {
+            format!("{} {}/{}", r.state, r.done_hosts(), deployment.hosts.len())
+        }
+        Some(r) if r.revision != deployment.revision => {
+            format!("{} (revision {})", r.state, r.revision)
+        }
+        Some(r) => r.state.to_string(),
+    }
+}
+
+/// The roll-out section of the details.
+fn rollout_details(r: &Rollout, now: DateTime<Utc>) -> String {
+    let mut details = Details::new();
+    details
+        .field(
+            "Revision",
+            match r.from_revision {
+                Some(from) => format!("{} (from revision {from})", r.revision),
+                None => format!("{} (the first)", r.revision),
+            },
+        )
+        .field("State", r.state.as_str())
+        .field(
+            "Batch",
+            match r.batch_started_at {
+                Some(at) => format!("{} (started {})", r.batch, output::timestamp(at, now)),
+                None => r.batch.to_string(),
+            },
+        )
+        .field("Reason", r.reason.as_deref().unwrap_or("-"))
+        .field("Started", output::timestamp(r.started_at, now));
+    if let Some(at) = r.finished_at {
+        details.field("Finished", output::timestamp(at, now));
+    }
+    let mut text = details.render();
+    if !r.hosts.is_empty() {
+        let mut hosts = Table::new(&["HOST", "BATCH", "STATE", "SINCE", "REASON"]);
+        for (host, h) in &r.hosts {
+            hosts.row(vec![
+                host.clone(),
+                if h.batch == 0 {
+                    "-".to_string()
+                } else {
+                    h.batch.to_string()
+                },
+                match h.state {
+                    HostRollout::Done if h.batch == 0 => "done (already ran it)".to_string(),
+                    state => state.as_str().to_string(),
+                },
+                output::age(h.since, now),
+                h.reason.clone().unwrap_or_default(),
+            ]);
+        }
+        text.push_str(&hosts.render());
+    }
+    text
 }
 
 pub async fn rollback(ctx: &Context, name: &str) -> anyhow::Result<()> {
@@ -247,7 +437,7 @@ fn ready(deployment: &PipelineDeployment) -> String {
 
 fn deployment_table(deployments: &[PipelineDeployment], now: DateTime<Utc>) -> Table {
     let mut table = Table::new(&[
-        "NAME", "PIPELINE", "HOSTS", "READY", "REVISION", "FROM", "AGE",
+        "NAME", "PIPELINE", "HOSTS", "READY", "REVISION", "FROM", "AGE", "ROLL-OUT",
     ]);
     for d in deployments {
         table.row(vec![
@@ -260,6 +450,7 @@ fn deployment_table(deployments: &[PipelineDeployment], now: DateTime<Utc>) -> T
                 .as_ref()
                 .map_or_else(|| "-".to_string(), |e| format!("experiment/{e}")),
             output::age(d.created_at, now),
+            rollout_summary(d),
         ]);
     }
     table
@@ -287,6 +478,18 @@ fn deployment_details(d: &PipelineDeployment, now: DateTime<Utc>) -> String {
         .field("Critical processes", critical)
         .field("Collector", d.collector_id())
         .field("Revision", d.revision.to_string())
+        .field(
+            "Roll-out",
+            match &d.spec.rollout.max_unavailable {
+                Some(n) => format!("{}, {n} host(s) at a time", rollout_summary(d)),
+                None => format!(
+                    "{}, {} host(s) at a time (the default, {})",
+                    rollout_summary(d),
+                    d.spec.rollout.batch_size(d.hosts.len()),
+                    MaxUnavailable::DEFAULT
+                ),
+            },
+        )
         .field("Change", &d.change)
         .field(
             "Promoted from",
@@ -321,6 +524,10 @@ fn deployment_details(d: &PipelineDeployment, now: DateTime<Utc>) -> String {
             hosts.row(row);
         }
         text.push_str(&output::indent(&hosts.render(), "  "));
+    }
+    if let Some(rollout) = &d.rollout {
+        text.push_str("Latest roll-out:\n");
+        text.push_str(&output::indent(&rollout_details(rollout, now), "  "));
     }
     if !d.revisions.is_empty() {
         text.push_str("Revisions:\n");

@@ -120,8 +120,11 @@ Only a completed experiment can be promoted, and only with the verdict `pass` un
 --force is given. The candidate (pipeline, variables, critical processes) becomes the
 current revision of a pipeline deployment: the one named by --deployment, else the one
 its hosts already run as their standing pipeline, else a new one named after the
-experiment for exactly its target hosts. Each host then runs that standing collector
-and no experiment collector. `phoenix experiment rollback` undoes it.")]
+experiment for exactly its target hosts. The new revision then rolls out to every host
+the deployment selects, in batches of its spec.rollout.maxUnavailable, the experiment's
+hosts first; a host whose new collector fails stops it and rolls the deployment (and
+this experiment) back (`phoenix deployment describe NAME` shows each step). The
+experiment's own collectors stop. `phoenix experiment rollback` undoes it.")]
     Promote {
         /// The experiment's metadata.name
         name: String,
@@ -403,6 +406,7 @@ async fn status(ctx: &Context, name: &str, watch: bool) -> anyhow::Result<()> {
         let filter = EventFilter {
             experiment: Some(name.to_string()),
             host: None,
+            deployment: None,
         };
         Some(stream::subscribe(&ctx.client, &filter).await?)
     } else {

@@ -49,6 +49,7 @@ Typical flow:
   phoenix pipeline validate -f my.yaml         check a template with the real collector
   phoenix pipeline deploy -f standing.yaml     run a pipeline as hosts' standing collector
   phoenix pipeline list-deployments            standing pipelines, their hosts and revisions
+  phoenix deployment describe web-standing     its latest roll-out, batch by batch, and each step
   phoenix destination create --name vendor ... a backend standing collectors export to (admin)
   phoenix diff -f gitops/                      what applying a directory would change
   phoenix apply -f gitops/ --prune             make the directory's documents the state (all or nothing)
@@ -107,6 +108,9 @@ pub enum Command {
     /// List, show and validate pipeline templates
     #[command(subcommand)]
     Pipeline(pipeline::PipelineCommand),
+    /// Standing pipelines: list, get, describe, their roll-outs' events, rollback, delete
+    #[command(visible_alias = "deployments", subcommand)]
+    Deployment(deployment::DeploymentCommand),
     /// Declare the backends standing collectors export to (admin): create, list, get, delete
     #[command(subcommand)]
     Destination(destination::DestinationCommand),
@@ -236,6 +240,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Loadsim(command) => loadsim::run(&ctx, command).await,
         Command::Pipeline(command) => pipeline::run(&ctx, command).await,
         Command::Destination(command) => destination::run(&ctx, command).await,
+        Command::Deployment(command) => deployment::run(&ctx, command).await,
         Command::Task(command) => task::run(&ctx, command).await,
         Command::BootstrapToken(command) => credentials::run_bootstrap(&ctx, command).await,
         Command::AgentCredential(command) => credentials::run_credential(&ctx, command).await,

@@ -99,11 +99,15 @@ A document looks like:
     vars: {cpu_threshold: \"0.05\"}
     criticalProcesses: [nginx, postgres]
     destinations: [vendor]             # your backends (see `phoenix destination --help`)
+    rollout: {maxUnavailable: 2}       # hosts per batch, or \"25%\" (the default)
 
 Every host the deployment selects runs one collector `<name>.standing`; hosts that
 join later with matching labels get it too. Deploying a changed spec makes a new
 revision (the previous one is kept for `phoenix pipeline rollback`); the same spec
-again changes nothing. A host runs one standing pipeline, so a deployment may not
+again changes nothing. A new revision rolls out in batches of maxUnavailable hosts,
+each batch healthy (and writing series) before the next; a host that fails stops it
+and the deployment goes back to its previous revision (`phoenix deployment describe
+NAME` shows each step). A host runs one standing pipeline, so a deployment may not
 select a host another deployment runs on.
 
 Standing collectors export to the measurement Prometheus (so Phoenix keeps watching
@@ -116,7 +120,7 @@ what runs) and to each --destination: the backends an admin declared with
             long = "filename",
             visible_alias = "file",
             value_name = "FILE",
-            conflicts_with_all = ["name", "pipeline", "selector", "host", "var", "critical", "destination"]
+            conflicts_with_all = ["name", "pipeline", "selector", "host", "var", "critical", "destination", "max_unavailable"]
         )]
         file: Option<String>,
         /// The deployment's name
@@ -140,6 +144,10 @@ what runs) and to each --destination: the backends an admin declared with
         /// Destinations to export to besides measurement (comma-separated; see `phoenix destination list`)
         #[arg(long, value_delimiter = ',', value_name = "NAME")]
         destination: Vec<String>,
+        /// Hosts a new revision moves to at once (one batch of its roll-out): a
+        /// number, or a share of the selected hosts like 25% (the default)
+        #[arg(long, value_name = "N|P%", value_parser = phoenix_wire::rollout::MaxUnavailable::parse)]
+        max_unavailable: Option<phoenix_wire::rollout::MaxUnavailable>,
     },
     /// List pipeline deployments: what each runs, where, and how many hosts are ready
     #[command(after_help = "\
@@ -191,6 +199,7 @@ pub async fn run(ctx: &Context, command: PipelineCommand) -> anyhow::Result<()> 
             var,
             critical,
             destination,
+            max_unavailable,
         } => {
             let flags = deployment::DeployFlags {
                 name,
@@ -200,6 +209,7 @@ pub async fn run(ctx: &Context, command: PipelineCommand) -> anyhow::Result<()> 
                 vars: var,
                 critical,
                 destinations: destination,
+                max_unavailable,
             };
             deployment::deploy(ctx, file, flags).await
         }

@@ -115,6 +115,7 @@ pub async fn serve(
         validations: Arc::new(tokio::sync::Semaphore::new(state::MAX_VALIDATIONS)),
         events: event_hub.clone(),
         credentials: credential_cache.clone(),
+        config_bodies: state::ConfigBodies::default(),
         listener_connected: listener_connected.subscribe(),
         shutdown: shutdown.clone(),
     };

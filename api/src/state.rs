@@ -36,10 +36,35 @@ pub struct AppState {
     pub events: EventHub,
     /// Recently checked host credentials (agent routes).
     pub credentials: CredentialCache,
+    /// Collector config bodies agents fetched, by SHA-256 (immutable, so cached).
+    pub config_bodies: ConfigBodies,
     /// True while the task listener is connected (part of readiness).
     pub listener_connected: watch::Receiver<bool>,
     /// Turns true when the server shuts down; long-polls return early.
     pub shutdown: watch::Receiver<bool>,
+}
+
+/// Config bodies by SHA-256, as agents fetch them (`GET …/configs/{sha256}`): a
+/// body never changes under its name, so a rollout over 10,000 hosts reads each
+/// body from the database once per replica. Bounded: emptied when full.
+#[derive(Clone, Default)]
+pub struct ConfigBodies(Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<str>>>>);
+
+/// Bodies a replica keeps (a handful are in use at a time).
+const CONFIG_BODIES_KEPT: usize = 256;
+
+impl ConfigBodies {
+    pub fn get(&self, sha256: &str) -> Option<Arc<str>> {
+        self.0.lock().expect("bodies lock").get(sha256).cloned()
+    }
+
+    pub fn keep(&self, sha256: &str, body: Arc<str>) {
+        let mut bodies = self.0.lock().expect("bodies lock");
+        if bodies.len() >= CONFIG_BODIES_KEPT {
+            bodies.clear();
+        }
+        bodies.insert(sha256.to_string(), body);
+    }
 }
 
 impl AppState {

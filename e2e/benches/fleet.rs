@@ -1,8 +1,11 @@
 //! Fleet-scale benchmark: N simulated agents against the real control plane.
 //!
-//! Starts a real Postgres (throwaway, or `DATABASE_URL`), the real `phoenix-api`
-//! and `phoenix-reconciler` binaries (optimized builds, production defaults), and N
-//! simulated agents in this process: async clients that speak the real agent
+//! Starts a real Postgres (throwaway, or `DATABASE_URL`), R replicas of the real
+//! `phoenix-api` and one `phoenix-reconciler` (optimized builds, production
+//! defaults), and N simulated agents in S simulator processes (this benchmark's own
+//! executable, run with `--simulate`; host i talks to replica i mod R), so that no
+//! process passes this machine's open-file limit of 20,000: async clients that
+//! speak the real agent
 //! protocol 2.1 over HTTP, as the real agent does: register with a status report,
 //! long-poll for tasks (the long-poll is the heartbeat: the api records one when a
 //! poll arrives and every 10 s it waits, so an idle agent sends nothing else),
@@ -17,12 +20,14 @@
 //!    api listens to) until the host holds them; then the time until every host
 //!    reports its collectors and the experiment is running.
 //!
-//! Throughout, it samples the api's and the reconciler's RSS and CPU from `/proc`,
-//! the machine's CPU use, and Postgres' connections.
+//! Throughout, it samples the RSS and CPU of every api replica, the reconciler and
+//! the simulators from `/proc`, the machine's CPU use, and Postgres' connections.
+//! Times cross processes as wall-clock microseconds (one machine, one clock).
 //!
 //! ```sh
 //! cargo bench -p phoenix-e2e --bench fleet                      # 1k, 5k, 10k
-//! cargo bench -p phoenix-e2e --bench fleet -- --agents 20000
+//! cargo bench -p phoenix-e2e --bench fleet -- --agents 25000   # 4 replicas, 4 simulators
+//! cargo bench -p phoenix-e2e --bench fleet -- --agents 10000 --api-replicas 1 --simulators 2
 //! ```
 //!
 //! Results print as a Markdown table and are written to
@@ -33,7 +38,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
 use phoenix_agent::procfs;
@@ -48,6 +53,7 @@ use phoenix_wire::agent::{
 use phoenix_wire::view::{Experiment, Phase};
 use serde::Serialize;
 use sqlx::postgres::PgListener;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{Mutex, Semaphore, watch};
 
 /// The benchmark's command line (`cargo bench` adds `--bench`).
@@ -56,6 +62,17 @@ struct Args {
     /// Fleet sizes to run, one after the other, each on a fresh database.
     #[arg(long, value_delimiter = ',', default_values_t = [1000, 5000, 10000])]
     agents: Vec<usize>,
+    /// api replicas (0: one per 8,000 agents).
+    #[arg(long, default_value_t = 0)]
+    api_replicas: usize,
+    /// Simulator processes the agents are spread over (0: one per 8,000 agents).
+    #[arg(long, default_value_t = 0)]
+    simulators: usize,
+    /// (Internal) run as a simulator: agents `FIRST:COUNT` against `--api-urls`.
+    #[arg(long, hide = true, value_name = "FIRST:COUNT")]
+    simulate: Option<String>,
+    #[arg(long, hide = true, value_delimiter = ',')]
+    api_urls: Vec<String>,
     /// How long the idle soak lasts.
     #[arg(long, default_value = "40", value_name = "SECONDS")]
     soak: u64,
@@ -66,27 +83,37 @@ struct Args {
     bench: bool,
 }
 
-/// Milliseconds since the benchmark started, per host; 0 = not yet.
+/// Agents one process simulates; with a long-poll each (and a few more sockets in
+/// bursts) they stay under this machine's open-file limit of 20,000.
+const AGENTS_PER_PROCESS: usize = 8_000;
+
+/// Wall-clock microseconds: comparable across the benchmark's processes.
+fn unix_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// When each of a simulator's hosts held all its experiment tasks (wall-clock
+/// microseconds; 0 = not yet), by index within the simulator.
 struct HostClock {
-    created: Instant,
-    notified_ms: Vec<AtomicU64>,
-    all_tasks_ms: Vec<AtomicU64>,
+    all_tasks_us: Vec<AtomicU64>,
     tasks_received: Vec<AtomicU32>,
 }
 
 impl HostClock {
     fn new(n: usize) -> Self {
         Self {
-            created: Instant::now(),
-            notified_ms: (0..n).map(|_| AtomicU64::new(0)).collect(),
-            all_tasks_ms: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            all_tasks_us: (0..n).map(|_| AtomicU64::new(0)).collect(),
             tasks_received: (0..n).map(|_| AtomicU32::new(0)).collect(),
         }
     }
 
-    /// Microseconds since `created`, never 0.
-    fn now_us(&self) -> u64 {
-        self.created.elapsed().as_micros() as u64 + 1
+    fn delivered(&self) -> usize {
+        self.all_tasks_us
+            .iter()
+            .filter(|t| t.load(Ordering::Relaxed) != 0)
+            .count()
     }
 }
 
@@ -134,6 +161,17 @@ fn host_index(host_id: &str) -> Option<usize> {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     raise_open_file_limit();
+    if let Some(range) = &args.simulate {
+        let (first, count) = range
+            .split_once(':')
+            .and_then(|(f, c)| Some((f.parse().ok()?, c.parse().ok()?)))
+            .ok_or_else(|| anyhow::anyhow!("--simulate wants FIRST:COUNT, got {range}"))?;
+        return tokio::runtime::Runtime::new()?.block_on(simulate(
+            first,
+            count,
+            args.api_urls.clone(),
+        ));
+    }
     // A private server that records what every statement costs, to name the
     // database's share of a bottleneck (set DATABASE_URL to use another server).
     let _cluster = match std::env::var("DATABASE_URL") {
@@ -206,6 +244,9 @@ struct Results {
 #[derive(Serialize)]
 struct Row {
     agents: usize,
+    api_replicas: usize,
+    /// Simulator processes the agents ran in.
+    simulators: usize,
     register_s: f64,
     long_polls_held: u64,
     /// Heartbeats the api wrote per second in the soak: every one comes from a
@@ -312,34 +353,68 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A running api replica.
+struct Replica {
+    process: Process,
+    url: String,
+}
+
+/// The sum of a metric over every api replica.
+async fn replicas_metric(http: &reqwest::Client, replicas: &[Replica], name: &str) -> f64 {
+    let mut sum = 0.0;
+    for replica in replicas {
+        if let Ok(text) = scrape(http, &format!("{}/metrics", replica.url)).await {
+            sum += metric(&text, name);
+        }
+    }
+    sum
+}
+
 async fn run_fleet(
     args: &Args,
     n: usize,
     api_bin: &std::path::Path,
     reconciler_bin: &std::path::Path,
 ) -> anyhow::Result<Row> {
-    let database_url = fresh_database().await;
-    let api_port = free_port();
-    let reconciler_port = free_port();
-    let api_url = format!("http://127.0.0.1:{api_port}");
-    let tokens = format!("admin:{ADMIN_TOKEN},operator:{OPERATOR_TOKEN},viewer:{VIEWER_TOKEN}");
-    let api = Process {
-        name: "phoenix-api",
-        child: Command::new(api_bin)
-            .env("DATABASE_URL", &database_url)
-            .env("PHOENIX_API_LISTEN", format!("127.0.0.1:{api_port}"))
-            .env("PHOENIX_API_TOKENS", &tokens)
-            .env("PHOENIX_BOOTSTRAP_TOKEN_FILE", bootstrap_token_file())
-            .env("PHOENIX_DEV", "1") // no collector: configs are not validated
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()?,
+    let per_process = |chosen: usize| {
+        if chosen > 0 {
+            chosen
+        } else {
+            n.div_ceil(AGENTS_PER_PROCESS).max(1)
+        }
     };
+    let (replica_count, simulator_count) =
+        (per_process(args.api_replicas), per_process(args.simulators));
+    eprintln!("{replica_count} api replica(s), {simulator_count} simulator process(es)");
+    let database_url = fresh_database().await;
+    let tokens = format!("admin:{ADMIN_TOKEN},operator:{OPERATOR_TOKEN},viewer:{VIEWER_TOKEN}");
+    let mut replicas = Vec::with_capacity(replica_count);
+    for _ in 0..replica_count {
+        let port = free_port();
+        replicas.push(Replica {
+            process: Process {
+                name: "phoenix-api",
+                child: Command::new(api_bin)
+                    .env("DATABASE_URL", &database_url)
+                    .env("PHOENIX_API_LISTEN", format!("127.0.0.1:{port}"))
+                    .env("PHOENIX_API_TOKENS", &tokens)
+                    .env("PHOENIX_BOOTSTRAP_TOKEN_FILE", bootstrap_token_file())
+                    .env("PHOENIX_DEV", "true") // no collector: configs are not validated
+                    .env("RUST_LOG", "warn")
+                    .stdout(Stdio::null())
+                    .spawn()?,
+            },
+            url: format!("http://127.0.0.1:{port}"),
+        });
+    }
+    let api_url = replicas[0].url.clone();
     let http = phoenix_e2e::harness::http_client_builder()
-        .pool_max_idle_per_host(usize::MAX)
         .timeout(Duration::from_secs(90))
         .build()?;
-    wait_ready(&http, &format!("{api_url}/readyz")).await?;
+    for replica in &replicas {
+        wait_ready(&http, &format!("{}/readyz", replica.url)).await?;
+    }
+    let reconciler_port = free_port();
     let reconciler = Process {
         name: "phoenix-reconciler",
         child: Command::new(reconciler_bin)
@@ -349,7 +424,7 @@ async fn run_fleet(
                 format!("127.0.0.1:{reconciler_port}"),
             )
             .env("PHOENIX_DEPLOY_TIMEOUT", "30m")
-            .env("PHOENIX_DEV", "1") // Prometheus on its local default (unused here)
+            .env("PHOENIX_DEV", "true") // Prometheus on its local default (unused here)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()?,
@@ -357,107 +432,98 @@ async fn run_fleet(
     let reconciler_url = format!("http://127.0.0.1:{reconciler_port}");
     wait_ready(&http, &format!("{reconciler_url}/metrics")).await?;
 
-    let pool = phoenix_storage::connect(&database_url, 2).await?;
-    let sampler = Sampler::start(
-        api.child.id(),
-        reconciler.child.id(),
-        postmaster_pid(&pool).await,
-        pool.clone(),
-        reconciler_url.clone(),
-        http.clone(),
-    );
-
-    // Who got what, and when the task write committed (the api's own signal).
-    let clock = Arc::new(HostClock::new(n));
+    // When each host's task write committed (the api's own signal).
+    let notified_us: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
     let mut listener = PgListener::connect(&database_url).await?;
     listener.listen(TASKS_CHANNEL).await?;
     let notified = tokio::spawn({
-        let clock = clock.clone();
+        let notified_us = notified_us.clone();
         async move {
             while let Ok(notification) = listener.recv().await {
-                if let Some(i) = host_index(notification.payload()) {
-                    let _ = clock.notified_ms[i].compare_exchange(
-                        0,
-                        clock.now_us(),
-                        Ordering::Relaxed,
-                        Ordering::Relaxed,
-                    );
+                if let Some(i) = host_index(notification.payload())
+                    && let Some(slot) = notified_us.get(i)
+                {
+                    let _ =
+                        slot.compare_exchange(0, unix_us(), Ordering::Relaxed, Ordering::Relaxed);
                 }
             }
         }
     });
 
-    // Register every agent (bounded concurrency, like a fleet coming up), then
-    // start its loops.
+    // The simulators: each registers its agents (bounded concurrency, like a
+    // fleet coming up), then runs them.
     eprintln!("registering {n} agents");
-    let counters = Arc::new(AgentCounters::default());
-    let (stop, stopped) = watch::channel(false);
     let started = Instant::now();
-    let registering = Arc::new(Semaphore::new(64));
-    let mut agents = Vec::with_capacity(n);
-    for i in 0..n {
-        let agent = SimulatedAgent {
-            index: i,
-            host_id: host_id(i),
-            api_url: api_url.clone(),
-            // One client for the whole fleet: the long-poll holds a connection per
-            // agent, and answers, fetches and status reports share the idle ones,
-            // as a real agent's own client does once its second connection idles out.
-            http: http.clone(),
-            clock: clock.clone(),
-            counters: counters.clone(),
-            collectors: Mutex::new(BTreeMap::new()),
-            bodies: Mutex::new(BTreeMap::new()),
-            stopped: stopped.clone(),
-            credential: String::new(),
-        };
-        let permit = registering.clone().acquire_owned().await?;
-        agents.push(tokio::spawn(async move {
-            let mut agent = agent;
-            agent.credential = enroll(&agent.http, &agent.api_url, &agent.host_id).await;
-            let registered = agent.report_status().await;
-            drop(permit);
-            if registered {
-                agent.run().await;
-            }
-        }));
+    let urls: Vec<String> = replicas.iter().map(|r| r.url.clone()).collect();
+    let mut simulators = Vec::with_capacity(simulator_count);
+    let chunk = n.div_ceil(simulator_count);
+    for first in (0..n).step_by(chunk) {
+        simulators.push(Simulator::spawn(first, chunk.min(n - first), &urls)?);
     }
-    let _ = registering.acquire_many(64).await?;
+    let pool = phoenix_storage::connect(&database_url, 2).await?;
+    let sampler = Sampler::start(
+        replicas.iter().map(|r| r.process.child.id()).collect(),
+        reconciler.child.id(),
+        simulators.iter().filter_map(|s| s.child.id()).collect(),
+        postmaster_pid(&pool).await,
+        pool.clone(),
+        reconciler_url.clone(),
+        http.clone(),
+    );
+    let registered_by = Instant::now() + Duration::from_secs(600);
+    while simulators.iter().any(|s| s.progress().registered.is_none()) {
+        anyhow::ensure!(
+            Instant::now() < registered_by,
+            "the agents did not register"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let registered: usize = simulators
+        .iter()
+        .map(|s| s.progress().registered.unwrap_or(0))
+        .sum();
+    anyhow::ensure!(registered == n, "{registered} of {n} agents registered");
     let register_s = started.elapsed().as_secs_f64();
     eprintln!("registered in {register_s:.1} s; waiting for every long-poll");
-    let waiting = wait_for_metric(
-        &http,
-        &format!("{api_url}/metrics"),
-        "phoenix_api_long_polls_waiting",
-        n as f64,
-        Duration::from_secs(120),
-    )
-    .await;
-    let long_polls_held = waiting as u64;
+    let polls_by = Instant::now() + Duration::from_secs(120);
+    let mut long_polls_held = 0.0;
+    while Instant::now() < polls_by {
+        long_polls_held = replicas_metric(&http, &replicas, "phoenix_api_long_polls_waiting").await;
+        if long_polls_held >= n as f64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let requests = |simulators: &[Simulator]| -> u64 {
+        simulators.iter().map(|s| s.progress().requests).sum()
+    };
 
     // Soak: an idle fleet; its long-polls are its heartbeats.
     eprintln!("soak: {} s of an idle fleet", args.soak);
-    let api_metrics_before = scrape(&http, &format!("{api_url}/metrics")).await?;
+    let written = "phoenix_api_heartbeats_written_total";
+    let written_before = replicas_metric(&http, &replicas, written).await;
     let rec_before = scrape(&http, &format!("{reconciler_url}/metrics")).await?;
-    let requests_before = counters.requests();
+    let requests_before = requests(&simulators);
     sampler.begin_phase().await;
     let soak_started = Instant::now();
     let mut backlog_max: f64 = 0.0;
     while soak_started.elapsed() < Duration::from_secs(args.soak) {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        let text = scrape(&http, &format!("{api_url}/metrics")).await?;
-        backlog_max = backlog_max.max(metric(&text, "phoenix_api_heartbeats_buffered"));
+        backlog_max = backlog_max
+            .max(replicas_metric(&http, &replicas, "phoenix_api_heartbeats_buffered").await);
     }
     let soak_s = soak_started.elapsed().as_secs_f64();
     let soak = sampler.end_phase().await;
-    let api_rss_idle_fleet_mib = rss_kib(api.child.id()) as f64 / 1024.0;
-    let api_metrics_after = scrape(&http, &format!("{api_url}/metrics")).await?;
+    let api_rss_idle_fleet_mib = replicas
+        .iter()
+        .map(|r| rss_kib(r.process.child.id()))
+        .max()
+        .unwrap_or(0) as f64
+        / 1024.0;
     let rec_after = scrape(&http, &format!("{reconciler_url}/metrics")).await?;
-    let agent_requests_per_s = (counters.requests() - requests_before) as f64 / soak_s;
+    let agent_requests_per_s = (requests(&simulators) - requests_before) as f64 / soak_s;
     let heartbeats_written_per_s =
-        (metric(&api_metrics_after, "phoenix_api_heartbeats_written_total")
-            - metric(&api_metrics_before, "phoenix_api_heartbeats_written_total"))
-            / soak_s;
+        (replicas_metric(&http, &replicas, written).await - written_before) / soak_s;
     let soak_passes = metric(&rec_after, "phoenix_reconciler_pass_seconds_count")
         - metric(&rec_before, "phoenix_reconciler_pass_seconds_count");
     let soak_reconcile_pass_mean_ms = 1000.0
@@ -468,10 +534,13 @@ async fn run_fleet(
     // Rollout: one experiment over the whole fleet.
     eprintln!("rollout: one experiment over {n} hosts");
     let statements_recorded = reset_statement_stats(&pool).await;
-    let api_before_rollout = scrape(&http, &format!("{api_url}/metrics")).await?;
+    let claims = "phoenix_api_claim_statements_total";
+    let claimed_hosts = "phoenix_api_claim_hosts_total";
+    let claims_before = replicas_metric(&http, &replicas, claims).await;
+    let claimed_hosts_before = replicas_metric(&http, &replicas, claimed_hosts).await;
     sampler.begin_phase().await;
     let rec_before = scrape(&http, &format!("{reconciler_url}/metrics")).await?;
-    let created_us = clock.now_us();
+    let created_us = unix_us();
     let created_at = Instant::now();
     let response = http
         .post(format!("{api_url}/api/v1/experiments"))
@@ -488,11 +557,7 @@ async fn run_fleet(
     );
     let delivery_deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let done = clock
-            .all_tasks_ms
-            .iter()
-            .filter(|t| t.load(Ordering::Relaxed) != 0)
-            .count();
+        let done: usize = simulators.iter().map(|s| s.progress().delivered).sum();
         if done == n || Instant::now() > delivery_deadline {
             break;
         }
@@ -525,12 +590,10 @@ async fn run_fleet(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let rollout = sampler.end_phase().await;
-    let api_after_rollout = scrape(&http, &format!("{api_url}/metrics")).await?;
-    let rollout_delta =
-        |name: &str| metric(&api_after_rollout, name) - metric(&api_before_rollout, name);
-    let claim_statements = rollout_delta("phoenix_api_claim_statements_total");
-    let hosts_per_claim_statement =
-        rollout_delta("phoenix_api_claim_hosts_total") / claim_statements.max(1.0);
+    let claim_statements = replicas_metric(&http, &replicas, claims).await - claims_before;
+    let hosts_per_claim_statement = (replicas_metric(&http, &replicas, claimed_hosts).await
+        - claimed_hosts_before)
+        / claim_statements.max(1.0);
     let top_statements = if statements_recorded {
         top_statements(&pool).await.unwrap_or_default()
     } else {
@@ -548,44 +611,43 @@ async fn run_fleet(
             &rec_after,
             "phoenix_reconciler_pass_seconds",
         ));
-
-    let mut creation_to_tasks = Vec::with_capacity(n);
-    let mut write_to_delivery = Vec::with_capacity(n);
-    for i in 0..n {
-        let delivered = clock.all_tasks_ms[i].load(Ordering::Relaxed);
-        if delivered == 0 {
-            continue;
-        }
-        creation_to_tasks.push((delivered.saturating_sub(created_us)) as f64 / 1000.0);
-        let notified = clock.notified_ms[i].load(Ordering::Relaxed);
-        if notified != 0 {
-            write_to_delivery.push(delivered.saturating_sub(notified) as f64 / 1000.0);
-        }
-    }
-    let hosts_without_tasks = n - creation_to_tasks.len();
     // Exactly two per host, or the reconciler asked for something twice.
     let tasks_written: i64 = sqlx::query_scalar("SELECT count(*) FROM agent_tasks")
         .fetch_one(&pool)
         .await?;
 
-    let _ = stop.send(true);
-    for agent in agents {
-        agent.abort();
+    let mut finals = Vec::with_capacity(simulators.len());
+    for simulator in simulators {
+        finals.push(simulator.finish().await?);
     }
+    let mut creation_to_tasks = Vec::with_capacity(n);
+    let mut write_to_delivery = Vec::with_capacity(n);
+    for (host, delivered) in finals.iter().flat_map(|f| f.all_tasks_us.iter()) {
+        creation_to_tasks.push((delivered.saturating_sub(created_us)) as f64 / 1000.0);
+        let notified = notified_us
+            .get(*host)
+            .map_or(0, |t| t.load(Ordering::Relaxed));
+        if notified != 0 {
+            write_to_delivery.push(delivered.saturating_sub(notified) as f64 / 1000.0);
+        }
+    }
+    let hosts_without_tasks = n - creation_to_tasks.len();
     notified.abort();
     let peaks = sampler.stop().await;
     drop(reconciler);
-    drop(api);
+    drop(replicas);
     pool.close().await;
 
     Ok(Row {
         agents: n,
+        api_replicas: replica_count,
+        simulators: simulator_count,
         register_s,
-        long_polls_held,
+        long_polls_held: long_polls_held as u64,
         heartbeats_written_per_s,
         agent_requests_per_s,
         heartbeat_backlog_max: backlog_max,
-        config_fetches: counters.config_fetches.load(Ordering::Relaxed),
+        config_fetches: finals.iter().map(|f| f.config_fetches).sum(),
         soak_reconcile_pass_mean_ms,
         creation_to_tasks_ms: Percentiles::of(creation_to_tasks),
         write_to_delivery_ms: Percentiles::of(write_to_delivery),
@@ -605,16 +667,189 @@ async fn run_fleet(
         reconciler_cpu_rollout_cores: rollout.reconciler_cores,
         postgres_cpu_soak_cores: soak.postgres_cores,
         postgres_cpu_rollout_cores: rollout.postgres_cores,
-        agents_cpu_soak_cores: soak.bench_cores,
-        agents_cpu_rollout_cores: rollout.bench_cores,
+        agents_cpu_soak_cores: soak.agents_cores,
+        agents_cpu_rollout_cores: rollout.agents_cores,
         api_rss_idle_fleet_mib,
         top_statements,
         machine_cpu_soak: soak.machine_busy,
         machine_cpu_rollout: rollout.machine_busy,
         postgres_connections_peak: peaks.postgres_connections_peak,
+        request_errors: finals.iter().map(|f| f.request_errors).sum(),
+    })
+}
+
+/// What a simulator prints on its stdout, one JSON document per line.
+#[derive(Serialize, serde::Deserialize, Clone, Default)]
+struct Progress {
+    /// Set once every agent of the simulator tried to register: how many did.
+    registered: Option<usize>,
+    /// Hosts that hold all their experiment tasks.
+    delivered: usize,
+    /// Requests its agents sent so far.
+    requests: u64,
+}
+
+/// What a simulator reports when it stops (its last line).
+#[derive(Serialize, serde::Deserialize, Default)]
+struct Final {
+    /// (host index, wall-clock µs when it held all its experiment tasks).
+    all_tasks_us: Vec<(usize, u64)>,
+    config_fetches: u64,
+    request_errors: u64,
+}
+
+#[derive(Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Line {
+    Progress(Progress),
+    Final(Final),
+}
+
+/// A simulator process, as the main benchmark process drives it: its latest
+/// progress line, read in the background.
+struct Simulator {
+    child: tokio::process::Child,
+    latest: Arc<std::sync::Mutex<Progress>>,
+    finished: tokio::sync::oneshot::Receiver<Final>,
+}
+
+impl Simulator {
+    fn spawn(first: usize, count: usize, api_urls: &[String]) -> anyhow::Result<Simulator> {
+        let mut child = tokio::process::Command::new(std::env::current_exe()?)
+            .args(["--simulate", &format!("{first}:{count}")])
+            .args(["--api-urls", &api_urls.join(",")])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let latest = Arc::new(std::sync::Mutex::new(Progress::default()));
+        let (done, finished) = tokio::sync::oneshot::channel();
+        tokio::spawn({
+            let latest = latest.clone();
+            async move {
+                let mut lines = BufReader::new(stdout).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    match serde_json::from_str::<Line>(&line) {
+                        Ok(Line::Progress(progress)) => *latest.lock().unwrap() = progress,
+                        Ok(Line::Final(last)) => {
+                            let _ = done.send(last);
+                            return;
+                        }
+                        Err(err) => eprintln!("simulator {first}: {err}: {line}"),
+                    }
+                }
+            }
+        });
+        Ok(Simulator {
+            child,
+            latest,
+            finished,
+        })
+    }
+
+    fn progress(&self) -> Progress {
+        self.latest.lock().unwrap().clone()
+    }
+
+    /// Tells it to stop (a line on its stdin) and returns its final report.
+    async fn finish(mut self) -> anyhow::Result<Final> {
+        if let Some(mut stdin) = self.child.stdin.take() {
+            stdin.write_all(b"stop\n").await?;
+        }
+        let last = tokio::time::timeout(Duration::from_secs(60), self.finished).await??;
+        let _ = self.child.wait().await;
+        Ok(last)
+    }
+}
+
+/// A simulator process (`--simulate FIRST:COUNT`): runs agents `FIRST..FIRST+COUNT`,
+/// host i against `api_urls[i % len]`, prints [`Progress`] lines every 250 ms and
+/// a [`Final`] line once a line arrives on stdin (or stdin closes).
+async fn simulate(first: usize, count: usize, api_urls: Vec<String>) -> anyhow::Result<()> {
+    anyhow::ensure!(!api_urls.is_empty(), "--simulate needs --api-urls");
+    let http = phoenix_e2e::harness::http_client_builder()
+        .pool_max_idle_per_host(usize::MAX)
+        .timeout(Duration::from_secs(90))
+        .build()?;
+    let clock = Arc::new(HostClock::new(count));
+    let counters = Arc::new(AgentCounters::default());
+    let (stop, stopped) = watch::channel(false);
+    let registering = Arc::new(Semaphore::new(64));
+    let registered = Arc::new(AtomicU64::new(0));
+    let mut agents = Vec::with_capacity(count);
+    for local in 0..count {
+        let index = first + local;
+        let agent = SimulatedAgent {
+            index: local,
+            host_id: host_id(index),
+            api_url: api_urls[index % api_urls.len()].clone(),
+            // One client for the simulator: the long-poll holds a connection per
+            // agent, and answers, fetches and status reports share the idle ones,
+            // as a real agent's own client does once its second connection idles out.
+            http: http.clone(),
+            clock: clock.clone(),
+            counters: counters.clone(),
+            collectors: Mutex::new(BTreeMap::new()),
+            bodies: Mutex::new(BTreeMap::new()),
+            stopped: stopped.clone(),
+            credential: String::new(),
+        };
+        let permit = registering.clone().acquire_owned().await?;
+        let registered = registered.clone();
+        agents.push(tokio::spawn(async move {
+            let mut agent = agent;
+            agent.credential = enroll(&agent.http, &agent.api_url, &agent.host_id).await;
+            let ok = agent.report_status().await;
+            if ok {
+                registered.fetch_add(1, Ordering::Relaxed);
+            }
+            drop(permit);
+            if ok {
+                agent.run().await;
+            }
+        }));
+    }
+    let _ = registering.acquire_many(64).await?;
+    let print = |line: &Line| println!("{}", serde_json::to_string(line).expect("serializes"));
+    let progress = || Progress {
+        registered: Some(registered.load(Ordering::Relaxed) as usize),
+        delivered: clock.delivered(),
+        requests: counters.requests(),
+    };
+    // A line on stdin (or its end) is the stop.
+    let (asked, mut stop_asked) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        let _ = std::io::stdin().read_line(&mut String::new());
+        let _ = asked.send(());
+    });
+    loop {
+        print(&Line::Progress(progress()));
+        tokio::select! {
+            _ = &mut stop_asked => break,
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    }
+    let _ = stop.send(true);
+    for agent in agents {
+        agent.abort();
+    }
+    let all_tasks_us = clock
+        .all_tasks_us
+        .iter()
+        .enumerate()
+        .filter_map(|(local, t)| {
+            let at = t.load(Ordering::Relaxed);
+            (at != 0).then_some((first + local, at))
+        })
+        .collect();
+    print(&Line::Final(Final {
+        all_tasks_us,
+        config_fetches: counters.config_fetches.load(Ordering::Relaxed),
         request_errors: counters.request_errors.load(Ordering::Relaxed)
             + counters.poll_errors.load(Ordering::Relaxed),
-    })
+    }));
+    Ok(())
 }
 
 fn experiment_document() -> String {
@@ -706,7 +941,7 @@ impl SimulatedAgent {
             let before = self.clock.tasks_received[self.index]
                 .fetch_add(experiment_tasks, Ordering::Relaxed);
             if before < TASKS_PER_HOST && before + experiment_tasks >= TASKS_PER_HOST {
-                self.clock.all_tasks_ms[self.index].store(self.clock.now_us(), Ordering::Relaxed);
+                self.clock.all_tasks_us[self.index].store(unix_us(), Ordering::Relaxed);
             }
         }
         let mut changed = false;
@@ -833,8 +1068,10 @@ impl SimulatedAgent {
 
 /// Samples processes, the machine and Postgres twice a second.
 struct Sampler {
-    api_pid: u32,
+    api_pids: Vec<u32>,
     reconciler_pid: u32,
+    /// The simulator processes.
+    agent_pids: Vec<u32>,
     /// The postmaster, whose children are the server's backends (0: not local).
     postgres_pid: u32,
     state: Arc<std::sync::Mutex<SamplerState>>,
@@ -859,7 +1096,7 @@ struct PhaseStart {
     api_ticks: u64,
     reconciler_ticks: u64,
     postgres_ticks: u64,
-    bench_ticks: u64,
+    agents_ticks: u64,
     machine: MachineTicks,
 }
 
@@ -867,8 +1104,8 @@ struct PhaseUse {
     api_cores: f64,
     reconciler_cores: f64,
     postgres_cores: f64,
-    /// This process: the simulated agents.
-    bench_cores: f64,
+    /// The simulator processes.
+    agents_cores: f64,
     machine_busy: f64,
     reconciler_last_pass_max_s: f64,
 }
@@ -883,8 +1120,9 @@ struct Peaks {
 
 impl Sampler {
     fn start(
-        api_pid: u32,
+        api_pids: Vec<u32>,
         reconciler_pid: u32,
+        agent_pids: Vec<u32>,
         postgres_pid: u32,
         pool: phoenix_storage::PgPool,
         reconciler_url: String,
@@ -895,6 +1133,7 @@ impl Sampler {
         let task = tokio::spawn({
             let state = state.clone();
             let running = running.clone();
+            let (api_pids, agent_pids) = (api_pids.clone(), agent_pids.clone());
             async move {
                 while running.load(Ordering::Relaxed) {
                     let connections: i64 = sqlx::query_scalar(
@@ -912,10 +1151,14 @@ impl Sampler {
                     };
                     {
                         let mut s = state.lock().unwrap();
-                        s.api_rss_peak_kib = s.api_rss_peak_kib.max(rss_kib(api_pid));
-                        s.api_open_files_peak = s.api_open_files_peak.max(open_files(api_pid));
-                        s.agents_rss_peak_kib =
-                            s.agents_rss_peak_kib.max(rss_kib(std::process::id()));
+                        // The largest replica: what one api pod must be sized for.
+                        for &pid in &api_pids {
+                            s.api_rss_peak_kib = s.api_rss_peak_kib.max(rss_kib(pid));
+                            s.api_open_files_peak = s.api_open_files_peak.max(open_files(pid));
+                        }
+                        s.agents_rss_peak_kib = s
+                            .agents_rss_peak_kib
+                            .max(agent_pids.iter().map(|&p| rss_kib(p)).sum());
                         s.reconciler_rss_peak_kib =
                             s.reconciler_rss_peak_kib.max(rss_kib(reconciler_pid));
                         // Less this sampler's own connection and the benchmark's listener.
@@ -929,8 +1172,9 @@ impl Sampler {
             }
         });
         Sampler {
-            api_pid,
+            api_pids,
             reconciler_pid,
+            agent_pids,
             postgres_pid,
             state,
             running,
@@ -943,10 +1187,10 @@ impl Sampler {
         s.last_pass_max_s = 0.0;
         s.phase = Some(PhaseStart {
             at: Instant::now(),
-            api_ticks: cpu_ticks(self.api_pid),
+            api_ticks: self.api_pids.iter().map(|&p| cpu_ticks(p)).sum(),
             reconciler_ticks: cpu_ticks(self.reconciler_pid),
             postgres_ticks: process_tree_ticks(self.postgres_pid),
-            bench_ticks: cpu_ticks(std::process::id()),
+            agents_ticks: self.agent_pids.iter().map(|&p| cpu_ticks(p)).sum(),
             machine: MachineTicks::now(),
         });
     }
@@ -958,12 +1202,24 @@ impl Sampler {
         let ticks_per_s = procfs::clock_ticks_per_second() as f64;
         let cores = |ticks: u64| ticks as f64 / ticks_per_s / seconds;
         PhaseUse {
-            api_cores: cores(cpu_ticks(self.api_pid) - start.api_ticks),
+            api_cores: cores(
+                self.api_pids
+                    .iter()
+                    .map(|&p| cpu_ticks(p))
+                    .sum::<u64>()
+                    .saturating_sub(start.api_ticks),
+            ),
             reconciler_cores: cores(cpu_ticks(self.reconciler_pid) - start.reconciler_ticks),
             postgres_cores: cores(
                 process_tree_ticks(self.postgres_pid).saturating_sub(start.postgres_ticks),
             ),
-            bench_cores: cores(cpu_ticks(std::process::id()) - start.bench_ticks),
+            agents_cores: cores(
+                self.agent_pids
+                    .iter()
+                    .map(|&p| cpu_ticks(p))
+                    .sum::<u64>()
+                    .saturating_sub(start.agents_ticks),
+            ),
             machine_busy: MachineTicks::now().busy_since(&start.machine),
             reconciler_last_pass_max_s: s.last_pass_max_s,
         }
@@ -1184,28 +1440,6 @@ fn metric_line(text: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Polls a gauge until it reaches `want` or the time is up; returns the last value.
-async fn wait_for_metric(
-    http: &reqwest::Client,
-    url: &str,
-    name: &str,
-    want: f64,
-    within: Duration,
-) -> f64 {
-    let deadline = Instant::now() + within;
-    let mut value = 0.0;
-    while Instant::now() < deadline {
-        if let Ok(text) = scrape(http, url).await {
-            value = metric(&text, name);
-            if value >= want {
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    value
-}
-
 fn machine_description() -> String {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let memory_gib = std::fs::read_to_string("/proc/meminfo")
@@ -1229,15 +1463,17 @@ fn machine_description() -> String {
 
 fn print_table(rows: &[Row]) {
     println!(
-        "\n| agents | creation → all tasks p50 / p99 / max | write → delivery p50 / p99 / max | to Running | heartbeats written/s (agent requests/s) idle | backlog max | pass: soak mean / rollout max | api RSS idle / peak (open files) | reconciler RSS | CPU cores in rollout: api / reconciler / Postgres / agents | PG conns | errors |"
+        "\n| agents (api replicas, simulators) | creation → all tasks p50 / p99 / max | write → delivery p50 / p99 / max | to Running | heartbeats written/s (agent requests/s) idle | backlog max | pass: soak mean / rollout max | api RSS idle / peak, largest replica (open files) | reconciler RSS | CPU cores in rollout: api / reconciler / Postgres / agents | PG conns | errors |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let c = r.creation_to_tasks_ms;
         let w = r.write_to_delivery_ms;
         println!(
-            "| {} | {:.0} / {:.0} / {:.0} ms | {:.0} / {:.0} / {:.0} ms | {} | {:.0} ({:.0}) | {:.0} | {:.0} / {:.0} ms | {:.0} / {:.0} MiB ({}) | {:.0} MiB | {:.2} / {:.2} / {:.2} / {:.2} | {} | {} |",
+            "| {} ({}, {}) | {:.0} / {:.0} / {:.0} ms | {:.0} / {:.0} / {:.0} ms | {} | {:.0} ({:.0}) | {:.0} | {:.0} / {:.0} ms | {:.0} / {:.0} MiB ({}) | {:.0} MiB | {:.2} / {:.2} / {:.2} / {:.2} | {} | {} |",
             r.agents,
+            r.api_replicas,
+            r.simulators,
             c.p50,
             c.p99,
             c.max,

@@ -1,7 +1,7 @@
 //! Content-addressed collector configs (agent protocol 2.1): a rendered config body
 //! is stored once whatever the number of hosts, tasks name it by SHA-256, per-host
-//! values travel in the task's environment, agents fetch a body by its name (only
-//! one their host's tasks name), and agents of 2.0 still get every body inline.
+//! values travel in the task's environment, agents fetch a body by its name (its
+//! SHA-256), and agents of 2.0 still get every body inline.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -159,18 +159,17 @@ async fn two_hosts_share_one_stored_body_and_a_changed_variable_changes_only_the
     assert_eq!(&*spec.config, body.as_str(), "served inline to a 2.0 agent");
     assert_eq!(spec.config_ref, None);
 
-    // A host fetches only bodies its own tasks name: web-3 has none.
-    stack.register_host("web-3", &[("role", "db")]).await;
-    let refused = stack
+    // A name nothing is stored under is a 404; a name that is no SHA-256 a 422.
+    let unknown = stack
         .request(
             Method::GET,
-            &format!("/agent/v1/hosts/web-3/configs/{sha}"),
-            &stack.host_credential("web-3").await,
+            &format!("/agent/v1/hosts/web-1/configs/{}", "0".repeat(64)),
+            &stack.host_credential("web-1").await,
         )
         .send()
         .await
         .unwrap();
-    assert_eq!(refused.status(), 404);
+    assert_eq!(unknown.status(), 404);
     let malformed = stack
         .request(
             Method::GET,

@@ -154,21 +154,14 @@ pub async fn config_bodies(
         .collect())
 }
 
-/// The config body `sha256` as `host_id` may fetch it: only a body one of that
-/// host's tasks names (a host's credential reads its own configs, no one else's).
-pub async fn config_body_for_host(
-    conn: &mut PgConnection,
-    host_id: &str,
-    sha256: &str,
-) -> Result<Option<String>> {
-    Ok(sqlx::query_scalar(
-        "SELECT c.body FROM collector_configs c WHERE c.sha256 = $2 \
-         AND EXISTS (SELECT 1 FROM agent_tasks t WHERE t.host_id = $1 AND t.config_sha256 = $2)",
+/// The stored config body named `sha256`, if any.
+pub async fn config_body(conn: &mut PgConnection, sha256: &str) -> Result<Option<String>> {
+    Ok(
+        sqlx::query_scalar("SELECT body FROM collector_configs WHERE sha256 = $1")
+            .bind(sha256)
+            .fetch_optional(conn)
+            .await?,
     )
-    .bind(host_id)
-    .bind(sha256)
-    .fetch_optional(conn)
-    .await?)
 }
 
 #[derive(FromRow)]

@@ -8,6 +8,8 @@
 //! host is no longer registered ends with a 404, so its agent registers again.
 //! `POST heartbeat` stays for agents that want it (and older ones).
 
+use std::sync::Arc;
+
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::{Extension, Json};
@@ -187,11 +189,14 @@ async fn with_bodies_inline(state: &AppState, mut tasks: Vec<Task>) -> Result<Ve
     Ok(tasks)
 }
 
-/// `GET configs/{sha256}`: a config body one of this host's tasks names, as text
-/// (content-addressed: the agent checks the body hashes to the name).
+/// `GET configs/{sha256}`: a config body by its name, as text (content-addressed:
+/// the agent checks the body hashes to the name). Any host's credential may fetch
+/// a body by name: the name is a SHA-256, so a host knows it only if a task named
+/// it or it holds the body already; checking which tasks name it would cost a
+/// query per host and body, in the burst of a rollout.
 pub async fn config_body(
     State(state): State<AppState>,
-    AgentHost(host_id, _): AgentHost,
+    AgentHost(_, _): AgentHost,
     Path((_, sha256)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     if !is_body_sha256(&sha256) {
@@ -200,13 +205,25 @@ pub async fn config_body(
             "a config body is named by its SHA-256: 64 lowercase hex digits",
         )));
     }
-    let mut conn = state.conn().await?;
-    match tasks::config_body_for_host(&mut conn, &host_id, &sha256).await? {
-        Some(body) => Ok(([(header::CONTENT_TYPE, "application/yaml")], body).into_response()),
-        None => Err(ApiError::NotFound(format!(
-            "no task of host {host_id} names the config body {sha256}"
-        ))),
-    }
+    let body = match state.config_bodies.get(&sha256) {
+        Some(body) => body,
+        None => {
+            let mut conn = state.conn().await?;
+            let body: Arc<str> = tasks::config_body(&mut conn, &sha256)
+                .await?
+                .ok_or_else(|| {
+                    ApiError::NotFound(format!("no config body is stored under {sha256}"))
+                })?
+                .into();
+            state.config_bodies.keep(&sha256, body.clone());
+            body
+        }
+    };
+    Ok((
+        [(header::CONTENT_TYPE, "application/yaml")],
+        body.to_string(),
+    )
+        .into_response())
 }
 
 /// Counts a request of `host_id` as its heartbeat; a host that is not registered

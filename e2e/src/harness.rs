@@ -133,6 +133,8 @@ pub struct StackOptions {
     pub prometheus_url: Option<String>,
     /// How long analysis may keep failing before the experiment fails.
     pub analysis_timeout: Duration,
+    /// How long one Prometheus query may take.
+    pub prometheus_timeout: Duration,
     /// How long after the window the analyzer waits for late samples (remote
     /// write from a busy collector can lag by seconds on a loaded machine).
     pub analysis_delay: Duration,
@@ -268,6 +270,7 @@ impl Default for StackOptions {
             collector_bin: None,
             prometheus_url: None,
             analysis_timeout: Duration::from_secs(60),
+            prometheus_timeout: Duration::from_secs(30),
             analysis_delay: Duration::from_secs(5),
             tls: None,
             host_grace: Duration::from_secs(60),
@@ -355,6 +358,7 @@ impl Stack {
         });
         reconciler_config.rollout_interval = HumanDuration(Duration::from_secs(1));
         reconciler_config.analysis_timeout = HumanDuration(options.analysis_timeout);
+        reconciler_config.prometheus_timeout = HumanDuration(options.prometheus_timeout);
         // Test measurements are pushed and scraped every second.
         reconciler_config.cpu_rate_window = HumanDuration(Duration::from_secs(5));
         reconciler_config.sample_step = HumanDuration(Duration::from_secs(2));

@@ -130,6 +130,12 @@ pub struct ReconcilerConfig {
     #[arg(long, env = "PHOENIX_ANALYSIS_TIMEOUT", default_value = "5m", value_parser = HumanDuration::parse)]
     pub analysis_timeout: HumanDuration,
 
+    /// How long one Prometheus query may take: a Prometheus that accepts and never
+    /// answers fails the attempt after this long (and the experiment once the
+    /// analysis timeout has passed too).
+    #[arg(long, env = "PHOENIX_PROMETHEUS_TIMEOUT", default_value = "30s", value_parser = HumanDuration::parse)]
+    pub prometheus_timeout: HumanDuration,
+
     /// How long after the measurement window the analyzer waits, so samples still
     /// in flight (collector batches, remote-write queues, Pushgateway scrapes) are in.
     #[arg(long, env = "PHOENIX_ANALYSIS_DELAY", default_value = "15s", value_parser = HumanDuration::parse)]
@@ -239,7 +245,10 @@ impl ReconcilerConfig {
     /// The analyzer's settings.
     pub fn analyzer_settings(&self) -> crate::analyzer::AnalyzerSettings {
         crate::analyzer::AnalyzerSettings {
-            prometheus: crate::prometheus::Prometheus::new(&self.prometheus_url),
+            prometheus: crate::prometheus::Prometheus::new(
+                &self.prometheus_url,
+                self.prometheus_timeout.as_duration(),
+            ),
             price_per_million_dpm: self.price_per_million_dpm,
             timeout: self.analysis_timeout.as_duration(),
             settle: self.analysis_delay.as_duration(),

@@ -70,11 +70,12 @@ fn number(text: &str) -> f64 {
 }
 
 impl Prometheus {
-    pub fn new(base: &str) -> Self {
+    /// A client of the Prometheus at `base`; each request may take `timeout`.
+    pub fn new(base: &str, timeout: Duration) -> Self {
         // The process's one rustls crypto provider (ring); again is a no-op.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
+            .timeout(timeout)
             .build()
             .expect("HTTP client");
         Self {

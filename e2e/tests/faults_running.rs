@@ -254,3 +254,304 @@ async fn a_collector_update_that_crash_loops_goes_back_to_the_last_known_good() 
     drop(agent);
     stack.shutdown().await;
 }
+
+/// Prometheus hung during analysis: it accepts connections and never answers.
+/// Each query gives up after the Prometheus timeout, the experiment waits in
+/// `analyzing` for the analysis timeout, then fails with a reason naming
+/// Prometheus; nothing is recorded as a pass, and nothing is left on the host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_hung_during_analysis_fails_the_experiment_naming_it() {
+    // Accepts and holds every connection, never answering.
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hung_url = format!("http://{}", hung.local_addr().unwrap());
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = hung.accept().await {
+            held.push(socket);
+        }
+    });
+    let stack = Stack::start_with(StackOptions {
+        prometheus_url: Some(hung_url.clone()),
+        prometheus_timeout: Duration::from_secs(3),
+        analysis_timeout: Duration::from_secs(5),
+        analysis_delay: Duration::from_secs(0),
+        ..Default::default()
+    })
+    .await;
+    let agent = AgentProcess::spawn(&stack.api_url, "hung-1", &[("role", "hung")]);
+    eventually("the host registers", WAIT, || async {
+        host(&stack, "hung-1").await.map(|_| ())
+    })
+    .await;
+    stack
+        .create_experiment(&experiment_yaml("hung", "role: hung", "3s"))
+        .await;
+    stack.wait_for_phase("hung", Phase::Analyzing, WAIT).await;
+    let analyzing = Instant::now();
+    let failed = eventually("the experiment fails", WAIT, || async {
+        let e = stack.experiment("hung").await;
+        (e.phase != Phase::Analyzing).then_some(e)
+    })
+    .await;
+    let failed_after = analyzing.elapsed();
+    assert_eq!(failed.phase, Phase::Failed, "{failed:?}");
+    let reason = failed.reason.unwrap_or_default();
+    assert!(
+        reason.contains(&format!(
+            "Prometheus at {hung_url} did not answer within 3s (hung or overloaded)"
+        )),
+        "the reason names the hung Prometheus: {reason}"
+    );
+    let verdict: Option<String> =
+        sqlx::query_scalar("SELECT verdict FROM experiment_results WHERE experiment = 'hung'")
+            .fetch_optional(&stack.pool)
+            .await
+            .unwrap()
+            .flatten();
+    assert_eq!(verdict, None, "nothing recorded as a verdict");
+    let agreed = converged(&stack, &[&agent], 0).await;
+    println!(
+        "Prometheus hung: the experiment failed {} ms after analysis began (query timeout 3 s, analysis timeout 5 s): {reason}; desired = actual {} ms later",
+        failed_after.as_millis(),
+        agreed.as_millis()
+    );
+    holder.abort();
+    drop(agent);
+    stack.shutdown().await;
+}
+
+/// Promote racing rollback: both requests for the same completed experiment at
+/// once, three times. Whichever wins, the outcome is one of the two consistent
+/// ones (promoted, its rollback refused with 409; or promoted then rolled back),
+/// the experiment's phase says which, and the host runs exactly the standing
+/// pipeline that outcome implies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promote_racing_rollback_ends_consistent() {
+    let stack = Stack::start().await;
+    let agent = AgentProcess::spawn(&stack.api_url, "race-1", &[("role", "race")]);
+    eventually("the host registers", WAIT, || async {
+        host(&stack, "race-1").await.map(|_| ())
+    })
+    .await;
+    let doc = "apiVersion: phoenix.dev/v1\nkind: PipelineDeployment\nmetadata: {name: race-standing}\n\
+               spec:\n  hosts: {selector: {role: race}}\n  pipeline: process-baseline\n";
+    let deployed = stack
+        .request(Method::POST, "/api/v1/deployments", OPERATOR_TOKEN)
+        .header("content-type", "application/yaml")
+        .body(doc)
+        .send()
+        .await
+        .unwrap();
+    assert!(deployed.status().is_success());
+    let standing_pipeline = || async {
+        let h = host(&stack, "race-1").await?;
+        h.collectors
+            .iter()
+            .find(|c| c.variant == phoenix_wire::agent::Variant::Standing)
+            .filter(|c| c.health == phoenix_wire::agent::Health::Healthy)
+            .map(|c| c.pipeline.clone())
+    };
+    eventually("the standing pipeline runs", WAIT, standing_pipeline).await;
+    let mut outcomes = Vec::new();
+    for round in 0..3 {
+        let name = format!("race-{round}");
+        stack
+            .create_experiment(&experiment_yaml(&name, "role: race", "1h"))
+            .await;
+        stack.wait_for_phase(&name, Phase::Running, WAIT).await;
+        // Stands in for the analyzer: a pass, then completed.
+        sqlx::query(
+            "INSERT INTO experiment_results (experiment, window_start, window_end, attempts, verdict, analyzed_at) \
+             VALUES ($1, now() - interval '1 minute', now(), 1, 'pass', now())",
+        )
+        .bind(&name)
+        .execute(&stack.pool)
+        .await
+        .unwrap();
+        let mut conn = stack.pool.acquire().await.unwrap();
+        assert!(
+            phoenix_storage::experiments::transition(
+                &mut conn,
+                &name,
+                Phase::Running,
+                Phase::Completed,
+                "test: analysis stood in for, verdict pass",
+                None,
+            )
+            .await
+            .unwrap()
+        );
+        drop(conn);
+        let post = |action: &str| {
+            stack
+                .request(
+                    Method::POST,
+                    &format!("/api/v1/experiments/{name}/{action}"),
+                    OPERATOR_TOKEN,
+                )
+                .send()
+        };
+        // Rollback a little later in one round, at once in the others.
+        let delay = Duration::from_millis(if round == 1 { 20 } else { 0 });
+        let (promote, rollback) = tokio::join!(post("promote"), async {
+            tokio::time::sleep(delay).await;
+            post("rollback").await
+        });
+        let (promote, rollback) = (
+            promote.unwrap().status().as_u16(),
+            rollback.unwrap().status().as_u16(),
+        );
+        assert_eq!(promote, 200, "promote of a completed experiment");
+        let phase = stack.experiment(&name).await.phase;
+        let expected_pipeline = match rollback {
+            200 => {
+                assert_eq!(phase, Phase::RolledBack);
+                "process-baseline"
+            }
+            409 => {
+                assert_eq!(phase, Phase::Promoted);
+                "process-topk"
+            }
+            other => panic!("rollback answered {other}"),
+        };
+        let started = Instant::now();
+        eventually("the host runs what the outcome implies", WAIT, || async {
+            (standing_pipeline().await.as_deref() == Some(expected_pipeline)).then_some(())
+        })
+        .await;
+        let on_it = started.elapsed();
+        converged(&stack, &[&agent], 1).await;
+        outcomes.push(format!(
+            "round {round}: rollback answered {rollback}, experiment {phase}, host on {expected_pipeline} after {} ms, desired = actual after {} ms",
+            on_it.as_millis(),
+            started.elapsed().as_millis()
+        ));
+        if phase == Phase::Promoted {
+            // The next round starts from the baseline again.
+            let back = stack
+                .request(
+                    Method::POST,
+                    &format!("/api/v1/experiments/{name}/rollback"),
+                    OPERATOR_TOKEN,
+                )
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(back.status(), 200);
+            eventually("back on the baseline", WAIT, || async {
+                (standing_pipeline().await.as_deref() == Some("process-baseline")).then_some(())
+            })
+            .await;
+        }
+    }
+    println!("promote racing rollback:\n  {}", outcomes.join("\n  "));
+    drop(agent);
+    stack.shutdown().await;
+}
+
+/// Debian's Pushgateway on `port`, its state in memory only.
+fn pushgateway(port: u16, log: &std::path::Path) -> std::process::Child {
+    let log = std::fs::File::create(log).unwrap();
+    std::process::Command::new("/usr/bin/prometheus-pushgateway")
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--persistence.file=")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start prometheus-pushgateway (apt-get install prometheus-pushgateway)")
+}
+
+/// The Pushgateway down while an experiment runs: the agent keeps its collectors
+/// and logs each failed push; once the Pushgateway is back (same address, empty,
+/// as after a restart) the host's groups are pushed again, and the stop of the
+/// experiment leaves no collector, no group and no leased task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushgateway_down_keeps_collectors_and_pushes_resume() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("pushgateway.log");
+    let mut gateway = pushgateway(port, &log);
+    let url = format!("http://127.0.0.1:{port}");
+    let stack = Stack::start().await;
+    let groups = || async {
+        let text = stack
+            .http
+            .get(format!("{url}/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        Some(
+            text.lines()
+                .filter(|l| {
+                    l.starts_with("phoenix_collector_rss_bytes{") && l.contains("host=\"push-1\"")
+                })
+                .count(),
+        )
+    };
+    let agent = AgentProcess::spawn_with(
+        &stack.api_url,
+        "push-1",
+        &[("role", "push")],
+        &phoenix_e2e::bins::binary("stand-in-collector"),
+        Some(&url),
+    );
+    eventually("the host registers", WAIT, || async {
+        host(&stack, "push-1").await.map(|_| ())
+    })
+    .await;
+    stack
+        .create_experiment(&experiment_yaml("pushed", "role: push", "1h"))
+        .await;
+    stack.wait_for_phase("pushed", Phase::Running, WAIT).await;
+    eventually("both collectors pushed", WAIT, || async {
+        (groups().await? == 2).then_some(())
+    })
+    .await;
+    let running = collector_pids(&agent);
+
+    let _ = gateway.kill();
+    let _ = gateway.wait();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(collector_pids(&agent), running, "collectors kept");
+    assert!(
+        agent.log().contains("cannot push to the pushgateway"),
+        "the agent says so:\n{}",
+        agent.log()
+    );
+    assert_eq!(stack.experiment("pushed").await.phase, Phase::Running);
+
+    let mut gateway = pushgateway(port, &log);
+    let back = Instant::now();
+    eventually("pushes resume", WAIT, || async {
+        (groups().await? == 2).then_some(())
+    })
+    .await;
+    let resumed = back.elapsed();
+    let stop = stack
+        .request(Method::POST, "/api/v1/experiments/pushed/stop", OPERATOR_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert!(stop.status().is_success());
+    let agreed = converged(&stack, &[&agent], 0).await;
+    eventually("the host's groups are deleted", WAIT, || async {
+        (groups().await? == 0).then_some(())
+    })
+    .await;
+    println!(
+        "Pushgateway down 5 s: collectors kept; pushes resumed {} ms after it was back; after the stop desired = actual in {} ms",
+        resumed.as_millis(),
+        agreed.as_millis()
+    );
+    let _ = gateway.kill();
+    let _ = gateway.wait();
+    drop(agent);
+    stack.shutdown().await;
+}

@@ -13,6 +13,10 @@ use serde::de::DeserializeOwned;
 pub enum PrometheusError {
     #[error("cannot reach Prometheus at {url}: {source}")]
     Unreachable { url: String, source: reqwest::Error },
+    /// It took the connection (or the request) and did not answer in time: a hung
+    /// Prometheus, or one too loaded to answer.
+    #[error("Prometheus at {url} did not answer within {timeout:?} (hung or overloaded)")]
+    TimedOut { url: String, timeout: Duration },
     #[error("Prometheus rejected `{query}`: {message}")]
     Rejected { query: String, message: String },
 }
@@ -38,6 +42,7 @@ pub struct Series {
 pub struct Prometheus {
     http: reqwest::Client,
     base: String,
+    timeout: Duration,
 }
 
 #[derive(Deserialize)]
@@ -81,6 +86,7 @@ impl Prometheus {
         Self {
             http,
             base: base.trim_end_matches('/').to_string(),
+            timeout,
         }
     }
 
@@ -95,9 +101,18 @@ impl Prometheus {
         what: &str,
     ) -> Result<T, PrometheusError> {
         let url = format!("{}{path}", self.base);
-        let unreachable = |source| PrometheusError::Unreachable {
-            url: self.base.clone(),
-            source,
+        let unreachable = |source: reqwest::Error| {
+            if source.is_timeout() {
+                PrometheusError::TimedOut {
+                    url: self.base.clone(),
+                    timeout: self.timeout,
+                }
+            } else {
+                PrometheusError::Unreachable {
+                    url: self.base.clone(),
+                    source,
+                }
+            }
         };
         let response = self
             .http

@@ -625,6 +625,13 @@ impl AgentProcess {
         Self::spawn_full(api_url, host_id, labels, &collector, None, Some(ca_file))
     }
 
+    /// An agent not started yet (say, to mount something on its state directory
+    /// first); [`Self::start`] starts it.
+    pub fn unstarted(api_url: &str, host_id: &str, labels: &[(&str, &str)]) -> AgentProcess {
+        let collector = binary("stand-in-collector");
+        Self::new(api_url, host_id, labels, &collector, None, None)
+    }
+
     /// An agent of another host: it runs in network namespace `netns` (made by
     /// [`crate::netns::NetNs`]), reaching the api at `api_url` over that link.
     pub fn spawn_in_netns(

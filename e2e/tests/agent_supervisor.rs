@@ -385,7 +385,11 @@ async fn an_update_that_fails_its_start_goes_back_to_the_last_known_good() {
         "standing.web",
         "processors: {transform/stand-in-fail-start: {}}\n",
     );
-    let text = supervisor.converge(bad.clone()).await.unwrap_err().to_string();
+    let text = supervisor
+        .converge(bad.clone())
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(text.contains("stand-in asked to fail"), "{text}");
     assert!(
         text.contains(&format!(
@@ -398,12 +402,18 @@ async fn an_update_that_fails_its_start_goes_back_to_the_last_known_good() {
     assert_eq!(status.config_hash, good.config_hash, "runs the good config");
     let rolled = status.rolled_back_from.expect("reports what it left");
     assert_eq!(rolled.config_hash, bad.config_hash);
-    assert!(rolled.error.contains("stand-in asked to fail"), "{rolled:?}");
-    let written = std::fs::read_to_string(
-        collector_dir(host.path(), "standing.web").join("config.yaml"),
-    )
-    .unwrap();
-    assert_eq!(written, canonical(&good), "the good config is on disk again");
+    assert!(
+        rolled.error.contains("stand-in asked to fail"),
+        "{rolled:?}"
+    );
+    let written =
+        std::fs::read_to_string(collector_dir(host.path(), "standing.web").join("config.yaml"))
+            .unwrap();
+    assert_eq!(
+        written,
+        canonical(&good),
+        "the good config is on disk again"
+    );
     assert_eq!(collector_count(&host), 1, "one collector process");
     supervisor.shutdown(OnExit::StopCollectors).await;
 }
@@ -428,7 +438,10 @@ async fn an_update_that_crash_loops_goes_back_and_a_restarted_agent_remembers() 
         "it starts healthy"
     );
     let state = std::fs::read_to_string(host.path().join("state.json")).unwrap();
-    assert!(state.contains("\"trial\""), "the trial is recorded: {state}");
+    assert!(
+        state.contains("\"trial\""),
+        "the trial is recorded: {state}"
+    );
     let status = eventually("it went back to the good config", || {
         supervisor
             .status("standing.web")
@@ -438,7 +451,9 @@ async fn an_update_that_crash_loops_goes_back_and_a_restarted_agent_remembers() 
     let rolled = status.rolled_back_from.expect("reports what it left");
     assert_eq!(rolled.config_hash, crashing.config_hash);
     assert!(
-        rolled.error.contains("crash-looped (3 exits since the update)")
+        rolled
+            .error
+            .contains("crash-looped (3 exits since the update)")
             && rolled.error.contains("stand-in crashed after start"),
         "{rolled:?}"
     );

@@ -146,7 +146,11 @@ async fn a_collector_update_that_crash_loops_goes_back_to_the_last_known_good() 
             .send()
     };
     let first = deploy("process-baseline").await.unwrap();
-    assert!(first.status().is_success(), "{}", first.text().await.unwrap());
+    assert!(
+        first.status().is_success(),
+        "{}",
+        first.text().await.unwrap()
+    );
     stack
         .create_experiment(&experiment_yaml("crashing", "role: crash", "1h"))
         .await;
@@ -176,7 +180,11 @@ async fn a_collector_update_that_crash_loops_goes_back_to_the_last_known_good() 
     assert_eq!(measured.len(), 2, "baseline and candidate run");
 
     let update = deploy("crashy").await.unwrap();
-    assert!(update.status().is_success(), "{}", update.text().await.unwrap());
+    assert!(
+        update.status().is_success(),
+        "{}",
+        update.text().await.unwrap()
+    );
     let updated = Instant::now();
     let back = eventually(
         "the agent went back to the last known good",
@@ -209,7 +217,10 @@ async fn a_collector_update_that_crash_loops_goes_back_to_the_last_known_good() 
     .fetch_one(&stack.pool)
     .await
     .unwrap();
-    assert_eq!(updates, 1, "the failing config was sent once, not in a loop");
+    assert_eq!(
+        updates, 1,
+        "the failing config was sent once, not in a loop"
+    );
     let still = standing(&host(&stack, "crash-1").await.unwrap()).unwrap();
     assert_eq!(
         (still.config_hash, still.pid),
@@ -535,7 +546,11 @@ async fn pushgateway_down_keeps_collectors_and_pushes_resume() {
     .await;
     let resumed = back.elapsed();
     let stop = stack
-        .request(Method::POST, "/api/v1/experiments/pushed/stop", OPERATOR_TOKEN)
+        .request(
+            Method::POST,
+            "/api/v1/experiments/pushed/stop",
+            OPERATOR_TOKEN,
+        )
         .send()
         .await
         .unwrap();
@@ -552,6 +567,140 @@ async fn pushgateway_down_keeps_collectors_and_pushes_resume() {
     );
     let _ = gateway.kill();
     let _ = gateway.wait();
+    drop(agent);
+    stack.shutdown().await;
+}
+
+/// A tmpfs mounted on a directory for a test, lazily unmounted when dropped.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &std::path::Path, size: &str) -> SmallDisk {
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "phoenix-test"])
+            .arg(dir)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "mount a tmpfs on {}: {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallDisk(dir.to_path_buf())
+    }
+
+    /// Writes a file until the disk is full; returns its path.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.0.join("filler");
+        let mut file = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0u8; 4096];
+        while file.write_all(&chunk).is_ok() {}
+        let _ = file.sync_all();
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// The agent's state directory full (a 4 MiB tmpfs, filled) while an experiment
+/// runs: the running collectors and heartbeats carry on; a new experiment's
+/// collectors cannot start, and that experiment fails with a reason naming the
+/// full disk; stopping the running experiment still stops its collectors. Once
+/// space is back, state.json is written again, so a restarted agent does not
+/// bring the stopped collectors back, and desired = actual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agents_state_directory_full() {
+    let stack = Stack::start().await;
+    let mut agent = AgentProcess::unstarted(&stack.api_url, "full-1", &[("role", "full")]);
+    let disk = SmallDisk::mount(&agent.state_dir, "4m");
+    agent.start();
+    eventually("the host registers", WAIT, || async {
+        host(&stack, "full-1").await.map(|_| ())
+    })
+    .await;
+    stack
+        .create_experiment(&experiment_yaml("before-full", "role: full", "1h"))
+        .await;
+    stack
+        .wait_for_phase("before-full", Phase::Running, WAIT)
+        .await;
+    let running = eventually("two collectors", WAIT, || async {
+        let pids = collector_pids(&agent);
+        (pids.len() == 2).then_some(pids)
+    })
+    .await;
+
+    let filler = disk.fill();
+    let full_at = chrono::Utc::now();
+    stack
+        .create_experiment(&experiment_yaml("while-full", "role: full", "1h"))
+        .await;
+    let failed = eventually("the new experiment fails", WAIT, || async {
+        let e = stack.experiment("while-full").await;
+        (e.phase == Phase::Failed).then_some(e)
+    })
+    .await;
+    let reason = failed.reason.unwrap_or_default();
+    assert!(
+        reason.contains("No space left on device"),
+        "the reason names the full disk: {reason}"
+    );
+    assert_eq!(collector_pids(&agent), running, "running collectors kept");
+    eventually("heartbeats carry on", Duration::from_secs(10), || async {
+        host(&stack, "full-1")
+            .await
+            .filter(|h| h.state == HostState::Ready && h.last_seen > full_at)
+            .map(|_| ())
+    })
+    .await;
+    let stop = stack
+        .request(
+            Method::POST,
+            "/api/v1/experiments/before-full/stop",
+            OPERATOR_TOKEN,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(stop.status().is_success());
+    eventually("the stop stops the collectors", WAIT, || async {
+        collector_pids(&agent).is_empty().then_some(())
+    })
+    .await;
+
+    std::fs::remove_file(&filler).unwrap();
+    let freed = Instant::now();
+    let agreed = converged(&stack, &[&agent], 0).await;
+    eventually("state.json is written again", WAIT, || async {
+        let state = std::fs::read_to_string(agent.state_dir.join("state.json")).ok()?;
+        (!state.contains("before-full")).then_some(())
+    })
+    .await;
+    agent.kill();
+    agent.start();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        collector_pids(&agent).is_empty(),
+        "a restarted agent does not bring stopped collectors back:\n{}",
+        agent.log()
+    );
+    let again = converged(&stack, &[&agent], 0).await;
+    println!(
+        "state directory full: the new experiment failed ({reason}); after space was back desired = actual in {} ms, and again {} ms after an agent restart",
+        agreed.as_millis(),
+        again.as_millis()
+    );
+    assert!(freed.elapsed() < Duration::from_secs(120));
+    drop(disk);
     drop(agent);
     stack.shutdown().await;
 }

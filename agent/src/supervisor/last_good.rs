@@ -132,7 +132,13 @@ mod tests {
         assert_eq!(judge(&t, Event::Exited { exits: 1 }, 1005), Verdict::Carry);
         assert_eq!(judge(&t, Event::Exited { exits: 2 }, 1010), Verdict::Carry);
         assert_eq!(
-            judge(&t, Event::Exited { exits: CRASH_LOOP_EXITS }, 1015),
+            judge(
+                &t,
+                Event::Exited {
+                    exits: CRASH_LOOP_EXITS
+                },
+                1015
+            ),
             Verdict::RollBack
         );
     }

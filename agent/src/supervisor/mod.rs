@@ -195,6 +195,9 @@ pub(crate) struct Inner {
     operation_locks: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Serializes writes of `state.json`.
     state_write: Mutex<()>,
+    /// The last write of `state.json` failed (a full disk, say): it is written
+    /// again every [`STATE_RETRY_INTERVAL`] until it succeeds.
+    state_stale: std::sync::atomic::AtomicBool,
     changes: watch::Sender<u64>,
     health_client: reqwest::Client,
 }
@@ -261,6 +264,7 @@ impl Supervisor {
                 collectors: Mutex::default(),
                 operation_locks: Mutex::default(),
                 state_write: Mutex::default(),
+                state_stale: Default::default(),
                 changes: watch::Sender::new(0),
                 health_client,
             }),
@@ -311,6 +315,7 @@ impl Supervisor {
             supervisor.supervise(record.spec, record.ports, carried, process, None);
         }
         supervisor.inner.persist()?;
+        tokio::spawn(rewrite_stale_state(Arc::downgrade(&supervisor.inner)));
         Ok(supervisor)
     }
 
@@ -437,7 +442,9 @@ impl Supervisor {
         if let Some(supervised) = removed {
             tracing::info!(collector = %collector_id, "stopping collector");
             supervised.finish(KeeperOrder::Stop).await;
-            self.inner.persist()?;
+            // The collector is stopped whether or not state.json could be written
+            // now; a failed write is retried until it succeeds.
+            self.inner.persist_logging_errors();
             self.inner.notify_change();
         }
         let dir = collector_dir(&self.inner.settings.state_dir, collector_id);
@@ -651,12 +658,38 @@ impl Inner {
                     .collect(),
             }
         };
-        state::save(&state::state_file_path(&self.settings.state_dir), &state)
+        let saved = state::save(&state::state_file_path(&self.settings.state_dir), &state);
+        let was_stale = self
+            .state_stale
+            .swap(saved.is_err(), std::sync::atomic::Ordering::Relaxed);
+        if was_stale && saved.is_ok() {
+            tracing::info!("state.json is written again");
+        }
+        saved
     }
 
     fn persist_logging_errors(&self) {
         if let Err(err) = self.persist() {
             tracing::error!("{err}");
+        }
+    }
+}
+
+/// How often a `state.json` that could not be written is tried again.
+const STATE_RETRY_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Writes `state.json` again while its last write failed, so that a record of a
+/// stopped collector does not outlive a full disk (a restarted agent would start
+/// it again). Ends when the supervisor is gone.
+async fn rewrite_stale_state(inner: std::sync::Weak<Inner>) {
+    loop {
+        tokio::time::sleep(STATE_RETRY_INTERVAL).await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        if inner.state_stale.load(std::sync::atomic::Ordering::Relaxed) {
+            // Failures were logged when they first happened.
+            let _ = inner.persist();
         }
     }
 }

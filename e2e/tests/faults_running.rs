@@ -704,3 +704,109 @@ async fn the_agents_state_directory_full() {
     drop(agent);
     stack.shutdown().await;
 }
+
+/// Postgres stopped for 30 s while an experiment runs, then failing over to a
+/// streaming replica (pg_basebackup from the machine's Postgres binaries),
+/// promoted and put behind the same address. Meanwhile the api answers 503 at
+/// once and the agent keeps its collectors; afterwards the api, the reconciler
+/// (a new leadership epoch on the new primary) and the agent carry on without a
+/// restart, with nothing written before the stop lost: the experiment is still
+/// running, its stop reaches the host, and desired = actual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_fails_over_to_a_promoted_replica_behind_the_same_address() {
+    const DOWN: Duration = Duration::from_secs(30);
+    let mut postgres =
+        tokio::task::spawn_blocking(phoenix_e2e::throwaway::ThrowawayPostgres::start)
+            .await
+            .unwrap()
+            .expect("a throwaway Postgres of this test's own");
+    let stack = Stack::start_with(StackOptions {
+        postgres: Some(postgres.url("postgres")),
+        ..Default::default()
+    })
+    .await;
+    let agent = AgentProcess::spawn(&stack.api_url, "failover-1", &[("role", "failover")]);
+    eventually("the host registers", WAIT, || async {
+        host(&stack, "failover-1").await.map(|_| ())
+    })
+    .await;
+    stack
+        .create_experiment(&experiment_yaml("failover", "role: failover", "1h"))
+        .await;
+    stack.wait_for_phase("failover", Phase::Running, WAIT).await;
+    let running = eventually("two collectors", WAIT, || async {
+        let pids = collector_pids(&agent);
+        (pids.len() == 2).then_some(pids)
+    })
+    .await;
+    let epoch_before: i64 = sqlx::query_scalar("SELECT max(epoch) FROM reconciler_leadership")
+        .fetch_one(&stack.pool)
+        .await
+        .unwrap();
+
+    let replica_port = tokio::task::block_in_place(|| postgres.start_replica()).expect("a replica");
+    // The replica has caught up with what the stack wrote.
+    let database = stack.database_url.rsplit('/').next().unwrap().to_string();
+    let replica_url = format!("postgres://phoenix@127.0.0.1:{replica_port}/{database}");
+    let replica = phoenix_storage::connect(&replica_url, 1).await.unwrap();
+    eventually("the replica streams", WAIT, || async {
+        let phase: Option<String> =
+            sqlx::query_scalar("SELECT phase FROM experiments WHERE name = 'failover'")
+                .fetch_optional(&replica)
+                .await
+                .ok()?;
+        (phase.as_deref() == Some("running")).then_some(())
+    })
+    .await;
+    replica.close().await;
+
+    tokio::task::block_in_place(|| postgres.stop_server()).expect("stop the primary");
+    let down_at = Instant::now();
+    let ready = stack.http.get(stack.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503, "not ready while the database is away");
+    assert!(down_at.elapsed() < Duration::from_secs(1));
+    tokio::time::sleep(DOWN.saturating_sub(down_at.elapsed())).await;
+    assert_eq!(collector_pids(&agent), running, "collectors kept");
+
+    tokio::task::block_in_place(|| postgres.fail_over_to_replica()).expect("fail over");
+    let back = Instant::now();
+    eventually("ready on the new primary", WAIT, || async {
+        let r = stack.http.get(stack.url("/readyz")).send().await.ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    let ready_after = back.elapsed();
+    let epoch_after = eventually("a leader on the new primary", WAIT, || async {
+        let epoch: Option<i64> = sqlx::query_scalar("SELECT max(epoch) FROM reconciler_leadership")
+            .fetch_one(&stack.pool)
+            .await
+            .ok()?;
+        epoch.filter(|e| *e > epoch_before.max(0))
+    })
+    .await;
+    assert_eq!(
+        stack.experiment("failover").await.phase,
+        Phase::Running,
+        "nothing written before the stop was lost"
+    );
+    let stop = stack
+        .request(
+            Method::POST,
+            "/api/v1/experiments/failover/stop",
+            OPERATOR_TOKEN,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(stop.status().is_success(), "stop: {}", stop.status());
+    let agreed = converged(&stack, &[&agent], 0).await;
+    println!(
+        "Postgres stopped {} s, then failed over to a promoted replica on the same address: ready {} ms after, leader epoch {epoch_before} -> {epoch_after}; the stop then converged (desired = actual) in {} ms",
+        DOWN.as_secs(),
+        ready_after.as_millis(),
+        agreed.as_millis()
+    );
+    drop(agent);
+    stack.shutdown().await;
+    drop(postgres);
+}

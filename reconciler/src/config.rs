@@ -234,7 +234,10 @@ impl ReconcilerConfig {
     pub fn rollout_settings(&self) -> crate::rollout::RolloutSettings {
         let window = self.rollout_series_window.as_duration();
         crate::rollout::RolloutSettings {
-            prometheus: crate::prometheus::Prometheus::new(&self.prometheus_url),
+            prometheus: crate::prometheus::Prometheus::new(
+                &self.prometheus_url,
+                self.prometheus_timeout.as_duration(),
+            ),
             health_timeout: self.deploy_timeout.as_duration(),
             series_window: (!window.is_zero()).then_some(window),
             max_start_failures: self.max_start_failures,

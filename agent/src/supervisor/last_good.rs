@@ -105,7 +105,7 @@ mod tests {
             "web".into(),
             Variant::Standing,
             "process-topk".into(),
-            config.into(),
+            config,
             BTreeMap::new(),
         )
     }

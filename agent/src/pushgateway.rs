@@ -230,6 +230,7 @@ mod tests {
             cpu_seconds: 1.5,
             rss_bytes: 1024,
             last_error: None,
+            rolled_back_from: None,
         };
         let text = exposition(&status);
         assert!(text.contains(

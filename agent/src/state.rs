@@ -7,10 +7,11 @@
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use phoenix_wire::agent::CollectorSpec;
+use phoenix_wire::agent::{CollectorSpec, RolledBack};
 use serde::{Deserialize, Serialize};
 
 use crate::ports::CollectorPorts;
+use crate::supervisor::last_good::Trial;
 
 /// The name of the state file inside the state directory.
 pub const STATE_FILE_NAME: &str = "state.json";
@@ -36,6 +37,12 @@ pub struct RecordedCollector {
     pub pid_start_time: Option<u64>,
     #[serde(default)]
     pub restarts: u32,
+    /// An updated config on trial, with the last known good it goes back to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trial: Option<Trial>,
+    /// The update this collector went back from, reported until the next update.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back_from: Option<RolledBack>,
 }
 
 /// Why the state file could not be read or written.
@@ -120,7 +127,7 @@ mod tests {
         );
         let state = AgentState {
             collectors: vec![RecordedCollector {
-                spec,
+                spec: spec.clone(),
                 ports: CollectorPorts {
                     health: 4000,
                     telemetry: 4001,
@@ -128,6 +135,16 @@ mod tests {
                 pid: Some(42),
                 pid_start_time: Some(1234),
                 restarts: 2,
+                trial: Some(Trial {
+                    previous: spec.clone(),
+                    since_unix: 1_700_000_000,
+                    exits: 1,
+                }),
+                rolled_back_from: Some(RolledBack {
+                    config_hash: "abc".into(),
+                    pipeline: "process-topk".into(),
+                    error: "exited with status 2".into(),
+                }),
             }],
         };
         save(&path, &state).unwrap();

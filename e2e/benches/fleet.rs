@@ -967,6 +967,7 @@ impl SimulatedAgent {
                                 cpu_seconds: 0.0,
                                 rss_bytes: 50 << 20,
                                 last_error: None,
+                                rolled_back_from: None,
                             },
                         );
                         changed = true;

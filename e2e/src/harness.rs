@@ -133,6 +133,8 @@ pub struct StackOptions {
     pub prometheus_url: Option<String>,
     /// How long analysis may keep failing before the experiment fails.
     pub analysis_timeout: Duration,
+    /// How long one Prometheus query may take.
+    pub prometheus_timeout: Duration,
     /// How long after the window the analyzer waits for late samples (remote
     /// write from a busy collector can lag by seconds on a loaded machine).
     pub analysis_delay: Duration,
@@ -268,6 +270,7 @@ impl Default for StackOptions {
             collector_bin: None,
             prometheus_url: None,
             analysis_timeout: Duration::from_secs(60),
+            prometheus_timeout: Duration::from_secs(30),
             analysis_delay: Duration::from_secs(5),
             tls: None,
             host_grace: Duration::from_secs(60),
@@ -355,6 +358,7 @@ impl Stack {
         });
         reconciler_config.rollout_interval = HumanDuration(Duration::from_secs(1));
         reconciler_config.analysis_timeout = HumanDuration(options.analysis_timeout);
+        reconciler_config.prometheus_timeout = HumanDuration(options.prometheus_timeout);
         // Test measurements are pushed and scraped every second.
         reconciler_config.cpu_rate_window = HumanDuration(Duration::from_secs(5));
         reconciler_config.sample_step = HumanDuration(Duration::from_secs(2));
@@ -619,6 +623,13 @@ impl AgentProcess {
     ) -> AgentProcess {
         let collector = binary("stand-in-collector");
         Self::spawn_full(api_url, host_id, labels, &collector, None, Some(ca_file))
+    }
+
+    /// An agent not started yet (say, to mount something on its state directory
+    /// first); [`Self::start`] starts it.
+    pub fn unstarted(api_url: &str, host_id: &str, labels: &[(&str, &str)]) -> AgentProcess {
+        let collector = binary("stand-in-collector");
+        Self::new(api_url, host_id, labels, &collector, None, None)
     }
 
     /// An agent of another host: it runs in network namespace `netns` (made by

@@ -192,7 +192,7 @@ impl MeasurementStack {
 
     /// A client for this Prometheus (the one the analyzer uses).
     pub fn prometheus(&self) -> Prometheus {
-        Prometheus::new(&self.prometheus_url)
+        Prometheus::new(&self.prometheus_url, Duration::from_secs(30))
     }
 
     /// Runs an instant PromQL query now.

@@ -253,6 +253,109 @@ impl ThrowawayPostgres {
         self.wait_ready(&bin, &root)
     }
 
+    /// Starts a streaming replica of this cluster (`pg_basebackup -R`, the same
+    /// server binaries) on a port of its own, in `<root>/replica`, detached; blocks
+    /// until it accepts connections. Returns its port.
+    pub fn start_replica(&self) -> Result<u16, ThrowawayError> {
+        let replica = self.root.join("replica");
+        let backup = as_server(
+            &mut Command::new(self.bin.join("pg_basebackup")),
+            self.identity,
+        )
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "phoenix",
+        ])
+        .args(["-X", "stream", "-R", "--no-sync", "-D"])
+        .arg(&replica)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| ThrowawayError(format!("cannot run pg_basebackup: {e}")))?;
+        if !backup.status.success() {
+            return Err(ThrowawayError(format!(
+                "pg_basebackup failed: {}",
+                String::from_utf8_lossy(&backup.stderr)
+            )));
+        }
+        let port = free_port()?;
+        self.run_detached(&replica, port)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.is_ready(port) {
+            if Instant::now() > deadline {
+                return Err(ThrowawayError(
+                    "the replica did not start within 30 s".into(),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(port)
+    }
+
+    /// Fails over to the replica [`start_replica`](Self::start_replica) made,
+    /// behind this cluster's address: with this server stopped
+    /// ([`stop_server`](Self::stop_server)), the replica is promoted, then moved to
+    /// this cluster's port (its files become the cluster's; the old primary's are
+    /// kept aside). Blocks until it accepts connections as the primary.
+    pub fn fail_over_to_replica(&mut self) -> Result<(), ThrowawayError> {
+        let replica = self.root.join("replica");
+        let pg_ctl = |args: &[&str]| -> Result<(), ThrowawayError> {
+            let out = as_server(&mut Command::new(self.bin.join("pg_ctl")), self.identity)
+                .args(args)
+                .arg("-D")
+                .arg(&replica)
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| ThrowawayError(format!("cannot run pg_ctl: {e}")))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(ThrowawayError(format!(
+                    "pg_ctl {args:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )))
+            }
+        };
+        pg_ctl(&["promote", "-w"])?;
+        pg_ctl(&["stop", "-m", "fast", "-w"])?;
+        let data = self.root.join("data");
+        let aside = self.root.join("old-primary");
+        std::fs::rename(&data, &aside)
+            .and_then(|()| std::fs::rename(&replica, &data))
+            .map_err(|e| ThrowawayError(format!("cannot move the replica in place: {e}")))?;
+        self.start_server()
+    }
+
+    fn run_detached(&self, data: &Path, port: u16) -> Result<(), ThrowawayError> {
+        let status = as_server(&mut Command::new("sh"), self.identity)
+            .arg("-c")
+            .arg(RESTART)
+            .arg(&self.bin)
+            .arg(data)
+            .arg(port.to_string())
+            .arg(&self.root)
+            .args(&self.settings)
+            .stdin(Stdio::null())
+            .status()
+            .map_err(|e| ThrowawayError(format!("cannot start postgres: {e}")))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(ThrowawayError(format!("starting postgres: {status}")))
+        }
+    }
+
+    fn is_ready(&self, port: u16) -> bool {
+        Command::new(self.bin.join("pg_isready"))
+            .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    }
+
     /// Lets clients from `cidr` (say a test's network namespace) connect without a
     /// password, like loopback ones, and reloads the server's configuration.
     pub fn trust_network(&self, cidr: &str) -> Result<(), ThrowawayError> {

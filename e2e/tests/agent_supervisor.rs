@@ -364,6 +364,119 @@ async fn a_config_the_collector_rejects_fails_the_start_with_its_error_text() {
     assert!(!state.contains("exp.candidate"), "{state}");
 }
 
+/// Collector processes of this test (process group leaders with its marker).
+fn collector_count(host: &TestHost) -> usize {
+    host.marked_processes()
+        .into_iter()
+        .filter(|&pid| procfs::read_stat(pid).is_ok_and(|s| s.process_group == pid as i32))
+        .count()
+}
+
+/// Last known good, at the start health check: an update the collector rejects
+/// fails its task with the collector's error and what the agent did, and the
+/// collector runs its previous config again, reporting both.
+#[tokio::test]
+async fn an_update_that_fails_its_start_goes_back_to_the_last_known_good() {
+    let host = TestHost::new();
+    let supervisor = host.supervisor().await;
+    let good = spec("standing.web", "receivers: {}\n");
+    supervisor.converge(good.clone()).await.unwrap();
+    let bad = spec(
+        "standing.web",
+        "processors: {transform/stand-in-fail-start: {}}\n",
+    );
+    let text = supervisor
+        .converge(bad.clone())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(text.contains("stand-in asked to fail"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "went back from config {} (process-topk) to its last known good config {}",
+            bad.config_hash, good.config_hash
+        )),
+        "{text}"
+    );
+    let status = healthy_status(&supervisor, "standing.web").await;
+    assert_eq!(status.config_hash, good.config_hash, "runs the good config");
+    let rolled = status.rolled_back_from.expect("reports what it left");
+    assert_eq!(rolled.config_hash, bad.config_hash);
+    assert!(
+        rolled.error.contains("stand-in asked to fail"),
+        "{rolled:?}"
+    );
+    let written =
+        std::fs::read_to_string(collector_dir(host.path(), "standing.web").join("config.yaml"))
+            .unwrap();
+    assert_eq!(
+        written,
+        canonical(&good),
+        "the good config is on disk again"
+    );
+    assert_eq!(collector_count(&host), 1, "one collector process");
+    supervisor.shutdown(OnExit::StopCollectors).await;
+}
+
+/// Last known good, after a crash loop: an update that starts healthy and then
+/// keeps exiting goes back to the previous config after three exits; the rollback
+/// (and, before it, the trial) is in state.json, so a restarted agent adopts the
+/// good process and still reports what it went back from.
+#[tokio::test]
+async fn an_update_that_crash_loops_goes_back_and_a_restarted_agent_remembers() {
+    let host = TestHost::new();
+    let supervisor = host.supervisor().await;
+    let good = spec("standing.web", "receivers: {}\n");
+    supervisor.converge(good.clone()).await.unwrap();
+    let crashing = spec(
+        "standing.web",
+        "processors: {transform/stand-in-crash-after-start: {}}\n",
+    );
+    assert_eq!(
+        supervisor.converge(crashing.clone()).await.unwrap(),
+        ConvergeOutcome::Replaced,
+        "it starts healthy"
+    );
+    let state = std::fs::read_to_string(host.path().join("state.json")).unwrap();
+    assert!(
+        state.contains("\"trial\""),
+        "the trial is recorded: {state}"
+    );
+    let status = eventually("it went back to the good config", || {
+        supervisor
+            .status("standing.web")
+            .filter(|s| s.config_hash == good.config_hash && s.health == Health::Healthy)
+    })
+    .await;
+    let rolled = status.rolled_back_from.expect("reports what it left");
+    assert_eq!(rolled.config_hash, crashing.config_hash);
+    assert!(
+        rolled
+            .error
+            .contains("crash-looped (3 exits since the update)")
+            && rolled.error.contains("stand-in crashed after start"),
+        "{rolled:?}"
+    );
+    let pid = status.pid.unwrap();
+    // Stays on the good config.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let later = supervisor.status("standing.web").unwrap();
+    assert_eq!((later.pid, later.health), (Some(pid), Health::Healthy));
+
+    supervisor.shutdown(OnExit::LeaveRunning).await;
+    let restarted = host.supervisor().await;
+    let adopted = restarted.status("standing.web").expect("adopted");
+    assert_eq!(adopted.pid, Some(pid), "the same process");
+    assert_eq!(adopted.config_hash, good.config_hash);
+    assert_eq!(
+        adopted.rolled_back_from.map(|r| r.config_hash),
+        Some(crashing.config_hash),
+        "remembered across the agent's restart"
+    );
+    restarted.shutdown(OnExit::StopCollectors).await;
+    assert!(host.marked_processes().is_empty());
+}
+
 #[tokio::test]
 async fn a_collector_that_never_becomes_healthy_is_stopped_after_the_start_timeout() {
     let host = TestHost::new();

@@ -130,6 +130,12 @@ pub struct ReconcilerConfig {
     #[arg(long, env = "PHOENIX_ANALYSIS_TIMEOUT", default_value = "5m", value_parser = HumanDuration::parse)]
     pub analysis_timeout: HumanDuration,
 
+    /// How long one Prometheus query may take: a Prometheus that accepts and never
+    /// answers fails the attempt after this long (and the experiment once the
+    /// analysis timeout has passed too).
+    #[arg(long, env = "PHOENIX_PROMETHEUS_TIMEOUT", default_value = "30s", value_parser = HumanDuration::parse)]
+    pub prometheus_timeout: HumanDuration,
+
     /// How long after the measurement window the analyzer waits, so samples still
     /// in flight (collector batches, remote-write queues, Pushgateway scrapes) are in.
     #[arg(long, env = "PHOENIX_ANALYSIS_DELAY", default_value = "15s", value_parser = HumanDuration::parse)]
@@ -228,7 +234,10 @@ impl ReconcilerConfig {
     pub fn rollout_settings(&self) -> crate::rollout::RolloutSettings {
         let window = self.rollout_series_window.as_duration();
         crate::rollout::RolloutSettings {
-            prometheus: crate::prometheus::Prometheus::new(&self.prometheus_url),
+            prometheus: crate::prometheus::Prometheus::new(
+                &self.prometheus_url,
+                self.prometheus_timeout.as_duration(),
+            ),
             health_timeout: self.deploy_timeout.as_duration(),
             series_window: (!window.is_zero()).then_some(window),
             max_start_failures: self.max_start_failures,
@@ -239,7 +248,10 @@ impl ReconcilerConfig {
     /// The analyzer's settings.
     pub fn analyzer_settings(&self) -> crate::analyzer::AnalyzerSettings {
         crate::analyzer::AnalyzerSettings {
-            prometheus: crate::prometheus::Prometheus::new(&self.prometheus_url),
+            prometheus: crate::prometheus::Prometheus::new(
+                &self.prometheus_url,
+                self.prometheus_timeout.as_duration(),
+            ),
             price_per_million_dpm: self.price_per_million_dpm,
             timeout: self.analysis_timeout.as_duration(),
             settle: self.analysis_delay.as_duration(),

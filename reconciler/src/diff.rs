@@ -48,6 +48,26 @@ pub fn blocked_by(failures: &[&FailedTask], max_failures: usize) -> Blocked {
         .collect()
 }
 
+/// The configs agents report they went back from (an update that failed its
+/// start or crash-looped; the agent runs its last known good instead): not sent
+/// to that host again while the agent reports it, so the reconciler never fights
+/// the agent's rollback in a loop. A newer config is sent as usual.
+pub fn rolled_back(actual: &HashMap<String, Vec<CollectorStatus>>) -> Blocked {
+    actual
+        .iter()
+        .flat_map(|(host, collectors)| {
+            collectors.iter().filter_map(move |c| {
+                let failed = c.rolled_back_from.as_ref()?;
+                Some((
+                    host.clone(),
+                    c.collector_id.clone(),
+                    failed.config_hash.clone(),
+                ))
+            })
+        })
+        .collect()
+}
+
 /// Adds `spec` to `host`'s desired units; to `blocked` too when it has failed to
 /// start `failed_starts` times and the limit is `max_failures`.
 pub fn want(
@@ -212,6 +232,7 @@ mod tests {
             cpu_seconds: 0.0,
             rss_bytes: 0,
             last_error: None,
+            rolled_back_from: None,
         }
     }
 
@@ -272,6 +293,50 @@ mod tests {
             plan(TaskKind::Collector, &d, &actual, &[], &Blocked::new()),
             Plan::default()
         );
+    }
+
+    #[test]
+    fn a_reported_rollback_is_not_fought_but_a_newer_config_is_sent() {
+        let good = spec("standing.web", "good");
+        let broken = spec("standing.web", "crashes");
+        let mut back = running(&good);
+        back.rolled_back_from = Some(phoenix_wire::agent::RolledBack {
+            config_hash: broken.config_hash.clone(),
+            pipeline: "p".into(),
+            error: "crash-looped".into(),
+        });
+        let actual = HashMap::from([("h1".to_string(), vec![back])]);
+        let blocked = rolled_back(&actual);
+        // Still desired: no update is sent, and the last known good keeps running.
+        let p = plan(
+            TaskKind::Collector,
+            &desired("h1", &[&broken]),
+            &actual,
+            &[],
+            &blocked,
+        );
+        assert_eq!(p, Plan::default());
+        // Without the report it would be sent again (the loop this prevents).
+        let p = plan(
+            TaskKind::Collector,
+            &desired("h1", &[&broken]),
+            &actual,
+            &[],
+            &Blocked::new(),
+        );
+        assert_eq!(p.new_tasks.len(), 1);
+        // A newer config is an update as usual.
+        let fixed = spec("standing.web", "fixed");
+        let p = plan(
+            TaskKind::Collector,
+            &desired("h1", &[&fixed]),
+            &actual,
+            &[],
+            &blocked,
+        );
+        assert_eq!(p.new_tasks.len(), 1);
+        assert_eq!(p.new_tasks[0].action, TaskAction::Update);
+        assert_eq!(p.new_tasks[0].spec_hash, fixed.config_hash);
     }
 
     #[test]

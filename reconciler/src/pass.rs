@@ -152,6 +152,8 @@ pub async fn run_pass(
     )
     .await?;
 
+    // What agents went back from is the agents' last word until a newer config.
+    blocked.extend(diff::rolled_back(&actual));
     let mut plan = diff::plan(TaskKind::Collector, &desired, &actual, &open, &blocked);
     plan.extend(crate::load::plan_loads(&mut tx, &active, &open, config, now).await?);
     report.tasks_created = tasks::insert(&mut tx, &plan.new_tasks).await?;

@@ -13,6 +13,10 @@ use serde::de::DeserializeOwned;
 pub enum PrometheusError {
     #[error("cannot reach Prometheus at {url}: {source}")]
     Unreachable { url: String, source: reqwest::Error },
+    /// It took the connection (or the request) and did not answer in time: a hung
+    /// Prometheus, or one too loaded to answer.
+    #[error("Prometheus at {url} did not answer within {timeout:?} (hung or overloaded)")]
+    TimedOut { url: String, timeout: Duration },
     #[error("Prometheus rejected `{query}`: {message}")]
     Rejected { query: String, message: String },
 }
@@ -38,6 +42,7 @@ pub struct Series {
 pub struct Prometheus {
     http: reqwest::Client,
     base: String,
+    timeout: Duration,
 }
 
 #[derive(Deserialize)]
@@ -70,16 +75,18 @@ fn number(text: &str) -> f64 {
 }
 
 impl Prometheus {
-    pub fn new(base: &str) -> Self {
+    /// A client of the Prometheus at `base`; each request may take `timeout`.
+    pub fn new(base: &str, timeout: Duration) -> Self {
         // The process's one rustls crypto provider (ring); again is a no-op.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
+            .timeout(timeout)
             .build()
             .expect("HTTP client");
         Self {
             http,
             base: base.trim_end_matches('/').to_string(),
+            timeout,
         }
     }
 
@@ -94,9 +101,18 @@ impl Prometheus {
         what: &str,
     ) -> Result<T, PrometheusError> {
         let url = format!("{}{path}", self.base);
-        let unreachable = |source| PrometheusError::Unreachable {
-            url: self.base.clone(),
-            source,
+        let unreachable = |source: reqwest::Error| {
+            if source.is_timeout() {
+                PrometheusError::TimedOut {
+                    url: self.base.clone(),
+                    timeout: self.timeout,
+                }
+            } else {
+                PrometheusError::Unreachable {
+                    url: self.base.clone(),
+                    source,
+                }
+            }
         };
         let response = self
             .http

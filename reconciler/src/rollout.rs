@@ -728,6 +728,7 @@ mod tests {
             cpu_seconds: 0.0,
             rss_bytes: 0,
             last_error: None,
+            rolled_back_from: None,
         }
     }
 

@@ -51,9 +51,9 @@ pub async fn report_status(
     if !c.is_empty() {
         sqlx::query(
             "INSERT INTO host_collectors (host_id, collector_id, owner, variant, pipeline, config_hash, pid, health, \
-             restarts, cpu_seconds, rss_bytes, last_error) \
+             restarts, cpu_seconds, rss_bytes, last_error, rolled_back_from) \
              SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[], \
-             $8::text[], $9::int[], $10::float8[], $11::int8[], $12::text[])",
+             $8::text[], $9::int[], $10::float8[], $11::int8[], $12::text[], $13::jsonb[])",
         )
         .bind(host_id)
         .bind(c.iter().map(|c| c.collector_id.clone()).collect::<Vec<_>>())
@@ -67,6 +67,15 @@ pub async fn report_status(
         .bind(c.iter().map(|c| c.cpu_seconds).collect::<Vec<_>>())
         .bind(c.iter().map(|c| c.rss_bytes as i64).collect::<Vec<_>>())
         .bind(c.iter().map(|c| c.last_error.clone()).collect::<Vec<_>>())
+        .bind(
+            c.iter()
+                .map(|c| {
+                    c.rolled_back_from
+                        .as_ref()
+                        .map(|r| serde_json::to_value(r).expect("a rollback serializes"))
+                })
+                .collect::<Vec<_>>(),
+        )
         .execute(&mut *tx)
         .await?;
     }
@@ -165,6 +174,7 @@ struct CollectorRow {
     cpu_seconds: f64,
     rss_bytes: i64,
     last_error: Option<String>,
+    rolled_back_from: Option<serde_json::Value>,
 }
 
 impl TryFrom<CollectorRow> for (String, CollectorStatus) {
@@ -198,13 +208,18 @@ impl TryFrom<CollectorRow> for (String, CollectorStatus) {
                 cpu_seconds: row.cpu_seconds,
                 rss_bytes: row.rss_bytes as u64,
                 last_error: row.last_error,
+                rolled_back_from: row
+                    .rolled_back_from
+                    .map(serde_json::from_value)
+                    .transpose()
+                    .map_err(|e| corrupt(&what, format!("rolled_back_from: {e}")))?,
             },
         ))
     }
 }
 
 const COLLECTOR_COLUMNS: &str = "host_id, collector_id, owner, variant, pipeline, config_hash, pid, health, restarts, \
-                                 cpu_seconds, rss_bytes, last_error";
+                                 cpu_seconds, rss_bytes, last_error, rolled_back_from";
 
 /// Every reported collector, grouped by host.
 pub async fn collectors_by_host(

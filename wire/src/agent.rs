@@ -464,6 +464,21 @@ pub struct CollectorStatus {
     /// The last error the collector printed or the supervisor saw.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// The config this collector was last updated to, which failed (its start
+    /// health check, or it crash-looped) so the agent went back to the config it
+    /// runs now, its last known good. The reconciler does not send that config to
+    /// this host again while this is reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back_from: Option<RolledBack>,
+}
+
+/// A collector config that failed on a host after an update, and why.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RolledBack {
+    pub config_hash: String,
+    pub pipeline: String,
+    pub error: String,
 }
 
 /// The full actual state of a host, sent when it changes.

@@ -1,16 +1,19 @@
 //! The keeper: one tokio task per supervised collector that owns its process. It
 //! polls the health endpoint, answers the pending start with "healthy" or the
 //! collector's error, restarts the process with backoff when it dies, and on order
-//! stops it (or lets go of it, leaving it running for the next agent to adopt).
+//! stops it (or lets go of it, leaving it running for the next agent to adopt). An
+//! update on trial that fails its start or crash-loops is replaced by the last
+//! known good config ([`super::last_good`]), on the same ports.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use phoenix_wire::agent::{CollectorSpec, Health};
+use phoenix_wire::agent::{CollectorSpec, Health, RolledBack};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use super::last_good::{self, Event, Verdict};
 use super::process::{self, RunningProcess};
 use super::{Inner, LiveStatus};
 use crate::ports::CollectorPorts;
@@ -68,7 +71,7 @@ impl Keeper {
     /// `None` when the collector is to be (re)started after a backoff; `start_reply`
     /// is `Some` when someone waits for this start to become healthy.
     pub async fn run(
-        self,
+        mut self,
         mut process: Option<RunningProcess>,
         mut start_reply: Option<StartReply>,
         mut orders: oneshot::Receiver<KeeperOrder>,
@@ -85,22 +88,13 @@ impl Keeper {
                         _ = &mut orders => return, // nothing is running
                         () = tokio::time::sleep(delay) => {}
                     }
-                    match process::spawn(&self.inner.settings, &self.spec, self.ports) {
-                        Ok(running) => {
-                            self.update(|live| {
-                                live.restarts += 1;
-                                live.pid = Some(running.pid());
-                                live.pid_start_time = running.start_time();
-                                live.health = Health::Starting;
-                            });
+                    match self.spawn() {
+                        Some(running) => {
+                            self.update(|live| live.restarts += 1);
                             self.inner.persist_logging_errors();
                             running
                         }
-                        Err(err) => {
-                            tracing::error!(collector = %id, "cannot restart collector: {err}");
-                            self.update(|live| live.last_error = Some(err.to_string()));
-                            continue;
-                        }
+                        None => continue,
                     }
                 }
             };
@@ -124,38 +118,128 @@ impl Keeper {
                 end = self.watch(&mut running, &mut start_reply, start_deadline) => end,
             };
 
-            let how = match end {
+            let failed_start = match end {
                 RunEnd::StartTimedOut(reply) => {
                     let timeout = self.inner.settings.start_timeout;
                     let tail = running.log_tail();
                     running.terminate(self.inner.settings.stop_timeout).await;
                     let reason = format!("did not become healthy within {timeout:?}");
-                    self.fail_start(reply, with_log_tail(reason, &tail));
-                    return;
+                    Err((reply, with_log_tail(reason, &tail)))
                 }
-                RunEnd::Exited(how) => how,
+                RunEnd::Exited(how) => {
+                    process::kill_leftovers(running.pid());
+                    match start_reply.take() {
+                        Some(reply) => {
+                            let reason = format!("{how} before it became healthy");
+                            Err((reply, with_log_tail(reason, &running.log_tail())))
+                        }
+                        None => Ok(with_log_tail(how, &running.log_tail())),
+                    }
+                }
             };
-            process::kill_leftovers(running.pid());
-            if let Some(reply) = start_reply.take() {
-                let reason = format!("{how} before it became healthy");
-                self.fail_start(reply, with_log_tail(reason, &running.log_tail()));
-                return;
-            }
+            let text = match failed_start {
+                Ok(text) => text,
+                Err((reply, reason)) => {
+                    let trial = self.live.lock().expect("live lock").trial.clone();
+                    let rolls_back = trial.is_some_and(|t| {
+                        last_good::judge(&t, Event::StartFailed, last_good::now_unix())
+                            == Verdict::RollBack
+                    });
+                    if !rolls_back {
+                        self.fail_start(reply, reason);
+                        return;
+                    }
+                    let back_to = self.roll_back(&reason);
+                    let _ = reply.send(Err(format!("{reason}; {back_to}")));
+                    process = self.spawn();
+                    continue;
+                }
+            };
 
             // A running collector died: restart it after a backoff.
-            let text = with_log_tail(how, &running.log_tail());
             tracing::warn!(collector = %id, "collector {text}");
             self.update(|live| {
                 live.pid = None;
                 live.pid_start_time = None;
                 live.health = Health::Restarting;
-                live.last_error = Some(text);
+                live.last_error = Some(text.clone());
             });
+            let mut exits = 0;
+            self.update(|live| {
+                if let Some(trial) = &mut live.trial {
+                    trial.exits += 1;
+                    exits = trial.exits;
+                }
+            });
+            let trial = self.live.lock().expect("live lock").trial.clone();
+            if let Some(trial) = trial
+                && last_good::judge(&trial, Event::Exited { exits }, last_good::now_unix())
+                    == Verdict::RollBack
+            {
+                let reason = format!("crash-looped ({exits} exits since the update): {text}");
+                let back_to = self.roll_back(&reason);
+                tracing::warn!(collector = %id, "{back_to}");
+                process = self.spawn();
+                backoff = restart_backoff();
+                continue;
+            }
             self.inner.persist_logging_errors();
             if started_at.elapsed() >= BACKOFF_RESET_AFTER {
                 backoff = restart_backoff();
             }
         }
+    }
+
+    /// Starts the process of the spec this keeper runs now; on failure records the
+    /// error and returns `None` (restarted after a backoff).
+    fn spawn(&self) -> Option<RunningProcess> {
+        match process::spawn(&self.inner.settings, &self.spec, self.ports) {
+            Ok(running) => {
+                self.update(|live| {
+                    live.pid = Some(running.pid());
+                    live.pid_start_time = running.start_time();
+                    live.health = Health::Starting;
+                });
+                self.inner.persist_logging_errors();
+                Some(running)
+            }
+            Err(err) => {
+                tracing::error!(collector = %self.spec.collector_id, "cannot start collector: {err}");
+                self.update(|live| live.last_error = Some(err.to_string()));
+                None
+            }
+        }
+    }
+
+    /// Goes back from the update on trial (which failed with `error`) to its last
+    /// known good config, recording both; the caller starts the process. Returns
+    /// what was done, for the log and the task's outcome.
+    fn roll_back(&mut self, error: &str) -> String {
+        let Some(trial) = self.live.lock().expect("live lock").trial.take() else {
+            return "no last known good config to go back to".into();
+        };
+        let failed = std::mem::replace(&mut self.spec, trial.previous);
+        let rolled_back = RolledBack {
+            config_hash: failed.config_hash.clone(),
+            pipeline: failed.pipeline.clone(),
+            error: error.to_string(),
+        };
+        self.inner.set_running_spec(&self.live, &self.spec);
+        self.update(|live| {
+            live.pid = None;
+            live.pid_start_time = None;
+            live.health = Health::Starting;
+            live.last_error = Some(error.to_string());
+            live.rolled_back_from = Some(rolled_back);
+        });
+        self.inner.persist_logging_errors();
+        self.inner.notify_change();
+        let back_to = format!(
+            "went back from config {} ({}) to its last known good config {} ({})",
+            failed.config_hash, failed.pipeline, self.spec.config_hash, self.spec.pipeline
+        );
+        tracing::warn!(collector = %self.spec.collector_id, "{back_to}");
+        back_to
     }
 
     /// Polls the process and its health until it exits or, for a start, until the
@@ -180,6 +264,9 @@ impl Keeper {
                 (false, true) => Health::Unhealthy,
             };
             self.update(|live| live.health = health);
+            if healthy {
+                self.accept_trial_if_over();
+            }
             if healthy && let Some(reply) = start_reply.take() {
                 let _ = reply.send(Ok(()));
             }
@@ -194,6 +281,25 @@ impl Keeper {
                 STARTING_HEALTH_INTERVAL
             };
             tokio::time::sleep(interval).await;
+        }
+    }
+
+    /// Ends the trial of a healthy update once it has lasted long enough: the
+    /// config is then the last known good, and what it replaced is forgotten.
+    fn accept_trial_if_over(&self) {
+        let over = {
+            let mut live = self.live.lock().expect("live lock");
+            let over = live.trial.as_ref().is_some_and(|t| {
+                last_good::judge(t, Event::Healthy, last_good::now_unix()) == Verdict::Accept
+            });
+            if over {
+                live.trial = None;
+            }
+            over
+        };
+        if over {
+            tracing::info!(collector = %self.spec.collector_id, hash = %self.spec.config_hash, "update kept: it is the last known good config now");
+            self.inner.persist_logging_errors();
         }
     }
 

@@ -12,10 +12,13 @@
 //!   adopted by the next agent) or stops them.
 //!
 //! Each collector's process is owned by one [`keeper`] task; [`process`] starts and
-//! stops processes. Operations on one collector id are serialized; different ids
+//! stops processes. An update is on trial until it has run healthy for a while; if
+//! it fails first, its keeper goes back to the last known good config
+//! ([`last_good`]). Operations on one collector id are serialized; different ids
 //! proceed in parallel.
 
 mod keeper;
+pub mod last_good;
 mod privilege;
 mod process;
 
@@ -24,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use phoenix_wire::agent::{CollectorSpec, CollectorStatus, Health};
+use phoenix_wire::agent::{CollectorSpec, CollectorStatus, Health, RolledBack};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -32,6 +35,7 @@ use crate::ports::{self, CollectorPorts};
 use crate::procfs;
 use crate::state::{self, AgentState, RecordedCollector, StateError};
 use keeper::{Keeper, KeeperOrder, StartReply};
+use last_good::Trial;
 pub use privilege::{COLLECTOR_CAPABILITIES, CollectorUser, can_switch_user};
 use process::RunningProcess;
 pub use process::{STATE_DIR_MARKER, collector_dir};
@@ -132,6 +136,28 @@ pub struct LiveStatus {
     pub health: Health,
     pub restarts: u32,
     pub last_error: Option<String>,
+    /// The running config is an update on trial (see [`last_good`]).
+    pub trial: Option<Trial>,
+    /// The update this collector went back from.
+    pub rolled_back_from: Option<RolledBack>,
+}
+
+/// What a collector carries over from before: restarts, a trial, a rollback.
+#[derive(Clone, Debug, Default)]
+struct Carried {
+    restarts: u32,
+    trial: Option<Trial>,
+    rolled_back_from: Option<RolledBack>,
+}
+
+impl From<&RecordedCollector> for Carried {
+    fn from(record: &RecordedCollector) -> Self {
+        Carried {
+            restarts: record.restarts,
+            trial: record.trial.clone(),
+            rolled_back_from: record.rolled_back_from.clone(),
+        }
+    }
 }
 
 /// One supervised collector.
@@ -169,6 +195,9 @@ pub(crate) struct Inner {
     operation_locks: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Serializes writes of `state.json`.
     state_write: Mutex<()>,
+    /// The last write of `state.json` failed (a full disk, say): it is written
+    /// again every [`STATE_RETRY_INTERVAL`] until it succeeds.
+    state_stale: std::sync::atomic::AtomicBool,
     changes: watch::Sender<u64>,
     health_client: reqwest::Client,
 }
@@ -235,6 +264,7 @@ impl Supervisor {
                 collectors: Mutex::default(),
                 operation_locks: Mutex::default(),
                 state_write: Mutex::default(),
+                state_stale: Default::default(),
                 changes: watch::Sender::new(0),
                 health_client,
             }),
@@ -264,13 +294,8 @@ impl Supervisor {
                     )
                     .join("collector.log");
                     let process = RunningProcess::adopted(pid, start_time, log_path);
-                    supervisor.supervise(
-                        record.spec,
-                        record.ports,
-                        record.restarts,
-                        Ok(process),
-                        None,
-                    );
+                    let carried = Carried::from(&record);
+                    supervisor.supervise(record.spec, record.ports, carried, Ok(process), None);
                 }
                 _ => gone.push(record),
             }
@@ -286,9 +311,11 @@ impl Supervisor {
         for record in gone {
             tracing::info!(collector = %record.spec.collector_id, "starting recorded collector that is not running");
             let process = process::spawn(&supervisor.inner.settings, &record.spec, record.ports);
-            supervisor.supervise(record.spec, record.ports, record.restarts, process, None);
+            let carried = Carried::from(&record);
+            supervisor.supervise(record.spec, record.ports, carried, process, None);
         }
         supervisor.inner.persist()?;
+        tokio::spawn(rewrite_stale_state(Arc::downgrade(&supervisor.inner)));
         Ok(supervisor)
     }
 
@@ -307,9 +334,10 @@ impl Supervisor {
     }
 
     /// Makes `spec.collector_id` run `spec`. The same config hash already running is
-    /// a no-op; another hash is stopped and replaced. Returns once the collector is
-    /// healthy, or fails with the collector's own error text (the collector is then
-    /// stopped and forgotten).
+    /// a no-op; another hash is stopped and replaced, on trial against the config it
+    /// replaced (see [`last_good`]). Returns once the collector is healthy, or fails
+    /// with the collector's own error text: a new collector is then stopped and
+    /// forgotten, an updated one goes back to its last known good config.
     pub async fn converge(&self, spec: CollectorSpec) -> Result<ConvergeOutcome, SupervisorError> {
         let id = spec.collector_id.clone();
         check_collector_id(&id)?;
@@ -339,10 +367,25 @@ impl Supervisor {
         } else {
             ConvergeOutcome::Started
         };
+        let mut trial = None;
         let ports = match previous {
             Some(previous) => {
                 tracing::info!(collector = %id, from = %previous.spec.config_hash, to = %spec.config_hash, "replacing collector");
                 let ports = previous.ports;
+                let (healthy, previous_trial) = {
+                    let live = previous.live.lock().expect("live lock");
+                    (live.health == Health::Healthy, live.trial.clone())
+                };
+                trial = last_good::previous_for_update(
+                    &previous.spec,
+                    healthy,
+                    previous_trial.as_ref(),
+                )
+                .map(|previous| Trial {
+                    previous,
+                    since_unix: last_good::now_unix(),
+                    exits: 0,
+                });
                 previous.finish(KeeperOrder::Stop).await;
                 ports
             }
@@ -364,7 +407,11 @@ impl Supervisor {
         };
         tracing::info!(collector = %id, pid = process.pid(), hash = %spec.config_hash, "started collector");
         let (reply, started) = oneshot::channel();
-        self.supervise(spec, ports, 0, Ok(process), Some(reply));
+        let carried = Carried {
+            trial,
+            ..Carried::default()
+        };
+        self.supervise(spec, ports, carried, Ok(process), Some(reply));
         self.inner.persist_logging_errors();
 
         match started.await {
@@ -395,7 +442,9 @@ impl Supervisor {
         if let Some(supervised) = removed {
             tracing::info!(collector = %collector_id, "stopping collector");
             supervised.finish(KeeperOrder::Stop).await;
-            self.inner.persist()?;
+            // The collector is stopped whether or not state.json could be written
+            // now; a failed write is retried until it succeeds.
+            self.inner.persist_logging_errors();
             self.inner.notify_change();
         }
         let dir = collector_dir(&self.inner.settings.state_dir, collector_id);
@@ -432,6 +481,7 @@ impl Supervisor {
                     cpu_seconds: stat.map(|s| s.cpu_seconds()).unwrap_or(0.0),
                     rss_bytes: rss.unwrap_or(0),
                     last_error: live.last_error,
+                    rolled_back_from: live.rolled_back_from,
                 }
             })
             .collect()
@@ -504,7 +554,7 @@ impl Supervisor {
         &self,
         spec: CollectorSpec,
         ports: CollectorPorts,
-        restarts: u32,
+        carried: Carried,
         process: Result<RunningProcess, SupervisorError>,
         start_reply: Option<StartReply>,
     ) {
@@ -524,8 +574,10 @@ impl Supervisor {
             } else {
                 Health::Restarting
             },
-            restarts,
+            restarts: carried.restarts,
             last_error,
+            trial: carried.trial,
+            rolled_back_from: carried.rolled_back_from,
         }));
         let (orders, order_receiver) = oneshot::channel();
         let keeper = Keeper {
@@ -555,6 +607,17 @@ impl Inner {
     fn notify_change(&self) {
         self.changes
             .send_modify(|generation| *generation = generation.wrapping_add(1));
+    }
+
+    /// Records that the collector `live` belongs to now runs `spec` (its keeper
+    /// went back to the last known good), unless it was replaced meanwhile.
+    fn set_running_spec(&self, live: &Arc<Mutex<LiveStatus>>, spec: &CollectorSpec) {
+        let mut collectors = self.collectors.lock().expect("collectors lock");
+        if let Some(c) = collectors.get_mut(&spec.collector_id)
+            && Arc::ptr_eq(&c.live, live)
+        {
+            c.spec = spec.clone();
+        }
     }
 
     /// Forgets a collector whose start failed, unless it was replaced meanwhile.
@@ -588,17 +651,45 @@ impl Inner {
                             pid: live.pid,
                             pid_start_time: live.pid_start_time,
                             restarts: live.restarts,
+                            trial: live.trial.clone(),
+                            rolled_back_from: live.rolled_back_from.clone(),
                         }
                     })
                     .collect(),
             }
         };
-        state::save(&state::state_file_path(&self.settings.state_dir), &state)
+        let saved = state::save(&state::state_file_path(&self.settings.state_dir), &state);
+        let was_stale = self
+            .state_stale
+            .swap(saved.is_err(), std::sync::atomic::Ordering::Relaxed);
+        if was_stale && saved.is_ok() {
+            tracing::info!("state.json is written again");
+        }
+        saved
     }
 
     fn persist_logging_errors(&self) {
         if let Err(err) = self.persist() {
             tracing::error!("{err}");
+        }
+    }
+}
+
+/// How often a `state.json` that could not be written is tried again.
+const STATE_RETRY_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Writes `state.json` again while its last write failed, so that a record of a
+/// stopped collector does not outlive a full disk (a restarted agent would start
+/// it again). Ends when the supervisor is gone.
+async fn rewrite_stale_state(inner: std::sync::Weak<Inner>) {
+    loop {
+        tokio::time::sleep(STATE_RETRY_INTERVAL).await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        if inner.state_stale.load(std::sync::atomic::Ordering::Relaxed) {
+            // Failures were logged when they first happened.
+            let _ = inner.persist();
         }
     }
 }

@@ -7,6 +7,9 @@
 //!   which the template policy lets through) makes it print
 //!   `Error: invalid configuration: stand-in asked to fail` to stderr and exit 1,
 //!   like a collector rejecting its config.
+//! - A config holding `stand-in-crash-after-start` starts and answers its health
+//!   check like any other, then 1.5 s later prints `Error: stand-in crashed after
+//!   start` and exits 2: a collector that crash-loops after an update.
 //! - Otherwise it answers HTTP 200 on `127.0.0.1:$PHOENIX_HEALTH_PORT` at any path
 //!   (the health_check extension), logs a start line to stdout, and runs until
 //!   SIGTERM or SIGINT, then exits 0.
@@ -55,6 +58,11 @@ fn run() -> Result<(), String> {
         std::process::id()
     );
 
+    if config.contains("stand-in-crash-after-start") {
+        std::thread::sleep(Duration::from_millis(1500));
+        eprintln!("Error: stand-in crashed after start");
+        std::process::exit(2);
+    }
     let mut signal = 0;
     // SAFETY: the set is initialized and `signal` is a valid out pointer.
     unsafe { libc::sigwait(&stop_signals, &mut signal) };

@@ -18,8 +18,9 @@ Phoenix host agent: runs the collectors the Phoenix API asks for on this host.
 The agent long-polls the API for tasks (start, update or stop a collector), runs each
 collector as a child process with a config written to its state directory, checks its
 health, restarts it with backoff when it dies, and reports what runs (pid, health,
-restarts, CPU, memory) with regular heartbeats. When the API is unreachable it keeps
-every collector running and retries.
+restarts, CPU, memory) when it changes. The waiting long-poll is its heartbeat (a
+separate heartbeat goes only while no poll waits), so an idle agent holds one
+connection. When the API is unreachable it keeps every collector running and retries.
 
 The agent records its collectors in <state-dir>/state.json. Stopping the agent leaves
 its collectors running; a restarted agent adopts them and kills any process it started
@@ -138,7 +139,8 @@ pub struct AgentConfig {
     )]
     pub listen: SocketAddr,
 
-    /// How often to tell the API this agent is alive, e.g. 10s
+    /// How often to tell the API this agent is alive while no task long-poll waits
+    /// (a waiting long-poll is the heartbeat for an api of protocol 2.1), e.g. 10s
     #[arg(
         long,
         env = "PHOENIX_HEARTBEAT_INTERVAL",

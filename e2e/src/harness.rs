@@ -486,6 +486,29 @@ impl Stack {
         assert_eq!(response.status(), 204, "registering {host_id}");
     }
 
+    /// The host `host_id` as users see it (`GET /api/v1/hosts`), if it is registered.
+    pub async fn host(&self, host_id: &str) -> Option<phoenix_wire::view::Host> {
+        let response = self
+            .request(reqwest::Method::GET, "/api/v1/hosts", VIEWER_TOKEN)
+            .send()
+            .await
+            .ok()?;
+        let hosts: phoenix_wire::view::List<phoenix_wire::view::Host> =
+            response.json().await.ok()?;
+        hosts.items.into_iter().find(|h| h.host_id == host_id)
+    }
+
+    /// Waits (30 s at most) until `host_id` is registered: its agent's first
+    /// status report arrived.
+    pub async fn wait_for_host(&self, host_id: &str) -> phoenix_wire::view::Host {
+        eventually(
+            &format!("host {host_id} to register"),
+            Duration::from_secs(30),
+            || self.host(host_id),
+        )
+        .await
+    }
+
     /// Creates an experiment from a YAML document, as an operator; panics on failure.
     pub async fn create_experiment(&self, yaml: &str) -> phoenix_wire::view::Experiment {
         let response = self
@@ -793,6 +816,13 @@ impl AgentProcess {
 
     /// Live collector processes this agent owns, from the OS process table: every
     /// process whose environment carries this agent's state directory.
+    /// The pids of its collectors, sorted.
+    pub fn collector_pids(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = self.collector_processes().iter().map(|p| p.pid).collect();
+        pids.sort();
+        pids
+    }
+
     pub fn collector_processes(&self) -> Vec<CollectorProcess> {
         collector_processes_of(&self.state_dir)
     }

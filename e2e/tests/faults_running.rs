@@ -10,10 +10,8 @@
 
 use std::time::{Duration, Instant};
 
-use phoenix_e2e::harness::{
-    AgentProcess, OPERATOR_TOKEN, Stack, StackOptions, VIEWER_TOKEN, eventually,
-};
-use phoenix_wire::view::{Host, HostState, List, Phase};
+use phoenix_e2e::harness::{AgentProcess, OPERATOR_TOKEN, Stack, StackOptions, eventually};
+use phoenix_wire::view::{Host, HostState, Phase};
 use reqwest::Method;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -36,16 +34,6 @@ spec:
     )
 }
 
-async fn host(stack: &Stack, host_id: &str) -> Option<Host> {
-    let response = stack
-        .request(Method::GET, "/api/v1/hosts", VIEWER_TOKEN)
-        .send()
-        .await
-        .ok()?;
-    let hosts = response.json::<List<Host>>().await.ok()?.items;
-    hosts.into_iter().find(|h| h.host_id == host_id)
-}
-
 async fn open_tasks(stack: &Stack) -> (i64, i64) {
     sqlx::query_as(
         "SELECT count(*) FILTER (WHERE status = 'pending'), count(*) FILTER (WHERE status = 'leased') \
@@ -56,12 +44,6 @@ async fn open_tasks(stack: &Stack) -> (i64, i64) {
     .expect("count open tasks")
 }
 
-fn collector_pids(agent: &AgentProcess) -> Vec<u32> {
-    let mut pids: Vec<u32> = agent.collector_processes().iter().map(|p| p.pid).collect();
-    pids.sort();
-    pids
-}
-
 /// Whether desired and actual agree on `agents`' hosts now: no task pending or
 /// leased, every host ready and reporting exactly the collector processes it runs
 /// (`collectors` each), healthy, and no load process.
@@ -70,8 +52,8 @@ async fn agree(stack: &Stack, agents: &[&AgentProcess], collectors: usize) -> bo
         return false;
     }
     for agent in agents {
-        let pids = collector_pids(agent);
-        let Some(h) = host(stack, &agent.host_id).await else {
+        let pids = agent.collector_pids();
+        let Some(h) = stack.host(&agent.host_id).await else {
             return false;
         };
         let mut reported: Vec<u32> = h.collectors.iter().filter_map(|c| c.pid).collect();
@@ -122,10 +104,7 @@ async fn converged(stack: &Stack, agents: &[&AgentProcess], collectors: usize) -
 async fn a_collector_update_that_crash_loops_goes_back_to_the_last_known_good() {
     let stack = Stack::start().await;
     let agent = AgentProcess::spawn(&stack.api_url, "crash-1", &[("role", "crash")]);
-    eventually("the host registers", WAIT, || async {
-        host(&stack, "crash-1").await.map(|_| ())
-    })
-    .await;
+    stack.wait_for_host("crash-1").await;
     // A template that the stand-in collector starts with and then crashes on.
     sqlx::query(
         "INSERT INTO pipeline_templates (name, config) \
@@ -162,7 +141,7 @@ async fn a_collector_update_that_crash_loops_goes_back_to_the_last_known_good() 
             .cloned()
     };
     let good = eventually("the standing collector is healthy", WAIT, || async {
-        let h = host(&stack, "crash-1").await?;
+        let h = stack.host("crash-1").await?;
         standing(&h).filter(|c| c.health == phoenix_wire::agent::Health::Healthy)
     })
     .await;
@@ -190,7 +169,7 @@ async fn a_collector_update_that_crash_loops_goes_back_to_the_last_known_good() 
         "the agent went back to the last known good",
         WAIT,
         || async {
-            let h = host(&stack, "crash-1").await?;
+            let h = stack.host("crash-1").await?;
             standing(&h).filter(|c| {
                 c.config_hash == good.config_hash
                     && c.rolled_back_from.is_some()
@@ -221,7 +200,7 @@ async fn a_collector_update_that_crash_loops_goes_back_to_the_last_known_good() 
         updates, 1,
         "the failing config was sent once, not in a loop"
     );
-    let still = standing(&host(&stack, "crash-1").await.unwrap()).unwrap();
+    let still = standing(&stack.host("crash-1").await.unwrap()).unwrap();
     assert_eq!(
         (still.config_hash, still.pid),
         (good.config_hash.clone(), back.pid)
@@ -237,7 +216,7 @@ async fn a_collector_update_that_crash_loops_goes_back_to_the_last_known_good() 
     let fixed = deploy("process-topk").await.unwrap();
     assert!(fixed.status().is_success());
     eventually("the newer config runs", WAIT, || async {
-        let h = host(&stack, "crash-1").await?;
+        let h = stack.host("crash-1").await?;
         standing(&h).filter(|c| {
             c.pipeline == "process-topk"
                 && c.rolled_back_from.is_none()
@@ -290,10 +269,7 @@ async fn prometheus_hung_during_analysis_fails_the_experiment_naming_it() {
     })
     .await;
     let agent = AgentProcess::spawn(&stack.api_url, "hung-1", &[("role", "hung")]);
-    eventually("the host registers", WAIT, || async {
-        host(&stack, "hung-1").await.map(|_| ())
-    })
-    .await;
+    stack.wait_for_host("hung-1").await;
     stack
         .create_experiment(&experiment_yaml("hung", "role: hung", "3s"))
         .await;
@@ -340,10 +316,7 @@ async fn prometheus_hung_during_analysis_fails_the_experiment_naming_it() {
 async fn promote_racing_rollback_ends_consistent() {
     let stack = Stack::start().await;
     let agent = AgentProcess::spawn(&stack.api_url, "race-1", &[("role", "race")]);
-    eventually("the host registers", WAIT, || async {
-        host(&stack, "race-1").await.map(|_| ())
-    })
-    .await;
+    stack.wait_for_host("race-1").await;
     let doc = "apiVersion: phoenix.dev/v1\nkind: PipelineDeployment\nmetadata: {name: race-standing}\n\
                spec:\n  hosts: {selector: {role: race}}\n  pipeline: process-baseline\n";
     let deployed = stack
@@ -355,7 +328,7 @@ async fn promote_racing_rollback_ends_consistent() {
         .unwrap();
     assert!(deployed.status().is_success());
     let standing_pipeline = || async {
-        let h = host(&stack, "race-1").await?;
+        let h = stack.host("race-1").await?;
         h.collectors
             .iter()
             .find(|c| c.variant == phoenix_wire::agent::Variant::Standing)
@@ -513,10 +486,7 @@ async fn pushgateway_down_keeps_collectors_and_pushes_resume() {
         &phoenix_e2e::bins::binary("stand-in-collector"),
         Some(&url),
     );
-    eventually("the host registers", WAIT, || async {
-        host(&stack, "push-1").await.map(|_| ())
-    })
-    .await;
+    stack.wait_for_host("push-1").await;
     stack
         .create_experiment(&experiment_yaml("pushed", "role: push", "1h"))
         .await;
@@ -525,12 +495,12 @@ async fn pushgateway_down_keeps_collectors_and_pushes_resume() {
         (groups().await? == 2).then_some(())
     })
     .await;
-    let running = collector_pids(&agent);
+    let running = agent.collector_pids();
 
     let _ = gateway.kill();
     let _ = gateway.wait();
     tokio::time::sleep(Duration::from_secs(5)).await;
-    assert_eq!(collector_pids(&agent), running, "collectors kept");
+    assert_eq!(agent.collector_pids(), running, "collectors kept");
     assert!(
         agent.log().contains("cannot push to the pushgateway"),
         "the agent says so:\n{}",
@@ -623,10 +593,7 @@ async fn the_agents_state_directory_full() {
     let mut agent = AgentProcess::unstarted(&stack.api_url, "full-1", &[("role", "full")]);
     let disk = SmallDisk::mount(&agent.state_dir, "4m");
     agent.start();
-    eventually("the host registers", WAIT, || async {
-        host(&stack, "full-1").await.map(|_| ())
-    })
-    .await;
+    stack.wait_for_host("full-1").await;
     stack
         .create_experiment(&experiment_yaml("before-full", "role: full", "1h"))
         .await;
@@ -634,7 +601,7 @@ async fn the_agents_state_directory_full() {
         .wait_for_phase("before-full", Phase::Running, WAIT)
         .await;
     let running = eventually("two collectors", WAIT, || async {
-        let pids = collector_pids(&agent);
+        let pids = agent.collector_pids();
         (pids.len() == 2).then_some(pids)
     })
     .await;
@@ -654,9 +621,10 @@ async fn the_agents_state_directory_full() {
         reason.contains("No space left on device"),
         "the reason names the full disk: {reason}"
     );
-    assert_eq!(collector_pids(&agent), running, "running collectors kept");
+    assert_eq!(agent.collector_pids(), running, "running collectors kept");
     eventually("heartbeats carry on", Duration::from_secs(10), || async {
-        host(&stack, "full-1")
+        stack
+            .host("full-1")
             .await
             .filter(|h| h.state == HostState::Ready && h.last_seen > full_at)
             .map(|_| ())
@@ -673,7 +641,7 @@ async fn the_agents_state_directory_full() {
         .unwrap();
     assert!(stop.status().is_success());
     eventually("the stop stops the collectors", WAIT, || async {
-        collector_pids(&agent).is_empty().then_some(())
+        agent.collector_pids().is_empty().then_some(())
     })
     .await;
 
@@ -689,7 +657,7 @@ async fn the_agents_state_directory_full() {
     agent.start();
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(
-        collector_pids(&agent).is_empty(),
+        agent.collector_pids().is_empty(),
         "a restarted agent does not bring stopped collectors back:\n{}",
         agent.log()
     );
@@ -726,16 +694,13 @@ async fn postgres_fails_over_to_a_promoted_replica_behind_the_same_address() {
     })
     .await;
     let agent = AgentProcess::spawn(&stack.api_url, "failover-1", &[("role", "failover")]);
-    eventually("the host registers", WAIT, || async {
-        host(&stack, "failover-1").await.map(|_| ())
-    })
-    .await;
+    stack.wait_for_host("failover-1").await;
     stack
         .create_experiment(&experiment_yaml("failover", "role: failover", "1h"))
         .await;
     stack.wait_for_phase("failover", Phase::Running, WAIT).await;
     let running = eventually("two collectors", WAIT, || async {
-        let pids = collector_pids(&agent);
+        let pids = agent.collector_pids();
         (pids.len() == 2).then_some(pids)
     })
     .await;
@@ -766,7 +731,7 @@ async fn postgres_fails_over_to_a_promoted_replica_behind_the_same_address() {
     assert_eq!(ready.status(), 503, "not ready while the database is away");
     assert!(down_at.elapsed() < Duration::from_secs(1));
     tokio::time::sleep(DOWN.saturating_sub(down_at.elapsed())).await;
-    assert_eq!(collector_pids(&agent), running, "collectors kept");
+    assert_eq!(agent.collector_pids(), running, "collectors kept");
 
     tokio::task::block_in_place(|| postgres.fail_over_to_replica()).expect("fail over");
     let back = Instant::now();

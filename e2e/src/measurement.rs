@@ -89,7 +89,8 @@ fn find_binary(env: &str, default: &str) -> Result<PathBuf, MeasurementError> {
     }
 }
 
-pub(crate) fn free_port() -> u16 {
+/// A loopback port free right now (for a server a test starts).
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

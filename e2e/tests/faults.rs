@@ -719,11 +719,7 @@ async fn an_api_replica_with_its_clock_off_does_not_make_hosts_lost() {
         ..Default::default()
     })
     .await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = phoenix_e2e::measurement::free_port();
     let log_dir = tempfile::tempdir().unwrap();
     let log = log_dir.path().join("api.log");
     let mut replica = api_command(&stack.database_url, port, &log)
@@ -808,11 +804,7 @@ async fn an_api_replica_killed_with_long_polls_in_flight() {
         ..Default::default()
     })
     .await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = phoenix_e2e::measurement::free_port();
     let log_dir = tempfile::tempdir().unwrap();
     let log = log_dir.path().join("api.log");
     let mut replica = api_process(&stack.database_url, port, &log);

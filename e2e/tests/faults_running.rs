@@ -451,11 +451,7 @@ fn pushgateway(port: u16, log: &std::path::Path) -> std::process::Child {
 /// experiment leaves no collector, no group and no leased task.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushgateway_down_keeps_collectors_and_pushes_resume() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = phoenix_e2e::measurement::free_port();
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("pushgateway.log");
     let mut gateway = pushgateway(port, &log);

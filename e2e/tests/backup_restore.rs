@@ -214,7 +214,38 @@ async fn a_dump_taken_mid_experiment_restores_and_agents_converge_without_duplic
         )
         .await;
     }
+    // Settled: the roll-out finished and every collector reported healthy, so no
+    // report or roll-out step lands between reading the views and the dump.
+    eventually(
+        "the roll-out done and every collector healthy",
+        WAIT,
+        || {
+            let stack = &stack;
+            async move {
+                let deployment = get(stack, "/api/v1/deployments/standing-web").await;
+                if deployment["rollout"]["state"] != "done" {
+                    return None;
+                }
+                for host in ["web-1", "web-2"] {
+                    let view = get(stack, &format!("/api/v1/hosts/{host}")).await;
+                    let collectors = view["collectors"].as_array()?;
+                    if collectors.len() != wanted(host).len()
+                        || collectors.iter().any(|c| c["health"] != "healthy")
+                    {
+                        return None;
+                    }
+                }
+                Some(())
+            }
+        },
+    )
+    .await;
     let pids: Vec<_> = agents.iter().map(collectors).collect();
+    // The agents stop (SIGKILL: their collectors keep running) before the views
+    // are read, so what hosts report cannot change between the views and the dump.
+    for agent in &mut agents {
+        agent.kill();
+    }
     let before = views(&stack).await;
     assert_eq!(before["report"]["verdict"], "pass");
     assert_eq!(before["deployment"]["revision"], 2);
@@ -229,11 +260,7 @@ async fn a_dump_taken_mid_experiment_restores_and_agents_converge_without_duplic
         std::fs::metadata(&file).unwrap().len(),
         started.elapsed()
     );
-    // The old installation goes away; the agents (SIGKILL: their collectors keep
-    // running) come back to the new one.
-    for agent in &mut agents {
-        agent.kill();
-    }
+    // The old installation goes away; the agents come back to the new one.
     stack.shutdown().await;
 
     let restored_url = fresh_database().await;

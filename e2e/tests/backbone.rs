@@ -9,6 +9,8 @@ use std::time::Duration;
 use phoenix_e2e::harness::{
     AgentProcess, OPERATOR_TOKEN, Stack, StackOptions, VIEWER_TOKEN, eventually,
 };
+use phoenix_reconciler::changes::Scope;
+use phoenix_storage::hosts::HostFilter;
 use phoenix_storage::{tasks, templates};
 use phoenix_wire::agent::{TaskBatch, TaskOutcome, Variant};
 use phoenix_wire::policy::CheckedConfig;
@@ -377,8 +379,8 @@ async fn two_reconcilers_never_emit_duplicate_tasks() {
     let (epoch, _) = phoenix_storage::leader::current(&mut a).await.unwrap();
     for _ in 0..5 {
         let (ra, rb) = tokio::join!(
-            phoenix_reconciler::pass::run_pass(&mut a, &config, epoch),
-            phoenix_reconciler::pass::run_pass(&mut b, &config, epoch)
+            phoenix_reconciler::pass::run_pass(&mut a, &config, epoch, Scope::Full),
+            phoenix_reconciler::pass::run_pass(&mut b, &config, epoch, Scope::Full)
         );
         // A pass that lost a race to a conflicting write may fail; it must not duplicate.
         let _ = (ra, rb);
@@ -587,7 +589,7 @@ async fn an_answered_task_stays_open_until_the_host_reports() {
             .await
             .unwrap()
     );
-    let open = tasks::list_open(&mut conn).await.unwrap();
+    let open = tasks::list_open(&mut conn, HostFilter::All).await.unwrap();
     assert_eq!(
         open.iter().map(|t| t.status.as_str()).collect::<Vec<_>>(),
         ["succeeded"]
@@ -606,7 +608,12 @@ async fn an_answered_task_stays_open_until_the_host_reports() {
     drop(conn);
     stack.register_host("answer-1", &[]).await;
     let mut conn = stack.pool.acquire().await.unwrap();
-    assert!(tasks::list_open(&mut conn).await.unwrap().is_empty());
+    assert!(
+        tasks::list_open(&mut conn, HostFilter::All)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     drop(conn);
     stack.shutdown().await;
 }

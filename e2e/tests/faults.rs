@@ -11,6 +11,7 @@ use phoenix_e2e::harness::{
 };
 use phoenix_e2e::netns::NetNs;
 use phoenix_e2e::throwaway::ThrowawayPostgres;
+use phoenix_reconciler::changes::Scope;
 use phoenix_storage::leader::{LeaderLock, LeaderSettings};
 use phoenix_wire::view::{HostState, List, Phase};
 use reqwest::Method;
@@ -443,7 +444,9 @@ async fn a_deposed_leaders_late_write_is_refused() {
 
     // A pass of the old leader on another connection (one of its pool's, say).
     let mut conn = stack.pool.acquire().await.unwrap();
-    let late = phoenix_reconciler::pass::run_pass(&mut conn, &stack.reconciler_config, old).await;
+    let late =
+        phoenix_reconciler::pass::run_pass(&mut conn, &stack.reconciler_config, old, Scope::Full)
+            .await;
     match late {
         Err(phoenix_storage::StoreError::Deposed { epoch, current }) => {
             assert_eq!((epoch, current), (old, old + 1));
@@ -457,9 +460,14 @@ async fn a_deposed_leaders_late_write_is_refused() {
     assert_eq!(tasks, 0, "nothing written");
     assert_eq!(stack.experiment("fenced").await.phase, Phase::Pending);
     // The leader of the current epoch writes.
-    let report = phoenix_reconciler::pass::run_pass(&mut conn, &stack.reconciler_config, old + 1)
-        .await
-        .unwrap();
+    let report = phoenix_reconciler::pass::run_pass(
+        &mut conn,
+        &stack.reconciler_config,
+        old + 1,
+        Scope::Full,
+    )
+    .await
+    .unwrap();
     assert_eq!(report.transitions.len(), 1, "{report:?}");
     drop(second);
     stack.shutdown().await;

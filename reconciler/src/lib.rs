@@ -8,6 +8,10 @@
 //! runs beside the pass as background jobs of its own ([`background`]): the
 //! analysis of experiments, which waits on Prometheus, never holds up a pass.
 //!
+//! Passes are incremental ([`changes`]): a pass woken by announcements that name
+//! hosts looks at those hosts only; any other change, a reconnection of the
+//! listener and the resync make a full pass.
+//!
 //! Modules: [`diff`] (desired vs reported vs open tasks → tasks to write, for every
 //! kind of unit), [`incidents`] (failed tasks of an experiment as its events, and
 //! when they fail it), [`lifecycle`] (phase decisions), [`load`] (the load runs each host
@@ -20,6 +24,7 @@
 
 pub mod analyzer;
 pub mod background;
+pub mod changes;
 pub mod config;
 pub mod diff;
 pub mod incidents;
@@ -33,8 +38,8 @@ pub mod rollout;
 pub mod standing;
 pub mod stats;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use phoenix_storage::leader::LeaderLock;
@@ -44,6 +49,7 @@ use phoenix_wire::view::Phase;
 use tokio::sync::{Notify, watch};
 
 use background::Schedule;
+use changes::Changes;
 pub use config::ReconcilerConfig;
 use metrics::Metrics;
 
@@ -63,6 +69,7 @@ pub async fn run(
     };
     phoenix_storage::schema::prepare(&pool, "phoenix-reconciler", on_start).await?;
     let wake = Arc::new(Notify::new());
+    let changes = Arc::new(Mutex::new(Changes::unknown()));
     let analyze = Arc::new(Notify::new());
     let roll = Arc::new(Notify::new());
     let (leading_tx, leading) = watch::channel(false);
@@ -71,6 +78,7 @@ pub async fn run(
     let epoch = Arc::new(AtomicI64::new(0));
     let listener = tokio::spawn(listen_for_changes(
         pool.clone(),
+        changes.clone(),
         [wake.clone(), roll.clone()],
         shutdown.clone(),
     ));
@@ -157,7 +165,14 @@ pub async fn run(
                 metrics.is_leader.set(1);
                 metrics.leader_epoch.set(lock.epoch());
                 let _ = leading_tx.send(true);
-                let why = lead(lock, &config, &metrics, &wake, &analyze, &mut shutdown).await;
+                // A new leader knows nothing of what the last one did: all of it.
+                changes.lock().expect("changes lock").everything();
+                let signals = Signals {
+                    wake: &wake,
+                    changes: &changes,
+                    analyze: &analyze,
+                };
+                let why = lead(lock, &config, &metrics, signals, &mut shutdown).await;
                 let _ = leading_tx.send(false);
                 metrics.is_leader.set(0);
                 tracing::warn!(reason = why, "no longer leading: stopped acting");
@@ -239,13 +254,16 @@ async fn lead(
     mut lock: LeaderLock,
     config: &ReconcilerConfig,
     metrics: &Metrics,
-    wake: &Notify,
-    analyze: &Notify,
+    signals: Signals<'_>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> &'static str {
+    let Signals {
+        wake,
+        changes,
+        analyze,
+    } = signals;
     let resync = config.resync_interval.as_duration();
     let renew_every = config.leader_settings().lease / 3;
-    let mut pass_due = true;
     let mut next_resync = Instant::now() + resync;
     while !*shutdown.borrow() {
         match lock.confirm().await {
@@ -256,22 +274,38 @@ async fn lead(
                 return "the leader connection failed";
             }
         }
-        if pass_due || Instant::now() >= next_resync {
-            pass_due = false;
-            next_resync = Instant::now() + resync;
+        if Instant::now() >= next_resync {
+            changes.lock().expect("changes lock").everything();
+        }
+        let scope = {
+            let mut changes = changes.lock().expect("changes lock");
+            changes.any().then(|| changes.take())
+        };
+        if let Some(scope) = scope {
+            if scope == changes::Scope::Full {
+                next_resync = Instant::now() + resync;
+            }
             let started = Instant::now();
             let epoch = lock.epoch();
             let left = lock.lease_left();
-            let result =
-                match tokio::time::timeout(left, pass::run_pass(lock.connection(), config, epoch))
-                    .await
-                {
-                    Ok(result) => result,
-                    Err(_) => return "a pass outlived the lease",
-                };
+            let pass = pass::run_pass(lock.connection(), config, epoch, scope);
+            let result = match tokio::time::timeout(left, pass).await {
+                Ok(result) => result,
+                Err(_) => return "a pass outlived the lease",
+            };
             background::record(metrics, "pass", started, &result);
+            if result.is_err() {
+                // What it was to look at is not done: look at everything next time.
+                changes.lock().expect("changes lock").everything();
+            }
             match result {
                 Ok(report) => {
+                    if let Some(scope) = report.scope {
+                        metrics
+                            .passes_by_scope
+                            .get_or_create(&metrics::ScopeLabels { scope })
+                            .inc();
+                    }
                     metrics.tasks_emitted.inc_by(report.tasks_created);
                     metrics.tasks_cancelled.inc_by(report.tasks_cancelled);
                     metrics.transitions.inc_by(report.transitions.len() as u64);
@@ -310,7 +344,6 @@ async fn lead(
             _ = wake.notified() => {
                 // Let a burst of changes settle into one pass.
                 tokio::time::sleep(Duration::from_millis(20)).await;
-                pass_due = true;
             }
             _ = tokio::time::sleep(until_resync.min(renew_every)) => {}
             _ = shutdown.changed() => {}
@@ -319,14 +352,33 @@ async fn lead(
     "shutdown"
 }
 
-/// Turns `NOTIFY phoenix_reconcile` into wake-ups, through the process's one
-/// listener ([`phoenix_storage::listen`]), for the pass and the roll-out job.
-/// Every (re)connection wakes once, since changes may have been missed meanwhile.
-async fn listen_for_changes(pool: PgPool, wake: [Arc<Notify>; 2], shutdown: watch::Receiver<bool>) {
+/// What the pass loop of a leader waits on: wake-ups, the changes they announce,
+/// and the analysis job it wakes when an experiment enters `analyzing`.
+struct Signals<'a> {
+    wake: &'a Notify,
+    changes: &'a Mutex<Changes>,
+    analyze: &'a Notify,
+}
+
+/// Turns `NOTIFY phoenix_reconcile` into [`Changes`] and wake-ups, through the
+/// process's one listener ([`phoenix_storage::listen`]), for the pass and the
+/// roll-out job. Every (re)connection asks for a full pass, since changes may have
+/// been missed meanwhile.
+async fn listen_for_changes(
+    pool: PgPool,
+    changes: Arc<Mutex<Changes>>,
+    wake: [Arc<Notify>; 2],
+    shutdown: watch::Receiver<bool>,
+) {
     phoenix_storage::listen::listen(pool, &[RECONCILE_CHANNEL], shutdown, |heard| {
-        if !matches!(heard, Heard::Disconnected) {
-            wake.iter().for_each(|w| w.notify_one());
+        match heard {
+            Heard::Disconnected => return,
+            Heard::Connected => changes.lock().expect("changes lock").everything(),
+            Heard::Notification { payload, .. } => {
+                changes.lock().expect("changes lock").heard(payload)
+            }
         }
+        wake.iter().for_each(|w| w.notify_one());
     })
     .await
 }

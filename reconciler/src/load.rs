@@ -23,6 +23,7 @@ use phoenix_wire::duration::HumanDuration;
 use phoenix_wire::load::{self as wire_load, LoadRunSpec};
 use phoenix_wire::view::{Experiment, Phase};
 
+use crate::changes::Scope;
 use crate::config::ReconcilerConfig;
 use crate::diff::{self, DesiredState, Plan};
 
@@ -35,13 +36,15 @@ pub async fn plan_loads(
     open: &[OpenTask],
     config: &ReconcilerConfig,
     now: DateTime<Utc>,
+    scope: &Scope,
 ) -> Result<Plan> {
     let runs = loads::active_runs(conn).await?;
-    let actual = loads::reported_by_host(conn).await?;
+    let actual = loads::reported_by_host(conn, scope.filter()).await?;
     let since =
         now - chrono::Duration::from_std(wire_load::MAX_DURATION).expect("seven days fit a chrono");
     let failures = tasks::failures_since(conn, TaskKind::Load, since).await?;
-    let desired = desired_loads(experiments, &runs, config.deploy_timeout.as_duration(), now);
+    let mut desired = desired_loads(experiments, &runs, config.deploy_timeout.as_duration(), now);
+    desired.retain(|host, _| scope.includes(host));
     let blocked = diff::blocked_by(
         &failures.iter().collect::<Vec<_>>(),
         config.max_start_failures,

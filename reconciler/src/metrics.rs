@@ -36,12 +36,19 @@ pub struct TableLabels {
     pub table: &'static str,
 }
 
+/// A pass's scope ([`crate::changes::Scope::label`]): `full` or `hosts`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScopeLabels {
+    pub scope: &'static str,
+}
+
 type GaugeF64 = Gauge<f64, AtomicU64>;
 
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
     pub pass_seconds: Histogram,
+    pub passes_by_scope: Family<ScopeLabels, Counter>,
     pub tasks_emitted: Counter,
     pub tasks_cancelled: Counter,
     pub transitions: Counter,
@@ -70,6 +77,12 @@ impl Metrics {
                 "pass_seconds",
                 "Duration of one reconcile pass",
                 pass_seconds,
+            ),
+            passes_by_scope: registered(
+                &mut r,
+                "passes",
+                "Reconcile passes done, by scope: full (every host) or hosts (only those that changed)",
+                Family::default(),
             ),
             tasks_emitted: registered(
                 &mut r,

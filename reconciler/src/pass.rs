@@ -6,6 +6,13 @@
 //! collector) join the experiments' desired collectors before the diff.
 //! The whole pass is one transaction on the leader's connection, so it either
 //! happens completely or not at all, and never after leadership is lost.
+//!
+//! A pass has a [`Scope`] ([`crate::changes`]): every host, or only the hosts that
+//! changed since the last pass. A scoped pass reads, renders and diffs those hosts
+//! only; experiments' phase decisions still see every host they need (a pending
+//! experiment, which picks hosts from the whole fleet, makes the pass a full one,
+//! and a deploying experiment's targets join the scope). A phase change or
+//! promotion a scoped pass makes announces itself, so a full pass follows.
 
 use std::collections::HashMap;
 
@@ -16,6 +23,7 @@ use phoenix_wire::render::Template;
 use phoenix_wire::view::{Experiment, Phase};
 use sqlx::Connection;
 
+use crate::changes::Scope;
 use crate::config::ReconcilerConfig;
 use crate::diff::{self, Blocked, DesiredState};
 use crate::lifecycle::{self, Decision, DeployLimits};
@@ -23,18 +31,21 @@ use crate::lifecycle::{self, Decision, DeployLimits};
 /// What a pass did, for logs, metrics and tests.
 #[derive(Debug, Default, PartialEq)]
 pub struct PassReport {
+    /// `full` or `hosts` ([`Scope::label`]), once the pass has settled its scope.
+    pub scope: Option<&'static str>,
     pub tasks_created: u64,
     pub tasks_cancelled: u64,
     pub transitions: Vec<(String, Phase, Phase)>,
 }
 
-/// Runs one pass as the leader of `epoch` (refused with
+/// Runs one pass over `scope` as the leader of `epoch` (refused with
 /// [`phoenix_storage::StoreError::Deposed`] once a newer leader took over). Time is
 /// the database's, like every timestamp it stores.
 pub async fn run_pass(
     conn: &mut PgConnection,
     config: &ReconcilerConfig,
     epoch: i64,
+    scope: Scope,
 ) -> Result<PassReport> {
     let mut tx = conn.begin().await?;
     phoenix_storage::leader::fence(&mut tx, epoch).await?;
@@ -44,8 +55,19 @@ pub async fn run_pass(
     let mut report = PassReport::default();
     tasks::fail_exhausted(&mut tx, config.task_max_attempts).await?;
 
-    let host_records = hosts::list_records(&mut tx).await?;
     let mut active = experiments::list_in_phases(&mut tx, &Phase::ACTIVE).await?;
+    let scope = if active.iter().any(|e| e.phase == Phase::Pending) {
+        Scope::Full
+    } else {
+        scope.widened(
+            active
+                .iter()
+                .filter(|e| e.phase == Phase::Deploying)
+                .flat_map(|e| &e.target_hosts),
+        )
+    };
+    report.scope = Some(scope.label());
+    let host_records = hosts::list_records(&mut tx, scope.filter()).await?;
     let template_configs: HashMap<String, Template> = templates::list(&mut tx)
         .await?
         .into_iter()
@@ -53,8 +75,8 @@ pub async fn run_pass(
         .collect();
     // Open tasks before reported collectors: each statement sees its own snapshot,
     // and this order never misses a task between its answer and its report.
-    let open = tasks::list_open(&mut tx).await?;
-    let actual = hosts::collectors_by_host(&mut tx).await?;
+    let open = tasks::list_open(&mut tx, scope.filter()).await?;
+    let actual = hosts::collectors_by_host(&mut tx, scope.filter()).await?;
     // Since the oldest creation: crate::incidents reads every failed task of an
     // experiment, the deploying decision those of its current phase.
     let oldest_start = active.iter().map(|e| e.created_at).min().unwrap_or(now);
@@ -103,7 +125,12 @@ pub async fn run_pass(
             .await?;
             continue;
         }
-        let rendered = render_experiment(experiment, &template_configs, &config.remote_write_url);
+        let rendered = render_experiment(
+            experiment,
+            &template_configs,
+            &config.remote_write_url,
+            &scope,
+        );
         let specs = match rendered {
             Ok(specs) => specs,
             Err(reason) => {
@@ -155,18 +182,20 @@ pub async fn run_pass(
     // What agents went back from is the agents' last word until a newer config.
     blocked.extend(diff::rolled_back(&actual));
     let mut plan = diff::plan(TaskKind::Collector, &desired, &actual, &open, &blocked);
-    plan.extend(crate::load::plan_loads(&mut tx, &active, &open, config, now).await?);
+    plan.extend(crate::load::plan_loads(&mut tx, &active, &open, config, now, &scope).await?);
     report.tasks_created = tasks::insert(&mut tx, &plan.new_tasks).await?;
     report.tasks_cancelled = tasks::cancel_pending(&mut tx, &plan.cancel).await?;
     tx.commit().await?;
     Ok(report)
 }
 
-/// Every (host, collector) an experiment wants, or why it cannot be rendered.
+/// Every (host, collector) an experiment wants on the hosts in `scope`, or why it
+/// cannot be rendered.
 fn render_experiment(
     experiment: &Experiment,
     template_configs: &HashMap<String, Template>,
     remote_write_url: &str,
+    scope: &Scope,
 ) -> std::result::Result<Vec<(String, CollectorSpec)>, String> {
     let mut specs = Vec::new();
     for variant in [Variant::Baseline, Variant::Candidate] {
@@ -174,7 +203,7 @@ fn render_experiment(
         let config = template_configs.get(pipeline).ok_or_else(|| {
             format!("the {variant} pipeline template `{pipeline}` no longer exists")
         })?;
-        for host in &experiment.target_hosts {
+        for host in experiment.target_hosts.iter().filter(|h| scope.includes(h)) {
             let spec = phoenix_wire::render::experiment_collector(
                 &experiment.name,
                 &experiment.spec,

@@ -33,6 +33,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use phoenix_storage::deployments::{self, StoredDeployment};
+use phoenix_storage::hosts::HostFilter;
 use phoenix_storage::rollouts::{self, CurrentRollout, NewEvent};
 use phoenix_storage::tasks::FailedTask;
 use phoenix_storage::{
@@ -634,8 +635,8 @@ async fn host_reports(
     series: &HashMap<(String, String), Series>,
 ) -> Result<Vec<HostReport>> {
     let all = deployments::list(tx).await?;
-    let records = hosts::list_records(tx).await?;
-    let collectors = hosts::collectors_by_host(tx).await?;
+    let records = hosts::list_records(tx, HostFilter::All).await?;
+    let collectors = hosts::collectors_by_host(tx, HostFilter::All).await?;
     let templates = crate::standing::template_configs(tx).await?;
     let destinations = destinations::specs(tx).await?;
     let Some(template) = templates.get(&deployment.spec.pipeline) else {

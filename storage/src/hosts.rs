@@ -12,6 +12,37 @@ use sqlx::{Connection, FromRow};
 
 use crate::{Result, StoreError, corrupt};
 
+/// Which hosts a query of per-host state reads: all of them, or only some (the
+/// reconciler's incremental pass reads the hosts that changed).
+#[derive(Clone, Copy, Debug)]
+pub enum HostFilter<'a> {
+    All,
+    Only(&'a [String]),
+}
+
+impl HostFilter<'_> {
+    /// The SQL condition on `column`: `TRUE`, or membership in parameter `$n`
+    /// (bound by [`HostFilter::bind`]). Two texts rather than one condition with a
+    /// NULL test, so each gets a plan of its own (an index scan for a few hosts).
+    pub(crate) fn condition(&self, column: &str, n: usize) -> String {
+        match self {
+            HostFilter::All => "TRUE".to_string(),
+            HostFilter::Only(_) => format!("{column} = ANY(${n})"),
+        }
+    }
+
+    /// Binds the host ids when [`HostFilter::condition`] asked for them.
+    pub(crate) fn bind<'q, O>(
+        &self,
+        query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+        match self {
+            HostFilter::All => query,
+            HostFilter::Only(ids) => query.bind(ids.to_vec()),
+        }
+    }
+}
+
 /// Whether a host last seen at `last_seen` counts as lost at `now`.
 pub fn host_state(last_seen: DateTime<Utc>, now: DateTime<Utc>, grace: Duration) -> HostState {
     let silent = now
@@ -150,13 +181,16 @@ impl TryFrom<HostRow> for HostRecord {
     }
 }
 
-/// Every registered host, ordered by id.
-pub async fn list_records(conn: &mut PgConnection) -> Result<Vec<HostRecord>> {
-    let rows: Vec<HostRow> = sqlx::query_as(
-        "SELECT host_id, labels, agent_version, last_seen FROM hosts ORDER BY host_id",
-    )
-    .fetch_all(conn)
-    .await?;
+/// Every registered host `filter` lets through, ordered by id.
+pub async fn list_records(
+    conn: &mut PgConnection,
+    filter: HostFilter<'_>,
+) -> Result<Vec<HostRecord>> {
+    let sql = format!(
+        "SELECT host_id, labels, agent_version, last_seen FROM hosts WHERE {} ORDER BY host_id",
+        filter.condition("host_id", 1)
+    );
+    let rows: Vec<HostRow> = filter.bind(sqlx::query_as(&sql)).fetch_all(conn).await?;
     rows.into_iter().map(HostRecord::try_from).collect()
 }
 
@@ -221,13 +255,16 @@ impl TryFrom<CollectorRow> for (String, CollectorStatus) {
 const COLLECTOR_COLUMNS: &str = "host_id, collector_id, owner, variant, pipeline, config_hash, pid, health, restarts, \
                                  cpu_seconds, rss_bytes, last_error, rolled_back_from";
 
-/// Every reported collector, grouped by host.
+/// Every reported collector of the hosts `filter` lets through, grouped by host.
 pub async fn collectors_by_host(
     conn: &mut PgConnection,
+    filter: HostFilter<'_>,
 ) -> Result<HashMap<String, Vec<CollectorStatus>>> {
-    let sql =
-        format!("SELECT {COLLECTOR_COLUMNS} FROM host_collectors ORDER BY host_id, collector_id");
-    let rows: Vec<CollectorRow> = sqlx::query_as(&sql).fetch_all(conn).await?;
+    let sql = format!(
+        "SELECT {COLLECTOR_COLUMNS} FROM host_collectors WHERE {} ORDER BY host_id, collector_id",
+        filter.condition("host_id", 1)
+    );
+    let rows: Vec<CollectorRow> = filter.bind(sqlx::query_as(&sql)).fetch_all(conn).await?;
     let mut by_host: HashMap<String, Vec<CollectorStatus>> = HashMap::new();
     for row in rows {
         let (host, status) = row.try_into()?;
@@ -255,8 +292,8 @@ fn to_view(
 /// Every host with its collectors; hosts silent for longer than `grace` are `lost`.
 pub async fn list(conn: &mut PgConnection, grace: Duration) -> Result<Vec<Host>> {
     let now = database_now(conn).await?;
-    let records = list_records(conn).await?;
-    let mut collectors = collectors_by_host(conn).await?;
+    let records = list_records(conn, HostFilter::All).await?;
+    let mut collectors = collectors_by_host(conn, HostFilter::All).await?;
     Ok(records
         .into_iter()
         .map(|r| {

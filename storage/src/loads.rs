@@ -12,6 +12,7 @@ use phoenix_wire::resource::HostTarget;
 use sqlx::FromRow;
 use sqlx::postgres::PgConnection;
 
+use crate::hosts::HostFilter;
 use crate::{Result, StoreError, corrupt};
 
 /// Whether a stored run is still wanted: `running` until a user stops it. (That
@@ -241,14 +242,17 @@ struct ReportedRow {
     last_error: Option<String>,
 }
 
-/// Every reported load run, grouped by host.
-pub async fn reported_by_host(conn: &mut PgConnection) -> Result<HashMap<String, Vec<LoadStatus>>> {
-    let rows: Vec<ReportedRow> = sqlx::query_as(
+/// Every reported load run of the hosts `filter` lets through, grouped by host.
+pub async fn reported_by_host(
+    conn: &mut PgConnection,
+    filter: HostFilter<'_>,
+) -> Result<HashMap<String, Vec<LoadStatus>>> {
+    let sql = format!(
         "SELECT host_id, run_id, owner, profile, spec_hash, state, live_processes, spawned_total, \
-         started_at, expires_at, last_error FROM host_loads ORDER BY host_id, run_id",
-    )
-    .fetch_all(conn)
-    .await?;
+         started_at, expires_at, last_error FROM host_loads WHERE {} ORDER BY host_id, run_id",
+        filter.condition("host_id", 1)
+    );
+    let rows: Vec<ReportedRow> = filter.bind(sqlx::query_as(&sql)).fetch_all(conn).await?;
     let mut by_host: HashMap<String, Vec<LoadStatus>> = HashMap::new();
     for row in rows {
         let what = format!("load run {} on {}", row.run_id, row.host_id);

@@ -24,6 +24,7 @@ use phoenix_wire::view::{AgentTask, TaskFilter, TaskStatus};
 use sqlx::FromRow;
 use sqlx::postgres::PgConnection;
 
+use crate::hosts::HostFilter;
 use crate::{Result, StoreError, corrupt};
 
 /// A task the reconciler wants to exist.
@@ -413,20 +414,21 @@ struct OpenRow {
 /// Read open tasks *before* what hosts report: work moves from "open task" to
 /// "reported", so the later read then sees everything the earlier one missed
 /// (at worst something twice, which the diff takes in its stride).
-pub async fn list_open(conn: &mut PgConnection) -> Result<Vec<OpenTask>> {
-    let rows: Vec<OpenRow> = sqlx::query_as(
+pub async fn list_open(conn: &mut PgConnection, filter: HostFilter<'_>) -> Result<Vec<OpenTask>> {
+    let sql = format!(
         "SELECT id, host_id, kind, unit_id, action, spec_hash, status FROM agent_tasks \
-         WHERE status IN ('pending', 'leased') \
+         WHERE status IN ('pending', 'leased') AND {} \
          UNION ALL \
          SELECT t.id, t.host_id, t.kind, t.unit_id, t.action, t.spec_hash, t.status FROM agent_tasks t \
          JOIN hosts h ON h.host_id = t.host_id \
-         WHERE t.status = 'succeeded' \
+         WHERE t.status = 'succeeded' AND {} \
          AND t.updated_at > now() - $1 * interval '1 second' AND t.updated_at > h.status_at \
          ORDER BY id",
-    )
-    .bind(UNREPORTED_SUCCESS_WINDOW.as_secs_f64())
-    .fetch_all(conn)
-    .await?;
+        filter.condition("host_id", 2),
+        filter.condition("t.host_id", 2)
+    );
+    let query = sqlx::query_as(&sql).bind(UNREPORTED_SUCCESS_WINDOW.as_secs_f64());
+    let rows: Vec<OpenRow> = filter.bind(query).fetch_all(conn).await?;
     rows.into_iter()
         .map(|row| {
             let what = format!("task {}", row.id);

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use phoenix_storage::deployments::{self, Applied, NewRevision, StoredDeployment};
-use phoenix_storage::hosts::{self, HostRecord};
+use phoenix_storage::hosts::{self, HostFilter, HostRecord};
 use phoenix_storage::rollouts;
 use phoenix_storage::{PgConnection, PgPool, StoreError};
 use phoenix_wire::agent::CollectorStatus;
@@ -74,7 +74,7 @@ pub(crate) async fn check_deployment(
     doc.validate().map_err(ApiError::Invalid)?;
     let name = &doc.metadata.name;
     let config = check_pipeline(conn, "spec", &doc.spec.pipeline_ref()).await?;
-    let records = hosts::list_records(conn).await?;
+    let records = hosts::list_records(conn, HostFilter::All).await?;
     check_hosts(&doc.spec, &records)?;
     let all = deployments::list(conn).await?;
     check_overlap(name, &doc.spec, &all, &records)?;
@@ -149,8 +149,8 @@ fn check_overlap(
 
 pub async fn list(conn: &mut PgConnection) -> Result<Vec<PipelineDeployment>, ApiError> {
     let all = deployments::list(conn).await?;
-    let records = hosts::list_records(conn).await?;
-    let collectors = hosts::collectors_by_host(conn).await?;
+    let records = hosts::list_records(conn, HostFilter::All).await?;
+    let collectors = hosts::collectors_by_host(conn, HostFilter::All).await?;
     let mut rollouts = rollouts::latest_all(conn).await?;
     Ok(all
         .iter()
@@ -168,8 +168,8 @@ async fn one_view(
     with_revisions: bool,
 ) -> Result<PipelineDeployment, ApiError> {
     let all = deployments::list(conn).await?;
-    let records = hosts::list_records(conn).await?;
-    let collectors = hosts::collectors_by_host(conn).await?;
+    let records = hosts::list_records(conn, HostFilter::All).await?;
+    let collectors = hosts::collectors_by_host(conn, HostFilter::All).await?;
     let rollout = rollouts::latest(conn, &stored.name).await?;
     let mut deployment = view(stored, &all, &records, &collectors, rollout);
     if with_revisions {

@@ -8,6 +8,7 @@
 //! the same limit over all runs it has.
 
 use chrono::{DateTime, Utc};
+use phoenix_storage::hosts::HostFilter;
 use phoenix_storage::loads::{self, NewLoadRun, StoredLoadRun};
 use phoenix_storage::tasks::{self, FailedTask};
 use phoenix_storage::{PgConnection, hosts};
@@ -42,7 +43,7 @@ pub async fn start(conn: &mut PgConnection, body: &DocumentBody) -> Result<LoadS
         },
     )
     .await?;
-    let reported = loads::reported_by_host(conn).await?;
+    let reported = loads::reported_by_host(conn, HostFilter::All).await?;
     Ok(view(stored, &reported, &[], Utc::now()))
 }
 
@@ -79,7 +80,7 @@ async fn resolve_hosts(
     conn: &mut PgConnection,
     request: &LoadSimRequest,
 ) -> Result<Vec<String>, ApiError> {
-    let known = hosts::list_records(conn).await?;
+    let known = hosts::list_records(conn, HostFilter::All).await?;
     if let Some(selector) = &request.hosts.selector {
         let matching: Vec<String> = known
             .iter()
@@ -115,7 +116,7 @@ async fn resolve_hosts(
 /// Every stored run, newest first, with what its hosts report.
 pub async fn list(conn: &mut PgConnection) -> Result<Vec<LoadSim>, ApiError> {
     let runs = loads::list_runs(conn).await?;
-    let reported = loads::reported_by_host(conn).await?;
+    let reported = loads::reported_by_host(conn, HostFilter::All).await?;
     let oldest = runs.iter().map(|r| r.created_at).min();
     let failures = match oldest {
         Some(since) => tasks::failures_since(conn, TaskKind::Load, since).await?,
@@ -130,7 +131,7 @@ pub async fn list(conn: &mut PgConnection) -> Result<Vec<LoadSim>, ApiError> {
 
 pub async fn get(conn: &mut PgConnection, name: &str) -> Result<LoadSim, ApiError> {
     let run = loads::get_run(conn, name).await?;
-    let reported = loads::reported_by_host(conn).await?;
+    let reported = loads::reported_by_host(conn, HostFilter::All).await?;
     let failures = tasks::failures_since(conn, TaskKind::Load, run.created_at).await?;
     Ok(view(run, &reported, &failures, Utc::now()))
 }
@@ -138,7 +139,7 @@ pub async fn get(conn: &mut PgConnection, name: &str) -> Result<LoadSim, ApiErro
 /// Stops a run; its workers go away with the next reconcile pass.
 pub async fn stop(conn: &mut PgConnection, name: &str) -> Result<LoadSim, ApiError> {
     let run = loads::stop_run(conn, name).await?;
-    let reported = loads::reported_by_host(conn).await?;
+    let reported = loads::reported_by_host(conn, HostFilter::All).await?;
     Ok(view(run, &reported, &[], Utc::now()))
 }
 

@@ -17,6 +17,7 @@ pub mod promotion;
 
 use std::path::Path;
 
+use phoenix_storage::hosts::HostFilter;
 use phoenix_storage::{PgConnection, PgPool, StoreError, experiments, hosts, templates};
 use phoenix_wire::agent::{CollectorSpec, Variant};
 use phoenix_wire::names::selector_matches;
@@ -177,7 +178,7 @@ pub(crate) async fn check_pipeline(
 }
 
 async fn check_hosts(conn: &mut PgConnection, doc: &ExperimentDocument) -> Result<(), ApiError> {
-    let known = hosts::list_records(conn).await?;
+    let known = hosts::list_records(conn, HostFilter::All).await?;
     if let Some(selector) = &doc.spec.hosts.selector
         && !known.iter().any(|h| selector_matches(selector, &h.labels))
     {

@@ -31,7 +31,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use phoenix_storage::deployments::{self, NewRevision, StoredDeployment};
-use phoenix_storage::hosts::{self, HostRecord};
+use phoenix_storage::hosts::{self, HostFilter, HostRecord};
 use phoenix_storage::{PgConnection, StoreError, experiments, results};
 use phoenix_wire::deployment::DeploymentSpec;
 use phoenix_wire::resource::HostTarget;
@@ -468,7 +468,7 @@ async fn choose_deployment(
     }
     // A new deployment must not select a host that runs another one.
     let all = deployments::list(conn).await?;
-    let records = hosts::list_records(conn).await?;
+    let records = hosts::list_records(conn, HostFilter::All).await?;
     let mut running: Vec<(String, String)> = Vec::new(); // (deployment, host)
     for host in &experiment.target_hosts {
         let labels = records

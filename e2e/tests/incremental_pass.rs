@@ -1,0 +1,173 @@
+//! The incremental reconcile pass (issue 16): a pass scoped to the hosts that
+//! changed reads and writes only those hosts, a full pass completes the rest
+//! without repeating anything, and a host's own report wakes a scoped pass that
+//! acts on it long before the periodic resync.
+
+use std::time::Duration;
+
+use phoenix_e2e::harness::{OPERATOR_TOKEN, Stack, StackOptions, eventually};
+use phoenix_reconciler::changes::Scope;
+use phoenix_reconciler::metrics::{Metrics, ScopeLabels};
+use phoenix_storage::leader::{LeaderLock, LeaderSettings};
+use reqwest::Method;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A standing pipeline on every `role: web` host.
+const DEPLOYMENT: &str = r#"
+apiVersion: phoenix.dev/v1
+kind: PipelineDeployment
+metadata: {name: standing-web}
+spec:
+  hosts: {selector: {role: web}}
+  pipeline: process-topk
+"#;
+
+async fn deploy(stack: &Stack) {
+    let response = stack
+        .request(Method::POST, "/api/v1/deployments", OPERATOR_TOKEN)
+        .header("content-type", "application/yaml")
+        .body(DEPLOYMENT)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "{}",
+        response.text().await.unwrap()
+    );
+}
+
+/// `(host, action, status)` of every task, ordered.
+async fn tasks(stack: &Stack) -> Vec<(String, String, String)> {
+    sqlx::query_as("SELECT host_id, action, status FROM agent_tasks ORDER BY host_id, id")
+        .fetch_all(&stack.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scoped_pass_touches_only_its_hosts_and_a_full_pass_completes_the_rest() {
+    let stack = Stack::start_with(StackOptions {
+        reconciler: false,
+        ..Default::default()
+    })
+    .await;
+    for host in ["web-0", "web-1", "web-2"] {
+        stack.register_host(host, &[("role", "web")]).await;
+    }
+    deploy(&stack).await;
+    // Lead by hand, and let the roll-out job start the first revision (which
+    // reaches every host at once).
+    let mut lock = LeaderLock::try_acquire(&stack.database_url, LeaderSettings::default(), "test")
+        .await
+        .unwrap()
+        .expect("nobody else leads");
+    let epoch = lock.epoch();
+    let config = &stack.reconciler_config;
+    phoenix_reconciler::rollout::advance(&stack.pool, &config.rollout_settings(), epoch)
+        .await
+        .unwrap();
+
+    let scope = Scope::Hosts(vec!["web-1".to_string()]);
+    let report = phoenix_reconciler::pass::run_pass(lock.connection(), config, epoch, scope)
+        .await
+        .unwrap();
+    assert_eq!(report.scope, Some("hosts"));
+    assert_eq!(report.tasks_created, 1, "{report:?}");
+    let start = |host: &str| (host.to_string(), "start".to_string(), "pending".to_string());
+    assert_eq!(
+        tasks(&stack).await,
+        [start("web-1")],
+        "only web-1 was looked at"
+    );
+
+    // The same scope again asks for nothing new (idempotent); a full pass adds
+    // the other two hosts and nothing for web-1 a second time.
+    let again = Scope::Hosts(vec!["web-1".to_string()]);
+    let report = phoenix_reconciler::pass::run_pass(lock.connection(), config, epoch, again)
+        .await
+        .unwrap();
+    assert_eq!(report.tasks_created, 0, "{report:?}");
+    let report = phoenix_reconciler::pass::run_pass(lock.connection(), config, epoch, Scope::Full)
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.scope, report.tasks_created),
+        (Some("full"), 2),
+        "{report:?}"
+    );
+    assert_eq!(
+        tasks(&stack).await,
+        [start("web-0"), start("web-1"), start("web-2")]
+    );
+
+    // A host leaving the selector, seen by a pass scoped to it alone: its
+    // unclaimed start is cancelled, the others' stay.
+    stack.register_host("web-2", &[("role", "db")]).await;
+    let scope = Scope::Hosts(vec!["web-2".to_string()]);
+    let report = phoenix_reconciler::pass::run_pass(lock.connection(), config, epoch, scope)
+        .await
+        .unwrap();
+    assert_eq!(report.tasks_cancelled, 1, "{report:?}");
+    let cancelled = (
+        "web-2".to_string(),
+        "start".to_string(),
+        "cancelled".to_string(),
+    );
+    assert_eq!(
+        tasks(&stack).await,
+        [start("web-0"), start("web-1"), cancelled]
+    );
+    drop(lock);
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_report_wakes_a_pass_for_that_host_long_before_the_resync() {
+    // One resync an hour: only announced changes can move anything in this test.
+    let mut stack = Stack::start_with(StackOptions {
+        reconciler: false,
+        resync: Duration::from_secs(3600),
+        ..Default::default()
+    })
+    .await;
+    let metrics = Metrics::new();
+    stack.spawn_reconciler_with(metrics.clone());
+    for host in ["web-0", "web-1"] {
+        stack.register_host(host, &[("role", "web")]).await;
+    }
+    deploy(&stack).await;
+    let start = |host: &str| (host.to_string(), "start".to_string(), "pending".to_string());
+    eventually("a start task for each host", WAIT, || async {
+        (tasks(&stack).await == [start("web-0"), start("web-1")]).then_some(())
+    })
+    .await;
+    let scoped = || {
+        metrics
+            .passes_by_scope
+            .get_or_create(&ScopeLabels { scope: "hosts" })
+            .get()
+    };
+    let before = scoped();
+
+    // web-1 is relabelled: its status report names it, and a pass for web-1 alone
+    // cancels its start.
+    stack.register_host("web-1", &[("role", "db")]).await;
+    let cancelled = (
+        "web-1".to_string(),
+        "start".to_string(),
+        "cancelled".to_string(),
+    );
+    eventually("web-1's start cancelled", WAIT, || async {
+        (tasks(&stack).await == [start("web-0"), cancelled.clone()]).then_some(())
+    })
+    .await;
+    assert!(
+        scoped() > before,
+        "a pass scoped to hosts did it ({} before, {} after)",
+        before,
+        scoped()
+    );
+    stack.shutdown().await;
+}

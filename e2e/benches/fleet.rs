@@ -127,6 +127,9 @@ struct AgentCounters {
     acks: AtomicU64,
     status_reports: AtomicU64,
     request_errors: AtomicU64,
+    /// 503s: an api replica shedding load (no database connection within its
+    /// acquire timeout); retried after Retry-After, as the real agent does.
+    shed: AtomicU64,
 }
 
 impl AgentCounters {
@@ -294,6 +297,8 @@ struct Row {
     machine_cpu_rollout: f64,
     postgres_connections_peak: u64,
     request_errors: u64,
+    /// 503s the api replicas answered the fleet (load shed), each retried.
+    shed_503: u64,
 }
 
 #[derive(Serialize, Clone, Copy)]
@@ -570,13 +575,17 @@ async fn run_fleet(
     let mut creation_to_running_s = None;
     let running_deadline = Instant::now() + Duration::from_secs(300);
     while Instant::now() < running_deadline {
-        let experiment: Experiment = http
+        let response = http
             .get(format!("{api_url}/api/v1/experiments/{EXPERIMENT}"))
             .bearer_auth(VIEWER_TOKEN)
             .send()
-            .await?
-            .json()
             .await?;
+        if response.status() == 503 {
+            // The replica sheds load while the fleet reports; ask again.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        }
+        let experiment: Experiment = response.error_for_status()?.json().await?;
         if experiment.phase == Phase::Running {
             creation_to_running_s = Some(created_at.elapsed().as_secs_f64());
             break;
@@ -675,6 +684,7 @@ async fn run_fleet(
         machine_cpu_rollout: rollout.machine_busy,
         postgres_connections_peak: peaks.postgres_connections_peak,
         request_errors: finals.iter().map(|f| f.request_errors).sum(),
+        shed_503: finals.iter().map(|f| f.shed).sum(),
     })
 }
 
@@ -696,6 +706,9 @@ struct Final {
     all_tasks_us: Vec<(usize, u64)>,
     config_fetches: u64,
     request_errors: u64,
+    /// 503s answered to its agents, each retried.
+    #[serde(default)]
+    shed: u64,
 }
 
 #[derive(Serialize, serde::Deserialize)]
@@ -848,6 +861,7 @@ async fn simulate(first: usize, count: usize, api_urls: Vec<String>) -> anyhow::
         config_fetches: counters.config_fetches.load(Ordering::Relaxed),
         request_errors: counters.request_errors.load(Ordering::Relaxed)
             + counters.poll_errors.load(Ordering::Relaxed),
+        shed: counters.shed.load(Ordering::Relaxed),
     }));
     Ok(())
 }
@@ -988,9 +1002,8 @@ impl SimulatedAgent {
                 .json(&TaskOutcome {
                     ok: true,
                     error: None,
-                })
-                .send()
-                .await;
+                });
+            let ack = self.send(ack).await;
             match ack {
                 Ok(response) if response.status() == 204 => {
                     self.counters.acks.fetch_add(1, Ordering::Relaxed);
@@ -1005,6 +1018,30 @@ impl SimulatedAgent {
         }
     }
 
+    /// Sends `request`; a 503 (a replica shedding load) is counted and sent again
+    /// after its Retry-After plus up to a second of jitter, as the real agent
+    /// treats it (transient).
+    async fn send(&self, request: reqwest::RequestBuilder) -> reqwest::Result<reqwest::Response> {
+        loop {
+            let attempt = request
+                .try_clone()
+                .expect("bodies are bytes")
+                .send()
+                .await?;
+            if attempt.status() != 503 {
+                return Ok(attempt);
+            }
+            self.counters.shed.fetch_add(1, Ordering::Relaxed);
+            let after = attempt
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                .unwrap_or(2);
+            let jitter = rand::random_range(0..1000);
+            tokio::time::sleep(Duration::from_secs(after) + Duration::from_millis(jitter)).await;
+        }
+    }
+
     /// Fetches a config body it does not hold, as the real agent does.
     async fn fetch_body(&self, sha: &str) {
         if self.bodies.lock().await.contains_key(sha) {
@@ -1016,9 +1053,8 @@ impl SimulatedAgent {
                 "{}/agent/v1/hosts/{}/configs/{sha}",
                 self.api_url, self.host_id
             ))
-            .bearer_auth(&self.credential)
-            .send()
-            .await;
+            .bearer_auth(&self.credential);
+        let fetched = self.send(fetched).await;
         match fetched {
             Ok(response) if response.status() == 200 => {
                 let body = response.text().await.unwrap_or_default();
@@ -1050,9 +1086,8 @@ impl SimulatedAgent {
                 self.api_url, self.host_id
             ))
             .bearer_auth(&self.credential)
-            .json(&status)
-            .send()
-            .await;
+            .json(&status);
+        let result = self.send(result).await;
         match result {
             Ok(response) if response.status() == 204 => {
                 self.counters.status_reports.fetch_add(1, Ordering::Relaxed);
@@ -1471,7 +1506,7 @@ fn print_table(rows: &[Row]) {
         let c = r.creation_to_tasks_ms;
         let w = r.write_to_delivery_ms;
         println!(
-            "| {} ({}, {}) | {:.0} / {:.0} / {:.0} ms | {:.0} / {:.0} / {:.0} ms | {} | {:.0} ({:.0}) | {:.0} | {:.0} / {:.0} ms | {:.0} / {:.0} MiB ({}) | {:.0} MiB | {:.2} / {:.2} / {:.2} / {:.2} | {} | {} |",
+            "| {} ({}, {}) | {:.0} / {:.0} / {:.0} ms | {:.0} / {:.0} / {:.0} ms | {} | {:.0} ({:.0}) | {:.0} | {:.0} / {:.0} ms | {:.0} / {:.0} MiB ({}) | {:.0} MiB | {:.2} / {:.2} / {:.2} / {:.2} | {} | {} ({} 503s retried) |",
             r.agents,
             r.api_replicas,
             r.simulators,
@@ -1498,6 +1533,7 @@ fn print_table(rows: &[Row]) {
             r.agents_cpu_rollout_cores,
             r.postgres_connections_peak,
             r.request_errors,
+            r.shed_503,
         );
     }
 }

@@ -29,7 +29,7 @@ spec:
   baseline: {{pipeline: process-baseline, vars: {{collection_interval: 3s}}}}
   candidate: {{pipeline: {candidate}, vars: {{collection_interval: 3s{candidate_vars}}}}}
   warmup: 10s
-  duration: 30s
+  duration: 60s
   criticalProcesses: [{CRITICAL}]
 "#
     )

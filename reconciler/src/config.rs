@@ -141,11 +141,15 @@ pub struct ReconcilerConfig {
     #[arg(long, env = "PHOENIX_ANALYSIS_DELAY", default_value = "15s", value_parser = HumanDuration::parse)]
     pub analysis_delay: HumanDuration,
 
-    /// The rate() window for collector CPU; at least a few Pushgateway scrapes long.
+    /// The window each collector CPU sample is a rate over (increase of its CPU seconds
+    /// divided by the window). Long enough to be non-zero for a light collector: the
+    /// kernel counts CPU in 10 ms ticks, so 0.003 cores over 5 s is 0 or 1 tick. CPU
+    /// samples start one window into the measurement, so it must be well shorter than
+    /// the experiment's duration (docs/ANALYSIS.md).
     #[arg(long, env = "PHOENIX_CPU_RATE_WINDOW", default_value = "1m", value_parser = HumanDuration::parse)]
     pub cpu_rate_window: HumanDuration,
 
-    /// Spacing of the CPU and memory samples compared by the Mann–Whitney test.
+    /// Spacing of the CPU and memory samples the paired tests compare.
     #[arg(long, env = "PHOENIX_SAMPLE_STEP", default_value = "10s", value_parser = HumanDuration::parse)]
     pub sample_step: HumanDuration,
 

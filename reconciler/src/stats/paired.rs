@@ -25,7 +25,10 @@
 //!   differences so that the resamples keep that dependence; the statistic is the mean
 //!   over hosts of each host's mean difference. The interval is the percentile
 //!   interval; the p-value is that of the bootstrap distribution shifted to the null.
-//!   Seeded ([`BOOTSTRAP_SEED`]): the same samples always give the same report.
+//!   Seeded ([`BOOTSTRAP_SEED`]): the same samples always give the same report. The
+//!   block is at least the number of samples that share data (the rate window over
+//!   the step) and `⌈n^(1/3)⌉`; a series shorter than [`MIN_BLOCKS`] blocks is too
+//!   short to judge.
 //! - **no host with both variants at [`MIN_PAIRS`] common instants**: nothing can be
 //!   paired, and the pooled **Mann–Whitney** rule of [`super::judge_resource`] is the
 //!   fallback; the report says so, with its caveat (it treats samples as independent).
@@ -56,6 +59,11 @@ pub const MIN_HOSTS_SIGNED_RANK: usize = 6;
 
 /// Fewest paired samples a host needs to take part in a paired test.
 pub const MIN_PAIRS: usize = 5;
+
+/// Fewest blocks the longest paired series must hold for the bootstrap: with fewer,
+/// the resamples are little more than rotations of the data and the interval is far
+/// too narrow.
+pub const MIN_BLOCKS: usize = 3;
 
 /// Bootstrap replicates: with 1999, the 2.5 % and 97.5 % points are the 50th and
 /// 1950th ordered replicates exactly.
@@ -603,6 +611,13 @@ pub fn evaluate(
     if !paired.is_empty() {
         let longest = paired.iter().map(Vec::len).max().unwrap_or(1);
         let block = block_length(longest, min_block);
+        if longest < MIN_BLOCKS * block {
+            return Err(NotJudged::TooFew(format!(
+                "the paired series hold at most {longest} samples, fewer than \
+                 {MIN_BLOCKS} blocks of {block} (consecutive samples share data over the \
+                 rate window): measure for longer, or use a shorter rate window"
+            )));
+        }
         let boot = block_bootstrap_mean(&paired, block, BOOTSTRAP_REPLICATES, BOOTSTRAP_SEED)
             .ok_or_else(|| NotJudged::Invalid("the bootstrap could not be computed".into()))?;
         e.method = Method::BlockBootstrap;

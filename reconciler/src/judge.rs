@@ -151,8 +151,8 @@ fn resource_test(e: &Evaluation, p_adjusted: f64) -> ResourceTest {
         shift: e.estimate,
         allowance: e.allowance,
         method: Some(match e.method {
-            Method::SignedRank => TestMethod::WilcoxonSignedRank,
-            Method::BlockBootstrap => TestMethod::BlockBootstrap,
+            Method::SignedRankHosts => TestMethod::SignedRankHosts,
+            Method::SignedRankWindows => TestMethod::SignedRankWindows,
             Method::MannWhitney => TestMethod::MannWhitney,
         }),
         why: Some(e.why.clone()),
@@ -162,7 +162,7 @@ fn resource_test(e: &Evaluation, p_adjusted: f64) -> ResourceTest {
         ci_high: e.ci.map(|c| c.1),
         confidence: e.ci.map(|_| paired::CONFIDENCE),
         p_adjusted: Some(p_adjusted),
-        block_length: e.block,
+        spacing: e.block,
     }
 }
 
@@ -219,7 +219,7 @@ mod tests {
         assert_eq!(result.outcome, Outcome::Fail, "{}", result.reason);
         assert!(result.reason.contains("95% CI"), "{}", result.reason);
         let test = test.as_ref().unwrap();
-        assert_eq!(test.method, Some(TestMethod::BlockBootstrap));
+        assert_eq!(test.method, Some(TestMethod::SignedRankWindows));
         assert!(test.shift > 0.07 && test.effect_size > 0.9);
         assert!(test.ci_low.unwrap() > 0.07 && test.ci_high.unwrap() < 0.09);
         assert!(test.p_over_allowance.unwrap() < 0.05);
@@ -261,7 +261,7 @@ mod tests {
             0.05,
         );
         let cpu = results[0].1.as_ref().unwrap();
-        assert_eq!(cpu.method, Some(TestMethod::WilcoxonSignedRank));
+        assert_eq!(cpu.method, Some(TestMethod::SignedRankHosts));
         assert!((cpu.p_over_allowance.unwrap() - 1.0 / 256.0).abs() < 1e-12);
         assert!((cpu.p_adjusted.unwrap() - 2.0 / 256.0).abs() < 1e-12);
         assert_eq!(

@@ -94,9 +94,10 @@ pub struct VariantKpis {
 #[serde(rename_all = "kebab-case")]
 pub enum TestMethod {
     /// Paired by host, one mean difference per host, combined across ≥ 6 hosts.
-    WilcoxonSignedRank,
-    /// Paired by host, the difference series resampled in blocks (few hosts).
-    BlockBootstrap,
+    SignedRankHosts,
+    /// Paired by host (fewer than 6), the differences taken far enough apart not to
+    /// share a rate window, pooled.
+    SignedRankWindows,
     /// Nothing could be paired: pooled samples, treated as independent.
     MannWhitney,
 }
@@ -104,8 +105,8 @@ pub enum TestMethod {
 impl TestMethod {
     pub fn as_str(self) -> &'static str {
         match self {
-            TestMethod::WilcoxonSignedRank => "Wilcoxon signed-rank across hosts",
-            TestMethod::BlockBootstrap => "paired block bootstrap",
+            TestMethod::SignedRankHosts => "Wilcoxon signed-rank across hosts",
+            TestMethod::SignedRankWindows => "Wilcoxon signed-rank across separate windows",
             TestMethod::MannWhitney => "pooled Mann–Whitney U",
         }
     }
@@ -128,7 +129,7 @@ pub struct ResourceTest {
     /// when the candidate tends to be larger.
     pub effect_size: f64,
     /// Estimated change, candidate minus baseline (cores or MiB): the Hodges–Lehmann
-    /// estimate, or for the bootstrap the mean over hosts of the mean paired difference.
+    /// (pseudo-)median.
     pub shift: f64,
     /// The allowance it was judged against (cores or MiB).
     pub allowance: f64,
@@ -138,7 +139,7 @@ pub struct ResourceTest {
     /// Why that test fits the data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub why: Option<String>,
-    /// Hosts in the test, and paired samples (0 when unpaired).
+    /// Hosts in the test, and the paired differences it ranked (0 when unpaired).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hosts: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -155,9 +156,10 @@ pub struct ResourceTest {
     /// compared with α.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub p_adjusted: Option<f64>,
-    /// Block length of the bootstrap, in samples.
+    /// For the test across windows: how many samples apart the differences used
+    /// are (at least a rate window's worth, so they share no data).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub block_length: Option<usize>,
+    pub spacing: Option<usize>,
 }
 
 /// How the verdict controls the error across the criteria that are statistical tests.
@@ -330,8 +332,8 @@ mod tests {
         assert_eq!(outcome, Outcome::NoResolution);
         assert_eq!(Outcome::NoResolution.as_str(), "no-resolution");
         assert_eq!(
-            serde_json::to_value(TestMethod::WilcoxonSignedRank).unwrap(),
-            "wilcoxon-signed-rank"
+            serde_json::to_value(TestMethod::SignedRankWindows).unwrap(),
+            "signed-rank-windows"
         );
     }
 }

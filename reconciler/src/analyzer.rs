@@ -71,9 +71,13 @@ pub struct AnalyzerSettings {
     pub rate_window: Duration,
     /// Spacing of the CPU and RSS samples taken from Prometheus.
     pub sample_step: Duration,
+    /// How long a critical process may be missing from the candidate before a
+    /// running experiment fails early ([`crate::early_stop`]); zero turns it off.
+    pub early_stop_after: Duration,
 }
 
-/// Analyzes every experiment that is in `analyzing`. It runs as a background job of
+/// Analyzes every experiment that is in `analyzing`, then checks the running ones for
+/// an early stop ([`crate::early_stop`]). It runs as a background job of
 /// its own ([`crate::background`]), never inside the reconcile pass, and holds no
 /// database connection while it waits for Prometheus: it reads what is due, measures,
 /// then writes each result in a short transaction whose phase change is a
@@ -171,7 +175,7 @@ pub async fn analyze_due(
             .get_or_create(&ResultLabels { result: outcome })
             .inc();
     }
-    Ok(())
+    crate::early_stop::stop_early(pool, settings, epoch).await
 }
 
 async fn database_now(pool: &PgPool) -> Result<DateTime<Utc>> {
@@ -252,7 +256,7 @@ fn hosts_regex(hosts: &[String]) -> String {
 }
 
 /// The remote-written series of one variant, on the experiment's hosts only.
-fn selector(experiment: &Experiment, variant: &str) -> String {
+pub(crate) fn selector(experiment: &Experiment, variant: &str) -> String {
     format!(
         r#"{{phoenix_experiment="{}",phoenix_variant="{variant}",phoenix_host=~"{}"}}"#,
         experiment.name,

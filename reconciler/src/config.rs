@@ -149,6 +149,13 @@ pub struct ReconcilerConfig {
     #[arg(long, env = "PHOENIX_CPU_RATE_WINDOW", default_value = "1m", value_parser = HumanDuration::parse)]
     pub cpu_rate_window: HumanDuration,
 
+    /// Early stop: a running experiment whose candidate reported none of a critical
+    /// process for this long, on a host where the baseline did, fails at once and its
+    /// collectors stop. Several of the candidate's collection intervals (N consecutive
+    /// scrapes); `0s` turns early stop off.
+    #[arg(long, env = "PHOENIX_EARLY_STOP_AFTER", default_value = "2m", value_parser = HumanDuration::parse)]
+    pub early_stop_after: HumanDuration,
+
     /// Spacing of the CPU and memory samples the paired tests compare.
     #[arg(long, env = "PHOENIX_SAMPLE_STEP", default_value = "10s", value_parser = HumanDuration::parse)]
     pub sample_step: HumanDuration,
@@ -260,6 +267,7 @@ impl ReconcilerConfig {
             timeout: self.analysis_timeout.as_duration(),
             settle: self.analysis_delay.as_duration(),
             rate_window: self.cpu_rate_window.as_duration(),
+            early_stop_after: self.early_stop_after.as_duration(),
             sample_step: self.sample_step.as_duration(),
         }
     }

@@ -111,7 +111,7 @@ pub fn conclude(
                     criterion,
                     outcome,
                     reason: format!(
-                        "median {:.4} → {:.4} {unit}, change {:+.4} {unit}{}, allowance +{} {unit}; {reason}",
+                        "median {:.4} → {:.4} {unit}, change {:+.4} {unit}{}, allowance +{} {unit}: {reason}",
                         e.baseline_median,
                         e.candidate_median,
                         e.estimate,

@@ -80,7 +80,7 @@ fn test_line(name: &str, test: &Option<ResourceTest>) -> Option<String> {
     let t = test.as_ref()?;
     let method = t.method.map_or("pooled Mann–Whitney U", |m| m.as_str());
     let design = match (t.hosts, t.pairs) {
-        (Some(h), Some(p)) if p > 0 => format!("{h} hosts, {p} paired samples"),
+        (Some(h), Some(p)) if p > 0 => format!("{h} hosts, {p} paired differences"),
         _ => format!("{}+{} samples", t.baseline_samples, t.candidate_samples),
     };
     let ci = match (t.ci_low, t.ci_high, t.confidence) {

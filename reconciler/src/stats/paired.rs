@@ -670,8 +670,8 @@ pub fn evaluate(
         e.why = format!(
             "{} host{} ran both variants at the same instants (fewer than \
              {MIN_HOSTS_SIGNED_RANK} for a test across hosts): the paired differences, taken \
-             {lag} samples apart so that they share no rate window and are nearly \
-             uncorrelated, {} of them, are the units",
+             {lag} samples apart so that they are nearly uncorrelated (no shared rate \
+             window, autocorrelation at most {MAX_AUTOCORRELATION}), {} of them, are the units",
             paired.len(),
             if paired.len() == 1 { "" } else { "s" },
             windows.len()
@@ -719,28 +719,14 @@ pub fn evaluate(
 
 /// The rule of the module documentation, with `p_over` possibly adjusted for
 /// multiple criteria (pass `e.p_over` when there is one). Returns the judgement and a
-/// line with the numbers (no units).
+/// line naming the test and its p-values (the estimate and interval are the caller's
+/// to show, with units).
 pub fn decide(e: &Evaluation, p_over: f64, alpha: f64) -> (Judgement, String) {
-    let ci = e.ci.map_or(String::new(), |(lo, hi)| {
-        format!(
-            ", {:.0}% CI [{:+}, {:+}]",
-            CONFIDENCE * 100.0,
-            sig(lo),
-            sig(hi)
-        )
-    });
     let adjusted = if p_over != e.p_over {
         format!(" (Holm-adjusted {})", sig(p_over))
     } else {
         String::new()
     };
-    let estimate = format!(
-        "candidate − baseline ≈ {:+}{ci} (medians {} vs {}), allowance {}",
-        sig(e.estimate),
-        sig(e.candidate_median),
-        sig(e.baseline_median),
-        sig(e.allowance)
-    );
     let evidence = |relation: &str| {
         format!(
             "{}: one-sided p = {}{adjusted} {relation} α = {alpha}",
@@ -751,21 +737,18 @@ pub fn decide(e: &Evaluation, p_over: f64, alpha: f64) -> (Judgement, String) {
     if p_over <= alpha {
         (
             Judgement::Fail,
-            format!(
-                "significantly above the allowance: {estimate}; {}",
-                evidence("≤")
-            ),
+            format!("significantly above the allowance; {}", evidence("≤")),
         )
     } else if e.estimate <= e.allowance {
         (
             Judgement::Pass,
-            format!("within the allowance: {estimate}; {}", evidence(">")),
+            format!("within the allowance; {}", evidence(">")),
         )
     } else {
         (
             Judgement::Inconclusive,
             format!(
-                "estimated above the allowance but not significantly (noisy): {estimate}; {}",
+                "estimated above the allowance but not significantly (noisy); {}",
                 evidence(">")
             ),
         )

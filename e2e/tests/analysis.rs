@@ -116,8 +116,41 @@ async fn experiments_reach_verdicts_whose_numbers_match_promql() {
         .await
         .unwrap();
 
+    // A candidate that burns CPU: process-topk plus, for every datapoint, 40 SHA-256
+    // hashes (the attribute is deleted again, so its output is topk's).
+    let topk = templates::get(&mut conn, "process-topk")
+        .await
+        .unwrap()
+        .config;
+    // Indented as the template's own first statement group.
+    let after = &topk[topk.find("metric_statements:\n").expect("a transform") + 19..];
+    let indent = &after[..after.len() - after.trim_start().len()];
+    let hashes: String = (0..40)
+        .map(|i| {
+            format!(
+                "{indent}    - set(datapoint.attributes[\"phoenix.burn\"], SHA256(Concat([metric.name, \"{i}\"], \"-\")))\n"
+            )
+        })
+        .collect();
+    let burn = format!(
+        "metric_statements:\n{indent}- context: datapoint\n{indent}  statements:\n{hashes}{indent}    - delete_key(datapoint.attributes, \"phoenix.burn\")\n"
+    );
+    let burns_cpu = topk.replacen("metric_statements:\n", &burn, 1);
+    assert_ne!(burns_cpu, topk, "the template changed; update this test");
+    sqlx::query("INSERT INTO pipeline_templates (name, description, config) VALUES ('burns-cpu', 'test', $1)")
+        .bind(&burns_cpu)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+
     stack
         .create_experiment(&experiment("topk-pass", "process-topk", ""))
+        .await;
+    stack
+        .create_experiment(&experiment("burn-fail", "burns-cpu", "").replace(
+            "  warmup: 10s",
+            "  criteria: {maxCpuOverheadCores: 0.005}\n  warmup: 10s",
+        ))
         .await;
     stack
         .create_experiment(&experiment(
@@ -179,8 +212,9 @@ async fn experiments_reach_verdicts_whose_numbers_match_promql() {
         Duration::from_secs(60),
         || async {
             let pids: usize = agents.iter().map(|a| a.collector_pids().len()).sum();
-            // topk-pass still runs its two collectors on each host, drop-fail none.
-            (pids == 4).then_some(())
+            // topk-pass and burn-fail still run two collectors each on each host,
+            // drop-fail none.
+            (pids == 8).then_some(())
         },
     )
     .await;
@@ -277,6 +311,22 @@ async fn experiments_reach_verdicts_whose_numbers_match_promql() {
         "{:#?}",
         passing.criteria
     );
+
+    // The candidate that burns CPU fails the CPU criterion, with its numbers.
+    completed(&stack, "burn-fail").await;
+    let burning = report(&stack, "burn-fail").await;
+    let cpu_result = burning
+        .criteria
+        .iter()
+        .find(|c| c.criterion == "cpuOverhead")
+        .unwrap();
+    println!("burn-fail: {}", cpu_result.reason);
+    assert_eq!(burning.verdict, Verdict::Fail, "{:#?}", burning.criteria);
+    assert_eq!(cpu_result.outcome, Outcome::Fail, "{}", cpu_result.reason);
+    let burn_test = burning.cpu_test.as_ref().unwrap();
+    assert!(burn_test.shift > 0.005, "{burn_test:?}");
+    assert!(burn_test.ci_low.unwrap() > 0.0, "{burn_test:?}");
+    assert!(burn_test.p_adjusted.unwrap() <= 0.05, "{burn_test:?}");
 
     // The report's numbers are what PromQL says over the same window.
     let prom = measurement.prometheus();

@@ -1,6 +1,8 @@
 //! Statistics for the verdict: the Mann–Whitney U test, the Hodges–Lehmann shift and
-//! the rule that judges a resource difference (collector CPU, RSS) as pass, fail or
-//! inconclusive. Pure functions, no I/O, no dependencies.
+//! the pooled rule that judges a resource difference (collector CPU, RSS) as pass,
+//! fail or inconclusive. Pure functions, no I/O, no dependencies. The analyzer judges
+//! paired by host ([`paired`]: Wilcoxon signed-rank, Holm across criteria); the pooled
+//! rule here is its fallback when nothing can be paired.
 //!
 //! # Mann–Whitney U
 //!
@@ -80,8 +82,9 @@
 //! ```
 //!
 //! Caveat for readers of the p-values: per-scrape samples of one process are a time
-//! series, not independent draws; autocorrelation makes the test somewhat optimistic.
-//! The rule leans towards Inconclusive for small effects, which limits the harm.
+//! series, not independent draws; autocorrelation makes the test optimistic (the
+//! simulation in `tests/stats_simulation.rs` measures it), which is why it is only the
+//! fallback of [`paired::evaluate`].
 
 use std::cmp::Ordering;
 use std::fmt;

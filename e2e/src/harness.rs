@@ -359,9 +359,13 @@ impl Stack {
         reconciler_config.rollout_interval = HumanDuration(Duration::from_secs(1));
         reconciler_config.analysis_timeout = HumanDuration(options.analysis_timeout);
         reconciler_config.prometheus_timeout = HumanDuration(options.prometheus_timeout);
-        // Test measurements are pushed and scraped every second.
-        reconciler_config.cpu_rate_window = HumanDuration(Duration::from_secs(5));
+        // Test measurements are pushed and scraped every second. A CPU rate over 10 s
+        // resolves a light collector (over 5 s it is mostly 0 ticks) and leaves a 1-minute
+        // experiment 25 samples a host, 5 separate windows.
+        reconciler_config.cpu_rate_window = HumanDuration(Duration::from_secs(10));
         reconciler_config.sample_step = HumanDuration(Duration::from_secs(2));
+        // Test collectors scrape every 2–5 s: 20 s is several consecutive scrapes.
+        reconciler_config.early_stop_after = HumanDuration(Duration::from_secs(20));
         reconciler_config.analysis_delay = HumanDuration(options.analysis_delay);
         reconciler_config.resync_interval = HumanDuration(options.resync);
         reconciler_config.standby_retry = HumanDuration(Duration::from_millis(200));

@@ -12,7 +12,7 @@ use phoenix_e2e::harness::{
 };
 use phoenix_e2e::measurement::MeasurementStack;
 use phoenix_storage::templates;
-use phoenix_wire::report::{ExperimentReport, Outcome, Point, Verdict};
+use phoenix_wire::report::{ExperimentReport, Outcome, Point, TestMethod, Verdict};
 use phoenix_wire::view::Phase;
 use reqwest::Method;
 
@@ -29,7 +29,7 @@ spec:
   baseline: {{pipeline: process-baseline, vars: {{collection_interval: 3s}}}}
   candidate: {{pipeline: {candidate}, vars: {{collection_interval: 3s{candidate_vars}}}}}
   warmup: 10s
-  duration: 30s
+  duration: 60s
   criticalProcesses: [{CRITICAL}]
 "#
     )
@@ -116,8 +116,41 @@ async fn experiments_reach_verdicts_whose_numbers_match_promql() {
         .await
         .unwrap();
 
+    // A candidate that burns CPU: process-topk plus, for every datapoint, 40 SHA-256
+    // hashes (the attribute is deleted again, so its output is topk's).
+    let topk = templates::get(&mut conn, "process-topk")
+        .await
+        .unwrap()
+        .config;
+    // Indented as the template's own first statement group.
+    let after = &topk[topk.find("metric_statements:\n").expect("a transform") + 19..];
+    let indent = &after[..after.len() - after.trim_start().len()];
+    let hashes: String = (0..40)
+        .map(|i| {
+            format!(
+                "{indent}    - set(datapoint.attributes[\"phoenix.burn\"], SHA256(Concat([metric.name, \"{i}\"], \"-\")))\n"
+            )
+        })
+        .collect();
+    let burn = format!(
+        "metric_statements:\n{indent}- context: datapoint\n{indent}  statements:\n{hashes}{indent}    - delete_key(datapoint.attributes, \"phoenix.burn\")\n"
+    );
+    let burns_cpu = topk.replacen("metric_statements:\n", &burn, 1);
+    assert_ne!(burns_cpu, topk, "the template changed; update this test");
+    sqlx::query("INSERT INTO pipeline_templates (name, description, config) VALUES ('burns-cpu', 'test', $1)")
+        .bind(&burns_cpu)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+
     stack
         .create_experiment(&experiment("topk-pass", "process-topk", ""))
+        .await;
+    stack
+        .create_experiment(&experiment("burn-fail", "burns-cpu", "").replace(
+            "  warmup: 10s",
+            "  criteria: {maxCpuOverheadCores: 0.005}\n  warmup: 10s",
+        ))
         .await;
     stack
         .create_experiment(&experiment(
@@ -146,8 +179,46 @@ async fn experiments_reach_verdicts_whose_numbers_match_promql() {
         forged.status().is_success(),
         "the forged push is accepted by the Pushgateway"
     );
+    // The candidate that drops a critical process is failed early, well before its
+    // window ends, naming the process; leaving `running` stops its collectors.
+    let failed = eventually(
+        "drop-fail to be stopped early",
+        Duration::from_secs(240),
+        || async {
+            let e = stack.experiment("drop-fail").await;
+            (e.phase != Phase::Running && e.phase != Phase::Deploying && e.phase != Phase::Pending)
+                .then_some(e)
+        },
+    )
+    .await;
+    assert_eq!(failed.phase, Phase::Failed, "{:?}", failed.reason);
+    let reason = failed.reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains("stopped early") && reason.contains(CRITICAL),
+        "{reason}"
+    );
+    let (running_at,): (chrono::DateTime<chrono::Utc>,) = sqlx::query_as(
+        "SELECT at FROM experiment_events WHERE experiment = 'drop-fail' AND to_phase = 'running'",
+    )
+    .fetch_one(&stack.pool)
+    .await
+    .unwrap();
+    let ran = (failed.phase_changed_at - running_at).num_seconds();
+    // Warmup 10 s + duration 60 s; the early-stop window is 20 s.
+    assert!(ran < 50, "stopped {ran} s after it started running");
+    println!("drop-fail stopped early {ran} s after it started running: {reason}");
+    eventually(
+        "drop-fail's collectors to stop",
+        Duration::from_secs(60),
+        || async {
+            let pids: usize = agents.iter().map(|a| a.collector_pids().len()).sum();
+            // topk-pass and burn-fail still run two collectors each on each host,
+            // drop-fail none.
+            (pids == 8).then_some(())
+        },
+    )
+    .await;
     completed(&stack, "topk-pass").await;
-    completed(&stack, "drop-fail").await;
 
     // The top-k candidate passes.
     let passing = report(&stack, "topk-pass").await;
@@ -212,22 +283,50 @@ async fn experiments_reach_verdicts_whose_numbers_match_promql() {
         samples(&evidence.candidate.cpu_cores),
         cpu.candidate_samples
     );
+    // CPU has resolution: a rate over the CPU window is non-zero at the median, and
+    // the change comes with the paired test (two hosts: signed-rank across separate
+    // windows) and a confidence interval around its estimate.
+    for (variant, ev) in [
+        ("baseline", &evidence.baseline),
+        ("candidate", &evidence.candidate),
+    ] {
+        let mut values: Vec<f64> = ev.cpu_cores.values().flatten().map(|p| p.1).collect();
+        values.sort_by(f64::total_cmp);
+        assert!(
+            values[values.len() / 2] > 0.0,
+            "{variant} CPU median is 0: {values:?}"
+        );
+    }
+    assert_eq!(cpu.method, Some(TestMethod::SignedRankWindows), "{cpu:?}");
+    assert_eq!(cpu.hosts, Some(2), "{cpu:?}");
+    let (low, high) = (cpu.ci_low.expect("a CI"), cpu.ci_high.expect("a CI"));
+    assert!(low <= cpu.shift && cpu.shift <= high, "{cpu:?}");
+    let control = passing.error_control.as_ref().expect("error control");
+    assert_eq!(control.tested, ["cpuOverhead", "memoryOverhead"]);
+    assert!(
+        passing
+            .criteria
+            .iter()
+            .all(|c| c.outcome != Outcome::NoResolution),
+        "{:#?}",
+        passing.criteria
+    );
 
-    // The candidate that drops a critical process fails, naming it.
-    let failing = report(&stack, "drop-fail").await;
-    assert_eq!(failing.verdict, Verdict::Fail, "{:#?}", failing.criteria);
-    let critical = failing
+    // The candidate that burns CPU fails the CPU criterion, with its numbers.
+    completed(&stack, "burn-fail").await;
+    let burning = report(&stack, "burn-fail").await;
+    let cpu_result = burning
         .criteria
         .iter()
-        .find(|c| c.criterion == "criticalRetention")
+        .find(|c| c.criterion == "cpuOverhead")
         .unwrap();
-    assert_eq!(critical.outcome, Outcome::Fail);
-    assert!(critical.reason.contains(CRITICAL), "{}", critical.reason);
-    let experiment = stack.experiment("drop-fail").await;
-    assert!(
-        experiment.reason.unwrap().contains(CRITICAL),
-        "the phase reason names it too"
-    );
+    println!("burn-fail: {}", cpu_result.reason);
+    assert_eq!(burning.verdict, Verdict::Fail, "{:#?}", burning.criteria);
+    assert_eq!(cpu_result.outcome, Outcome::Fail, "{}", cpu_result.reason);
+    let burn_test = burning.cpu_test.as_ref().unwrap();
+    assert!(burn_test.shift > 0.005, "{burn_test:?}");
+    assert!(burn_test.ci_low.unwrap() > 0.0, "{burn_test:?}");
+    assert!(burn_test.p_adjusted.unwrap() <= 0.05, "{burn_test:?}");
 
     // The report's numbers are what PromQL says over the same window.
     let prom = measurement.prometheus();
@@ -301,7 +400,11 @@ async fn experiments_reach_verdicts_whose_numbers_match_promql() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        text.contains("verdict PASS") && text.contains("BASELINE") && text.contains("web-2"),
+        text.contains("verdict PASS")
+            && text.contains("BASELINE")
+            && text.contains("web-2")
+            && text.contains("signed-rank across separate windows")
+            && text.contains("Across criteria: Holm"),
         "{text}"
     );
     println!("{text}");

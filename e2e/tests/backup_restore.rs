@@ -181,6 +181,7 @@ async fn a_dump_taken_mid_experiment_restores_and_agents_converge_without_duplic
             cpu_test: None,
             memory_test: None,
             price_per_million_dpm: 0.5,
+            error_control: None,
             evidence: None,
             ignored_hosts: Vec::new(),
             incidents: Vec::new(),

@@ -208,7 +208,7 @@ async fn the_chart_runs_the_example_experiment_to_a_verdict() {
         format!("pushgateway.url=http://{push_listen}"),
         "api.replicas=1".into(),
         "reconciler.resyncInterval=2s".into(),
-        "reconciler.cpuRateWindow=5s".into(),
+        "reconciler.cpuRateWindow=10s".into(),
         "reconciler.sampleStep=2s".into(),
         "reconciler.analysisDelay=5s".into(),
         "agent.pushInterval=1s".into(),

@@ -211,6 +211,7 @@ async fn populate() -> String {
         cpu_test: None,
         memory_test: None,
         price_per_million_dpm: 0.5,
+        error_control: None,
         evidence: None,
         ignored_hosts: Vec::new(),
         incidents: Vec::new(),

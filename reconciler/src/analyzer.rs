@@ -9,14 +9,23 @@
 //! - **datapoints per minute**: `count_over_time` over the window, per metric name
 //!   (a range function drops the metric name, so names are counted one by one), and
 //!   the **monthly cost** at the configured price per million DPM;
-//! - **collector CPU and RSS**: per-scrape samples of what the agents push to the
-//!   Pushgateway (`phoenix_collector_cpu_seconds_total` as a rate, and
-//!   `phoenix_collector_rss_bytes`), per collector;
+//! - **collector CPU and RSS**: samples every `sample_step` (default 10 s) of what the
+//!   agents push to the Pushgateway, per host: CPU is
+//!   `rate(phoenix_collector_cpu_seconds_total[W])` with W the CPU rate window
+//!   (`--cpu-rate-window`, default 1 m), starting one W into the measurement window so
+//!   that every sample covers measured time only; RSS is
+//!   `phoenix_collector_rss_bytes`. A shorter W is mostly zeros for a light collector
+//!   (the kernel counts CPU in 10 ms ticks), which the judgement refuses as "no
+//!   resolution";
 //! - **critical processes**: executable names from the critical list that each
 //!   variant reported.
 //!
+//! CPU and RSS are judged by [`crate::judge`]: paired by host (both variants sampled
+//! at the same instants), the test chosen by the number of hosts, Holm across the
+//! two criteria (docs/ANALYSIS.md).
+//!
 //! The report keeps the samples behind these numbers as its evidence (series and
-//! datapoints per minute over the window, CPU and RSS per host: what Mann–Whitney
+//! datapoints per minute over the window, CPU and RSS per host: what the tests
 //! compared), at most `EVIDENCE_MAX_POINTS` per series, so that the console draws
 //! them without Prometheus.
 //!
@@ -40,6 +49,8 @@ use phoenix_wire::report::{
     CriterionResult, EVIDENCE_MAX_POINTS, Evidence, ExperimentReport, HostKpis, Outcome, Point,
     VariantEvidence, VariantKpis, Verdict, bounded,
 };
+
+use crate::stats::paired::HostSeries;
 use phoenix_wire::view::{Experiment, Phase};
 use sqlx::Connection;
 
@@ -60,9 +71,13 @@ pub struct AnalyzerSettings {
     pub rate_window: Duration,
     /// Spacing of the CPU and RSS samples taken from Prometheus.
     pub sample_step: Duration,
+    /// How long a critical process may be missing from the candidate before a
+    /// running experiment fails early ([`crate::early_stop`]); zero turns it off.
+    pub early_stop_after: Duration,
 }
 
-/// Analyzes every experiment that is in `analyzing`. It runs as a background job of
+/// Analyzes every experiment that is in `analyzing`, then checks the running ones for
+/// an early stop ([`crate::early_stop`]). It runs as a background job of
 /// its own ([`crate::background`]), never inside the reconcile pass, and holds no
 /// database connection while it waits for Prometheus: it reads what is due, measures,
 /// then writes each result in a short transaction whose phase change is a
@@ -160,50 +175,60 @@ pub async fn analyze_due(
             .get_or_create(&ResultLabels { result: outcome })
             .inc();
     }
-    Ok(())
+    crate::early_stop::stop_early(pool, settings, epoch).await
 }
 
 async fn database_now(pool: &PgPool) -> Result<DateTime<Utc>> {
     Ok(sqlx::query_scalar("SELECT now()").fetch_one(pool).await?)
 }
 
-/// Every finite sample of `series` times `scale`: all of them, and by host.
-fn samples(
-    series: &[crate::prometheus::Series],
-    scale: f64,
-) -> (Vec<f64>, BTreeMap<String, Vec<f64>>) {
-    let mut all = Vec::new();
-    let mut by_host: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    for s in series {
-        let host = s.labels.get("host").cloned().unwrap_or_default();
-        let values = s
-            .values
-            .iter()
-            .map(|(_, v)| v * scale)
-            .filter(|v| v.is_finite());
-        let values: Vec<f64> = values.collect();
-        all.extend(&values);
-        by_host.entry(host).or_default().extend(values);
-    }
-    (all, by_host)
-}
-
-/// The same samples with their times, per host: the report's evidence.
+/// The finite samples of `series` times `scale`, per host, in time order; the series
+/// of one host at the same instant are summed (a variant's collectors on a host).
+/// These are the samples the tests compare and the report's evidence.
 fn points_by_host(
     series: &[crate::prometheus::Series],
     scale: f64,
 ) -> BTreeMap<String, Vec<Point>> {
-    let mut by_host: BTreeMap<String, Vec<Point>> = BTreeMap::new();
+    let mut by_host: BTreeMap<String, BTreeMap<i64, f64>> = BTreeMap::new();
     for s in series {
         let host = s.labels.get("host").cloned().unwrap_or_default();
-        let points = s
-            .values
-            .iter()
-            .map(|(t, v)| (*t, v * scale))
-            .filter(|(_, v)| v.is_finite());
-        by_host.entry(host).or_default().extend(points);
+        let at = by_host.entry(host).or_default();
+        for (t, v) in &s.values {
+            let v = v * scale;
+            if v.is_finite() {
+                *at.entry((t * 1000.0).round() as i64).or_default() += v;
+            }
+        }
     }
     by_host
+        .into_iter()
+        .map(|(host, at)| {
+            let points = at
+                .into_iter()
+                .map(|(ms, v)| (ms as f64 / 1000.0, v))
+                .collect();
+            (host, points)
+        })
+        .collect()
+}
+
+/// Both variants' samples of one resource, per target host, for the paired tests.
+fn host_series(
+    baseline: &BTreeMap<String, Vec<Point>>,
+    candidate: &BTreeMap<String, Vec<Point>>,
+) -> Vec<HostSeries> {
+    let hosts: BTreeSet<&String> = baseline
+        .keys()
+        .chain(candidate.keys())
+        .filter(|h| !h.is_empty())
+        .collect();
+    hosts
+        .into_iter()
+        .map(|h| HostSeries {
+            baseline: baseline.get(h).cloned().unwrap_or_default(),
+            candidate: candidate.get(h).cloned().unwrap_or_default(),
+        })
+        .collect()
 }
 
 fn verdict_reason(report: &ExperimentReport) -> String {
@@ -231,7 +256,7 @@ fn hosts_regex(hosts: &[String]) -> String {
 }
 
 /// The remote-written series of one variant, on the experiment's hosts only.
-fn selector(experiment: &Experiment, variant: &str) -> String {
+pub(crate) fn selector(experiment: &Experiment, variant: &str) -> String {
     format!(
         r#"{{phoenix_experiment="{}",phoenix_variant="{variant}",phoenix_host=~"{}"}}"#,
         experiment.name,
@@ -277,8 +302,9 @@ async fn foreign_hosts(
 struct Measured {
     overall: VariantKpis,
     per_host: BTreeMap<String, VariantKpis>,
-    cpu_samples: Vec<f64>,
-    rss_samples_mib: Vec<f64>,
+    /// Collector CPU (cores) and RSS (MiB) per host, unbounded: what the tests compare.
+    cpu_by_host: BTreeMap<String, Vec<Point>>,
+    rss_by_host: BTreeMap<String, Vec<Point>>,
     evidence: VariantEvidence,
 }
 
@@ -392,17 +418,22 @@ async fn measure_variant(
         .map(|(ms, v)| (ms as f64 / 1000.0, v))
         .collect();
 
-    // Collector CPU (cores) and RSS (MiB), per scrape, from the Pushgateway series.
+    // Collector CPU (cores) and RSS (MiB), per step, from the Pushgateway series. CPU
+    // is the increase of the cumulative CPU seconds over the rate window, per second:
+    // long enough to resolve a light collector (a per-scrape rate of a 10 ms clock
+    // tick is mostly 0). Samples start one rate window into the measurement window, so
+    // that each covers only measured time (no warmup, no start-up).
     let group = format!(
         r#"job="phoenix_collectors",experiment="{}",variant="{variant}",host=~"{}""#,
         experiment.name,
         hosts_regex(&experiment.target_hosts)
     );
     let rate_window = format!("{}ms", settings.rate_window.as_millis());
+    let cpu_start = cpu_start(start, end, settings.rate_window);
     let cpu = prom
         .query_range(
             &format!("rate(phoenix_collector_cpu_seconds_total{{{group}}}[{rate_window}])"),
-            start,
+            cpu_start,
             end,
             settings.sample_step,
         )
@@ -415,20 +446,27 @@ async fn measure_variant(
             settings.sample_step,
         )
         .await?;
-    let (cpu_samples, cpu_by_host) = samples(&cpu, 1.0);
-    let (rss_samples, rss_by_host) = samples(&rss, 1.0 / 1_048_576.0);
-    measured.cpu_samples = cpu_samples;
-    measured.rss_samples_mib = rss_samples;
-    measured.evidence.cpu_cores = points_by_host(&cpu, 1.0);
-    measured.evidence.rss_mib = points_by_host(&rss, 1.0 / 1_048_576.0);
-    measured.overall.cpu_cores = mean(&measured.cpu_samples);
-    measured.overall.rss_mib = mean(&measured.rss_samples_mib);
-    for (host, values) in cpu_by_host {
-        measured.per_host.entry(host).or_default().cpu_cores = mean(&values);
+    let mut cpu_by_host = points_by_host(&cpu, 1.0);
+    let mut rss_by_host = points_by_host(&rss, 1.0 / 1_048_576.0);
+    cpu_by_host.remove("");
+    rss_by_host.remove("");
+    let values = |m: &BTreeMap<String, Vec<Point>>| -> Vec<f64> {
+        m.values().flatten().map(|p| p.1).collect()
+    };
+    measured.overall.cpu_cores = mean(&values(&cpu_by_host));
+    measured.overall.rss_mib = mean(&values(&rss_by_host));
+    for (host, points) in &cpu_by_host {
+        let values: Vec<f64> = points.iter().map(|p| p.1).collect();
+        measured.per_host.entry(host.clone()).or_default().cpu_cores = mean(&values);
     }
-    for (host, values) in rss_by_host {
-        measured.per_host.entry(host).or_default().rss_mib = mean(&values);
+    for (host, points) in &rss_by_host {
+        let values: Vec<f64> = points.iter().map(|p| p.1).collect();
+        measured.per_host.entry(host.clone()).or_default().rss_mib = mean(&values);
     }
+    measured.evidence.cpu_cores = cpu_by_host.clone();
+    measured.evidence.rss_mib = rss_by_host.clone();
+    measured.cpu_by_host = cpu_by_host;
+    measured.rss_by_host = rss_by_host;
     measured.per_host.remove("");
     measured.evidence = bound_evidence(std::mem::take(&mut measured.evidence));
     Ok(measured)
@@ -448,6 +486,23 @@ fn bound_evidence(evidence: VariantEvidence) -> VariantEvidence {
         cpu_cores: per_host(evidence.cpu_cores),
         rss_mib: per_host(evidence.rss_mib),
     }
+}
+
+/// Where CPU samples start: one rate window into the measurement window, or its end
+/// when the window is shorter (then there is one sample per host, too few to judge).
+fn cpu_start(start: DateTime<Utc>, end: DateTime<Utc>, rate_window: Duration) -> DateTime<Utc> {
+    let offset = chrono::Duration::from_std(rate_window).unwrap_or_default();
+    (start + offset).min(end)
+}
+
+/// How many consecutive CPU samples share data: the rate window over the step.
+fn cpu_overlap(rate_window: Duration, step: Duration) -> usize {
+    if step.is_zero() {
+        return 1;
+    }
+    (rate_window.as_secs_f64() / step.as_secs_f64())
+        .ceil()
+        .max(1.0) as usize
 }
 
 fn mean(values: &[f64]) -> Option<f64> {
@@ -489,22 +544,30 @@ pub async fn measure(
             criteria.min_critical_retention,
         ),
     ];
-    let (cpu_outcome, cpu_test) = crate::judge::resource(
-        "cpuOverhead",
-        &baseline.cpu_samples,
-        &candidate.cpu_samples,
-        criteria.max_cpu_overhead_cores,
-        "cores",
-    );
-    let (memory_outcome, memory_test) = crate::judge::resource(
-        "memoryOverhead",
-        &baseline.rss_samples_mib,
-        &candidate.rss_samples_mib,
-        criteria.max_memory_overhead_mib,
-        "MiB",
-    );
-    results.push(cpu_outcome);
-    results.push(memory_outcome);
+    let prepared = vec![
+        crate::judge::prepare(
+            "cpuOverhead",
+            &host_series(&baseline.cpu_by_host, &candidate.cpu_by_host),
+            criteria.max_cpu_overhead_cores,
+            "cores",
+            cpu_overlap(settings.rate_window, settings.sample_step),
+        ),
+        crate::judge::prepare(
+            "memoryOverhead",
+            &host_series(&baseline.rss_by_host, &candidate.rss_by_host),
+            criteria.max_memory_overhead_mib,
+            "MiB",
+            1,
+        ),
+    ];
+    let (judged, error_control) = crate::judge::conclude(prepared, crate::stats::DEFAULT_ALPHA);
+    let mut tests = Vec::new();
+    for (result, test) in judged {
+        results.push(result);
+        tests.push(test);
+    }
+    let memory_test = tests.pop().flatten();
+    let cpu_test = tests.pop().flatten();
     if let Some(min_reduction) = criteria.min_cost_reduction {
         results.push(judge_cost(
             &baseline.overall,
@@ -550,6 +613,7 @@ pub async fn measure(
         cpu_test,
         memory_test,
         price_per_million_dpm: price,
+        error_control,
         evidence: Some(Evidence {
             step_seconds: settings.sample_step.as_secs_f64(),
             max_points: EVIDENCE_MAX_POINTS,

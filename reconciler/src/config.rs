@@ -141,11 +141,22 @@ pub struct ReconcilerConfig {
     #[arg(long, env = "PHOENIX_ANALYSIS_DELAY", default_value = "15s", value_parser = HumanDuration::parse)]
     pub analysis_delay: HumanDuration,
 
-    /// The rate() window for collector CPU; at least a few Pushgateway scrapes long.
+    /// The window each collector CPU sample is a rate over (increase of its CPU seconds
+    /// divided by the window). Long enough to be non-zero for a light collector: the
+    /// kernel counts CPU in 10 ms ticks, so 0.003 cores over 5 s is 0 or 1 tick. CPU
+    /// samples start one window into the measurement, so it must be well shorter than
+    /// the experiment's duration (docs/ANALYSIS.md).
     #[arg(long, env = "PHOENIX_CPU_RATE_WINDOW", default_value = "1m", value_parser = HumanDuration::parse)]
     pub cpu_rate_window: HumanDuration,
 
-    /// Spacing of the CPU and memory samples compared by the Mann–Whitney test.
+    /// Early stop: a running experiment whose candidate reported none of a critical
+    /// process for this long, on a host where the baseline did, fails at once and its
+    /// collectors stop. Several of the candidate's collection intervals (N consecutive
+    /// scrapes); `0s` turns early stop off.
+    #[arg(long, env = "PHOENIX_EARLY_STOP_AFTER", default_value = "2m", value_parser = HumanDuration::parse)]
+    pub early_stop_after: HumanDuration,
+
+    /// Spacing of the CPU and memory samples the paired tests compare.
     #[arg(long, env = "PHOENIX_SAMPLE_STEP", default_value = "10s", value_parser = HumanDuration::parse)]
     pub sample_step: HumanDuration,
 
@@ -256,6 +267,7 @@ impl ReconcilerConfig {
             timeout: self.analysis_timeout.as_duration(),
             settle: self.analysis_delay.as_duration(),
             rate_window: self.cpu_rate_window.as_duration(),
+            early_stop_after: self.early_stop_after.as_duration(),
             sample_step: self.sample_step.as_duration(),
         }
     }

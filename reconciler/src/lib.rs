@@ -27,6 +27,7 @@ pub mod background;
 pub mod changes;
 pub mod config;
 pub mod diff;
+pub mod early_stop;
 pub mod incidents;
 pub mod judge;
 pub mod lifecycle;

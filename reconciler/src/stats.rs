@@ -1,6 +1,8 @@
 //! Statistics for the verdict: the Mann–Whitney U test, the Hodges–Lehmann shift and
-//! the rule that judges a resource difference (collector CPU, RSS) as pass, fail or
-//! inconclusive. Pure functions, no I/O, no dependencies.
+//! the pooled rule that judges a resource difference (collector CPU, RSS) as pass,
+//! fail or inconclusive. Pure functions, no I/O, no dependencies. The analyzer judges
+//! paired by host ([`paired`]: Wilcoxon signed-rank, Holm across criteria); the pooled
+//! rule here is its fallback when nothing can be paired.
 //!
 //! # Mann–Whitney U
 //!
@@ -80,11 +82,14 @@
 //! ```
 //!
 //! Caveat for readers of the p-values: per-scrape samples of one process are a time
-//! series, not independent draws; autocorrelation makes the test somewhat optimistic.
-//! The rule leans towards Inconclusive for small effects, which limits the harm.
+//! series, not independent draws; autocorrelation makes the test optimistic (the
+//! simulation in `tests/stats_simulation.rs` measures it), which is why it is only the
+//! fallback of [`paired::evaluate`].
 
 use std::cmp::Ordering;
 use std::fmt;
+
+pub mod paired;
 
 /// Significance level used when an experiment does not set one.
 pub const DEFAULT_ALPHA: f64 = 0.05;
@@ -445,23 +450,23 @@ impl fmt::Display for ResourceJudgement {
 
 // ---- internals ----------------------------------------------------------------------
 
-fn all_finite(xs: &[f64]) -> bool {
+pub(crate) fn all_finite(xs: &[f64]) -> bool {
     xs.iter().all(|x| x.is_finite())
 }
 
 /// Orders values known not to be NaN; −0.0 and 0.0 compare equal.
-fn cmp_finite(x: f64, y: f64) -> Ordering {
+pub(crate) fn cmp_finite(x: f64, y: f64) -> Ordering {
     x.partial_cmp(&y).unwrap_or(Ordering::Equal)
 }
 
-fn sorted(xs: &[f64]) -> Vec<f64> {
+pub(crate) fn sorted(xs: &[f64]) -> Vec<f64> {
     let mut s = xs.to_vec();
     s.sort_by(|x, y| cmp_finite(*x, *y));
     s
 }
 
 /// Rounds to 4 significant digits for messages.
-fn sig(x: f64) -> f64 {
+pub(crate) fn sig(x: f64) -> f64 {
     if x.is_finite() {
         format!("{x:.3e}").parse().unwrap_or(x)
     } else {
@@ -497,7 +502,7 @@ fn u_null_counts(m: usize, n: usize) -> Vec<f64> {
 }
 
 /// The standard normal upper tail P(Z > z).
-fn normal_sf(z: f64) -> f64 {
+pub(crate) fn normal_sf(z: f64) -> f64 {
     0.5 * libm::erfc(z / std::f64::consts::SQRT_2)
 }
 

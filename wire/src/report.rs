@@ -17,8 +17,8 @@ pub enum Verdict {
     Pass,
     /// At least one criterion failed.
     Fail,
-    /// Nothing failed, but some criterion could not be decided (no data, or a
-    /// resource difference too noisy to call).
+    /// Nothing failed, but some criterion could not be decided (no data, a
+    /// measurement without resolution, or a resource difference too noisy to call).
     Inconclusive,
 }
 
@@ -43,6 +43,10 @@ pub enum Outcome {
     NoData,
     /// The criterion does not apply (e.g. no critical processes were listed).
     NotApplicable,
+    /// Inconclusive because the measurement cannot tell the variants apart: every
+    /// sample of a variant was equal (e.g. a CPU rate of 0 at every scrape). Never a
+    /// pass. Reports written before it existed never hold it.
+    NoResolution,
 }
 
 impl Outcome {
@@ -53,6 +57,7 @@ impl Outcome {
             Outcome::Inconclusive => "inconclusive",
             Outcome::NoData => "no-data",
             Outcome::NotApplicable => "n/a",
+            Outcome::NoResolution => "no-resolution",
         }
     }
 }
@@ -60,7 +65,8 @@ impl Outcome {
 /// One criterion, its outcome and why.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct CriterionResult {
-    /// `seriesReduction`, `criticalRetention`, `cpuOverhead` or `memoryOverhead`.
+    /// `seriesReduction`, `criticalRetention`, `cpuOverhead`, `memoryOverhead` or
+    /// `costReduction`.
     pub criterion: String,
     pub outcome: Outcome,
     pub reason: String,
@@ -83,22 +89,92 @@ pub struct VariantKpis {
     pub critical_processes: Vec<String>,
 }
 
-/// A Mann–Whitney U test of candidate against baseline samples.
+/// Which test judged a resource criterion (see docs/ANALYSIS.md).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum TestMethod {
+    /// Paired by host, one mean difference per host, combined across ≥ 6 hosts.
+    SignedRankHosts,
+    /// Paired by host (fewer than 6), the differences taken far enough apart not to
+    /// share a rate window, pooled.
+    SignedRankWindows,
+    /// Nothing could be paired: pooled samples, treated as independent.
+    MannWhitney,
+}
+
+impl TestMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TestMethod::SignedRankHosts => "Wilcoxon signed-rank across hosts",
+            TestMethod::SignedRankWindows => "Wilcoxon signed-rank across separate windows",
+            TestMethod::MannWhitney => "pooled Mann–Whitney U",
+        }
+    }
+}
+
+/// The test of candidate against baseline samples behind a resource criterion.
+/// Reports written before paired tests existed hold a pooled Mann–Whitney test and
+/// none of the optional fields.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ResourceTest {
     pub baseline_samples: usize,
     pub candidate_samples: usize,
-    /// Two-sided p-value of "the distributions differ".
+    /// Two-sided p-value of "the candidate differs from the baseline".
     pub p_value: f64,
-    /// One-sided p-value of "the candidate exceeds baseline plus the allowance".
+    /// One-sided p-value of "the candidate exceeds baseline plus the allowance",
+    /// before any adjustment for multiple criteria.
     pub p_over_allowance: Option<f64>,
-    /// Rank-biserial correlation; positive when the candidate tends to be larger.
+    /// Rank-biserial correlation (of the paired differences when paired); positive
+    /// when the candidate tends to be larger.
     pub effect_size: f64,
-    /// Hodges–Lehmann estimate of candidate minus baseline (cores or MiB).
+    /// Estimated change, candidate minus baseline (cores or MiB): the Hodges–Lehmann
+    /// (pseudo-)median.
     pub shift: f64,
     /// The allowance it was judged against (cores or MiB).
     pub allowance: f64,
+    /// The test used; `None` in old reports (pooled Mann–Whitney).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<TestMethod>,
+    /// Why that test fits the data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+    /// Hosts in the test, and the paired differences it ranked (0 when unpaired).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosts: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pairs: Option<usize>,
+    /// Confidence interval of the change (same units as `shift`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ci_low: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ci_high: Option<f64>,
+    /// Its two-sided level, e.g. 0.95.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f64>,
+    /// `p_over_allowance` adjusted for the other tested criteria (Holm): the number
+    /// compared with α.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p_adjusted: Option<f64>,
+    /// For the test across windows: how many samples apart the differences used
+    /// are (at least a rate window's worth, so they share no data).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spacing: Option<usize>,
+}
+
+/// How the verdict controls the error across the criteria that are statistical tests.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorControl {
+    /// `holm`.
+    pub method: String,
+    /// Family-wise α: the chance that any tested criterion fails a candidate that is
+    /// in fact within all its allowances is at most this.
+    pub alpha: f64,
+    /// The criteria in the family.
+    pub tested: Vec<String>,
+    /// One line for people.
+    pub summary: String,
 }
 
 /// The report of one experiment.
@@ -118,6 +194,10 @@ pub struct ExperimentReport {
     pub cpu_test: Option<ResourceTest>,
     pub memory_test: Option<ResourceTest>,
     pub price_per_million_dpm: f64,
+    /// How the verdict controls the error across tested criteria; `None` in reports
+    /// written before it was applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_control: Option<ErrorControl>,
     /// The samples behind the numbers; `None` in reports written before it was kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evidence: Option<Evidence>,
@@ -158,7 +238,8 @@ pub struct VariantEvidence {
     pub series: Vec<Point>,
     /// Datapoints received in the minute before each step (all hosts).
     pub datapoints_per_minute: Vec<Point>,
-    /// Collector CPU in cores, per host: the samples the Mann–Whitney test compared.
+    /// Collector CPU in cores (a rate over the CPU rate window), per host: the samples
+    /// the test compared.
     pub cpu_cores: BTreeMap<String, Vec<Point>>,
     /// Collector resident memory in MiB, per host: likewise.
     pub rss_mib: BTreeMap<String, Vec<Point>>,
@@ -228,5 +309,31 @@ mod tests {
         assert_eq!(report.evidence, None);
         let again = serde_json::to_value(&report).unwrap();
         assert!(again.get("evidence").is_none(), "{again}");
+    }
+
+    #[test]
+    fn old_resource_tests_still_read_and_new_outcomes_round_trip() {
+        // A cpuTest as reports stored it before paired tests: no method, no interval.
+        let old = serde_json::json!({
+            "baselineSamples": 62, "candidateSamples": 62, "pValue": 1.0,
+            "pOverAllowance": 1.0, "effectSize": 0.0, "shift": 0.0, "allowance": 0.05
+        });
+        let test: ResourceTest = serde_json::from_value(old.clone()).unwrap();
+        assert_eq!(
+            (test.method, test.ci_low, test.p_adjusted),
+            (None, None, None)
+        );
+        assert_eq!(
+            serde_json::to_value(&test).unwrap(),
+            old,
+            "written back unchanged"
+        );
+        let outcome: Outcome = serde_json::from_value(serde_json::json!("no-resolution")).unwrap();
+        assert_eq!(outcome, Outcome::NoResolution);
+        assert_eq!(Outcome::NoResolution.as_str(), "no-resolution");
+        assert_eq!(
+            serde_json::to_value(TestMethod::SignedRankWindows).unwrap(),
+            "signed-rank-windows"
+        );
     }
 }

@@ -78,18 +78,31 @@ fn kpi_rows(table: &mut Table, scope: &str, b: &VariantKpis, c: &VariantKpis) {
 
 fn test_line(name: &str, test: &Option<ResourceTest>) -> Option<String> {
     let t = test.as_ref()?;
-    Some(format!(
-        "  {name}: Mann–Whitney U over {}+{} samples: shift {:+.4}, effect size {:+.2}, p={:.4} (two-sided), p={} (candidate above baseline + {})",
-        t.baseline_samples,
-        t.candidate_samples,
-        t.shift,
-        t.effect_size,
-        t.p_value,
-        t.p_over_allowance
-            .map(|p| format!("{p:.4}"))
-            .unwrap_or_else(|| "-".into()),
-        t.allowance
-    ))
+    let method = t.method.map_or("pooled Mann–Whitney U", |m| m.as_str());
+    let design = match (t.hosts, t.pairs) {
+        (Some(h), Some(p)) if p > 0 => format!("{h} hosts, {p} paired differences"),
+        _ => format!("{}+{} samples", t.baseline_samples, t.candidate_samples),
+    };
+    let ci = match (t.ci_low, t.ci_high, t.confidence) {
+        (Some(lo), Some(hi), Some(c)) => format!(" ({:.0}% CI {lo:+.4} to {hi:+.4})", c * 100.0),
+        _ => String::new(),
+    };
+    let p_over = t
+        .p_over_allowance
+        .map(|p| format!("{p:.4}"))
+        .unwrap_or_else(|| "-".into());
+    let adjusted = match t.p_adjusted {
+        Some(a) if Some(a) != t.p_over_allowance => format!(", Holm-adjusted {a:.4}"),
+        _ => String::new(),
+    };
+    let mut line = format!(
+        "  {name}: {method} over {design}: change {:+.4}{ci}, effect size {:+.2}, p={:.4} (two-sided), p={p_over}{adjusted} (candidate above baseline + {})",
+        t.shift, t.effect_size, t.p_value, t.allowance
+    );
+    if let Some(why) = &t.why {
+        line.push_str(&format!("\n    why this test: {why}"));
+    }
+    Some(line)
 }
 
 pub fn render(report: &ExperimentReport) -> String {
@@ -127,6 +140,9 @@ pub fn render(report: &ExperimentReport) -> String {
         out.push_str("\nResource tests:\n");
         out.push_str(&tests.join("\n"));
         out.push('\n');
+    }
+    if let Some(control) = &report.error_control {
+        out.push_str(&format!("Across criteria: {}.\n", control.summary));
     }
     out.push_str(&format!(
         "\nCost at {:.2} per million datapoints/min per month.\n",

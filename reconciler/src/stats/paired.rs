@@ -498,6 +498,31 @@ impl fmt::Display for Method {
     }
 }
 
+/// Fills `e` from a signed-rank test of `units` (the paired differences the chosen
+/// design counts): the change's estimate, interval and two-sided p, and from the
+/// same test of `units − e.allowance`, the one-sided p over and within it.
+fn signed_rank_into(e: &mut Evaluation, units: &[f64]) {
+    match wilcoxon_signed_rank(units, CONFIDENCE) {
+        Some(w) => {
+            e.estimate = w.pseudo_median;
+            e.ci = Some(w.ci);
+            e.p_two_sided = w.p_two_sided;
+            e.effect_size = w.rank_biserial;
+        }
+        None => {
+            // Every unit is exactly 0.
+            e.estimate = 0.0;
+            e.ci = Some((0.0, 0.0));
+        }
+    }
+    let shifted: Vec<f64> = units.iter().map(|d| d - e.allowance).collect();
+    // A unit exactly at the allowance carries no sign; all of them: no evidence.
+    if let Some(w) = wilcoxon_signed_rank(&shifted, CONFIDENCE) {
+        e.p_over = w.p_greater;
+        e.p_within = w.p_less;
+    }
+}
+
 /// A resource difference measured and tested, before the decision.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Evaluation {
@@ -620,33 +645,13 @@ pub fn evaluate(
             .iter()
             .map(|d| d.iter().sum::<f64>() / d.len() as f64)
             .collect();
-        let shifted: Vec<f64> = host_means.iter().map(|m| m - allowance).collect();
-        let change = wilcoxon_signed_rank(&host_means, CONFIDENCE);
-        let over = wilcoxon_signed_rank(&shifted, CONFIDENCE);
         e.method = Method::SignedRankHosts;
         e.why = format!(
             "{} hosts ran both variants at the same instants (≥ {MIN_HOSTS_SIGNED_RANK}): \
              one mean paired difference per host, hosts independent",
             paired.len()
         );
-        match &change {
-            Some(w) => {
-                e.estimate = w.pseudo_median;
-                e.ci = Some(w.ci);
-                e.p_two_sided = w.p_two_sided;
-                e.effect_size = w.rank_biserial;
-            }
-            None => {
-                // Every host mean difference is exactly 0.
-                e.estimate = 0.0;
-                e.ci = Some((0.0, 0.0));
-            }
-        }
-        // A host mean exactly at the allowance carries no sign; all of them: no evidence.
-        if let Some(w) = over {
-            e.p_over = w.p_greater;
-            e.p_within = w.p_less;
-        }
+        signed_rank_into(&mut e, &host_means);
         return Ok(e);
     }
     if !paired.is_empty() {
@@ -662,9 +667,6 @@ pub fn evaluate(
                 if paired.len() == 1 { "" } else { "s" }
             )));
         }
-        let shifted: Vec<f64> = windows.iter().map(|d| d - allowance).collect();
-        let change = wilcoxon_signed_rank(&windows, CONFIDENCE);
-        let over = wilcoxon_signed_rank(&shifted, CONFIDENCE);
         e.method = Method::SignedRankWindows;
         e.pairs = windows.len();
         e.why = format!(
@@ -676,22 +678,7 @@ pub fn evaluate(
             if paired.len() == 1 { "" } else { "s" },
             windows.len()
         );
-        match &change {
-            Some(w) => {
-                e.estimate = w.pseudo_median;
-                e.ci = Some(w.ci);
-                e.p_two_sided = w.p_two_sided;
-                e.effect_size = w.rank_biserial;
-            }
-            None => {
-                e.estimate = 0.0;
-                e.ci = Some((0.0, 0.0));
-            }
-        }
-        if let Some(w) = over {
-            e.p_over = w.p_greater;
-            e.p_within = w.p_less;
-        }
+        signed_rank_into(&mut e, &windows);
         e.block = Some(lag);
         return Ok(e);
     }

@@ -18,9 +18,12 @@
 //! should have), [`pass`] (one transactional pass), [`standing`] (pipeline
 //! deployments' standing collectors and `promotion: auto`, steps of the pass),
 //! [`rollout`] (staged roll-outs of deployment revisions, a background job),
-//! [`analyzer`] (KPIs from [`prometheus`], judged by [`judge`]), [`stats`]
-//! (Mann–Whitney U, Hodges–Lehmann, the resource pass/fail/inconclusive rule),
-//! [`background`] (how jobs are scheduled and observed), [`metrics`], [`config`].
+//! [`analyzer`] (KPIs from [`prometheus`], judged by [`judge`]), [`early_stop`]
+//! (a running experiment failed at once when its candidate drops a critical
+//! process), [`stats`] (the paired signed-rank tests by host, Mann–Whitney U,
+//! Hodges–Lehmann, Holm, the resource pass/fail/inconclusive rule), [`changes`]
+//! (what the next pass looks at), [`background`] (how jobs are scheduled and
+//! observed), [`metrics`], [`config`].
 
 pub mod analyzer;
 pub mod background;

@@ -192,8 +192,9 @@ pub struct AgentConfig {
     #[arg(long, env = "PHOENIX_AGENT_PROTOCOL", hide = true, default_value_t = phoenix_wire::agent::AGENT_PROTOCOL)]
     pub protocol_version: phoenix_wire::agent::ProtocolVersion,
 
-    /// Prometheus Pushgateway to push each collector's CPU seconds and RSS to,
-    /// labelled with experiment, variant and host, e.g. http://pushgateway:9091.
+    /// Prometheus Pushgateway to push the CPU seconds and RSS of each collector in a
+    /// running experiment to, labelled with experiment, variant and host, e.g.
+    /// http://pushgateway:9091.
     /// Required: experiments measure collector overhead from it [--dev: unset, no
     /// pushes]
     #[arg(long, env = "PHOENIX_PUSHGATEWAY_URL", value_name = "URL")]
@@ -204,12 +205,14 @@ pub struct AgentConfig {
     #[arg(long, env = "PHOENIX_DEV")]
     pub dev: bool,
 
-    /// How often collector resource use is pushed, e.g. 5s
+    /// How often experiment collectors' resource use is pushed (and at once when they
+    /// change). Keep it equal to the interval Prometheus scrapes the Pushgateway at: a
+    /// shorter one only adds load, a longer one leaves samples staler
     #[arg(
         long,
         env = "PHOENIX_PUSH_INTERVAL",
         value_name = "DURATION",
-        default_value = "5s",
+        default_value = "15s",
         value_parser = parse_duration
     )]
     pub push_interval: Duration,

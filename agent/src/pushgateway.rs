@@ -1,17 +1,25 @@
-//! Pushes each supervised collector's resource use to a Prometheus Pushgateway, so
-//! Prometheus holds per-collector CPU and memory next to the collectors' own output.
+//! Pushes the resource use of each collector in a running experiment to a Prometheus
+//! Pushgateway, so Prometheus holds per-collector CPU and memory next to the
+//! collectors' own output.
 //!
-//! One group per collector: `/metrics/job/phoenix_collectors/host/<host>/collector/<id>`
-//! holding `phoenix_collector_cpu_seconds_total` and `phoenix_collector_rss_bytes`,
-//! labelled `experiment`, `variant` and `pipeline` (plus `host` and `collector` from
-//! the group key). A group is deleted as soon as its collector is gone; at start-up
-//! the agent also deletes groups of this host that it no longer supervises (left by
-//! a predecessor that lost its state), so nothing is left behind.
+//! One group per host: `/metrics/job/phoenix_collectors/host/<host>` holding
+//! `phoenix_collector_cpu_seconds_total` and `phoenix_collector_rss_bytes` of each of
+//! the host's experiment collectors (baseline and candidate), labelled `collector`,
+//! `experiment`, `variant` and `pipeline` (plus `host` from the group key). Each push
+//! replaces the whole group, so a collector that is gone leaves it with the next push;
+//! when none is left the group is deleted. Standing collectors are not pushed: nothing
+//! judges them, and their CPU and RSS reach the api in the agent's status reports.
+//! So a fleet pushes one request per experiment host and push interval, however many
+//! hosts run only standing pipelines (docs/ARCHITECTURE.md, "The measurement path").
+//!
+//! At start-up the agent deletes this host's groups of earlier agents: per-collector
+//! groups (`…/host/<host>/collector/<id>`, as agents of protocol 2.1 and before pushed) and a host group it has
+//! nothing to push to.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use phoenix_wire::agent::CollectorStatus;
+use phoenix_wire::agent::{CollectorStatus, Variant};
 use reqwest::Url;
 use serde::Deserialize;
 use tokio::sync::watch;
@@ -44,10 +52,25 @@ pub struct Pushgateway {
 impl Pushgateway {
     /// A client built from `http` (see [`crate::tls::client_builder`]).
     pub fn new(http: reqwest::ClientBuilder, base: Url, host_id: String) -> Self {
-        let http = http
-            .timeout(Duration::from_secs(10))
-            .build()
-            .expect("HTTP client");
+        Self::with_client(
+            Self::http_settings(http).build().expect("HTTP client"),
+            base,
+            host_id,
+        )
+    }
+
+    /// The settings of the agent's Pushgateway client. It keeps no idle connection:
+    /// a push every interval opens one, so an idle agent holds only its long-poll, and
+    /// a Pushgateway serving 25,000 hosts holds a connection per push in flight, not
+    /// one per host (a process may hold 20,000 open files on the benchmark's machine).
+    pub fn http_settings(http: reqwest::ClientBuilder) -> reqwest::ClientBuilder {
+        http.timeout(Duration::from_secs(10))
+            .pool_max_idle_per_host(0)
+    }
+
+    /// A client for `host_id`'s group sharing `http` (built with [`Self::http_settings`]);
+    /// the fleet benchmark's simulated agents share one.
+    pub fn with_client(http: reqwest::Client, base: Url, host_id: String) -> Self {
         Self {
             http,
             base,
@@ -55,60 +78,65 @@ impl Pushgateway {
         }
     }
 
-    fn group_url(&self, collector_id: &str) -> Url {
+    fn url(&self, segments: &[&str]) -> Url {
         let mut url = self.base.clone();
         url.path_segments_mut()
             .expect("http URL")
             .pop_if_empty()
-            .extend([
-                "metrics",
-                "job",
-                JOB,
-                "host",
-                &self.host_id,
-                "collector",
-                collector_id,
-            ]);
+            .extend(segments);
         url
     }
 
-    /// Replaces a collector's group with its current numbers.
-    pub async fn push(&self, status: &CollectorStatus) -> Result<(), PushError> {
+    fn group_url(&self) -> Url {
+        self.url(&["metrics", "job", JOB, "host", &self.host_id])
+    }
+
+    /// Replaces this host's group with the current numbers of `collectors`.
+    pub async fn push(&self, collectors: &[&CollectorStatus]) -> Result<(), PushError> {
         let response = self
             .http
-            .put(self.group_url(&status.collector_id))
-            .body(exposition(status))
+            .put(self.group_url())
+            .body(exposition(collectors))
             .send()
             .await?;
         check(response).await
     }
 
-    /// Deletes a collector's group.
-    pub async fn delete(&self, collector_id: &str) -> Result<(), PushError> {
-        let response = self
-            .http
-            .delete(self.group_url(collector_id))
-            .send()
-            .await?;
+    /// Deletes this host's group.
+    pub async fn delete(&self) -> Result<(), PushError> {
+        let response = self.http.delete(self.group_url()).send().await?;
         check(response).await
     }
 
-    /// The collector ids of this host's groups on the Pushgateway.
-    pub async fn groups_of_this_host(&self) -> Result<BTreeSet<String>, PushError> {
+    /// Deletes a per-collector group an earlier agent left.
+    async fn delete_legacy(&self, collector_id: &str) -> Result<(), PushError> {
+        let url = self.url(&[
+            "metrics",
+            "job",
+            JOB,
+            "host",
+            &self.host_id,
+            "collector",
+            collector_id,
+        ]);
+        check(self.http.delete(url).send().await?).await
+    }
+
+    /// The grouping labels of this host's groups on the Pushgateway.
+    async fn groups_of_this_host(&self) -> Result<Vec<BTreeMap<String, String>>, PushError> {
         #[derive(Deserialize)]
         struct Answer {
             data: Vec<Group>,
         }
         #[derive(Deserialize)]
         struct Group {
-            labels: std::collections::BTreeMap<String, String>,
+            labels: BTreeMap<String, String>,
         }
-        let mut url = self.base.clone();
-        url.path_segments_mut()
-            .expect("http URL")
-            .pop_if_empty()
-            .extend(["api", "v1", "metrics"]);
-        let response = self.http.get(url).send().await?;
+        let response = self
+            .http
+            .get(self.url(&["api", "v1", "metrics"]))
+            .send()
+            .await?;
         if !response.status().is_success() {
             return Err(PushError::Status {
                 status: response.status(),
@@ -119,12 +147,25 @@ impl Pushgateway {
         Ok(answer
             .data
             .into_iter()
-            .filter(|g| {
-                g.labels.get("job").map(String::as_str) == Some(JOB)
-                    && g.labels.get("host") == Some(&self.host_id)
+            .map(|g| g.labels)
+            .filter(|labels| {
+                labels.get("job").map(String::as_str) == Some(JOB)
+                    && labels.get("host") == Some(&self.host_id)
             })
-            .filter_map(|g| g.labels.get("collector").cloned())
             .collect())
+    }
+
+    /// Deletes the groups earlier agents of this host left; returns whether this
+    /// host's own group is there (so that it is deleted when nothing is pushed).
+    async fn clean_up_earlier_groups(&self) -> Result<bool, PushError> {
+        let mut host_group = false;
+        for labels in self.groups_of_this_host().await? {
+            match labels.get("collector") {
+                Some(collector) => self.delete_legacy(collector).await?,
+                None => host_group = true,
+            }
+        }
+        Ok(host_group)
     }
 }
 
@@ -139,21 +180,39 @@ async fn check(response: reqwest::Response) -> Result<(), PushError> {
     }
 }
 
-/// The Prometheus text exposition of one collector's numbers.
-pub fn exposition(status: &CollectorStatus) -> String {
-    let labels = format!(
-        "experiment=\"{}\",variant=\"{}\",pipeline=\"{}\"",
-        escape(&status.owner),
-        status.variant.as_str(),
-        escape(&status.pipeline)
-    );
-    format!(
-        "# TYPE phoenix_collector_cpu_seconds_total counter\n\
-         phoenix_collector_cpu_seconds_total{{{labels}}} {}\n\
-         # TYPE phoenix_collector_rss_bytes gauge\n\
-         phoenix_collector_rss_bytes{{{labels}}} {}\n",
-        status.cpu_seconds, status.rss_bytes
-    )
+/// Whether a collector's resource use is pushed: it is measured by an experiment.
+pub fn is_measured(status: &CollectorStatus) -> bool {
+    status.pid.is_some() && status.variant != Variant::Standing
+}
+
+/// The Prometheus text exposition of the given collectors' numbers.
+pub fn exposition(collectors: &[&CollectorStatus]) -> String {
+    let labels = |status: &CollectorStatus| {
+        format!(
+            "collector=\"{}\",experiment=\"{}\",variant=\"{}\",pipeline=\"{}\"",
+            escape(&status.collector_id),
+            escape(&status.owner),
+            status.variant.as_str(),
+            escape(&status.pipeline)
+        )
+    };
+    let mut text = String::from("# TYPE phoenix_collector_cpu_seconds_total counter\n");
+    for status in collectors {
+        text += &format!(
+            "phoenix_collector_cpu_seconds_total{{{}}} {}\n",
+            labels(status),
+            status.cpu_seconds
+        );
+    }
+    text += "# TYPE phoenix_collector_rss_bytes gauge\n";
+    for status in collectors {
+        text += &format!(
+            "phoenix_collector_rss_bytes{{{}}} {}\n",
+            labels(status),
+            status.rss_bytes
+        );
+    }
+    text
 }
 
 fn escape(value: &str) -> String {
@@ -170,11 +229,12 @@ pub async fn push_loop(
     interval: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut pushed: BTreeSet<String> = match gateway.groups_of_this_host().await {
-        Ok(groups) => groups,
+    // Whether this host's group may be on the Pushgateway (so a push of nothing deletes it).
+    let mut group_held = match gateway.clean_up_earlier_groups().await {
+        Ok(held) => held,
         Err(err) => {
-            tracing::warn!("cannot list pushgateway groups: {err}");
-            BTreeSet::new()
+            tracing::warn!("cannot clean up earlier pushgateway groups: {err}");
+            true
         }
     };
     let mut changes = supervisor.subscribe();
@@ -187,26 +247,19 @@ pub async fn push_loop(
             _ = stop.wait_for(|&s| s) => return,
         }
         let current = supervisor.statuses();
-        let live: BTreeSet<String> = current.iter().map(|s| s.collector_id.clone()).collect();
-        for gone in pushed.difference(&live).cloned().collect::<Vec<_>>() {
-            match gateway.delete(&gone).await {
-                Ok(()) => {
-                    pushed.remove(&gone);
-                }
-                Err(err) => {
-                    tracing::warn!(collector = %gone, "cannot delete pushgateway group: {err}")
+        let measured: Vec<&CollectorStatus> = current.iter().filter(|s| is_measured(s)).collect();
+        if measured.is_empty() {
+            if group_held {
+                match gateway.delete().await {
+                    Ok(()) => group_held = false,
+                    Err(err) => tracing::warn!("cannot delete the pushgateway group: {err}"),
                 }
             }
+            continue;
         }
-        for status in current.iter().filter(|s| s.pid.is_some()) {
-            match gateway.push(status).await {
-                Ok(()) => {
-                    pushed.insert(status.collector_id.clone());
-                }
-                Err(err) => {
-                    tracing::warn!(collector = %status.collector_id, "cannot push to the pushgateway: {err}")
-                }
-            }
+        match gateway.push(&measured).await {
+            Ok(()) => group_held = true,
+            Err(err) => tracing::warn!("cannot push to the pushgateway: {err}"),
         }
     }
 }
@@ -214,14 +267,13 @@ pub async fn push_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use phoenix_wire::agent::{Health, Variant};
+    use phoenix_wire::agent::Health;
 
-    #[test]
-    fn exposition_carries_the_labels_and_numbers() {
-        let status = CollectorStatus {
-            collector_id: "topk.candidate".into(),
-            owner: "topk".into(),
-            variant: Variant::Candidate,
+    fn status(id: &str, owner: &str, variant: Variant) -> CollectorStatus {
+        CollectorStatus {
+            collector_id: id.into(),
+            owner: owner.into(),
+            variant,
             pipeline: "process-topk".into(),
             config_hash: "h".into(),
             pid: Some(7),
@@ -231,20 +283,43 @@ mod tests {
             rss_bytes: 1024,
             last_error: None,
             rolled_back_from: None,
-        };
-        let text = exposition(&status);
+        }
+    }
+
+    #[test]
+    fn exposition_carries_the_labels_and_numbers_of_each_collector() {
+        let candidate = status("topk.candidate", "topk", Variant::Candidate);
+        let baseline = status("topk.baseline", "topk", Variant::Baseline);
+        let text = exposition(&[&candidate, &baseline]);
         assert!(text.contains(
-            "phoenix_collector_cpu_seconds_total{experiment=\"topk\",variant=\"candidate\",pipeline=\"process-topk\"} 1.5\n"
+            "phoenix_collector_cpu_seconds_total{collector=\"topk.candidate\",experiment=\"topk\",variant=\"candidate\",pipeline=\"process-topk\"} 1.5\n"
         ));
-        assert!(text.contains("phoenix_collector_rss_bytes{experiment=\"topk\",variant=\"candidate\",pipeline=\"process-topk\"} 1024\n"));
+        assert!(text.contains("phoenix_collector_rss_bytes{collector=\"topk.baseline\",experiment=\"topk\",variant=\"baseline\",pipeline=\"process-topk\"} 1024\n"));
+        assert_eq!(
+            text.matches("# TYPE").count(),
+            2,
+            "one TYPE per family:\n{text}"
+        );
         let gateway = Pushgateway::new(
             crate::tls::client_builder(None).unwrap(),
             "http://127.0.0.1:9091/".parse().unwrap(),
             "web-1".into(),
         );
         assert_eq!(
-            gateway.group_url("topk.candidate").as_str(),
-            "http://127.0.0.1:9091/metrics/job/phoenix_collectors/host/web-1/collector/topk.candidate"
+            gateway.group_url().as_str(),
+            "http://127.0.0.1:9091/metrics/job/phoenix_collectors/host/web-1"
         );
+    }
+
+    #[test]
+    fn only_running_experiment_collectors_are_measured() {
+        assert!(is_measured(&status("e.candidate", "e", Variant::Candidate)));
+        assert!(is_measured(&status("e.baseline", "e", Variant::Baseline)));
+        assert!(!is_measured(&status("d", "d", Variant::Standing)));
+        let stopped = CollectorStatus {
+            pid: None,
+            ..status("e.baseline", "e", Variant::Baseline)
+        };
+        assert!(!is_measured(&stopped));
     }
 }

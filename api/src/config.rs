@@ -235,6 +235,23 @@ impl ApiConfig {
         (self.host_grace.as_duration() / 3)
             .clamp(Duration::from_millis(100), Duration::from_secs(10))
     }
+
+    /// How long a host's written `last_seen` stands before a beat renews it. Beats come
+    /// every [`Self::long_poll_heartbeat`] (b), and a due beat is written within one
+    /// flush (f), so a live host's `last_seen` is at most renewal + b + f old. That
+    /// stays within 60 % of the grace: the largest whole number of beat intervals with
+    /// renewal + f ≤ 0.6 × grace, less half a beat for timer jitter, and at least half
+    /// a beat. At the 60 s default: 25 s, so a host is written every 30 s, not every 10 s.
+    pub fn liveness_renewal(&self) -> Duration {
+        let beat = self.long_poll_heartbeat();
+        let budget = self
+            .host_grace
+            .as_duration()
+            .mul_f64(0.6)
+            .saturating_sub(self.heartbeat_flush.as_duration());
+        let beats = (budget.as_secs_f64() / beat.as_secs_f64()).floor().max(1.0);
+        beat.mul_f64(beats - 0.5)
+    }
 }
 
 #[cfg(test)]
@@ -274,5 +291,39 @@ mod tests {
             "/bin/otelcol",
         ])
         .unwrap();
+    }
+
+    #[test]
+    fn liveness_is_renewed_well_within_the_grace() {
+        let renewal = |grace: &str, flush: &str| {
+            let config = check(&[
+                "--dev",
+                "--database-url",
+                "postgres://db/p",
+                "--host-grace",
+                grace,
+                "--heartbeat-flush",
+                flush,
+            ])
+            .unwrap();
+            (config.long_poll_heartbeat(), config.liveness_renewal())
+        };
+        // The default: beats every 10 s, written every third one.
+        assert_eq!(
+            renewal("60s", "1s"),
+            (Duration::from_secs(10), Duration::from_secs(25))
+        );
+        // A short grace (the fault tests' 5 s): every beat is written.
+        let (beat, every) = renewal("5s", "1s");
+        assert!(every < beat, "{every:?} < {beat:?}");
+        // The oldest a live host's last_seen gets (the next due beat, plus a flush)
+        // stays well inside the grace.
+        for (grace, flush) in [("60s", "1s"), ("5s", "1s"), ("30s", "5s"), ("10m", "1s")] {
+            let (beat, every) = renewal(grace, flush);
+            let written_every = beat.mul_f64((every.as_secs_f64() / beat.as_secs_f64()).ceil());
+            let oldest = written_every + HumanDuration::parse(flush).unwrap().as_duration();
+            let grace = HumanDuration::parse(grace).unwrap().as_duration();
+            assert!(oldest <= grace.mul_f64(0.7), "{oldest:?} of {grace:?}");
+        }
     }
 }

@@ -93,7 +93,7 @@ pub async fn serve(
 
     let metrics = Metrics::new();
     let wakeups = TaskWakeups::default();
-    let heartbeats = HeartbeatBuffer::default();
+    let heartbeats = HeartbeatBuffer::new(config.liveness_renewal());
     let (event_hub, listener_connected) = EventHub::new();
     let credential_cache = app::credentials::CredentialCache::new(listener_connected.subscribe());
     let state = AppState {

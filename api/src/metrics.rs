@@ -69,13 +69,13 @@ impl Metrics {
         let heartbeats_received = Counter::default();
         registry.register(
             "heartbeats_received",
-            "Heartbeats received",
+            "Heartbeats counted: explicit ones, agent requests, and a waiting long-poll every beat interval",
             heartbeats_received.clone(),
         );
         let heartbeats_written = Counter::default();
         registry.register(
             "heartbeats_written",
-            "Heartbeats written to the database",
+            "Heartbeats written to the database (at most one per host and liveness renewal)",
             heartbeats_written.clone(),
         );
         let heartbeats_buffered = Gauge::default();

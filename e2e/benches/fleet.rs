@@ -19,6 +19,16 @@
 //!    from the commit of the task write (seen here through the same `NOTIFY` the
 //!    api listens to) until the host holds them; then the time until every host
 //!    reports its collectors and the experiment is running.
+//! 3. **measure**: the running experiment's measurement path. Every simulated agent
+//!    pushes its two experiment collectors' CPU and RSS as the real agent does (the
+//!    agent's own `Pushgateway` client and payload: one group per host, at once when
+//!    its collectors change and every `--push-interval`), to a real Pushgateway run
+//!    as the chart runs it (`--push.disable-consistency-check`), which a real
+//!    Prometheus scrapes every push interval (the chart keeps the two equal). It
+//!    measures push latency and errors, the Pushgateway's and Prometheus' CPU and
+//!    RSS, and every 5 s how old each host's newest sample in Prometheus is (the
+//!    query time less the `push_time_seconds` Prometheus holds for the host's group):
+//!    what the analyzer would read.
 //!
 //! Throughout, it samples the RSS and CPU of every api replica, the reconciler and
 //! the simulators from `/proc`, the machine's CPU use, and Postgres' connections.
@@ -32,6 +42,9 @@
 //!
 //! Results print as a Markdown table and are written to
 //! `e2e/benches/results/fleet.json` (see BENCHMARKS.md).
+//!
+//! With `--remote-write-hosts 50,100,…` it measures instead how wide an experiment
+//! the bundled Prometheus ingests ([`remote_write`]), into `results/remote_write.json`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -40,12 +53,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+#[path = "fleet/remote_write.rs"]
+mod remote_write;
+
 use clap::Parser;
 use phoenix_agent::procfs;
+use phoenix_agent::pushgateway::Pushgateway;
 use phoenix_e2e::bins;
 use phoenix_e2e::harness::{
     ADMIN_TOKEN, OPERATOR_TOKEN, VIEWER_TOKEN, bootstrap_token_file, enroll, fresh_database,
 };
+use phoenix_e2e::measurement::MeasurementStack;
 use phoenix_storage::TASKS_CHANNEL;
 use phoenix_wire::agent::{
     CollectorStatus, Health, HostStatus, TaskAction, TaskBatch, TaskOutcome,
@@ -73,6 +91,32 @@ struct Args {
     simulate: Option<String>,
     #[arg(long, hide = true, value_delimiter = ',')]
     api_urls: Vec<String>,
+    /// (Internal) the Pushgateway a simulator's agents push to.
+    #[arg(long, hide = true)]
+    pushgateway_url: Option<reqwest::Url>,
+    /// How often each agent pushes its experiment collectors (the chart's
+    /// agent.pushInterval), and Prometheus scrapes the Pushgateway.
+    #[arg(long, default_value = "15", value_name = "SECONDS")]
+    push_interval: u64,
+    /// How long the measure phase lasts, with the experiment running (also each
+    /// step of --remote-write-hosts).
+    #[arg(long, default_value = "75", value_name = "SECONDS")]
+    measure: u64,
+    /// Instead of the fleet: the experiment-width table. For each host count, that
+    /// many hosts' experiment collectors remote-write to a fresh Prometheus
+    /// (benches/fleet/remote_write.rs); stops at the first count it cannot ingest.
+    #[arg(long, value_delimiter = ',', value_name = "HOSTS")]
+    remote_write_hosts: Vec<usize>,
+    /// Baseline series each host sends (with --remote-write-hosts).
+    #[arg(long, default_value_t = 5000)]
+    baseline_series: usize,
+    /// Candidate series each host sends (with --remote-write-hosts).
+    #[arg(long, default_value_t = 500)]
+    candidate_series: usize,
+    /// How often each collector sends its series (with --remote-write-hosts): the
+    /// baseline pipeline's default collection interval.
+    #[arg(long, default_value = "10", value_name = "SECONDS")]
+    collection_interval: u64,
     /// How long the idle soak lasts.
     #[arg(long, default_value = "40", value_name = "SECONDS")]
     soak: u64,
@@ -130,6 +174,8 @@ struct AgentCounters {
     /// 503s: an api replica shedding load (no database connection within its
     /// acquire timeout); retried after Retry-After, as the real agent does.
     shed: AtomicU64,
+    pushes: AtomicU64,
+    push_errors: AtomicU64,
 }
 
 impl AgentCounters {
@@ -173,6 +219,8 @@ fn main() -> anyhow::Result<()> {
             first,
             count,
             args.api_urls.clone(),
+            args.pushgateway_url.clone(),
+            Duration::from_secs(args.push_interval),
         ));
     }
     // A private server that records what every statement costs, to name the
@@ -193,6 +241,23 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    if !args.remote_write_hosts.is_empty() {
+        let rows = remote_write::run(
+            &args.remote_write_hosts,
+            &remote_write::Shape {
+                baseline_series: args.baseline_series,
+                candidate_series: args.candidate_series,
+                interval: Duration::from_secs(args.collection_interval),
+                measure: Duration::from_secs(args.measure),
+            },
+        )
+        .await?;
+        let path = args.results.with_file_name("remote_write.json");
+        let results = serde_json::json!({ "machine": machine_description(), "rows": rows });
+        std::fs::write(&path, serde_json::to_string_pretty(&results)? + "\n")?;
+        eprintln!("results written to {}", path.display());
+        return Ok(());
+    }
     let api_bin = bins::binary("phoenix-api");
     let reconciler_bin = bins::binary("phoenix-reconciler");
     let mut rows = Vec::new();
@@ -299,6 +364,33 @@ struct Row {
     request_errors: u64,
     /// 503s the api replicas answered the fleet (load shed), each retried.
     shed_503: u64,
+    /// The measurement path (the measure phase, and the pushes of the rollout).
+    measurement: MeasurementRow,
+}
+
+/// The measurement path at one fleet size: pushes, and the samples' age in Prometheus.
+#[derive(Serialize)]
+struct MeasurementRow {
+    push_interval_s: u64,
+    /// Pushes in the measure phase, per second.
+    pushes_per_s: f64,
+    /// Every push of the run (the rollout's burst included).
+    push_latency_ms: Percentiles,
+    pushes: u64,
+    push_errors: u64,
+    /// Query time less the push time of each host's newest sample, every 5 s.
+    sample_age_s: Percentiles,
+    /// The most hosts without any sample at one check (after the first interval).
+    hosts_without_samples_max: usize,
+    /// Host samples older than two push intervals, over all checks.
+    samples_older_than_two_intervals: usize,
+    checks: usize,
+    pushgateway_cpu_cores: f64,
+    pushgateway_rss_peak_mib: f64,
+    prometheus_cpu_cores: f64,
+    prometheus_rss_peak_mib: f64,
+    /// Every other process in the measure phase: api, reconciler, Postgres, simulators.
+    machine_cpu: f64,
 }
 
 #[derive(Serialize, Clone, Copy)]
@@ -455,6 +547,11 @@ async fn run_fleet(
         }
     });
 
+    // The measurement path as the chart deploys it: Prometheus scrapes the
+    // Pushgateway every push interval.
+    let push_interval = Duration::from_secs(args.push_interval);
+    let measurement = MeasurementStack::start(push_interval).await?;
+
     // The simulators: each registers its agents (bounded concurrency, like a
     // fleet coming up), then runs them.
     eprintln!("registering {n} agents");
@@ -463,14 +560,23 @@ async fn run_fleet(
     let mut simulators = Vec::with_capacity(simulator_count);
     let chunk = n.div_ceil(simulator_count);
     for first in (0..n).step_by(chunk) {
-        simulators.push(Simulator::spawn(first, chunk.min(n - first), &urls)?);
+        simulators.push(Simulator::spawn(
+            first,
+            chunk.min(n - first),
+            &urls,
+            &measurement.pushgateway_url,
+            args.push_interval,
+        )?);
     }
     let pool = phoenix_storage::connect(&database_url, 2).await?;
     let sampler = Sampler::start(
-        replicas.iter().map(|r| r.process.child.id()).collect(),
-        reconciler.child.id(),
-        simulators.iter().filter_map(|s| s.child.id()).collect(),
-        postmaster_pid(&pool).await,
+        Watched {
+            api_pids: replicas.iter().map(|r| r.process.child.id()).collect(),
+            reconciler_pid: reconciler.child.id(),
+            agent_pids: simulators.iter().filter_map(|s| s.child.id()).collect(),
+            postgres_pid: postmaster_pid(&pool).await,
+            measurement_pids: measurement.server_pids(),
+        },
         pool.clone(),
         reconciler_url.clone(),
         http.clone(),
@@ -625,10 +731,48 @@ async fn run_fleet(
         .fetch_one(&pool)
         .await?;
 
+    // Measure: the running experiment's hosts push; how old is what Prometheus holds?
+    eprintln!(
+        "measure: {} s of {n} hosts pushing every {} s",
+        args.measure, args.push_interval
+    );
+    let pushes =
+        |simulators: &[Simulator]| -> u64 { simulators.iter().map(|s| s.progress().pushes).sum() };
+    sampler.begin_phase().await;
+    let pushes_before = pushes(&simulators);
+    let measure_started = Instant::now();
+    let mut sample_ages = Vec::new();
+    let mut hosts_without_samples_max = 0;
+    let mut checks = 0;
+    // The first check after one interval: every host pushed as its collectors
+    // started, and Prometheus has scraped since.
+    tokio::time::sleep(push_interval).await;
+    while measure_started.elapsed() < Duration::from_secs(args.measure) {
+        let ages = measurement
+            .query(r#"time() - push_time_seconds{job="phoenix_collectors"}"#)
+            .await?;
+        checks += 1;
+        hosts_without_samples_max = hosts_without_samples_max.max(n.saturating_sub(ages.len()));
+        sample_ages.extend(ages.iter().map(|s| s.value));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    let measure_s = measure_started.elapsed().as_secs_f64();
+    let pushes_per_s = (pushes(&simulators) - pushes_before) as f64 / measure_s;
+    let measure = sampler.end_phase().await;
+    let two_intervals = 2.0 * push_interval.as_secs_f64();
+    let samples_older_than_two_intervals = sample_ages
+        .iter()
+        .filter(|&&age| age > two_intervals)
+        .count();
+
     let mut finals = Vec::with_capacity(simulators.len());
     for simulator in simulators {
         finals.push(simulator.finish().await?);
     }
+    let push_latencies: Vec<f64> = finals
+        .iter()
+        .flat_map(|f| f.push_latency_us.iter().map(|&us| us as f64 / 1000.0))
+        .collect();
     let mut creation_to_tasks = Vec::with_capacity(n);
     let mut write_to_delivery = Vec::with_capacity(n);
     for (host, delivered) in finals.iter().flat_map(|f| f.all_tasks_us.iter()) {
@@ -645,6 +789,7 @@ async fn run_fleet(
     let peaks = sampler.stop().await;
     drop(reconciler);
     drop(replicas);
+    drop(measurement);
     pool.close().await;
 
     Ok(Row {
@@ -685,6 +830,22 @@ async fn run_fleet(
         postgres_connections_peak: peaks.postgres_connections_peak,
         request_errors: finals.iter().map(|f| f.request_errors).sum(),
         shed_503: finals.iter().map(|f| f.shed).sum(),
+        measurement: MeasurementRow {
+            push_interval_s: args.push_interval,
+            pushes_per_s,
+            pushes: push_latencies.len() as u64,
+            push_latency_ms: Percentiles::of(push_latencies),
+            push_errors: finals.iter().map(|f| f.push_errors).sum(),
+            sample_age_s: Percentiles::of(sample_ages),
+            hosts_without_samples_max,
+            samples_older_than_two_intervals,
+            checks,
+            pushgateway_cpu_cores: measure.pushgateway_cores,
+            pushgateway_rss_peak_mib: peaks.pushgateway_rss_peak_mib,
+            prometheus_cpu_cores: measure.prometheus_cores,
+            prometheus_rss_peak_mib: peaks.prometheus_rss_peak_mib,
+            machine_cpu: measure.machine_busy,
+        },
     })
 }
 
@@ -697,6 +858,9 @@ struct Progress {
     delivered: usize,
     /// Requests its agents sent so far.
     requests: u64,
+    /// Pushes to the Pushgateway that succeeded so far.
+    #[serde(default)]
+    pushes: u64,
 }
 
 /// What a simulator reports when it stops (its last line).
@@ -709,6 +873,11 @@ struct Final {
     /// 503s answered to its agents, each retried.
     #[serde(default)]
     shed: u64,
+    /// Each successful push's latency, in µs.
+    #[serde(default)]
+    push_latency_us: Vec<u32>,
+    #[serde(default)]
+    push_errors: u64,
 }
 
 #[derive(Serialize, serde::Deserialize)]
@@ -727,10 +896,18 @@ struct Simulator {
 }
 
 impl Simulator {
-    fn spawn(first: usize, count: usize, api_urls: &[String]) -> anyhow::Result<Simulator> {
+    fn spawn(
+        first: usize,
+        count: usize,
+        api_urls: &[String],
+        pushgateway_url: &str,
+        push_interval_s: u64,
+    ) -> anyhow::Result<Simulator> {
         let mut child = tokio::process::Command::new(std::env::current_exe()?)
             .args(["--simulate", &format!("{first}:{count}")])
             .args(["--api-urls", &api_urls.join(",")])
+            .args(["--pushgateway-url", pushgateway_url])
+            .args(["--push-interval", &push_interval_s.to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -779,12 +956,21 @@ impl Simulator {
 /// A simulator process (`--simulate FIRST:COUNT`): runs agents `FIRST..FIRST+COUNT`,
 /// host i against `api_urls[i % len]`, prints [`Progress`] lines every 250 ms and
 /// a [`Final`] line once a line arrives on stdin (or stdin closes).
-async fn simulate(first: usize, count: usize, api_urls: Vec<String>) -> anyhow::Result<()> {
+async fn simulate(
+    first: usize,
+    count: usize,
+    api_urls: Vec<String>,
+    pushgateway_url: Option<reqwest::Url>,
+    push_interval: Duration,
+) -> anyhow::Result<()> {
     anyhow::ensure!(!api_urls.is_empty(), "--simulate needs --api-urls");
     let http = phoenix_e2e::harness::http_client_builder()
         .pool_max_idle_per_host(usize::MAX)
         .timeout(Duration::from_secs(90))
         .build()?;
+    // The agent's own Pushgateway client settings (no idle connection), shared.
+    let push_http = Pushgateway::http_settings(reqwest::Client::builder()).build()?;
+    let push_latency_us = Arc::new(std::sync::Mutex::new(Vec::new()));
     let clock = Arc::new(HostClock::new(count));
     let counters = Arc::new(AgentCounters::default());
     let (stop, stopped) = watch::channel(false);
@@ -807,6 +993,12 @@ async fn simulate(first: usize, count: usize, api_urls: Vec<String>) -> anyhow::
             bodies: Mutex::new(BTreeMap::new()),
             stopped: stopped.clone(),
             credential: String::new(),
+            pushgateway: pushgateway_url
+                .clone()
+                .map(|url| Pushgateway::with_client(push_http.clone(), url, host_id(index))),
+            push_interval,
+            collectors_changed: tokio::sync::Notify::new(),
+            push_latency_us: push_latency_us.clone(),
         };
         let permit = registering.clone().acquire_owned().await?;
         let registered = registered.clone();
@@ -829,6 +1021,7 @@ async fn simulate(first: usize, count: usize, api_urls: Vec<String>) -> anyhow::
         registered: Some(registered.load(Ordering::Relaxed) as usize),
         delivered: clock.delivered(),
         requests: counters.requests(),
+        pushes: counters.pushes.load(Ordering::Relaxed),
     };
     // A line on stdin (or its end) is the stop.
     let (asked, mut stop_asked) = tokio::sync::oneshot::channel::<()>();
@@ -862,6 +1055,8 @@ async fn simulate(first: usize, count: usize, api_urls: Vec<String>) -> anyhow::
         request_errors: counters.request_errors.load(Ordering::Relaxed)
             + counters.poll_errors.load(Ordering::Relaxed),
         shed: counters.shed.load(Ordering::Relaxed),
+        push_latency_us: std::mem::take(&mut *push_latency_us.lock().unwrap()),
+        push_errors: counters.push_errors.load(Ordering::Relaxed),
     }));
     Ok(())
 }
@@ -897,11 +1092,74 @@ struct SimulatedAgent {
     stopped: watch::Receiver<bool>,
     /// Its host credential, from enrolling with the bootstrap token.
     credential: String,
+    /// Where it pushes its experiment collectors' CPU and RSS (the agent's client).
+    pushgateway: Option<Pushgateway>,
+    push_interval: Duration,
+    collectors_changed: tokio::sync::Notify,
+    /// The simulator's record of each successful push's latency (µs).
+    push_latency_us: Arc<std::sync::Mutex<Vec<u32>>>,
 }
 
 impl SimulatedAgent {
     async fn run(self) {
-        self.poll_loop().await;
+        tokio::join!(self.poll_loop(), self.push_loop());
+    }
+
+    /// Pushes as the real agent's push loop does: at once when its collectors change
+    /// and every push interval; nothing while it runs no experiment collector (the
+    /// group is deleted once). The first tick falls at a random point of the
+    /// interval, as agents that started at different times.
+    async fn push_loop(&self) {
+        let Some(gateway) = &self.pushgateway else {
+            return;
+        };
+        let started = Instant::now();
+        let mut stopped = self.stopped.clone();
+        let offset = self.push_interval.mul_f64(rand::random::<f64>());
+        let mut ticker =
+            tokio::time::interval_at(tokio::time::Instant::now() + offset, self.push_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut group_held = false;
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = self.collectors_changed.notified() => {}
+                _ = stopped.wait_for(|&s| s) => return,
+            }
+            let mut measured: Vec<CollectorStatus> = self
+                .collectors
+                .lock()
+                .await
+                .values()
+                .filter(|s| phoenix_agent::pushgateway::is_measured(s))
+                .cloned()
+                .collect();
+            if measured.is_empty() {
+                if group_held && gateway.delete().await.is_ok() {
+                    group_held = false;
+                }
+                continue;
+            }
+            // A light collector: a hundredth of a core.
+            for status in &mut measured {
+                status.cpu_seconds = started.elapsed().as_secs_f64() / 100.0;
+            }
+            let pushing = Instant::now();
+            match gateway.push(&measured.iter().collect::<Vec<_>>()).await {
+                Ok(()) => {
+                    group_held = true;
+                    let us = pushing.elapsed().as_micros().min(u32::MAX as u128) as u32;
+                    self.push_latency_us.lock().unwrap().push(us);
+                    self.counters.pushes.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(err) => {
+                    if !*self.stopped.borrow() {
+                        eprintln!("{}: push failed: {err}", self.host_id);
+                        self.counters.push_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
     }
 
     async fn poll_loop(&self) {
@@ -1014,6 +1272,7 @@ impl SimulatedAgent {
             }
         }
         if changed {
+            self.collectors_changed.notify_one();
             self.report_status().await;
         }
     }
@@ -1102,6 +1361,18 @@ impl SimulatedAgent {
     }
 }
 
+/// The processes a [`Sampler`] watches.
+struct Watched {
+    api_pids: Vec<u32>,
+    reconciler_pid: u32,
+    /// The simulator processes.
+    agent_pids: Vec<u32>,
+    /// The postmaster (0: not local).
+    postgres_pid: u32,
+    /// Prometheus' and the Pushgateway's owner wrappers.
+    measurement_pids: (u32, u32),
+}
+
 /// Samples processes, the machine and Postgres twice a second.
 struct Sampler {
     api_pids: Vec<u32>,
@@ -1110,6 +1381,8 @@ struct Sampler {
     agent_pids: Vec<u32>,
     /// The postmaster, whose children are the server's backends (0: not local).
     postgres_pid: u32,
+    /// Prometheus' and the Pushgateway's owner wrappers (each server is a child).
+    measurement_pids: (u32, u32),
     state: Arc<std::sync::Mutex<SamplerState>>,
     running: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
@@ -1122,6 +1395,8 @@ struct SamplerState {
     agents_rss_peak_kib: u64,
     reconciler_rss_peak_kib: u64,
     postgres_connections_peak: u64,
+    prometheus_rss_peak_kib: u64,
+    pushgateway_rss_peak_kib: u64,
     /// Longest reconcile pass seen since the current phase began.
     last_pass_max_s: f64,
     phase: Option<PhaseStart>,
@@ -1133,6 +1408,8 @@ struct PhaseStart {
     reconciler_ticks: u64,
     postgres_ticks: u64,
     agents_ticks: u64,
+    prometheus_ticks: u64,
+    pushgateway_ticks: u64,
     machine: MachineTicks,
 }
 
@@ -1144,6 +1421,8 @@ struct PhaseUse {
     agents_cores: f64,
     machine_busy: f64,
     reconciler_last_pass_max_s: f64,
+    prometheus_cores: f64,
+    pushgateway_cores: f64,
 }
 
 struct Peaks {
@@ -1152,18 +1431,24 @@ struct Peaks {
     agents_rss_peak_mib: f64,
     reconciler_rss_peak_mib: f64,
     postgres_connections_peak: u64,
+    prometheus_rss_peak_mib: f64,
+    pushgateway_rss_peak_mib: f64,
 }
 
 impl Sampler {
     fn start(
-        api_pids: Vec<u32>,
-        reconciler_pid: u32,
-        agent_pids: Vec<u32>,
-        postgres_pid: u32,
+        watched: Watched,
         pool: phoenix_storage::PgPool,
         reconciler_url: String,
         http: reqwest::Client,
     ) -> Sampler {
+        let Watched {
+            api_pids,
+            reconciler_pid,
+            agent_pids,
+            postgres_pid,
+            measurement_pids,
+        } = watched;
         let state = Arc::new(std::sync::Mutex::new(SamplerState::default()));
         let running = Arc::new(AtomicBool::new(true));
         let task = tokio::spawn({
@@ -1202,6 +1487,12 @@ impl Sampler {
                             .postgres_connections_peak
                             .max((connections as u64).saturating_sub(2));
                         s.last_pass_max_s = s.last_pass_max_s.max(last_pass);
+                        s.prometheus_rss_peak_kib = s
+                            .prometheus_rss_peak_kib
+                            .max(process_tree_rss_kib(measurement_pids.0));
+                        s.pushgateway_rss_peak_kib = s
+                            .pushgateway_rss_peak_kib
+                            .max(process_tree_rss_kib(measurement_pids.1));
                     }
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
@@ -1212,6 +1503,7 @@ impl Sampler {
             reconciler_pid,
             agent_pids,
             postgres_pid,
+            measurement_pids,
             state,
             running,
             task,
@@ -1227,6 +1519,8 @@ impl Sampler {
             reconciler_ticks: cpu_ticks(self.reconciler_pid),
             postgres_ticks: process_tree_ticks(self.postgres_pid),
             agents_ticks: self.agent_pids.iter().map(|&p| cpu_ticks(p)).sum(),
+            prometheus_ticks: process_tree_ticks(self.measurement_pids.0),
+            pushgateway_ticks: process_tree_ticks(self.measurement_pids.1),
             machine: MachineTicks::now(),
         });
     }
@@ -1258,6 +1552,12 @@ impl Sampler {
             ),
             machine_busy: MachineTicks::now().busy_since(&start.machine),
             reconciler_last_pass_max_s: s.last_pass_max_s,
+            prometheus_cores: cores(
+                process_tree_ticks(self.measurement_pids.0).saturating_sub(start.prometheus_ticks),
+            ),
+            pushgateway_cores: cores(
+                process_tree_ticks(self.measurement_pids.1).saturating_sub(start.pushgateway_ticks),
+            ),
         }
     }
 
@@ -1271,6 +1571,8 @@ impl Sampler {
             agents_rss_peak_mib: s.agents_rss_peak_kib as f64 / 1024.0,
             reconciler_rss_peak_mib: s.reconciler_rss_peak_kib as f64 / 1024.0,
             postgres_connections_peak: s.postgres_connections_peak,
+            prometheus_rss_peak_mib: s.prometheus_rss_peak_kib as f64 / 1024.0,
+            pushgateway_rss_peak_mib: s.pushgateway_rss_peak_kib as f64 / 1024.0,
         }
     }
 }
@@ -1325,19 +1627,29 @@ fn cpu_ticks(pid: u32) -> u64 {
     procfs::read_stat(pid).map_or(0, |stat| stat.user_ticks + stat.system_ticks)
 }
 
-/// CPU ticks of a process and its children (a postmaster and its backends).
-fn process_tree_ticks(root: u32) -> u64 {
+/// A process and its children (a postmaster and its backends; a server's wrapper
+/// and the server).
+fn process_tree(root: u32) -> Vec<u32> {
     if root == 0 {
-        return 0;
+        return Vec::new();
     }
-    let children: u64 = procfs::all_pids()
+    let mut pids: Vec<u32> = procfs::all_pids()
         .unwrap_or_default()
         .into_iter()
-        .filter_map(|pid| procfs::read_stat(pid).ok())
-        .filter(|stat| stat.parent == root)
-        .map(|stat| stat.user_ticks + stat.system_ticks)
-        .sum();
-    cpu_ticks(root) + children
+        .filter(|&pid| procfs::read_stat(pid).is_ok_and(|stat| stat.parent == root))
+        .collect();
+    pids.push(root);
+    pids
+}
+
+/// CPU ticks of a process and its children.
+fn process_tree_ticks(root: u32) -> u64 {
+    process_tree(root).into_iter().map(cpu_ticks).sum()
+}
+
+/// Resident memory of a process and its children, in KiB.
+fn process_tree_rss_kib(root: u32) -> u64 {
+    process_tree(root).into_iter().map(rss_kib).sum()
 }
 
 /// The postmaster's pid, from `postmaster.pid` in the server's data directory;
@@ -1534,6 +1846,35 @@ fn print_table(rows: &[Row]) {
             r.postgres_connections_peak,
             r.request_errors,
             r.shed_503,
+        );
+    }
+    println!(
+        "\n| agents | push interval | pushes/s | push p50 / p99 / max | push errors | sample age p50 / p99 / max | hosts without samples (worst check) | samples older than 2 intervals | Pushgateway CPU / RSS | Prometheus CPU / RSS | machine busy |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        let m = &r.measurement;
+        println!(
+            "| {} | {} s | {:.0} | {:.1} / {:.1} / {:.0} ms | {} of {} | {:.1} / {:.1} / {:.1} s | {} | {} of {} | {:.2} cores / {:.0} MiB | {:.2} cores / {:.0} MiB | {:.0} % |",
+            r.agents,
+            m.push_interval_s,
+            m.pushes_per_s,
+            m.push_latency_ms.p50,
+            m.push_latency_ms.p99,
+            m.push_latency_ms.max,
+            m.push_errors,
+            m.pushes + m.push_errors,
+            m.sample_age_s.p50,
+            m.sample_age_s.p99,
+            m.sample_age_s.max,
+            m.hosts_without_samples_max,
+            m.samples_older_than_two_intervals,
+            m.checks * r.agents,
+            m.pushgateway_cpu_cores,
+            m.pushgateway_rss_peak_mib,
+            m.prometheus_cpu_cores,
+            m.prometheus_rss_peak_mib,
+            m.machine_cpu * 100.0,
         );
     }
 }

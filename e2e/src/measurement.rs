@@ -137,6 +137,8 @@ impl MeasurementStack {
             &[
                 format!("--web.listen-address=127.0.0.1:{push_port}"),
                 "--persistence.file=".into(),
+                // As the chart runs it (pushgateway.disableConsistencyCheck).
+                "--push.disable-consistency-check".into(),
             ],
             &dir.path().join("pushgateway.log"),
         )?;
@@ -166,6 +168,15 @@ impl MeasurementStack {
             .wait_ready(&stack.pushgateway_url, "pushgateway.log")
             .await?;
         Ok(stack)
+    }
+
+    /// The processes of Prometheus and the Pushgateway (their owner wrappers: each
+    /// server is the wrapper's child), for benchmarks that sample their CPU and memory.
+    pub fn server_pids(&self) -> (u32, u32) {
+        (
+            self._prometheus.wrapper.id(),
+            self._pushgateway.wrapper.id(),
+        )
     }
 
     async fn wait_ready(&self, base: &str, log: &str) -> Result<(), MeasurementError> {

@@ -239,6 +239,7 @@ async fn beat(state: &AppState, host_id: &str) -> Result<(), ApiError> {
         state.heartbeats.mark_known(host_id);
     }
     state.heartbeats.record(host_id);
+    state.metrics.heartbeats_received.inc();
     Ok(())
 }
 
@@ -290,7 +291,7 @@ pub async fn report_status(
     status.check().map_err(ApiError::Invalid)?;
     let mut conn = state.conn().await?;
     hosts::report_status(&mut conn, &host_id, &status).await?;
-    state.heartbeats.mark_known(&host_id);
+    state.heartbeats.mark_seen(&host_id);
     state.metrics.status_reports.inc();
     Ok(StatusCode::NO_CONTENT)
 }
@@ -302,7 +303,6 @@ pub async fn heartbeat(
     AgentHost(host_id, _): AgentHost,
 ) -> Result<StatusCode, ApiError> {
     beat(&state, &host_id).await?;
-    state.metrics.heartbeats_received.inc();
     Ok(StatusCode::NO_CONTENT)
 }
 

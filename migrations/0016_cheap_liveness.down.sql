@@ -1,0 +1,2 @@
+ALTER TABLE hosts RESET (fillfactor);
+CREATE INDEX hosts_last_seen ON hosts (last_seen);

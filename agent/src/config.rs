@@ -206,8 +206,8 @@ pub struct AgentConfig {
     pub dev: bool,
 
     /// How often experiment collectors' resource use is pushed (and at once when they
-    /// change). Keep it equal to the interval Prometheus scrapes the Pushgateway at: a
-    /// shorter one only adds load, a longer one leaves samples staler
+    /// change). Let Prometheus scrape the Pushgateway a little more often (the chart:
+    /// every 10 s), so its newest sample is at most the two intervals old
     #[arg(
         long,
         env = "PHOENIX_PUSH_INTERVAL",

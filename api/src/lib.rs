@@ -75,12 +75,11 @@ pub async fn serve(
         tls,
         max_connections: config.max_connections,
     };
-    let pool = phoenix_storage::connect_with(
+    let pool = phoenix_storage::connect_warm(
         &config.database_url,
         config.db_connections,
         config.db_acquire_timeout.as_duration(),
     )
-    .await
     .context("connecting to Postgres")?;
     phoenix_storage::schema::prepare(&pool, "phoenix-api", config.on_start())
         .await

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use phoenix_storage::{PgPool, StoreError};
+use phoenix_storage::PgPool;
 use sqlx::Postgres;
 use sqlx::pool::PoolConnection;
 use tokio::sync::watch;
@@ -70,6 +70,6 @@ impl ConfigBodies {
 impl AppState {
     /// A pooled connection for one request; released when dropped.
     pub async fn conn(&self) -> Result<PoolConnection<Postgres>, crate::error::ApiError> {
-        Ok(self.pool.acquire().await.map_err(StoreError::from)?)
+        Ok(phoenix_storage::acquire(&self.pool).await?)
     }
 }

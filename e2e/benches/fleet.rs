@@ -24,7 +24,7 @@
 //!    agent's own `Pushgateway` client and payload: one group per host, at once when
 //!    its collectors change and every `--push-interval`), to a real Pushgateway run
 //!    as the chart runs it (`--push.disable-consistency-check`), which a real
-//!    Prometheus scrapes every push interval (the chart keeps the two equal). It
+//!    Prometheus scrapes every two thirds of the push interval, as the chart does. It
 //!    measures push latency and errors, the Pushgateway's and Prometheus' CPU and
 //!    RSS, and every 5 s how old each host's newest sample in Prometheus is (the
 //!    query time less the `push_time_seconds` Prometheus holds for the host's group):
@@ -548,9 +548,9 @@ async fn run_fleet(
     });
 
     // The measurement path as the chart deploys it: Prometheus scrapes the
-    // Pushgateway every push interval.
+    // Pushgateway every two thirds of the push interval (10 s for 15 s).
     let push_interval = Duration::from_secs(args.push_interval);
-    let measurement = MeasurementStack::start(push_interval).await?;
+    let measurement = MeasurementStack::start(push_interval * 2 / 3).await?;
 
     // The simulators: each registers its agents (bounded concurrency, like a
     // fleet coming up), then runs them.

@@ -60,6 +60,14 @@ pub struct ReconcilerConfig {
     #[arg(long, env = "PHOENIX_DEPLOY_TIMEOUT", default_value = "5m", value_parser = HumanDuration::parse)]
     pub deploy_timeout: HumanDuration,
 
+    /// The most hosts one experiment runs on (0: no limit). An experiment that selects
+    /// more runs on a stable sample of this many, and says so. Each experiment host
+    /// remote-writes every baseline series to Prometheus: set this to the width your
+    /// Prometheus ingests (BENCHMARKS.md, "Experiment width"; the chart sets it for
+    /// its bundled Prometheus)
+    #[arg(long, env = "PHOENIX_MAX_EXPERIMENT_HOSTS", default_value_t = 0)]
+    pub max_experiment_hosts: usize,
+
     /// Failed starts of one collector (same config) before its experiment fails.
     #[arg(long, env = "PHOENIX_MAX_START_FAILURES", default_value_t = 3)]
     pub max_start_failures: usize,
@@ -239,6 +247,11 @@ impl ReconcilerConfig {
             events: self.retain_events.as_duration(),
             hosts: self.retain_hosts.as_duration(),
         }
+    }
+
+    /// The cap on an experiment's hosts, if any.
+    pub fn max_experiment_hosts(&self) -> Option<usize> {
+        (self.max_experiment_hosts > 0).then_some(self.max_experiment_hosts)
     }
 
     /// The roll-out job's settings.

@@ -158,6 +158,7 @@ mod tests {
                 duration: HumanDuration::from_secs(600),
                 load,
                 critical_processes: vec![],
+                max_hosts: None,
                 criteria: Default::default(),
                 promotion: Default::default(),
             },

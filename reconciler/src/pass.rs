@@ -92,7 +92,8 @@ pub async fn run_pass(
 
     for experiment in &mut active {
         if experiment.phase == Phase::Pending {
-            let decision = lifecycle::decide_pending(experiment, &host_records);
+            let decision =
+                lifecycle::decide_pending(experiment, &host_records, config.max_experiment_hosts());
             apply(&mut tx, experiment, decision, now, &mut report).await?;
         }
         if !experiment.phase.wants_collectors() {

@@ -139,6 +139,14 @@ pub struct ExperimentSpec {
     pub load: Option<LoadSpec>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub critical_processes: Vec<String>,
+    /// Run on at most this many of the hosts `hosts` selects, sampled by a stable
+    /// hash of the experiment's name and each host id. Every experiment host
+    /// remote-writes all its baseline series to Prometheus, so the width of an
+    /// experiment is bounded by what Prometheus ingests; the reconciler's
+    /// `--max-experiment-hosts` caps it as well (docs/ARCHITECTURE.md, "The
+    /// measurement path").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_hosts: Option<u32>,
     #[serde(default)]
     pub criteria: Criteria,
     #[serde(default)]
@@ -381,6 +389,12 @@ impl ExperimentDocument {
 impl ExperimentSpec {
     pub fn validate(&self) -> Result<(), FieldError> {
         self.hosts.validate("spec.hosts")?;
+        if self.max_hosts == Some(0) {
+            return Err(FieldError::new(
+                "spec.maxHosts",
+                "must be at least 1 (leave it out to run on every selected host)",
+            ));
+        }
         for (field, pipeline) in [
             ("spec.baseline", &self.baseline),
             ("spec.candidate", &self.candidate),

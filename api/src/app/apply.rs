@@ -210,7 +210,7 @@ pub async fn apply(
         .map(|_| Validation::new(collector_bin))
         .collect();
     if collector_bin.is_some() {
-        let mut conn = pool.acquire().await.map_err(StoreError::from)?;
+        let mut conn = phoenix_storage::acquire(pool).await?;
         let tx = conn.begin().await.map_err(StoreError::from)?;
         apply_all(tx, &items, source, &mut validations, false, true, admin).await?;
         drop(conn);
@@ -222,7 +222,7 @@ pub async fn apply(
                 .map_err(|e| item.error(e))?;
         }
     }
-    let mut conn = pool.acquire().await.map_err(StoreError::from)?;
+    let mut conn = phoenix_storage::acquire(pool).await?;
     let tx = conn.begin().await.map_err(StoreError::from)?;
     apply_all(
         tx,

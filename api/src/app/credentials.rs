@@ -128,7 +128,7 @@ pub async fn seed_configured_bootstrap(pool: &PgPool, text: &str) -> anyhow::Res
                  make one with `phoenix-api bootstrap-token` or `phoenix bootstrap-token create`"
             )
         })?;
-    let mut conn = pool.acquire().await?;
+    let mut conn = phoenix_storage::acquire(pool).await?;
     let same = credentials::seed_bootstrap(
         &mut conn,
         StoredNew {
@@ -279,7 +279,7 @@ impl CredentialCache {
             }
         }
         let generation = self.generation.load(Ordering::SeqCst);
-        let mut conn = pool.acquire().await.map_err(StoreError::from)?;
+        let mut conn = phoenix_storage::acquire(pool).await?;
         let stored = credentials::find_host_credential(&mut conn, parsed.id)
             .await?
             .filter(|stored| digest_matches(parsed.secret, &stored.secret_sha256))

@@ -11,7 +11,7 @@ use std::path::Path;
 use phoenix_storage::deployments::{self, Applied, NewRevision, StoredDeployment};
 use phoenix_storage::hosts::{self, HostFilter, HostRecord};
 use phoenix_storage::rollouts;
-use phoenix_storage::{PgConnection, PgPool, StoreError};
+use phoenix_storage::{PgConnection, PgPool};
 use phoenix_wire::agent::CollectorStatus;
 use phoenix_wire::deployment::{
     DeploymentHost, DeploymentSpec, PipelineDeployment, PipelineDeploymentDocument, PromotionResult,
@@ -40,14 +40,14 @@ pub async fn deploy(
     let mut validation = Validation::new(collector_bin);
     if validation.collecting() {
         check_deployment(
-            &mut *pool.acquire().await.map_err(StoreError::from)?,
+            &mut *phoenix_storage::acquire(pool).await?,
             &doc,
             &mut validation,
         )
         .await?;
         validation = validation.run(collector_bin).await?;
     }
-    let mut conn = pool.acquire().await.map_err(StoreError::from)?;
+    let mut conn = phoenix_storage::acquire(pool).await?;
     check_deployment(&mut conn, &doc, &mut validation).await?;
     let (stored, applied) = deployments::apply(
         &mut conn,

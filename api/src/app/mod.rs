@@ -60,14 +60,14 @@ pub async fn create_experiment(
     let mut validation = Validation::new(collector_bin);
     if validation.collecting() {
         check_experiment(
-            &mut *pool.acquire().await.map_err(StoreError::from)?,
+            &mut *phoenix_storage::acquire(pool).await?,
             &doc,
             &mut validation,
         )
         .await?;
         validation = validation.run(collector_bin).await?;
     }
-    let mut conn = pool.acquire().await.map_err(StoreError::from)?;
+    let mut conn = phoenix_storage::acquire(pool).await?;
     check_experiment(&mut conn, &doc, &mut validation).await?;
     let experiment = experiments::create(
         &mut conn,
@@ -277,6 +277,7 @@ pub async fn validate_template(
         duration: Default::default(),
         load: None,
         critical_processes: vec![],
+        max_hosts: None,
         criteria: Default::default(),
         promotion: Default::default(),
     };

@@ -152,7 +152,7 @@ async fn claim_batch(
     metrics.claim_statements.inc();
     metrics.claim_hosts.inc_by(hosts.len() as u64);
     let claimed = async {
-        let mut conn = pool.acquire().await?;
+        let mut conn = phoenix_storage::acquire(&pool).await?;
         tasks::claim_many(
             &mut conn,
             &hosts,
@@ -205,7 +205,7 @@ async fn complete_batch(
     answers: Vec<(String, i64, TaskOutcome)>,
 ) -> Vec<Result<Completion, ApiError>> {
     let recorded = async {
-        let mut conn = pool.acquire().await?;
+        let mut conn = phoenix_storage::acquire(&pool).await?;
         tasks::complete_many(&mut conn, &answers).await
     }
     .await;

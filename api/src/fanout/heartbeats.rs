@@ -125,7 +125,7 @@ impl HeartbeatBuffer {
         }
         let started = Instant::now();
         let result = async {
-            let mut conn = pool.acquire().await?;
+            let mut conn = phoenix_storage::acquire(pool).await?;
             hosts::record_heartbeats(&mut conn, &beats).await
         }
         .await;

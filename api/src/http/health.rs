@@ -22,8 +22,11 @@ pub const READY_DATABASE_TIMEOUT: Duration = Duration::from_millis(800);
 /// and the task listener is connected. Otherwise a 503, within that time.
 pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
     let ping = async {
-        let mut conn = state.pool.acquire().await?;
-        sqlx::query("SELECT 1").execute(&mut *conn).await
+        let mut conn = phoenix_storage::acquire(&state.pool).await?;
+        sqlx::query("SELECT 1")
+            .execute(&mut *conn)
+            .await
+            .map_err(phoenix_storage::StoreError::from)
     };
     match tokio::time::timeout(READY_DATABASE_TIMEOUT, ping).await {
         Ok(Ok(_)) => {}

@@ -37,7 +37,8 @@ pub enum DeploymentCommand {
     #[command(after_help = "\
 Example:
   phoenix deployment get web
-  phoenix deployment get web -o json     # the API object, with `rollout`
+  phoenix deployment get web -o json     # a document; `status` holds revision, hosts, rollout
+  phoenix deployment get web -o yaml | phoenix apply -f -    (a no-op)
 
 The roll-out shows where a new revision is: its batch, each host a batch reached
 (updating, healthy, done or failed, and why) and how it ended. Hosts no batch
@@ -164,6 +165,7 @@ pub async fn deploy(ctx: &Context, file: Option<String>, flags: DeployFlags) -> 
         None => Body {
             bytes: serde_json::to_vec(&flags.document()?)?,
             content_type: "application/json",
+            origin: None,
         },
     };
     let deployment: PipelineDeployment = ctx.client.post(DEPLOYMENTS, Some(body)).await?;
@@ -195,7 +197,8 @@ pub async fn list(ctx: &Context) -> anyhow::Result<()> {
 
 pub async fn show(ctx: &Context, name: &str) -> anyhow::Result<()> {
     let deployment: PipelineDeployment = ctx.client.get(&deployment_path(name)?).await?;
-    let text = match output::render_object(ctx.output, &deployment)? {
+    let document = output::as_document("PipelineDeployment", &deployment)?;
+    let text = match output::render_object(ctx.output, &document)? {
         Some(text) => text,
         None => deployment_details(&deployment, ctx.now),
     };

@@ -182,6 +182,7 @@ pub async fn run(ctx: &Context, command: DestinationCommand) -> anyhow::Result<(
                     Body {
                         bytes: serde_json::to_vec(&doc)?,
                         content_type: "application/json",
+                        origin: None,
                     }
                 }
             };

@@ -60,9 +60,15 @@ HOSTS is the number of target hosts once deploying has resolved them, and the
 selector before that.")]
     List,
     /// Show one experiment: phase, reason, target hosts, pipelines, criteria
-    #[command(
-        after_help = "Example:\n  phoenix experiment get topk-web\n  phoenix experiment get topk-web -o yaml"
-    )]
+    #[command(after_help = "\
+Example:
+  phoenix experiment get topk-web
+  phoenix experiment get topk-web -o yaml
+  phoenix experiment get topk-web -o yaml | phoenix apply -f -    (a no-op)
+
+-o json|yaml print the experiment as a document (apiVersion, kind, metadata,
+spec) with what Phoenix made of it (phase, reason, target hosts...) under
+`status`, which `phoenix apply` ignores.")]
     Get {
         /// The experiment's metadata.name
         name: String,
@@ -185,7 +191,8 @@ pub async fn run(ctx: &Context, command: ExperimentCommand) -> anyhow::Result<()
         }
         ExperimentCommand::Get { name } => {
             let experiment: Experiment = ctx.client.get(&experiment_path(&name)?).await?;
-            let text = match output::render_object(ctx.output, &experiment)? {
+            let document = output::as_document("Experiment", &experiment)?;
+            let text = match output::render_object(ctx.output, &document)? {
                 Some(text) => text,
                 None => experiment_details(&experiment, ctx.now),
             };

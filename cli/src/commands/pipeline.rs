@@ -299,6 +299,7 @@ async fn import(ctx: &Context, file: &str, name: &str, dry_run: bool) -> anyhow:
             document: serde_json::to_value(&document)?,
         }])?,
         content_type: "application/json",
+        origin: None,
     };
     let path = format!("/api/v1/apply?source={IMPORT_SOURCE}&prune=false&dryRun={dry_run}");
     let plan: Vec<PlanEntry> = ctx.client.post(&path, Some(body)).await?;

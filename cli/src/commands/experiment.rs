@@ -42,12 +42,7 @@ A document looks like:
 Files ending in .json are sent as JSON, everything else (and stdin) as YAML.")]
     Create {
         /// The document to submit; `-` reads stdin
-        #[arg(
-            short = 'f',
-            long = "file",
-            visible_alias = "filename",
-            value_name = "FILE"
-        )]
+        #[arg(short = 'f', long = "filename", alias = "file", value_name = "FILE")]
         file: String,
     },
     /// List experiments with their phase and the reason for it

@@ -387,6 +387,36 @@ mod tests {
         }
     }
 
+    /// One spelling, kubectl's: every `-f` is `--filename`; `--file`, the old
+    /// spelling of some commands, still works but is not shown.
+    #[test]
+    fn every_file_flag_is_spelled_filename() {
+        fn visit(command: &clap::Command, path: &str, found: &mut usize) {
+            for arg in command.get_arguments() {
+                if arg.get_short() == Some('f') {
+                    *found += 1;
+                    assert_eq!(arg.get_long(), Some("filename"), "{path}");
+                    assert!(
+                        arg.get_visible_aliases().is_none_or(|a| a.is_empty()),
+                        "{path}"
+                    );
+                }
+            }
+            for sub in command.get_subcommands() {
+                visit(sub, &format!("{path} {}", sub.get_name()), found);
+            }
+        }
+        let mut found = 0;
+        visit(&Cli::command(), "phoenix", &mut found);
+        assert!(found >= 7, "{found}");
+        for args in [
+            &["phoenix", "apply", "--file", "x"][..],
+            &["phoenix", "experiment", "create", "--file", "x"],
+        ] {
+            assert!(Cli::try_parse_from(args).is_ok(), "{args:?}");
+        }
+    }
+
     #[test]
     fn tasks_and_describe_are_aliases() {
         let cli = Cli::try_parse_from(["phoenix", "tasks", "list", "--status", "failed"]).unwrap();

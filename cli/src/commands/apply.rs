@@ -210,14 +210,58 @@ fn documents_of(file: &str, bytes: &[u8]) -> anyhow::Result<Vec<ApplyItem>> {
     let text = std::str::from_utf8(bytes).with_context(|| format!("{file} is not UTF-8 text"))?;
     let documents = phoenix_wire::resource::parse_yaml_documents(text)
         .map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
-    Ok(documents
-        .into_iter()
-        .filter(|d| !d.is_null())
-        .map(|document| ApplyItem {
+    let segments = document_texts(text);
+    let mut items = Vec::new();
+    for (i, document) in documents.into_iter().enumerate() {
+        if document.is_null() {
+            continue;
+        }
+        let document = crate::document::without_status(document);
+        if let Some((first_line, segment)) = segments.get(i).filter(|_| segments.len() > 1) {
+            crate::document::check_locally(file, segment, &document).map_err(|err| {
+                anyhow::anyhow!("{}", shift_line(&err.to_string(), file, *first_line))
+            })?;
+        } else {
+            crate::document::check_locally(file, text, &document)?;
+        }
+        items.push(ApplyItem {
             file: Some(file.to_string()),
             document,
-        })
-        .collect())
+        });
+    }
+    Ok(items)
+}
+
+/// The text of each `---`-separated document with the line (counted from 0) it
+/// starts after.
+fn document_texts(text: &str) -> Vec<(usize, String)> {
+    let mut segments = vec![(0, String::new())];
+    for (i, line) in text.lines().enumerate() {
+        if line.trim_end() == "---" || line.starts_with("--- ") {
+            segments.push((i + 1, String::new()));
+            continue;
+        }
+        let current = &mut segments.last_mut().expect("one segment").1;
+        current.push_str(line);
+        current.push('\n');
+    }
+    // A leading `---` leaves an empty first segment that holds no document.
+    if segments.len() > 1 && segments[0].1.trim().is_empty() {
+        segments.remove(0);
+    }
+    segments
+}
+
+/// `file:3: ...` of a document that starts after line `offset` of its file.
+fn shift_line(message: &str, file: &str, offset: usize) -> String {
+    let prefix = format!("{file}:");
+    if let Some(rest) = message.strip_prefix(&prefix)
+        && let Some((line, rest)) = rest.split_once(':')
+        && let Ok(line) = line.parse::<usize>()
+    {
+        return format!("{file}:{}:{rest}", line + offset);
+    }
+    message.to_string()
 }
 
 fn collect(dir: &Path, files: &mut Vec<PathBuf>) -> anyhow::Result<()> {
@@ -291,8 +335,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let stamp = dir.path().join("..2026_11_27_12_00_00.123456789");
         std::fs::create_dir(&stamp).unwrap();
-        std::fs::write(stamp.join("exp.yaml"), "kind: Experiment\n").unwrap();
-        std::fs::write(stamp.join("tpl.yml"), "kind: PipelineTemplate\n").unwrap();
+        std::fs::write(stamp.join("exp.yaml"), "kind: A\n").unwrap();
+        std::fs::write(stamp.join("tpl.yml"), "kind: B\n").unwrap();
         std::os::unix::fs::symlink(stamp.file_name().unwrap(), dir.path().join("..data")).unwrap();
         for key in ["exp.yaml", "tpl.yml"] {
             std::os::unix::fs::symlink(format!("..data/{key}"), dir.path().join(key)).unwrap();
@@ -323,14 +367,25 @@ mod tests {
     }
 
     #[test]
+    fn an_invalid_document_is_named_by_file_line_and_field() {
+        let text = "kind: Other\n---\napiVersion: phoenix.dev/v1\nkind: Experiment\nmetadata: {name: a}\nspec:\n  hosts: {names: [h]}\n  baseline: {pipeline: b}\n  candidate: {pipeline: c}\n  duration: 10m\n  colour: red\n";
+        let err = documents_of("exp.yaml", text.as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("exp.yaml:11: spec.colour: unknown field"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn a_large_json_file_is_read_as_json() {
         let list: Vec<u32> = (0..300_000).collect();
-        let json =
-            serde_json::to_vec(&serde_json::json!({"kind": "Experiment", "spec": list})).unwrap();
+        let json = serde_json::to_vec(&serde_json::json!({"kind": "Big", "spec": list})).unwrap();
         let items = documents_of("big.json", &json).unwrap();
         assert_eq!(items[0].document["spec"].as_array().unwrap().len(), 300_000);
         // The same in YAML passes the reader's limits and says so.
-        let yaml = format!("kind: Experiment\nspec:\n{}", "- 1\n".repeat(300_000));
+        let yaml = format!("kind: Big\nspec:\n{}", "- 1\n".repeat(300_000));
         let err = documents_of("big.yaml", yaml.as_bytes())
             .unwrap_err()
             .to_string();

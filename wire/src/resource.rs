@@ -316,7 +316,7 @@ pub struct LoadSpec {
     pub profile: String,
     /// How many processes to run, instead of the profile's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 10_000))]
     pub processes: Option<u32>,
 }
 

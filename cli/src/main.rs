@@ -8,6 +8,7 @@
 //! - [`config`]: API URL and token from flags, environment and config file.
 //! - [`output`]: `-o table|json|yaml`, the column-aligning table printer and the
 //!   `Key: value` block of `get` commands.
+//! - [`selector`]: `-l key=value,key!=value` of list commands.
 //! - [`stream`]: the event stream (a WebSocket) that `experiment status --watch`
 //!   follows, and how an event reads as one line.
 //!
@@ -21,6 +22,7 @@ mod commands;
 mod config;
 mod document;
 mod output;
+mod selector;
 mod stream;
 mod tls;
 

@@ -312,3 +312,127 @@ async fn version_roles_and_hostile_names_read_well() {
 
     stack.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_select_by_label_and_watch_changes() {
+    let stack = stack().await;
+    stack.register_host("db-1", &[("role", "db")]).await;
+    let mut documents = String::new();
+    for (name, team) in [("exp-sre", "sre"), ("exp-obs", "obs")] {
+        documents.push_str(
+            &EXAMPLE
+                .replace("name: topk-web", &format!("name: {name}"))
+                .replace("team: sre", &format!("team: {team}")),
+        );
+        documents.push_str("\n---\n");
+    }
+    let out = phoenix(
+        &stack,
+        OPERATOR_TOKEN,
+        &["apply", "-f", "-"],
+        Some(documents.as_bytes()),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let names = |args: &[&str], key: &str| -> Vec<String> {
+        let out = phoenix(&stack, VIEWER_TOKEN, args, None);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i[key].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        names(
+            &["experiment", "list", "-l", "team=sre", "-o", "json"],
+            "name"
+        ),
+        ["exp-sre"]
+    );
+    assert_eq!(
+        names(
+            &["experiment", "list", "-l", "team!=sre", "-o", "json"],
+            "name"
+        ),
+        ["exp-obs"]
+    );
+    assert_eq!(
+        names(&["host", "list", "-l", "role=web", "-o", "json"], "hostId"),
+        ["web-1"]
+    );
+    let out = phoenix(
+        &stack,
+        VIEWER_TOKEN,
+        &["host", "list", "-l", "bad key"],
+        None,
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("`bad key` is not a requirement"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // --watch: the list, then a line for each change of a selected experiment.
+    let mut watch = Command::new(binary("phoenix"))
+        .args([
+            "experiment",
+            "list",
+            "-l",
+            "team=sre",
+            "--watch",
+            "-o",
+            "json",
+        ])
+        .env("PHOENIX_API_URL", &stack.api_url)
+        .env("PHOENIX_TOKEN", VIEWER_TOKEN)
+        .env_remove("PHOENIX_CONFIG")
+        .env("HOME", "/nonexistent")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = watch.stdout.take().unwrap();
+    let (lines, received) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The list comes first (pretty JSON, ending in `}` alone on a line).
+    loop {
+        let line = received
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("the list");
+        if line == "}" {
+            break;
+        }
+    }
+    for name in ["exp-obs", "exp-sre"] {
+        let out = phoenix(&stack, OPERATOR_TOKEN, &["experiment", "stop", name], None);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let line = received
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("a watched change");
+    let changed: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(changed["name"], "exp-sre", "{line}");
+    assert_eq!(changed["phase"], "stopped", "{line}");
+    // exp-obs is not selected: nothing more arrives for it.
+    assert!(
+        received
+            .recv_timeout(std::time::Duration::from_secs(2))
+            .is_err()
+    );
+    watch.kill().unwrap();
+    watch.wait().unwrap();
+
+    stack.shutdown().await;
+}

@@ -30,9 +30,13 @@ const EXPERIMENTS: &str = "/api/v1/experiments";
 pub enum DeploymentCommand {
     /// List deployments: what each runs, where, how many hosts are ready, and its roll-out
     #[command(
-        after_help = "Example:\n  phoenix deployment list\n  phoenix deployment list -o json"
+        after_help = "Example:\n  phoenix deployment list\n  phoenix deployment list -o json\n  phoenix deployment list -l team=sre"
     )]
-    List,
+    List {
+        /// Only deployments whose labels match: key=value,key!=value,key,!key
+        #[arg(short = 'l', long, value_name = "SELECTOR", value_parser = crate::selector::parse)]
+        selector: Option<crate::selector::Selector>,
+    },
     /// One deployment: its hosts, their collectors, its latest roll-out and its revisions
     #[command(after_help = "\
 Example:
@@ -83,7 +87,7 @@ Live: `phoenix` streams them too (GET /api/v1/events?deployment=NAME, `kind: rol
 
 pub async fn run(ctx: &Context, command: DeploymentCommand) -> anyhow::Result<()> {
     match command {
-        DeploymentCommand::List => list(ctx).await,
+        DeploymentCommand::List { selector } => list(ctx, selector.as_ref()).await,
         DeploymentCommand::Get { name } => show(ctx, &name).await,
         DeploymentCommand::Describe { name } => describe(ctx, &name).await,
         DeploymentCommand::Events { name } => events(ctx, &name).await,
@@ -183,8 +187,13 @@ pub async fn deploy(ctx: &Context, file: Option<String>, flags: DeployFlags) -> 
     Ok(output::print(&text)?)
 }
 
-pub async fn list(ctx: &Context) -> anyhow::Result<()> {
-    let list: List<PipelineDeployment> = ctx.client.get(DEPLOYMENTS).await?;
+pub async fn list(
+    ctx: &Context,
+    selector: Option<&crate::selector::Selector>,
+) -> anyhow::Result<()> {
+    let mut list: List<PipelineDeployment> = ctx.client.get(DEPLOYMENTS).await?;
+    list.items
+        .retain(|d| selector.is_none_or(|s| s.matches(&d.labels)));
     match output::render_object(ctx.output, &list)? {
         Some(text) => output::print(&text)?,
         None if list.items.is_empty() => eprintln!(

@@ -13,6 +13,7 @@ pub mod destination;
 pub mod experiment;
 pub mod host;
 pub mod loadsim;
+pub mod man;
 pub mod pipeline;
 pub mod report;
 pub mod schema;
@@ -63,6 +64,7 @@ Typical flow:
   phoenix version                              this client's version and the api's
   phoenix schema Experiment                    the JSON Schema of a document kind (for editors)
   phoenix completion bash                      shell completions (see `phoenix completion --help`)
+  phoenix man --dir DIR                        a man page per command
 
 Configuration (flags beat environment beat file):
   --api-url   PHOENIX_API_URL   apiUrl   (default http://127.0.0.1:8080)
@@ -241,6 +243,13 @@ the client's version is still printed, and the exit code is 1.")]
         #[arg(value_enum)]
         kind: schema::Kind,
     },
+    /// Print the man page, or write one per command to a directory
+    #[command(after_help = man::HELP)]
+    Man {
+        /// Write every page (phoenix.1, phoenix-experiment-create.1, ...) here
+        #[arg(long, value_name = "DIR")]
+        dir: Option<std::path::PathBuf>,
+    },
     /// Print the shell completion script for bash, zsh, fish, powershell or elvish
     #[command(after_help = completion::HELP)]
     Completion {
@@ -265,6 +274,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Completion { shell } => return completion::run(shell).map(|()| ExitCode::SUCCESS),
         Command::Schema { kind } => return schema::run(kind).map(|()| ExitCode::SUCCESS),
+        Command::Man { dir } => return man::run(dir.as_deref()).map(|()| ExitCode::SUCCESS),
         _ => {}
     }
     let token = match &cli.global.token_file {
@@ -318,7 +328,10 @@ async fn run_command(ctx: &Context, command: Command) -> anyhow::Result<()> {
         Command::Task(command) => task::run(ctx, command).await,
         Command::BootstrapToken(command) => credentials::run_bootstrap(ctx, command).await,
         Command::AgentCredential(command) => credentials::run_credential(ctx, command).await,
-        Command::Completion { .. } | Command::Schema { .. } | Command::Diff { .. } => {
+        Command::Completion { .. }
+        | Command::Schema { .. }
+        | Command::Man { .. }
+        | Command::Diff { .. } => {
             unreachable!("handled in run")
         }
         Command::Apply {

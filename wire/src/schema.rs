@@ -328,7 +328,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("| `spec.load.processes` | integer | optional | >= 1 |"),
+            text.contains("| `spec.load.processes` | integer | optional | >= 1, <= 10000 |"),
             "{text}"
         );
         assert!(

@@ -56,7 +56,8 @@ kubectl --context "$context" get nodes --show-labels
 if [[ -z "${PHOENIX_SKIP_BUILD:-}" ]]; then
   for target in api reconciler agent; do
     log "building phoenix/$target:$tag (the first build compiles Rust and the collector: long)"
-    DOCKER_BUILDKIT=1 docker build -f docker/Dockerfile --target "$target" -t "phoenix/$target:$tag" .
+    DOCKER_BUILDKIT=1 docker build -f docker/Dockerfile --target "$target" -t "phoenix/$target:$tag" \
+      --build-arg "PHOENIX_GIT_COMMIT=$(git rev-parse --short HEAD 2>/dev/null || true)" .
     kind load docker-image --name "$cluster" "phoenix/$target:$tag"
   done
 fi

@@ -87,7 +87,10 @@ pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 pub enum AgentError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("cannot listen on {addr} for /metrics and /healthz: {source}")]
+    #[error(
+        "cannot listen on {addr} for /metrics and /healthz: {source} (a second agent on \
+         this machine needs its own --listen, PHOENIX_AGENT_LISTEN, e.g. 127.0.0.1:0)"
+    )]
     Listen {
         addr: SocketAddr,
         source: std::io::Error,

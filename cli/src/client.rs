@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use phoenix_wire::problem::Problem;
+use phoenix_wire::version::ServerVersion;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
@@ -20,11 +21,19 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How much of an unexpected (non-problem) error body is shown to the user.
 const MAX_BODY_SNIPPET: usize = 300;
 
-/// A request body and its media type.
+/// A request body, its media type, and where it came from (a file, `stdin`) for
+/// the message that refuses one over the api's body limit.
 pub struct Body {
     pub bytes: Vec<u8>,
     pub content_type: &'static str,
+    pub origin: Option<String>,
 }
+
+/// The api's default body limit (`--max-body-bytes`), assumed when an older api
+/// has no `/version` to ask.
+const DEFAULT_MAX_BODY: usize = 1024 * 1024;
+/// Bodies up to this size are sent without asking the api for its limit first.
+const ASK_LIMIT_ABOVE: usize = 64 * 1024;
 
 /// Talks to one phoenix-api.
 pub struct ApiClient {
@@ -76,6 +85,9 @@ impl ApiClient {
         path: &str,
         body: Option<Body>,
     ) -> Result<T, ClientError> {
+        if let Some(body) = &body {
+            self.check_body_size(body).await?;
+        }
         let bytes = self.send(Method::POST, path, body).await?;
         decode(&Method::POST, path, &bytes)
     }
@@ -92,6 +104,37 @@ impl ApiClient {
     ) -> Result<T, ClientError> {
         let bytes = self.send(Method::DELETE, path, None).await?;
         decode(&Method::DELETE, path, &bytes)
+    }
+
+    /// `GET /version` of the api: its build and its body limit.
+    pub async fn server_version(&self) -> Result<ServerVersion, ClientError> {
+        self.get("/version").await
+    }
+
+    /// Refuses, before sending, a body the api would refuse: over its body limit
+    /// the api closes the connection while the body is still being written, which
+    /// reads as `Broken pipe`. The limit is asked for only for a large body.
+    async fn check_body_size(&self, body: &Body) -> Result<(), ClientError> {
+        let size = body.bytes.len();
+        if size <= ASK_LIMIT_ABOVE {
+            return Ok(());
+        }
+        let limit = match self.server_version().await {
+            Ok(version) => version.max_body_bytes,
+            Err(ClientError::Api { .. } | ClientError::UnexpectedBody { .. }) => DEFAULT_MAX_BODY,
+            Err(err) => return Err(err),
+        };
+        if size <= limit {
+            return Ok(());
+        }
+        Err(ClientError::TooLarge {
+            what: body
+                .origin
+                .clone()
+                .unwrap_or_else(|| "the request".to_string()),
+            size,
+            limit,
+        })
     }
 
     /// Sends one request and returns the body of a 2xx answer.
@@ -187,6 +230,17 @@ pub enum ClientError {
     /// The connection failed in some other way.
     #[error("request to {api_url} failed: {cause}")]
     Transport { api_url: String, cause: String },
+    /// A body over the api's limit, refused before it was sent.
+    #[error(
+        "{what} is {} ({size} bytes), over the api's body limit of {} ({limit} bytes); nothing was sent",
+        human_bytes(*size),
+        human_bytes(*limit)
+    )]
+    TooLarge {
+        what: String,
+        size: usize,
+        limit: usize,
+    },
     /// A 2xx answer whose body does not fit the contract.
     #[error("unexpected answer to {method} {path}: {message}")]
     UnexpectedBody {
@@ -226,6 +280,7 @@ impl ClientError {
             }
             other => format!("error: {other}"),
         };
+        text = crate::output::shown(&text);
         if let Some(hint) = self.hint() {
             text.push_str(&format!("\n  hint: {hint}"));
         }
@@ -243,6 +298,9 @@ impl ClientError {
                 format!("is phoenix-api running at {api_url}? set --api-url or PHOENIX_API_URL"),
             ),
             ClientError::Transport { .. } => None,
+            ClientError::TooLarge { .. } => Some(
+                "split the documents over several requests, or raise the api's --max-body-bytes (PHOENIX_API_MAX_BODY)".into(),
+            ),
             ClientError::UnexpectedBody { .. } => Some(
                 "the API and this CLI may be of different versions; compare `phoenix --version` with the server's".into(),
             ),
@@ -273,6 +331,19 @@ fn api_hint(method: &str, path: &str, status: u16) -> Option<String> {
         _ => return None,
     };
     Some(hint.to_string())
+}
+
+/// `1.5 MiB`, `12.0 KiB`, `300 B`.
+pub fn human_bytes(bytes: usize) -> String {
+    const KIB: f64 = 1024.0;
+    let b = bytes as f64;
+    if b >= KIB * KIB {
+        format!("{:.1} MiB", b / (KIB * KIB))
+    } else if b >= KIB {
+        format!("{:.1} KiB", b / KIB)
+    } else {
+        format!("{bytes} B")
+    }
 }
 
 /// Percent-encodes a query value (`/` is kept, for readable paths).

@@ -8,17 +8,21 @@
 //! - [`config`]: API URL and token from flags, environment and config file.
 //! - [`output`]: `-o table|json|yaml`, the column-aligning table printer and the
 //!   `Key: value` block of `get` commands.
+//! - [`selector`]: `-l key=value,key!=value` of list commands.
 //! - [`stream`]: the event stream (a WebSocket) that `experiment status --watch`
 //!   follows, and how an event reads as one line.
 //!
 //! This file only parses, runs, prints the error and picks the exit code: 0 on
-//! success, 1 for any error (usage, configuration, API, connection).
+//! success, 1 for any error (usage, configuration, API, connection). `phoenix
+//! diff` exits as `kubectl diff` does once its arguments parse: 0 without
+//! changes, 1 with, 2 on any error.
 
 mod client;
 mod commands;
 mod config;
 mod document;
 mod output;
+mod selector;
 mod stream;
 mod tls;
 
@@ -51,12 +55,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // 1 means "there are changes" for diff; its errors are 2.
+    let error_code = match cli.command {
+        commands::Command::Diff { .. } => ExitCode::from(2),
+        _ => ExitCode::FAILURE,
+    };
     match runtime.block_on(commands::run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("{}", render_error(&err));
-            ExitCode::FAILURE
+            error_code
         }
     }
 }
@@ -64,7 +73,7 @@ fn main() -> ExitCode {
 fn render_error(err: &anyhow::Error) -> String {
     match err.downcast_ref::<ClientError>() {
         Some(client_error) => client_error.render(),
-        None => format!("error: {err:#}"),
+        None => output::shown(&format!("error: {err:#}")),
     }
 }
 

@@ -49,6 +49,35 @@ pub fn render_object<T: Serialize>(
     })
 }
 
+/// A fetched resource as `get -o json|yaml` shows it, kubectl style: `apiVersion`,
+/// `kind`, `metadata` (name, labels) and `spec` exactly as a document declares
+/// them, and everything else the api reports about it under `status`. `phoenix
+/// apply` ignores `status`, so the output applies again as a no-op.
+pub fn as_document<T: Serialize>(kind: &str, view: &T) -> anyhow::Result<serde_json::Value> {
+    let serde_json::Value::Object(mut fields) = serde_json::to_value(view)? else {
+        anyhow::bail!("a {kind} is not an object");
+    };
+    let mut metadata = serde_json::Map::new();
+    if let Some(name) = fields.remove("name") {
+        metadata.insert("name".into(), name);
+    }
+    match fields.remove("labels") {
+        Some(serde_json::Value::Object(labels)) if labels.is_empty() => {}
+        Some(labels) => {
+            metadata.insert("labels".into(), labels);
+        }
+        None => {}
+    }
+    let spec = fields.remove("spec").unwrap_or_default();
+    Ok(serde_json::json!({
+        "apiVersion": phoenix_wire::API_VERSION,
+        "kind": kind,
+        "metadata": metadata,
+        "spec": spec,
+        "status": fields,
+    }))
+}
+
 /// Rows of text printed as left-aligned columns, kubectl style: a header in capitals,
 /// columns separated by three spaces, no trailing spaces.
 #[derive(Debug)]
@@ -137,6 +166,48 @@ fn clean(text: &str) -> String {
         .collect()
 }
 
+/// Words longer than this are cut when shown in a message...
+const LONGEST_WORD: usize = 100;
+/// ...to this many characters and a note of how many were left out.
+const CUT_WORD_TO: usize = 64;
+
+/// A message as it may reach the terminal: control characters other than newline
+/// and tab are escaped (`\0`, `\u{1b}`), so a hostile name can neither hide
+/// itself nor drive the terminal, and a word longer than 100 characters (a
+/// 300-character name, echoed back) is cut to its first 64 with a note.
+pub fn shown(text: &str) -> String {
+    let escaped: String = text
+        .chars()
+        .map(|c| match c {
+            '\n' | '\t' => c.to_string(),
+            c if c.is_control() => c.escape_default().to_string().replace("\\u{0}", "\\0"),
+            c => c.to_string(),
+        })
+        .collect();
+    let mut out = String::with_capacity(escaped.len());
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        let n = word.chars().count();
+        if n > LONGEST_WORD {
+            out.extend(word.chars().take(CUT_WORD_TO));
+            out.push_str(&format!("…(+{} characters)", n - CUT_WORD_TO));
+        } else {
+            out.push_str(word);
+        }
+        word.clear();
+    };
+    for c in escaped.chars() {
+        if c.is_whitespace() {
+            flush(&mut word, &mut out);
+            out.push(c);
+        } else {
+            word.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
+}
+
 fn width(text: &str) -> usize {
     text.chars().count()
 }
@@ -208,6 +279,24 @@ pub fn timestamp(then: DateTime<Utc>, now: DateTime<Utc>) -> String {
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    #[test]
+    fn messages_escape_control_characters_and_cut_long_words() {
+        assert_eq!(
+            shown("`a\0b` is bad\n  hint: x"),
+            "`a\\0b` is bad\n  hint: x"
+        );
+        assert_eq!(shown("esc \u{1b}[31m"), "esc \\u{1b}[31m");
+        let long = "a".repeat(300);
+        let text = shown(&format!("`{long}` is longer than 63 characters"));
+        assert_eq!(
+            text,
+            format!(
+                "`{}…(+238 characters) is longer than 63 characters",
+                "a".repeat(63)
+            )
+        );
+    }
 
     #[test]
     fn tables_align_columns_without_trailing_spaces() {

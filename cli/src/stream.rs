@@ -54,6 +54,34 @@ impl StreamError {
     }
 }
 
+/// What `--watch` of a list prints for one changed object: a table row (no
+/// header), or the object as one JSON line or one YAML document.
+pub fn watch_line<T: serde::Serialize>(
+    format: crate::output::OutputFormat,
+    object: &T,
+    row: impl FnOnce() -> String,
+) -> anyhow::Result<String> {
+    use crate::output::OutputFormat;
+    Ok(match format {
+        OutputFormat::Table => row(),
+        OutputFormat::Json => format!("{}\n", serde_json::to_string(object)?),
+        OutputFormat::Yaml => format!(
+            "---\n{}",
+            crate::output::render_object(format, object)?.unwrap_or_default()
+        ),
+    })
+}
+
+/// The error a `--watch` ends with when its stream does: why, and how to go on.
+pub fn watch_ended(err: StreamError, command: &str) -> anyhow::Error {
+    let hint = if err.asks_to_resubscribe() {
+        "the stream can resume: run"
+    } else {
+        "check that phoenix-api is up, then run"
+    };
+    anyhow::anyhow!("{err}\n  hint: {hint} `{command}` again")
+}
+
 /// Opens `GET /api/v1/events?<filter>` as a WebSocket. When this returns, every
 /// later event that `filter` selects will be delivered.
 pub async fn subscribe(

@@ -281,7 +281,8 @@ fn a_validation_problem_prints_the_field_and_exits_1() {
     });
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("bad.yaml");
-    std::fs::write(&file, DOCUMENT.replace("10m", "0s")).unwrap();
+    // Valid as far as the CLI can tell; the (canned) api refuses it.
+    std::fs::write(&file, DOCUMENT).unwrap();
 
     let output = phoenix(
         &api.url,
@@ -295,6 +296,26 @@ fn a_validation_problem_prints_the_field_and_exits_1() {
         stderr(&output),
         "error: invalid experiment: must be longer than 0s\n  field: spec.duration\n"
     );
+
+    // What the CLI can check (the api's own types and rules) is refused before
+    // anything is sent, naming the file, the line and the field.
+    std::fs::write(&file, DOCUMENT.replace("10m", "0s")).unwrap();
+    let before = api.requests().len();
+    let output = phoenix(
+        &api.url,
+        &["experiment", "create", "-f", file.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    let line = DOCUMENT.lines().position(|l| l.contains("10m")).unwrap() + 1;
+    assert_eq!(
+        stderr(&output),
+        format!(
+            "error: {}:{line}: spec.duration: must be longer than 0s (nothing was sent)\n",
+            file.display()
+        )
+    );
+    assert_eq!(api.requests().len(), before);
 }
 
 #[test]

@@ -22,11 +22,17 @@ fn phoenix(stack: &Stack, args: &[&str]) -> Output {
 
 /// Runs `phoenix <args> -o json`, expecting success, and returns the plan.
 fn plan(stack: &Stack, args: &[&str]) -> Vec<PlanEntry> {
+    plan_exiting(stack, args, 0)
+}
+
+/// Runs `phoenix <args> -o json`, expecting exit code `code`, and returns the plan.
+fn plan_exiting(stack: &Stack, args: &[&str], code: i32) -> Vec<PlanEntry> {
     let mut all = args.to_vec();
     all.extend(["-o", "json"]);
     let out = phoenix(stack, &all);
-    assert!(
-        out.status.success(),
+    assert_eq!(
+        out.status.code(),
+        Some(code),
         "phoenix {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -140,7 +146,8 @@ async fn applying_twice_is_a_no_op_and_an_edit_updates_only_that_experiment() {
 
     // A dry run plans everything and writes nothing.
     let before = counts(&stack).await;
-    let planned = plan(&stack, &["diff", "-f", path]);
+    // `diff` exits 1 when there are changes, as kubectl diff does.
+    let planned = plan_exiting(&stack, &["diff", "-f", path], 1);
     assert_eq!(
         actions(&planned),
         [
@@ -179,8 +186,26 @@ async fn applying_twice_is_a_no_op_and_an_edit_updates_only_that_experiment() {
     assert_eq!(experiments(&stack).await, first);
     assert_eq!(counts(&stack).await, after_first);
 
-    // One edited file: that experiment is updated (generation 2), the rest unchanged.
+    // Nothing to change: diff exits 0 and says so.
+    let out = phoenix(&stack, &["diff", "-f", path]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "no changes (4 unchanged)\n"
+    );
+
+    // One edited file: diff names the field that changes and exits 1...
     write(dir.path(), "exp-b.yml", &experiment("exp-b", "20m"));
+    let out = phoenix(&stack, &["diff", "-f", path]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert_eq!(
+        text,
+        "~ Experiment exp-b (spec changed (generation 2))\n    spec.duration: \"10m\" -> \"20m\"\n(3 unchanged; nothing was changed)\n"
+    );
+    assert_eq!(experiments(&stack).await, first);
+
+    // ...and apply updates that experiment (generation 2), the rest unchanged.
     let edited = plan(&stack, &["apply", "-f", path]);
     assert_eq!(
         actions(&edited),
@@ -196,13 +221,27 @@ async fn applying_twice_is_a_no_op_and_an_edit_updates_only_that_experiment() {
     assert_eq!(now[1].1, 2);
     assert_eq!(now[1].2["duration"], "20m");
 
-    // The table form names kind, name and action.
-    let out = phoenix(&stack, &["diff", "-f", path]);
+    // The table form of apply names kind, name and action.
+    let out = phoenix(&stack, &["apply", "-f", path, "--dry-run"]);
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.starts_with("KIND"), "{table}");
     assert!(
         table.contains("exp-b") && table.contains("unchanged"),
         "{table}"
+    );
+
+    // An error (here a document the api refuses) exits 2, not 1.
+    write(
+        dir.path(),
+        "exp-c.yaml",
+        &experiment("exp-c", "10m").replace("team-topk", "no-such-template"),
+    );
+    let out = phoenix(&stack, &["diff", "-f", path]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 
     stack.shutdown().await;
@@ -261,11 +300,23 @@ async fn prune_deletes_only_what_the_source_owns() {
     let names: Vec<String> = experiments(&stack).await.into_iter().map(|e| e.0).collect();
     assert_eq!(names, ["by-hand", "exp-b", "exp-c"]);
 
-    // A document naming a resource created by hand is refused; nothing changes.
+    // A document equal to a resource created by hand changes nothing and says
+    // whose it is (how `get -o yaml | apply -f -` is a no-op)...
     write(
         dir.path(),
         "by-hand.yaml",
         &experiment("by-hand", "10m").replace("team-topk", "process-topk"),
+    );
+    let same = plan(&stack, &["diff", "-f", path, "--source", "team-a"]);
+    let by_hand = same.iter().find(|e| e.name == "by-hand").unwrap();
+    assert_eq!(by_hand.action, Action::Unchanged);
+    assert_eq!(by_hand.reason.as_deref(), Some("created by hand"));
+
+    // ...but one that would change it is refused; nothing changes.
+    write(
+        dir.path(),
+        "by-hand.yaml",
+        &experiment("by-hand", "30m").replace("team-topk", "process-topk"),
     );
     let before = counts(&stack).await;
     let out = phoenix(

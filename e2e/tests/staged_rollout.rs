@@ -491,9 +491,12 @@ spec:
         &["deployment", "get", "web", "-o", "json"],
     ))
     .unwrap();
-    assert_eq!(json["rollout"]["state"], "rolled-back", "{json:#}");
     assert_eq!(
-        json["rollout"]["hosts"]["web-4"]["state"], "failed",
+        json["status"]["rollout"]["state"], "rolled-back",
+        "{json:#}"
+    );
+    assert_eq!(
+        json["status"]["rollout"]["hosts"]["web-4"]["state"], "failed",
         "{json:#}"
     );
     let listed = phoenix(&stack, &["deployment", "list"]);

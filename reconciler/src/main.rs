@@ -1,3 +1,4 @@
+use anyhow::Context as _;
 use clap::Parser;
 use phoenix_reconciler::ReconcilerConfig;
 use phoenix_reconciler::metrics::Metrics;
@@ -24,7 +25,15 @@ async fn main() -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
     });
     let metrics = Metrics::new();
-    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} for /metrics (a second reconciler on this machine needs \
+                 its own --listen, PHOENIX_RECONCILER_LISTEN, e.g. 127.0.0.1:0)",
+                config.listen
+            )
+        })?;
     tracing::info!(address = %listener.local_addr()?, "metrics on /metrics");
     let server = tokio::spawn(phoenix_reconciler::serve_metrics(
         listener,

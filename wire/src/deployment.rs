@@ -43,10 +43,14 @@ use crate::view::Experiment;
 ///   destinations: [vendor]                # see `kind: Destination`
 ///   rollout: {maxUnavailable: 2}          # hosts per batch, or "25%" (the default)
 /// ```
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PipelineDeploymentDocument {
+    /// Always `phoenix.dev/v1`.
+    #[schemars(extend("const" = "phoenix.dev/v1"))]
     pub api_version: String,
+    /// Always `PipelineDeployment`.
+    #[schemars(extend("const" = "PipelineDeployment"))]
     pub kind: String,
     pub metadata: Metadata,
     pub spec: DeploymentSpec,
@@ -59,12 +63,16 @@ pub struct PipelineDeploymentDocument {
 /// Prometheus, so Phoenix keeps watching what it rolled out) and to each of
 /// `destinations`, the user's backends an admin declared (`kind: Destination`):
 /// rendering adds one exporter per destination to every pipeline of the config.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct DeploymentSpec {
     /// The hosts that run it, resolved on every reconcile pass.
     pub hosts: HostTarget,
     /// The pipeline template.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub pipeline: String,
     /// Values for the template's variables.
     #[serde(
@@ -72,13 +80,16 @@ pub struct DeploymentSpec {
         skip_serializing_if = "BTreeMap::is_empty",
         deserialize_with = "scalar_map"
     )]
+    #[schemars(with = "BTreeMap<String, crate::schema::Scalar>")]
     pub vars: BTreeMap<String, String>,
     /// Executable names for `PHOENIX_CRITICAL_PROCESSES_REGEX`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(regex(pattern = r"^[A-Za-z0-9._+@:-]{1,255}$")))]
     pub critical_processes: Vec<String>,
     /// Destinations (by name) the standing collectors export to, besides the
     /// measurement Prometheus.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")))]
     pub destinations: Vec<String>,
     /// How a new revision reaches the hosts: in batches of `maxUnavailable` (see
     /// [`crate::rollout`]).

@@ -29,6 +29,9 @@
 //!   identifier list): declarations, and values parsed by type.
 //! - [`fuzzing`]: what the fuzz targets in `fuzz/` check on each input (shared with
 //!   the regression test that replays their past crashes).
+//! - [`schema`]: the JSON Schemas of the document kinds and the field reference
+//!   generated from them.
+//! - [`version`]: what `GET /version` answers (build and body limit).
 //! - [`load`]: load simulation: profiles, the run spec a task carries, what agents
 //!   report about runs, and the loadsim requests and views of the user API.
 //!
@@ -52,7 +55,9 @@ pub mod render;
 pub mod report;
 pub mod resource;
 pub mod rollout;
+pub mod schema;
 pub mod variables;
+pub mod version;
 pub mod view;
 
 /// The `apiVersion` every Phoenix resource document carries.

@@ -50,10 +50,57 @@ pub fn parse_tree(body: &[u8], format: DocumentFormat) -> Result<serde_json::Val
         DocumentFormat::Yaml => {
             let text = std::str::from_utf8(body)
                 .map_err(|e| FieldError::new("", format!("malformed YAML: not UTF-8: {e}")))?;
-            serde_saphyr::from_str::<serde_json::Value>(text)
-                .map_err(|e| FieldError::new("", format!("malformed YAML: {e}")))
+            let mut documents: Vec<serde_json::Value> = parse_yaml_documents(text)
+                .map_err(|e| FieldError::new("", e))?
+                .into_iter()
+                .filter(|tree| !tree.is_null())
+                .collect();
+            match documents.len() {
+                0 => Ok(serde_json::Value::Null),
+                1 => Ok(documents.remove(0)),
+                n => Err(FieldError::new(
+                    "",
+                    format!(
+                        "malformed YAML: the body holds {n} documents, not one (`phoenix apply` takes several)"
+                    ),
+                )),
+            }
         }
     }
+}
+
+/// Reads YAML text into its documents (separated by `---`). Text that is JSON (it
+/// starts with `{` or `[` and parses as JSON) is read as one JSON document, so a
+/// large JSON file never meets the YAML reader's limits. A YAML document over those
+/// limits is refused saying which limit and that the document is too large.
+pub fn parse_yaml_documents(text: &str) -> Result<Vec<serde_json::Value>, String> {
+    let start = text.trim_start();
+    if (start.starts_with('{') || start.starts_with('['))
+        && let Ok(tree) = serde_json::from_str::<serde_json::Value>(text)
+    {
+        return Ok(vec![tree]);
+    }
+    serde_saphyr::from_multiple::<serde_json::Value>(text).map_err(|e| yaml_error(&e))
+}
+
+/// How a YAML error reads: `malformed YAML: ...`, or for a document over the
+/// reader's limits, that it is too large and which limit it passed.
+pub fn yaml_error(err: &serde_saphyr::Error) -> String {
+    use serde_saphyr::budget::BudgetBreach;
+    let serde_saphyr::Error::Budget { breach, .. } = err.without_snippet() else {
+        return format!("malformed YAML: {err}");
+    };
+    let limits = serde_saphyr::budget::Budget::default();
+    let what = match breach {
+        BudgetBreach::Nodes { .. } => format!("more than {} nodes", limits.max_nodes),
+        BudgetBreach::Events { .. } => format!("more than {} YAML events", limits.max_events),
+        BudgetBreach::Depth { .. } => format!("nested deeper than {} levels", limits.max_depth),
+        BudgetBreach::ScalarBytes { .. } => {
+            format!("more than {} bytes of text", limits.max_total_scalar_bytes)
+        }
+        other => format!("over the YAML reader's limits ({other:?})"),
+    };
+    format!("the document is too large to read: {what} (a Phoenix document holds far fewer)")
 }
 
 /// Interprets a generic tree as a typed document, naming the offending field on error.
@@ -107,37 +154,57 @@ fn reject_nul(node: &serde_json::Value, path: &str) -> Result<(), FieldError> {
 }
 
 /// `metadata` of every resource document.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Metadata {
+    /// The resource's name: a DNS-1123 label (lowercase letters, digits and `-`).
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
+    /// Labels, Kubernetes style (`key` or `prefix/key`, values up to 63 characters);
+    /// `phoenix ... list -l key=value` selects by them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: Labels,
 }
 
 /// `kind: Experiment`: run a baseline and a candidate pipeline side by side on the
 /// selected hosts and judge the candidate.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ExperimentDocument {
+    /// Always `phoenix.dev/v1`.
+    #[schemars(extend("const" = "phoenix.dev/v1"))]
     pub api_version: String,
+    /// Always `Experiment`.
+    #[schemars(extend("const" = "Experiment"))]
     pub kind: String,
     pub metadata: Metadata,
     pub spec: ExperimentSpec,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ExperimentSpec {
+    /// The hosts both pipelines run on: a label `selector` or a list of `names`.
     pub hosts: HostTarget,
+    /// The pipeline the hosts run today (the yardstick).
     pub baseline: PipelineRef,
+    /// The pipeline under test.
     pub candidate: PipelineRef,
+    /// Time both collectors run before measuring starts.
     #[serde(default = "default_warmup")]
     pub warmup: HumanDuration,
+    /// How long both are measured after the warmup (warmup plus duration: at most 7d).
     pub duration: HumanDuration,
+    /// Process load to generate on the target hosts while the experiment runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load: Option<LoadSpec>,
+    /// Executable names whose metrics the candidate must keep (see
+    /// `criteria.minCriticalRetention`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(regex(pattern = r"^[A-Za-z0-9._+@:-]{1,255}$")))]
     pub critical_processes: Vec<String>,
     /// Run on at most this many of the hosts `hosts` selects, sampled by a stable
     /// hash of the experiment's name and each host id. Every experiment host
@@ -146,9 +213,13 @@ pub struct ExperimentSpec {
     /// `--max-experiment-hosts` caps it as well (docs/ARCHITECTURE.md, "The
     /// measurement path").
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub max_hosts: Option<u32>,
+    /// What the candidate must achieve to pass.
     #[serde(default)]
     pub criteria: Criteria,
+    /// `manual`: a passing candidate waits for `phoenix experiment promote`;
+    /// `auto`: it is promoted when the verdict is `pass`.
     #[serde(default)]
     pub promotion: Promotion,
 }
@@ -158,12 +229,17 @@ fn default_warmup() -> HumanDuration {
 }
 
 /// Which hosts an experiment runs on: a label selector or an explicit list.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("minProperties" = 1, "maxProperties" = 1))]
 pub struct HostTarget {
+    /// Every host with all these labels (not empty).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
     pub selector: Option<Labels>,
+    /// These host ids.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1), inner(regex(pattern = r"^[A-Za-z0-9._-]{1,253}$")))]
     pub names: Option<Vec<String>>,
 }
 
@@ -220,24 +296,36 @@ impl HostTarget {
 }
 
 /// A pipeline template by name, with values for its variables.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineRef {
+    /// The pipeline template's name (`phoenix pipeline list`).
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub pipeline: String,
+    /// Values for the template's variables (lower_snake_case names; strings,
+    /// numbers or booleans).
     #[serde(
         default,
         skip_serializing_if = "BTreeMap::is_empty",
         deserialize_with = "scalar_map"
     )]
+    #[schemars(with = "BTreeMap<String, crate::schema::Scalar>")]
     pub vars: BTreeMap<String, String>,
 }
 
 /// Optional load to generate on the target hosts while the experiment runs.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoadSpec {
+    /// The load profile (`phoenix loadsim start --help` lists them), e.g.
+    /// `high-cardinality`.
     pub profile: String,
+    /// How many processes to run, instead of the profile's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10_000))]
     pub processes: Option<u32>,
 }
 
@@ -270,26 +358,31 @@ impl LoadSpec {
 }
 
 /// What the candidate must achieve to pass.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Criteria {
     /// Minimum reduction of distinct series versus the baseline, in percent.
     #[serde(default = "default_min_series_reduction")]
+    #[schemars(range(min = 0, max = 100))]
     pub min_series_reduction: f64,
     /// Minimum share of the baseline's critical processes the candidate keeps, in percent.
     #[serde(default = "default_min_critical_retention")]
+    #[schemars(range(min = 0, max = 100))]
     pub min_critical_retention: f64,
     /// Maximum extra CPU of the candidate over the baseline, in cores.
     #[serde(default = "default_max_cpu_overhead")]
+    #[schemars(range(min = 0))]
     pub max_cpu_overhead_cores: f64,
     /// Maximum extra resident memory of the candidate over the baseline, in MiB.
     #[serde(default = "default_max_memory_overhead")]
+    #[schemars(range(min = 0))]
     pub max_memory_overhead_mib: f64,
     /// Minimum reduction of the monthly cost versus the baseline, in percent (not
     /// judged when absent). The cost is datapoints per minute times the price per
     /// million datapoints that Phoenix is configured with
     /// (`--price-per-million-dpm`, the chart's `reconciler.pricePerMillionDatapoints`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
     pub min_cost_reduction: Option<f64>,
 }
 
@@ -319,7 +412,9 @@ impl Default for Criteria {
 }
 
 /// Whether a passing candidate is promoted by hand or automatically.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[derive(
+    Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Promotion {
     #[default]
@@ -467,24 +562,31 @@ impl ExperimentSpec {
 /// baseline or candidate. Variables are declared in `spec.variables` (typed, see
 /// `variables`) and read in the config as `${env:PHOENIX_VAR_<NAME>}` (optionally
 /// with the declared default, `${env:PHOENIX_VAR_<NAME>:-<default>}`).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PipelineTemplateDocument {
+    /// Always `phoenix.dev/v1`.
+    #[schemars(extend("const" = "phoenix.dev/v1"))]
     pub api_version: String,
+    /// Always `PipelineTemplate`.
+    #[schemars(extend("const" = "PipelineTemplate"))]
     pub kind: String,
     pub metadata: Metadata,
     pub spec: PipelineTemplateSpec,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineTemplateSpec {
+    /// One line for `phoenix pipeline list`.
     #[serde(default)]
     pub description: String,
     /// The variables the config reads (`${env:PHOENIX_VAR_<NAME>}`), typed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub variables: Vec<crate::variables::VariableDecl>,
-    /// The OpenTelemetry Collector config, as YAML text.
+    /// The OpenTelemetry Collector config, as YAML text; checked against the
+    /// template policy and by the real collector before it is stored.
+    #[schemars(length(min = 1))]
     pub config: String,
 }
 

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 /// rollout:
 ///   maxUnavailable: 2      # hosts moved at once; or a share of them: "25%"
 /// ```
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RolloutPolicy {
     /// How many hosts run the new revision's collector before it proved healthy

@@ -23,7 +23,7 @@ pub const MAX_REGEX_LEN: usize = 1024;
 pub const MAX_IDENTIFIERS: usize = 256;
 
 /// What values a variable takes.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum VariableType {
     /// A Go duration with a unit, above zero: `10s`, `1m30s`, `500ms`.
@@ -52,15 +52,18 @@ impl VariableType {
 }
 
 /// One declared variable of a template.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VariableDecl {
     /// lower_snake_case; the collector sees `PHOENIX_VAR_<NAME>`.
+    #[schemars(regex(pattern = r"^[a-z][a-z0-9_]{0,63}$"))]
     pub name: String,
+    /// What values it takes.
     #[serde(rename = "type")]
     pub kind: VariableType,
     /// The value when none is given; must be of the type.
     #[serde(deserialize_with = "scalar_text")]
+    #[schemars(with = "crate::schema::ScalarText")]
     pub default: String,
     /// What the variable does, for `phoenix pipeline get` and the docs.
     #[serde(default)]

@@ -12,7 +12,9 @@
 //! - What apply creates records `managed_by = SOURCE`. A document naming a resource
 //!   created by hand or by another source is a 409: apply never takes one over.
 //! - A spec that equals the stored one is `unchanged` (for an experiment,
-//!   `generation` stays); labels alone are an `update` without a new generation.
+//!   `generation` stays), whoever owns the resource, so a fetched resource applies
+//!   again as a no-op; labels alone are an `update` without a new generation. An
+//!   update lists each changed field (`changes`).
 //! - An experiment's spec may change only while it is `pending` (its `generation`
 //!   bumps); once deploying or later, a new spec is a 409 naming it: running
 //!   collectors are never changed under an experiment's measurement. Delete it,
@@ -28,12 +30,14 @@ use std::path::Path;
 use phoenix_storage::apply::{self as store, Managed};
 use phoenix_storage::deployments::{self, Applied, NewRevision};
 use phoenix_storage::{PgConnection, PgPool, StoreError, experiments, templates};
-use phoenix_wire::apply::{Action, PlanEntry, parse_items};
+use phoenix_wire::apply::{Action, FieldChange, PlanEntry, field_changes, parse_items};
 use phoenix_wire::deployment::PipelineDeploymentDocument;
 use phoenix_wire::names;
 use phoenix_wire::policy::Allowances;
 use phoenix_wire::problem::FieldError;
-use phoenix_wire::resource::{ExperimentDocument, PipelineTemplateDocument, from_tree};
+use phoenix_wire::resource::{
+    ExperimentDocument, PipelineTemplateDocument, PipelineTemplateSpec, from_tree,
+};
 use phoenix_wire::rollout::RolloutState;
 use phoenix_wire::view::Phase;
 use sqlx::{Connection, Postgres, Transaction};
@@ -276,6 +280,7 @@ async fn apply_all(
                     name,
                     action: Action::Delete,
                     reason: Some(format!("no longer in source `{source}`")),
+                    changes: Vec::new(),
                 });
             }
         }
@@ -286,6 +291,17 @@ async fn apply_all(
         tx.commit().await.map_err(StoreError::from)?;
     }
     Ok(plan)
+}
+
+/// The fields of `spec` that differ, as `spec.<path>`.
+fn spec_changes<T: serde::Serialize>(before: &T, after: &T) -> Vec<FieldChange> {
+    let json = |spec: &T| serde_json::to_value(spec).unwrap_or_default();
+    field_changes("spec", &json(before), &json(after))
+}
+
+fn label_changes(before: &names::Labels, after: &names::Labels) -> Vec<FieldChange> {
+    let json = |labels: &names::Labels| serde_json::to_value(labels).unwrap_or_default();
+    field_changes("metadata.labels", &json(before), &json(after))
 }
 
 /// A template is code every agent runs as root: creating, changing or pruning one
@@ -308,6 +324,22 @@ async fn apply_one(
         name: item.name.clone(),
         action,
         reason,
+        changes: Vec::new(),
+    };
+    // An identical document changes nothing, whoever owns the resource: that is
+    // how `phoenix get ... -o yaml | phoenix apply -f -` is a no-op. The plan says
+    // whose it is; any change to it is still refused below.
+    let unchanged = |managed_by: Option<&str>| {
+        let reason = match managed_by {
+            Some(owner) if owner == source => None,
+            Some(owner) => Some(format!("managed by source `{owner}`")),
+            None => Some("created by hand".to_string()),
+        };
+        entry(Action::Unchanged, reason)
+    };
+    let updated = |reason: String, changes: Vec<FieldChange>| PlanEntry {
+        changes,
+        ..entry(Action::Update, Some(reason))
     };
     names::check_resource_name(&item.name)
         .map_err(|m| ApiError::Invalid(FieldError::new("metadata.name", m)))?;
@@ -325,20 +357,27 @@ async fn apply_one(
                         item.name
                     )));
                 }
-                check_owner(TEMPLATE, &item.name, current.managed_by.as_deref(), source)?;
                 if current.config == doc.spec.config
                     && current.description == doc.spec.description
                     && current.variables.0 == doc.spec.variables
                 {
-                    return Ok(entry(Action::Unchanged, None));
+                    return Ok(unchanged(current.managed_by.as_deref()));
                 }
+                check_owner(TEMPLATE, &item.name, current.managed_by.as_deref(), source)?;
             }
             if !admin {
                 return Err(templates_need_admin(&item.name));
             }
             store::upsert_template(conn, &item.name, &doc.spec, source).await?;
             Ok(match current {
-                Some(_) => entry(Action::Update, Some("spec changed".into())),
+                Some(current) => {
+                    let before = PipelineTemplateSpec {
+                        description: current.description,
+                        variables: current.variables.0,
+                        config: current.config,
+                    };
+                    updated("spec changed".into(), spec_changes(&before, &doc.spec))
+                }
                 None => entry(Action::Create, None),
             })
         }
@@ -362,21 +401,23 @@ async fn apply_one(
                 .await?;
                 return Ok(entry(Action::Create, None));
             };
+            let spec_changed = current.spec != doc.spec;
+            let labels_changed = current.labels != doc.metadata.labels;
+            if !spec_changed && !labels_changed {
+                return Ok(unchanged(current.managed_by.as_deref()));
+            }
             check_owner(
                 EXPERIMENT,
                 &item.name,
                 current.managed_by.as_deref(),
                 source,
             )?;
-            let spec_changed = current.spec != doc.spec;
-            let labels_changed = current.labels != doc.metadata.labels;
-            if !spec_changed && !labels_changed {
-                return Ok(entry(Action::Unchanged, None));
-            }
+            let mut changes = label_changes(&current.labels, &doc.metadata.labels);
             if !spec_changed {
                 store::set_experiment_labels(conn, &item.name, &doc.metadata.labels).await?;
-                return Ok(entry(Action::Update, Some("labels changed".into())));
+                return Ok(updated("labels changed".into(), changes));
             }
+            changes.extend(spec_changes(&current.spec, &doc.spec));
             if current.phase != Phase::Pending {
                 return Err(ApiError::Conflict(format!(
                     "{EXPERIMENT} {} is {}: its spec can change only while it is pending; \
@@ -399,12 +440,9 @@ async fn apply_one(
                     item.name
                 )));
             }
-            Ok(entry(
-                Action::Update,
-                Some(format!(
-                    "spec changed (generation {})",
-                    current.generation + 1
-                )),
+            Ok(updated(
+                format!("spec changed (generation {})", current.generation + 1),
+                changes,
             ))
         }
         Doc::Deployment(doc) => {
@@ -414,15 +452,15 @@ async fn apply_one(
                 Err(e) => return Err(e.into()),
             };
             if let Some(current) = &current {
+                if current.spec == doc.spec && current.labels == doc.metadata.labels {
+                    return Ok(unchanged(current.managed_by.as_deref()));
+                }
                 check_owner(
                     DEPLOYMENT,
                     &item.name,
                     current.managed_by.as_deref(),
                     source,
                 )?;
-                if current.spec == doc.spec && current.labels == doc.metadata.labels {
-                    return Ok(entry(Action::Unchanged, None));
-                }
                 if let Some(held) = held_after_failed_rollout(conn, current, doc).await? {
                     return Ok(entry(Action::Unchanged, Some(held)));
                 }
@@ -440,17 +478,22 @@ async fn apply_one(
                 },
             )
             .await?;
+            let changes = current.as_ref().map_or_else(Vec::new, |current| {
+                let mut changes = label_changes(&current.labels, &doc.metadata.labels);
+                changes.extend(spec_changes(&current.spec, &doc.spec));
+                changes
+            });
             Ok(match applied {
                 Applied::Created => {
                     store::set_managed_by(conn, Managed::PipelineDeployments, &item.name, source)
                         .await?;
                     entry(Action::Create, None)
                 }
-                Applied::Updated => entry(
-                    Action::Update,
-                    Some(format!("spec changed (revision {})", stored.revision)),
+                Applied::Updated => updated(
+                    format!("spec changed (revision {})", stored.revision),
+                    changes,
                 ),
-                Applied::Unchanged => entry(Action::Update, Some("labels changed".into())),
+                Applied::Unchanged => updated("labels changed".into(), changes),
             })
         }
     }

@@ -179,11 +179,21 @@ fn authorize(parts: &Parts, state: &AppState, needed: Role) -> Result<Role, ApiE
         Ok(role)
     } else {
         Err(ApiError::Forbidden(format!(
-            "an {} token cannot do this; it needs an {} token or higher",
-            role.as_str(),
-            needed.as_str()
+            "{} token cannot do this; it needs {} token or higher",
+            with_article(role.as_str()),
+            with_article(needed.as_str())
         )))
     }
+}
+
+/// `an admin`, `an operator`, `a viewer`.
+fn with_article(word: &str) -> String {
+    let article = if word.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    };
+    format!("{article} {word}")
 }
 
 macro_rules! role_extractor {
@@ -313,6 +323,13 @@ impl FromRequestParts<AppState> for Caller {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn roles_read_with_their_article() {
+        assert_eq!(with_article("viewer"), "a viewer");
+        assert_eq!(with_article("operator"), "an operator");
+        assert_eq!(with_article("admin"), "an admin");
+    }
 
     #[test]
     fn parses_tokens_and_grants_by_role() {

@@ -1,4 +1,4 @@
-//! Liveness, readiness and metrics.
+//! Liveness, readiness, version and metrics.
 
 use std::time::Duration;
 
@@ -6,12 +6,23 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 
+use phoenix_wire::version::{BuildInfo, ServerVersion};
+
 use crate::error::ApiError;
 use crate::state::AppState;
 
 /// The process is up.
 pub async fn healthz() -> &'static str {
     "ok\n"
+}
+
+/// `GET /version`, unauthenticated like the probes: the build, and the largest
+/// body this api accepts (so a client can refuse a larger file before sending).
+pub async fn version(State(state): State<AppState>) -> axum::Json<ServerVersion> {
+    axum::Json(ServerVersion {
+        build: BuildInfo::new(env!("CARGO_PKG_VERSION"), option_env!("PHOENIX_GIT_COMMIT")),
+        max_body_bytes: state.config.max_body_bytes,
+    })
 }
 
 /// How long readiness waits for the database: a probe must be answered well

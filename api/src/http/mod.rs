@@ -37,6 +37,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .route("/version", get(health::version))
         .route(
             "/api/v1/experiments",
             post(experiments::create).get(experiments::list),

@@ -1,16 +1,20 @@
-//! `phoenix apply -f FILE|DIR [--prune] [--dry-run] [--source NAME]` and
-//! `phoenix diff -f FILE|DIR`: declarative apply of Experiment, PipelineTemplate and
+//! `phoenix apply -f FILE|DIR|- [--prune] [--dry-run] [--source NAME]` and
+//! `phoenix diff -f FILE|DIR|-`: declarative apply of Experiment, PipelineTemplate and
 //! PipelineDeployment documents. Every `*.yaml`/`*.yml` file (a directory is read
-//! recursively, in name order, skipping names that start with `.`; a file may hold
-//! several documents separated by `---`) is sent in one request as a JSON list of
-//! `{"file", "document"}` items, so the api's errors name the file; the api applies
-//! all of it or nothing. [`apply`] is that request, shared with every round of
-//! `phoenix sync`.
+//! recursively, in name order, skipping names that start with `.`; a file, or stdin
+//! for `-`, may hold several documents separated by `---`, or be JSON) is sent in
+//! one request as a JSON list of `{"file", "document"}` items, so the api's errors
+//! name the file; the api applies all of it or nothing. A document's `status`
+//! (what `phoenix ... get -o yaml` prints) is ignored. [`apply`] is that request,
+//! shared with every round of `phoenix sync`.
+//!
+//! `diff` prints each field an update changes and exits like `kubectl diff`: 0
+//! when nothing would change, 1 when something would, 2 or more on an error.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use phoenix_wire::apply::{ApplyItem, PlanEntry};
+use phoenix_wire::apply::{Action, ApplyItem, FieldChange, PlanEntry};
 
 use crate::client::{ApiClient, Body, encode};
 use crate::commands::Context;
@@ -26,12 +30,12 @@ pub struct ApplyArgs {
 
 impl ApplyArgs {
     /// Who owns what this apply creates: `--source`, else the path given without
-    /// its trailing `/` (`/` for the root).
+    /// its trailing `/` (`/` for the root, `stdin` for `-`).
     pub fn source(&self) -> String {
         let source = self
             .source
             .clone()
-            .unwrap_or_else(|| self.path.trim_end_matches('/').to_string());
+            .unwrap_or_else(|| crate::document::source(self.path.trim_end_matches('/')));
         if source.is_empty() {
             "/".into()
         } else {
@@ -50,6 +54,87 @@ pub async fn run(ctx: &Context, args: ApplyArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `phoenix diff`: the plan of a dry run with each changed field; answers whether
+/// anything would change (the exit code 1 of `kubectl diff`).
+pub async fn diff(ctx: &Context, args: ApplyArgs) -> anyhow::Result<bool> {
+    let plan = apply(&ctx.client, &args).await?;
+    let text = match output::render_object(ctx.output, &plan)? {
+        Some(text) => text,
+        None => render_diff(&plan),
+    };
+    output::print(&text)?;
+    Ok(plan.iter().any(|e| e.action != Action::Unchanged))
+}
+
+/// One block per resource that would change, kubectl-diff style:
+/// `~ Experiment exp-a (spec changed)` and its fields below, `+` for a create, `-`
+/// for a delete; a last line counts what stays unchanged.
+fn render_diff(plan: &[PlanEntry]) -> String {
+    let mut text = String::new();
+    for entry in plan.iter().filter(|e| e.action != Action::Unchanged) {
+        let mark = match entry.action {
+            Action::Create => "+",
+            Action::Delete => "-",
+            _ => "~",
+        };
+        let reason = entry
+            .reason
+            .as_deref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_else(|| format!(" ({})", entry.action.as_str()));
+        text.push_str(&output::shown(&format!(
+            "{mark} {} {}{reason}\n",
+            entry.kind, entry.name
+        )));
+        for change in &entry.changes {
+            text.push_str(&change_lines(change));
+        }
+    }
+    let unchanged = plan
+        .iter()
+        .filter(|e| e.action == Action::Unchanged)
+        .count();
+    if text.is_empty() {
+        text.push_str(&format!("no changes ({unchanged} unchanged)\n"));
+    } else {
+        text.push_str(&format!("({unchanged} unchanged; nothing was changed)\n"));
+    }
+    text
+}
+
+/// `    spec.duration: "10m" -> "30m"`; a multi-line text (a collector config) as
+/// the lines it loses (`-`) and gains (`+`).
+fn change_lines(change: &FieldChange) -> String {
+    let value = |v: &Option<serde_json::Value>| match v {
+        None => "<none>".to_string(),
+        Some(v) => serde_json::to_string(v).unwrap_or_default(),
+    };
+    let multiline = |v: &Option<serde_json::Value>| {
+        v.as_ref()
+            .and_then(|v| v.as_str())
+            .filter(|s| s.contains('\n'))
+            .map(str::to_string)
+    };
+    if let (Some(from), Some(to)) = (multiline(&change.from), multiline(&change.to)) {
+        let before: Vec<&str> = from.lines().collect();
+        let after: Vec<&str> = to.lines().collect();
+        let mut text = format!("    {}:\n", change.field);
+        for line in before.iter().filter(|l| !after.contains(l)) {
+            text.push_str(&output::shown(&format!("      - {line}\n")));
+        }
+        for line in after.iter().filter(|l| !before.contains(l)) {
+            text.push_str(&output::shown(&format!("      + {line}\n")));
+        }
+        return text;
+    }
+    output::shown(&format!(
+        "    {}: {} -> {}\n",
+        change.field,
+        value(&change.from),
+        value(&change.to)
+    ))
+}
+
 /// Reads the documents of `args.path` and applies them in one request; answers the
 /// api's plan. Nothing is changed unless every document passed every check.
 pub async fn apply(client: &ApiClient, args: &ApplyArgs) -> anyhow::Result<Vec<PlanEntry>> {
@@ -63,6 +148,10 @@ pub async fn apply(client: &ApiClient, args: &ApplyArgs) -> anyhow::Result<Vec<P
     let body = Body {
         bytes: serde_json::to_vec(&items)?,
         content_type: "application/json",
+        origin: Some(format!(
+            "the documents of {}",
+            crate::document::source(&args.path)
+        )),
     };
     Ok(client.post(&path, Some(body)).await?)
 }
@@ -84,9 +173,17 @@ fn render_plan(plan: &[PlanEntry], dry_run: bool) -> String {
     text
 }
 
-/// The documents of `path`: a file, or every `*.yaml`/`*.yml` under a directory
-/// (names starting with `.` skipped).
+/// The documents of `path`: a file, stdin for `-`, or every `*.yaml`/`*.yml`
+/// under a directory (names starting with `.` skipped).
 pub fn read_items(path: &Path) -> anyhow::Result<Vec<ApplyItem>> {
+    if path == Path::new("-") {
+        let bytes = crate::document::read_bytes("-")?;
+        let items = documents_of("stdin", &bytes)?;
+        if items.is_empty() {
+            anyhow::bail!("stdin holds no document; nothing to apply");
+        }
+        return Ok(items);
+    }
     let mut files = Vec::new();
     if path.is_dir() {
         collect(path, &mut files)?;
@@ -101,18 +198,70 @@ pub fn read_items(path: &Path) -> anyhow::Result<Vec<ApplyItem>> {
     }
     let mut items = Vec::new();
     for file in files {
-        let text = std::fs::read_to_string(&file)
-            .with_context(|| format!("cannot read {}", file.display()))?;
-        let documents: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text)
-            .with_context(|| format!("{} is not valid YAML", file.display()))?;
-        for document in documents.into_iter().filter(|d| !d.is_null()) {
-            items.push(ApplyItem {
-                file: Some(file.display().to_string()),
-                document,
-            });
-        }
+        let bytes =
+            std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+        items.extend(documents_of(&file.display().to_string(), &bytes)?);
     }
     Ok(items)
+}
+
+/// The documents of one file's text (YAML, `---` separated, or JSON).
+fn documents_of(file: &str, bytes: &[u8]) -> anyhow::Result<Vec<ApplyItem>> {
+    let text = std::str::from_utf8(bytes).with_context(|| format!("{file} is not UTF-8 text"))?;
+    let documents = phoenix_wire::resource::parse_yaml_documents(text)
+        .map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
+    let segments = document_texts(text);
+    let mut items = Vec::new();
+    for (i, document) in documents.into_iter().enumerate() {
+        if document.is_null() {
+            continue;
+        }
+        let document = crate::document::without_status(document);
+        if let Some((first_line, segment)) = segments.get(i).filter(|_| segments.len() > 1) {
+            crate::document::check_locally(file, segment, &document).map_err(|err| {
+                anyhow::anyhow!("{}", shift_line(&err.to_string(), file, *first_line))
+            })?;
+        } else {
+            crate::document::check_locally(file, text, &document)?;
+        }
+        items.push(ApplyItem {
+            file: Some(file.to_string()),
+            document,
+        });
+    }
+    Ok(items)
+}
+
+/// The text of each `---`-separated document with the line (counted from 0) it
+/// starts after.
+fn document_texts(text: &str) -> Vec<(usize, String)> {
+    let mut segments = vec![(0, String::new())];
+    for (i, line) in text.lines().enumerate() {
+        if line.trim_end() == "---" || line.starts_with("--- ") {
+            segments.push((i + 1, String::new()));
+            continue;
+        }
+        let current = &mut segments.last_mut().expect("one segment").1;
+        current.push_str(line);
+        current.push('\n');
+    }
+    // A leading `---` leaves an empty first segment that holds no document.
+    if segments.len() > 1 && segments[0].1.trim().is_empty() {
+        segments.remove(0);
+    }
+    segments
+}
+
+/// `file:3: ...` of a document that starts after line `offset` of its file.
+fn shift_line(message: &str, file: &str, offset: usize) -> String {
+    let prefix = format!("{file}:");
+    if let Some(rest) = message.strip_prefix(&prefix)
+        && let Some((line, rest)) = rest.split_once(':')
+        && let Ok(line) = line.parse::<usize>()
+    {
+        return format!("{file}:{}:{rest}", line + offset);
+    }
+    message.to_string()
 }
 
 fn collect(dir: &Path, files: &mut Vec<PathBuf>) -> anyhow::Result<()> {
@@ -186,8 +335,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let stamp = dir.path().join("..2026_11_27_12_00_00.123456789");
         std::fs::create_dir(&stamp).unwrap();
-        std::fs::write(stamp.join("exp.yaml"), "kind: Experiment\n").unwrap();
-        std::fs::write(stamp.join("tpl.yml"), "kind: PipelineTemplate\n").unwrap();
+        std::fs::write(stamp.join("exp.yaml"), "kind: A\n").unwrap();
+        std::fs::write(stamp.join("tpl.yml"), "kind: B\n").unwrap();
         std::os::unix::fs::symlink(stamp.file_name().unwrap(), dir.path().join("..data")).unwrap();
         for key in ["exp.yaml", "tpl.yml"] {
             std::os::unix::fs::symlink(format!("..data/{key}"), dir.path().join(key)).unwrap();
@@ -214,5 +363,64 @@ mod tests {
         assert_eq!(args("gitops/", None).source(), "gitops");
         assert_eq!(args("/", None).source(), "/");
         assert_eq!(args("gitops/", Some("team-a")).source(), "team-a");
+        assert_eq!(args("-", None).source(), "stdin");
+    }
+
+    #[test]
+    fn an_invalid_document_is_named_by_file_line_and_field() {
+        let text = "kind: Other\n---\napiVersion: phoenix.dev/v1\nkind: Experiment\nmetadata: {name: a}\nspec:\n  hosts: {names: [h]}\n  baseline: {pipeline: b}\n  candidate: {pipeline: c}\n  duration: 10m\n  colour: red\n";
+        let err = documents_of("exp.yaml", text.as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("exp.yaml:11: spec.colour: unknown field"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_large_json_file_is_read_as_json() {
+        let list: Vec<u32> = (0..300_000).collect();
+        let json = serde_json::to_vec(&serde_json::json!({"kind": "Big", "spec": list})).unwrap();
+        let items = documents_of("big.json", &json).unwrap();
+        assert_eq!(items[0].document["spec"].as_array().unwrap().len(), 300_000);
+        // The same in YAML passes the reader's limits and says so.
+        let yaml = format!("kind: Big\nspec:\n{}", "- 1\n".repeat(300_000));
+        let err = documents_of("big.yaml", yaml.as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("big.yaml: the document is too large to read: more than"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_diff_names_each_changed_field() {
+        let plan = [
+            PlanEntry {
+                kind: "Experiment".into(),
+                name: "exp-a".into(),
+                action: Action::Update,
+                reason: Some("spec changed (generation 2)".into()),
+                changes: vec![FieldChange {
+                    field: "spec.duration".into(),
+                    from: Some("10m".into()),
+                    to: Some("30m".into()),
+                }],
+            },
+            PlanEntry {
+                kind: "PipelineTemplate".into(),
+                name: "t".into(),
+                action: Action::Unchanged,
+                reason: None,
+                changes: Vec::new(),
+            },
+        ];
+        assert_eq!(
+            render_diff(&plan),
+            "~ Experiment exp-a (spec changed (generation 2))\n    spec.duration: \"10m\" -> \"30m\"\n(1 unchanged; nothing was changed)\n"
+        );
+        assert_eq!(render_diff(&plan[1..]), "no changes (1 unchanged)\n");
     }
 }

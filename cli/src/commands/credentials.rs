@@ -78,6 +78,7 @@ pub async fn run_bootstrap(ctx: &Context, command: BootstrapTokenCommand) -> any
             let body = Body {
                 bytes: serde_json::to_vec(&request)?,
                 content_type: "application/json",
+                origin: None,
             };
             let view: BootstrapTokenView = ctx.client.post(BOOTSTRAP_TOKENS, Some(body)).await?;
             match output::render_object(ctx.output, &view)? {

@@ -30,14 +30,19 @@ const EXPERIMENTS: &str = "/api/v1/experiments";
 pub enum DeploymentCommand {
     /// List deployments: what each runs, where, how many hosts are ready, and its roll-out
     #[command(
-        after_help = "Example:\n  phoenix deployment list\n  phoenix deployment list -o json"
+        after_help = "Example:\n  phoenix deployment list\n  phoenix deployment list -o json\n  phoenix deployment list -l team=sre"
     )]
-    List,
+    List {
+        /// Only deployments whose labels match: key=value,key!=value,key,!key
+        #[arg(short = 'l', long, value_name = "SELECTOR", value_parser = crate::selector::parse)]
+        selector: Option<crate::selector::Selector>,
+    },
     /// One deployment: its hosts, their collectors, its latest roll-out and its revisions
     #[command(after_help = "\
 Example:
   phoenix deployment get web
-  phoenix deployment get web -o json     # the API object, with `rollout`
+  phoenix deployment get web -o json     # a document; `status` holds revision, hosts, rollout
+  phoenix deployment get web -o yaml | phoenix apply -f -    (a no-op)
 
 The roll-out shows where a new revision is: its batch, each host a batch reached
 (updating, healthy, done or failed, and why) and how it ended. Hosts no batch
@@ -82,7 +87,7 @@ Live: `phoenix` streams them too (GET /api/v1/events?deployment=NAME, `kind: rol
 
 pub async fn run(ctx: &Context, command: DeploymentCommand) -> anyhow::Result<()> {
     match command {
-        DeploymentCommand::List => list(ctx).await,
+        DeploymentCommand::List { selector } => list(ctx, selector.as_ref()).await,
         DeploymentCommand::Get { name } => show(ctx, &name).await,
         DeploymentCommand::Describe { name } => describe(ctx, &name).await,
         DeploymentCommand::Events { name } => events(ctx, &name).await,
@@ -164,6 +169,7 @@ pub async fn deploy(ctx: &Context, file: Option<String>, flags: DeployFlags) -> 
         None => Body {
             bytes: serde_json::to_vec(&flags.document()?)?,
             content_type: "application/json",
+            origin: None,
         },
     };
     let deployment: PipelineDeployment = ctx.client.post(DEPLOYMENTS, Some(body)).await?;
@@ -181,8 +187,13 @@ pub async fn deploy(ctx: &Context, file: Option<String>, flags: DeployFlags) -> 
     Ok(output::print(&text)?)
 }
 
-pub async fn list(ctx: &Context) -> anyhow::Result<()> {
-    let list: List<PipelineDeployment> = ctx.client.get(DEPLOYMENTS).await?;
+pub async fn list(
+    ctx: &Context,
+    selector: Option<&crate::selector::Selector>,
+) -> anyhow::Result<()> {
+    let mut list: List<PipelineDeployment> = ctx.client.get(DEPLOYMENTS).await?;
+    list.items
+        .retain(|d| selector.is_none_or(|s| s.matches(&d.labels)));
     match output::render_object(ctx.output, &list)? {
         Some(text) => output::print(&text)?,
         None if list.items.is_empty() => eprintln!(
@@ -195,7 +206,8 @@ pub async fn list(ctx: &Context) -> anyhow::Result<()> {
 
 pub async fn show(ctx: &Context, name: &str) -> anyhow::Result<()> {
     let deployment: PipelineDeployment = ctx.client.get(&deployment_path(name)?).await?;
-    let text = match output::render_object(ctx.output, &deployment)? {
+    let document = output::as_document("PipelineDeployment", &deployment)?;
+    let text = match output::render_object(ctx.output, &document)? {
         Some(text) => text,
         None => deployment_details(&deployment, ctx.now),
     };

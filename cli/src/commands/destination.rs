@@ -57,7 +57,7 @@ A deployment exports to the destinations its spec names (`phoenix pipeline deplo
         #[arg(
             short = 'f',
             long = "filename",
-            visible_alias = "file",
+            alias = "file",
             value_name = "FILE",
             conflicts_with_all = ["name", "protocol", "endpoint", "header", "credential_file", "credential_env", "insecure", "insecure_skip_verify", "server_name"]
         )]
@@ -182,6 +182,7 @@ pub async fn run(ctx: &Context, command: DestinationCommand) -> anyhow::Result<(
                     Body {
                         bytes: serde_json::to_vec(&doc)?,
                         content_type: "application/json",
+                        origin: None,
                     }
                 }
             };

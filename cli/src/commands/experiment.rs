@@ -12,6 +12,7 @@ use phoenix_wire::view::{Experiment, ExperimentEvent, List};
 use crate::commands::Context;
 use crate::document;
 use crate::output::{self, Details, OutputFormat, Table};
+use crate::selector::Selector;
 use crate::stream;
 
 const EXPERIMENTS: &str = "/api/v1/experiments";
@@ -42,12 +43,7 @@ A document looks like:
 Files ending in .json are sent as JSON, everything else (and stdin) as YAML.")]
     Create {
         /// The document to submit; `-` reads stdin
-        #[arg(
-            short = 'f',
-            long = "file",
-            visible_alias = "filename",
-            value_name = "FILE"
-        )]
+        #[arg(short = 'f', long = "filename", alias = "file", value_name = "FILE")]
         file: String,
     },
     /// List experiments with their phase and the reason for it
@@ -55,14 +51,32 @@ Files ending in .json are sent as JSON, everything else (and stdin) as YAML.")]
 Example:
   phoenix experiment list
   phoenix exp list -o json
+  phoenix experiment list -l team=sre,env!=prod
+  phoenix experiment list --watch
 
 HOSTS is the number of target hosts once deploying has resolved them, and the
-selector before that.")]
-    List,
+selector before that. -l selects by the experiments' labels (key=value,
+key!=value, key, !key; all must hold). --watch prints the list, then one more
+row (-o json: one JSON object per line) each time an experiment changes phase,
+until Ctrl-C or the connection drops (exit 1).")]
+    List {
+        /// Only experiments whose labels match: key=value,key!=value,key,!key
+        #[arg(short = 'l', long, value_name = "SELECTOR", value_parser = crate::selector::parse)]
+        selector: Option<Selector>,
+        /// After listing, print each experiment again when it changes phase
+        #[arg(short, long)]
+        watch: bool,
+    },
     /// Show one experiment: phase, reason, target hosts, pipelines, criteria
-    #[command(
-        after_help = "Example:\n  phoenix experiment get topk-web\n  phoenix experiment get topk-web -o yaml"
-    )]
+    #[command(after_help = "\
+Example:
+  phoenix experiment get topk-web
+  phoenix experiment get topk-web -o yaml
+  phoenix experiment get topk-web -o yaml | phoenix apply -f -    (a no-op)
+
+-o json|yaml print the experiment as a document (apiVersion, kind, metadata,
+spec) with what Phoenix made of it (phase, reason, target hosts...) under
+`status`, which `phoenix apply` ignores.")]
     Get {
         /// The experiment's metadata.name
         name: String,
@@ -172,20 +186,11 @@ pub async fn run(ctx: &Context, command: ExperimentCommand) -> anyhow::Result<()
             };
             Ok(output::print(&text)?)
         }
-        ExperimentCommand::List => {
-            let list: List<Experiment> = ctx.client.get(EXPERIMENTS).await?;
-            match output::render_object(ctx.output, &list)? {
-                Some(text) => output::print(&text)?,
-                None if list.items.is_empty() => eprintln!(
-                    "No experiments yet. Create one with `phoenix experiment create -f FILE`."
-                ),
-                None => output::print(&experiment_table(&list.items, ctx.now).render())?,
-            }
-            Ok(())
-        }
+        ExperimentCommand::List { selector, watch } => list(ctx, selector, watch).await,
         ExperimentCommand::Get { name } => {
             let experiment: Experiment = ctx.client.get(&experiment_path(&name)?).await?;
-            let text = match output::render_object(ctx.output, &experiment)? {
+            let document = output::as_document("Experiment", &experiment)?;
+            let text = match output::render_object(ctx.output, &document)? {
                 Some(text) => text,
                 None => experiment_details(&experiment, ctx.now),
             };
@@ -228,6 +233,59 @@ pub async fn run(ctx: &Context, command: ExperimentCommand) -> anyhow::Result<()
             }
             Ok(())
         }
+    }
+}
+
+/// `phoenix experiment list [-l SELECTOR] [--watch]`.
+async fn list(ctx: &Context, selector: Option<Selector>, watch: bool) -> anyhow::Result<()> {
+    let selected = |e: &Experiment| selector.as_ref().is_none_or(|s| s.matches(&e.labels));
+    // Subscribe before listing: nothing that changes after the list is missed.
+    let mut stream = match watch {
+        true => Some(stream::subscribe(&ctx.client, &EventFilter::default()).await?),
+        false => None,
+    };
+    let mut list: List<Experiment> = ctx.client.get(EXPERIMENTS).await?;
+    list.items.retain(selected);
+    match output::render_object(ctx.output, &list)? {
+        Some(text) => output::print(&text)?,
+        None if list.items.is_empty() && selector.is_some() => {
+            eprintln!("No experiments match the selector.")
+        }
+        None if list.items.is_empty() => {
+            eprintln!("No experiments yet. Create one with `phoenix experiment create -f FILE`.")
+        }
+        None => output::print(&experiment_table(&list.items, ctx.now).render())?,
+    }
+    let Some(stream) = stream.as_mut() else {
+        return Ok(());
+    };
+    loop {
+        let event = stream
+            .next()
+            .await
+            .map_err(|err| stream::watch_ended(err, "phoenix experiment list --watch"))?;
+        let Event::Experiment(event) = event else {
+            continue;
+        };
+        let path = experiment_path(&event.experiment)?;
+        let experiment: Experiment = match ctx.client.get(&path).await {
+            Ok(experiment) => experiment,
+            Err(crate::client::ClientError::Api { problem, .. }) if problem.status == 404 => {
+                if ctx.output == OutputFormat::Table {
+                    output::print(&output::shown(&format!("{}   deleted\n", event.experiment)))?;
+                }
+                continue;
+            }
+            Err(err) => return Err(err.into()),
+        };
+        if !selected(&experiment) {
+            continue;
+        }
+        let line = stream::watch_line(ctx.output, &experiment, || {
+            let table = experiment_table(std::slice::from_ref(&experiment), Utc::now()).render();
+            table.lines().skip(1).map(|l| format!("{l}\n")).collect()
+        })?;
+        output::print(&line)?;
     }
 }
 

@@ -8,8 +8,12 @@ use phoenix_wire::agent::{CollectorStatus, Health};
 use phoenix_wire::names;
 use phoenix_wire::view::{Host, HostState, List};
 
+use phoenix_wire::events::{Event, EventFilter};
+
 use crate::commands::Context;
 use crate::output::{self, Details, Table};
+use crate::selector::Selector;
+use crate::stream;
 
 const HOSTS: &str = "/api/v1/hosts";
 
@@ -23,9 +27,22 @@ pub enum HostCommand {
 Example:
   phoenix host list
   phoenix host list -o yaml
+  phoenix host list -l role=web
+  phoenix host list --watch
 
-A host is `lost` when its agent has been silent for longer than its grace period.")]
-    List,
+A host is `lost` when its agent has been silent for longer than its grace period.
+-l selects by the hosts' labels (key=value, key!=value, key, !key; all must
+hold). --watch prints the list, then one more row (-o json: one JSON object per
+line) each time a host registers or reports its collectors, until Ctrl-C or the
+connection drops (exit 1).")]
+    List {
+        /// Only hosts whose labels match: key=value,key!=value,key,!key
+        #[arg(short = 'l', long, value_name = "SELECTOR", value_parser = crate::selector::parse)]
+        selector: Option<Selector>,
+        /// After listing, print each host again when it registers or reports
+        #[arg(short, long)]
+        watch: bool,
+    },
     /// Show one host: last heartbeat, and each collector's health, restarts and last error
     #[command(
         visible_alias = "describe",
@@ -45,17 +62,7 @@ than the api's grace period is `lost`. Its tasks: phoenix task list --host web-1
 
 pub async fn run(ctx: &Context, command: HostCommand) -> anyhow::Result<()> {
     match command {
-        HostCommand::List => {
-            let list: List<Host> = ctx.client.get(HOSTS).await?;
-            match output::render_object(ctx.output, &list)? {
-                Some(text) => output::print(&text)?,
-                None if list.items.is_empty() => eprintln!(
-                    "No hosts have reported yet. Hosts appear when a phoenix-agent on them reaches the API."
-                ),
-                None => output::print(&host_table(&list.items, ctx.now).render())?,
-            }
-            Ok(())
-        }
+        HostCommand::List { selector, watch } => list(ctx, selector, watch).await,
         HostCommand::Get { id } => {
             names::check_host_id(&id).map_err(|m| anyhow::anyhow!("invalid host id: {m}"))?;
             let host: Host = ctx.client.get(&format!("{HOSTS}/{id}")).await?;
@@ -65,6 +72,50 @@ pub async fn run(ctx: &Context, command: HostCommand) -> anyhow::Result<()> {
             };
             Ok(output::print(&text)?)
         }
+    }
+}
+
+/// `phoenix host list [-l SELECTOR] [--watch]`.
+async fn list(ctx: &Context, selector: Option<Selector>, watch: bool) -> anyhow::Result<()> {
+    let selected = |h: &Host| selector.as_ref().is_none_or(|s| s.matches(&h.labels));
+    // Subscribe before listing: nothing that changes after the list is missed.
+    let mut stream = match watch {
+        true => Some(stream::subscribe(&ctx.client, &EventFilter::default()).await?),
+        false => None,
+    };
+    let mut list: List<Host> = ctx.client.get(HOSTS).await?;
+    list.items.retain(selected);
+    match output::render_object(ctx.output, &list)? {
+        Some(text) => output::print(&text)?,
+        None if list.items.is_empty() && selector.is_some() => {
+            eprintln!("No hosts match the selector.")
+        }
+        None if list.items.is_empty() => eprintln!(
+            "No hosts have reported yet. Hosts appear when a phoenix-agent on them reaches the API."
+        ),
+        None => output::print(&host_table(&list.items, ctx.now).render())?,
+    }
+    let Some(stream) = stream.as_mut() else {
+        return Ok(());
+    };
+    loop {
+        let event = stream
+            .next()
+            .await
+            .map_err(|err| stream::watch_ended(err, "phoenix host list --watch"))?;
+        let Event::Host(event) = event else {
+            continue;
+        };
+        names::check_host_id(&event.host).map_err(|m| anyhow::anyhow!("invalid host id: {m}"))?;
+        let host: Host = ctx.client.get(&format!("{HOSTS}/{}", event.host)).await?;
+        if !selected(&host) {
+            continue;
+        }
+        let line = stream::watch_line(ctx.output, &host, || {
+            let table = host_table(std::slice::from_ref(&host), Utc::now()).render();
+            table.lines().skip(1).map(|l| format!("{l}\n")).collect()
+        })?;
+        output::print(&line)?;
     }
 }
 

@@ -157,6 +157,7 @@ pub async fn run(ctx: &Context, command: LoadsimCommand) -> anyhow::Result<()> {
             let body = Body {
                 bytes: serde_json::to_vec(&request)?,
                 content_type: "application/json",
+                origin: None,
             };
             let run: LoadSim = ctx.client.post(LOADSIMS, Some(body)).await?;
             let text = match output::render_object(ctx.output, &run)? {

@@ -13,10 +13,15 @@ pub mod destination;
 pub mod experiment;
 pub mod host;
 pub mod loadsim;
+pub mod man;
 pub mod pipeline;
 pub mod report;
+pub mod schema;
 pub mod sync;
 pub mod task;
+pub mod version;
+
+use std::process::ExitCode;
 
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
@@ -56,7 +61,10 @@ Typical flow:
   phoenix sync --dir gitops/ --prune           apply it again every 30s (GitOps; the Helm chart runs this)
   phoenix bootstrap-token create --ttl 24h     a token new agents enroll with (admin)
   phoenix agent-credential revoke web-1        cut a host's agent off; it must enroll again
+  phoenix version                              this client's version and the api's
+  phoenix schema Experiment                    the JSON Schema of a document kind (for editors)
   phoenix completion bash                      shell completions (see `phoenix completion --help`)
+  phoenix man --dir DIR                        a man page per command
 
 Configuration (flags beat environment beat file):
   --api-url   PHOENIX_API_URL   apiUrl   (default http://127.0.0.1:8080)
@@ -131,13 +139,22 @@ nothing and the error names its file and field. What apply creates is owned by
 the source (default: the path given); --prune deletes what that source owns and
 the files no longer hold, never resources created by hand or by another source.
 
+A document's `status` is ignored, so what `get -o yaml` prints applies again
+unchanged. A resource equal to its document is `unchanged` whoever owns it.
+
 Examples:
   phoenix apply -f gitops/
   phoenix apply -f gitops/ --prune --source team-a
-  phoenix apply -f gitops/ --dry-run -o json")]
+  phoenix apply -f gitops/ --dry-run -o json
+  phoenix experiment get topk-web -o yaml | phoenix apply -f -   (a no-op)")]
     Apply {
-        /// A file or a directory of *.yaml/*.yml files
-        #[arg(short, long, value_name = "FILE|DIR")]
+        /// A file, a directory of *.yaml/*.yml files, or `-` for stdin
+        #[arg(
+            short = 'f',
+            long = "filename",
+            alias = "file",
+            value_name = "FILE|DIR|-"
+        )]
         file: String,
         /// Delete what the source owns and the files no longer hold
         #[arg(long)]
@@ -149,13 +166,27 @@ Examples:
         #[arg(long, value_name = "NAME")]
         source: Option<String>,
     },
-    /// Show what `phoenix apply` would change (a dry run), without changing anything
-    #[command(
-        after_help = "Examples:\n  phoenix diff -f gitops/\n  phoenix diff -f gitops/ --prune"
-    )]
+    /// Show what `phoenix apply` would change, field by field, without changing anything
+    #[command(after_help = "\
+Each resource that would change is one line (`+` create, `~` update, `-` delete),
+with each changed field of an update below it:
+  ~ Experiment exp-a (spec changed (generation 2))
+      spec.duration: \"10m\" -> \"30m\"
+
+Exit code, as kubectl diff: 0 nothing would change, 1 something would, 2 an error.
+
+Examples:
+  phoenix diff -f gitops/
+  phoenix diff -f gitops/ --prune
+  phoenix diff -f gitops/ -o json       the plan, with each entry's `changes`")]
     Diff {
-        /// A file or a directory of *.yaml/*.yml files
-        #[arg(short, long, value_name = "FILE|DIR")]
+        /// A file, a directory of *.yaml/*.yml files, or `-` for stdin
+        #[arg(
+            short = 'f',
+            long = "filename",
+            alias = "file",
+            value_name = "FILE|DIR|-"
+        )]
         file: String,
         /// Include what --prune would delete
         #[arg(long)]
@@ -196,6 +227,29 @@ Examples:
         #[arg(long)]
         once: bool,
     },
+    /// Show this client's version and the api's (build and git commit)
+    #[command(after_help = "\
+Examples:
+  phoenix version
+  phoenix version -o json
+
+The api is asked at GET /version (no token needed). When it cannot be reached
+the client's version is still printed, and the exit code is 1.")]
+    Version,
+    /// Print the JSON Schema of a document kind (Experiment, PipelineTemplate, PipelineDeployment)
+    #[command(after_help = schema::HELP)]
+    Schema {
+        /// The document kind
+        #[arg(value_enum)]
+        kind: schema::Kind,
+    },
+    /// Print the man page, or write one per command to a directory
+    #[command(after_help = man::HELP)]
+    Man {
+        /// Write every page (phoenix.1, phoenix-experiment-create.1, ...) here
+        #[arg(long, value_name = "DIR")]
+        dir: Option<std::path::PathBuf>,
+    },
     /// Print the shell completion script for bash, zsh, fish, powershell or elvish
     #[command(after_help = completion::HELP)]
     Completion {
@@ -213,10 +267,15 @@ pub struct Context {
     pub now: DateTime<Utc>,
 }
 
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    // Needs no API: must work before any configuration exists.
-    if let Command::Completion { shell } = cli.command {
-        return completion::run(shell);
+/// Runs the command; answers its exit code on success (1 for a `diff` with
+/// changes, 0 otherwise).
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // Need no API: must work before any configuration exists.
+    match cli.command {
+        Command::Completion { shell } => return completion::run(shell).map(|()| ExitCode::SUCCESS),
+        Command::Schema { kind } => return schema::run(kind).map(|()| ExitCode::SUCCESS),
+        Command::Man { dir } => return man::run(dir.as_deref()).map(|()| ExitCode::SUCCESS),
+        _ => {}
     }
     let token = match &cli.global.token_file {
         Some(path) => Some(std::fs::read_to_string(path).map_err(|err| {
@@ -234,17 +293,47 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         output: cli.global.output,
         now: Utc::now(),
     };
-    match cli.command {
-        Command::Experiment(command) => experiment::run(&ctx, command).await,
-        Command::Host(command) => host::run(&ctx, command).await,
-        Command::Loadsim(command) => loadsim::run(&ctx, command).await,
-        Command::Pipeline(command) => pipeline::run(&ctx, command).await,
-        Command::Destination(command) => destination::run(&ctx, command).await,
-        Command::Deployment(command) => deployment::run(&ctx, command).await,
-        Command::Task(command) => task::run(&ctx, command).await,
-        Command::BootstrapToken(command) => credentials::run_bootstrap(&ctx, command).await,
-        Command::AgentCredential(command) => credentials::run_credential(&ctx, command).await,
-        Command::Completion { .. } => unreachable!("handled before the configuration"),
+    if let Command::Diff {
+        file,
+        prune,
+        source,
+    } = cli.command
+    {
+        let args = apply::ApplyArgs {
+            path: file,
+            prune,
+            dry_run: true,
+            source,
+        };
+        let changes = apply::diff(&ctx, args).await?;
+        return Ok(if changes {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        });
+    }
+    run_command(&ctx, cli.command).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_command(ctx: &Context, command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Version => version::run(ctx).await,
+        Command::Experiment(command) => experiment::run(ctx, command).await,
+        Command::Host(command) => host::run(ctx, command).await,
+        Command::Loadsim(command) => loadsim::run(ctx, command).await,
+        Command::Pipeline(command) => pipeline::run(ctx, command).await,
+        Command::Destination(command) => destination::run(ctx, command).await,
+        Command::Deployment(command) => deployment::run(ctx, command).await,
+        Command::Task(command) => task::run(ctx, command).await,
+        Command::BootstrapToken(command) => credentials::run_bootstrap(ctx, command).await,
+        Command::AgentCredential(command) => credentials::run_credential(ctx, command).await,
+        Command::Completion { .. }
+        | Command::Schema { .. }
+        | Command::Man { .. }
+        | Command::Diff { .. } => {
+            unreachable!("handled in run")
+        }
         Command::Apply {
             file,
             prune,
@@ -252,27 +341,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             source,
         } => {
             apply::run(
-                &ctx,
+                ctx,
                 apply::ApplyArgs {
                     path: file,
                     prune,
                     dry_run,
-                    source,
-                },
-            )
-            .await
-        }
-        Command::Diff {
-            file,
-            prune,
-            source,
-        } => {
-            apply::run(
-                &ctx,
-                apply::ApplyArgs {
-                    path: file,
-                    prune,
-                    dry_run: true,
                     source,
                 },
             )
@@ -286,7 +359,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             once,
         } => {
             sync::run(
-                &ctx,
+                ctx,
                 sync::SyncArgs {
                     dir,
                     interval: interval.as_duration(),
@@ -324,6 +397,36 @@ mod tests {
                     "{name} has no example"
                 );
             }
+        }
+    }
+
+    /// One spelling, kubectl's: every `-f` is `--filename`; `--file`, the old
+    /// spelling of some commands, still works but is not shown.
+    #[test]
+    fn every_file_flag_is_spelled_filename() {
+        fn visit(command: &clap::Command, path: &str, found: &mut usize) {
+            for arg in command.get_arguments() {
+                if arg.get_short() == Some('f') {
+                    *found += 1;
+                    assert_eq!(arg.get_long(), Some("filename"), "{path}");
+                    assert!(
+                        arg.get_visible_aliases().is_none_or(|a| a.is_empty()),
+                        "{path}"
+                    );
+                }
+            }
+            for sub in command.get_subcommands() {
+                visit(sub, &format!("{path} {}", sub.get_name()), found);
+            }
+        }
+        let mut found = 0;
+        visit(&Cli::command(), "phoenix", &mut found);
+        assert!(found >= 7, "{found}");
+        for args in [
+            &["phoenix", "apply", "--file", "x"][..],
+            &["phoenix", "experiment", "create", "--file", "x"],
+        ] {
+            assert!(Cli::try_parse_from(args).is_ok(), "{args:?}");
         }
     }
 

@@ -39,7 +39,7 @@ The API renders the config with its variables' defaults and runs the real collec
 `validate` on it; a rejection prints the collector's own message and exits 1.")]
     Validate {
         /// The PipelineTemplate document (`-` reads stdin)
-        #[arg(short = 'f', long = "filename", value_name = "FILE")]
+        #[arg(short = 'f', long = "filename", alias = "file", value_name = "FILE")]
         file: String,
     },
     /// Turn your current collector config into a pipeline template (a baseline); admin only
@@ -67,12 +67,7 @@ name replaces it. Then use it as an experiment's baseline:
   baseline: {pipeline: current}")]
     Import {
         /// Your collector config (`-` reads stdin)
-        #[arg(
-            short = 'f',
-            long = "filename",
-            visible_alias = "file",
-            value_name = "FILE"
-        )]
+        #[arg(short = 'f', long = "filename", alias = "file", value_name = "FILE")]
         file: String,
         /// The template's name
         #[arg(long)]
@@ -118,7 +113,7 @@ what runs) and to each --destination: the backends an admin declared with
         #[arg(
             short = 'f',
             long = "filename",
-            visible_alias = "file",
+            alias = "file",
             value_name = "FILE",
             conflicts_with_all = ["name", "pipeline", "selector", "host", "var", "critical", "destination", "max_unavailable"]
         )]
@@ -218,7 +213,7 @@ pub async fn run(ctx: &Context, command: PipelineCommand) -> anyhow::Result<()> 
             name,
             dry_run,
         } => import(ctx, &file, &name, dry_run).await,
-        PipelineCommand::ListDeployments => deployment::list(ctx).await,
+        PipelineCommand::ListDeployments => deployment::list(ctx, None).await,
         PipelineCommand::ShowDeployment { name } => deployment::show(ctx, &name).await,
         PipelineCommand::Rollback { name } => deployment::rollback(ctx, &name).await,
         PipelineCommand::DeleteDeployment { name } => deployment::delete(ctx, &name).await,
@@ -299,6 +294,7 @@ async fn import(ctx: &Context, file: &str, name: &str, dry_run: bool) -> anyhow:
             document: serde_json::to_value(&document)?,
         }])?,
         content_type: "application/json",
+        origin: None,
     };
     let path = format!("/api/v1/apply?source={IMPORT_SOURCE}&prune=false&dryRun={dry_run}");
     let plan: Vec<PlanEntry> = ctx.client.post(&path, Some(body)).await?;

@@ -181,6 +181,7 @@ mod tests {
             name: name.into(),
             action,
             reason: reason.map(String::from),
+            changes: Vec::new(),
         }
     }
 

@@ -250,7 +250,7 @@ fn verdict_reason(report: &ExperimentReport) -> String {
 
 /// A PromQL regex (inside a double-quoted string) matching exactly these hosts.
 /// Host ids hold letters, digits, `.`, `_` and `-`, of which only `.` is special.
-fn hosts_regex(hosts: &[String]) -> String {
+pub(crate) fn hosts_regex(hosts: &[String]) -> String {
     hosts
         .iter()
         .map(|h| h.replace('.', "\\\\."))

@@ -101,10 +101,10 @@ pub fn over_memory_limit(
         return None;
     }
     Some(format!(
-        "stopped early: {} for the last {} ({MEMORY_LIMIT_VARIABLE}, the memory_limiter's \
+        "stopped early: for the last {}, {} ({MEMORY_LIMIT_VARIABLE}, the memory_limiter's \
          limit_mib); its collectors were stopped",
-        over.join("; "),
-        phoenix_wire::duration::HumanDuration(lookback)
+        phoenix_wire::duration::HumanDuration(lookback),
+        over.join("; ")
     ))
 }
 
@@ -318,7 +318,7 @@ mod tests {
         ]);
         let reason = over_memory_limit(&limits, &over, lookback).unwrap();
         assert!(
-            reason.starts_with("stopped early: the candidate's collector on web-1 used at least 75.2 MiB, over its limit of 32 MiB for the last 2m"),
+            reason.starts_with("stopped early: for the last 2m, the candidate's collector on web-1 used at least 75.2 MiB, over its limit of 32 MiB (memory_limit_mib"),
             "{reason}"
         );
         assert!(

@@ -242,7 +242,10 @@ pub struct Fidelity {
     /// The spacing of the evaluation steps, in seconds.
     pub step_seconds: f64,
     /// A series counts at a step when it has a sample in the window before it of this
-    /// many seconds (one and a half of the longer of the variants' scrape intervals).
+    /// many seconds (one and a half of the longer of the variants' scrape intervals,
+    /// the same for both: a scrape of thousands of processes spreads its samples'
+    /// timestamps). A process that exited within it still counts, so under churn a
+    /// per-pid variant's totals run above a rollup's.
     pub freshness_seconds: f64,
     /// Over all hosts: the mean of the per-host values.
     pub overall: FidelityKpis,

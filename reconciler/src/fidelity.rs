@@ -153,11 +153,14 @@ pub fn assemble(
     }
 }
 
+/// One KPI of a host: what it is called in a reason, and how to read it.
+type Pick = (&'static str, fn(&FidelityKpis) -> Option<f64>);
+
 /// A KPI of every host, for a threshold: `(host, what, value)`, and the hosts
 /// without it.
 fn per_host_values(
     fidelity: &Fidelity,
-    picks: [(&'static str, fn(&FidelityKpis) -> Option<f64>); 2],
+    picks: [Pick; 2],
 ) -> (Vec<(String, &'static str, f64)>, Vec<String>) {
     let mut values = Vec::new();
     let mut missing = Vec::new();

@@ -135,6 +135,10 @@ export interface VariantKpis {
   criticalProcesses: string[];
 }
 
+export type TestMethod = "signed-rank-hosts" | "signed-rank-windows" | "mann-whitney";
+
+/** The test behind a resource criterion (wire/src/report.rs `ResourceTest`); reports
+ * written before paired tests hold none of the optional fields. */
 export interface ResourceTest {
   baselineSamples: number;
   candidateSamples: number;
@@ -143,6 +147,39 @@ export interface ResourceTest {
   effectSize: number;
   shift: number;
   allowance: number;
+  method?: TestMethod;
+  why?: string;
+  hosts?: number;
+  pairs?: number;
+  ciLow?: number;
+  ciHigh?: number;
+  confidence?: number;
+  pAdjusted?: number;
+  spacing?: number;
+}
+
+export interface ErrorControl {
+  method: string;
+  alpha: number;
+  tested: string[];
+  summary: string;
+}
+
+/** Fidelity on one host or all, in percent (wire `FidelityKpis`). */
+export interface FidelityKpis {
+  cpuTopKRecall: number | null;
+  memoryTopKRecall: number | null;
+  cpuTotalError: number | null;
+  memoryTotalError: number | null;
+  steps: number;
+}
+
+export interface Fidelity {
+  topK: number;
+  stepSeconds: number;
+  freshnessSeconds: number;
+  overall: FidelityKpis;
+  hosts: Record<string, FidelityKpis>;
 }
 
 /** [unix seconds, value] */
@@ -175,6 +212,8 @@ export interface Report {
   cpuTest: ResourceTest | null;
   memoryTest: ResourceTest | null;
   pricePerMillionDpm: number;
+  errorControl?: ErrorControl | null;
+  fidelity?: Fidelity | null;
   evidence?: Evidence | null;
 }
 

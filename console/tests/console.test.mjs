@@ -84,6 +84,14 @@ test("an operator creates the example through the CLI, watches it live, reads th
     assert.ok(points > 1, `${variant} series drawn with ${points} points`);
   }
   assert.ok((await page.locator("#configs .line.add").count()) > 0, "the config diff marks added lines");
+  // The tests name themselves and give an interval; fidelity has a row per host.
+  const cpuTest = await page.locator('#tests tr[data-test="CPU"]').innerText();
+  assert.match(cpuTest, /Wilcoxon signed-rank across separate windows/, cpuTest);
+  assert.match(cpuTest, /-?\d\.\d{4} to -?\d\.\d{4} cores \(95 %\)/, cpuTest);
+  assert.match(await page.locator("#error-control").innerText(), /Holm over 2 tested criteria/);
+  assert.equal(await page.locator("#fidelity tbody tr").count(), 3, "all hosts and each of the two");
+  const recall = await page.locator('#fidelity tr[data-scope="all hosts"]').innerText();
+  assert.match(recall, /\d+\.\d %/, `top-10 recall in percent: ${recall}`);
   await assertAccessible(page, "experiment page");
   await page.screenshot({ path: join(screenshots, "experiment.png"), fullPage: true });
 

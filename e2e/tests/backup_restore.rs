@@ -182,6 +182,7 @@ async fn a_dump_taken_mid_experiment_restores_and_agents_converge_without_duplic
             memory_test: None,
             price_per_million_dpm: 0.5,
             error_control: None,
+            fidelity: None,
             evidence: None,
             ignored_hosts: Vec::new(),
             incidents: Vec::new(),

@@ -212,6 +212,7 @@ async fn populate() -> String {
         memory_test: None,
         price_per_million_dpm: 0.5,
         error_control: None,
+        fidelity: None,
         evidence: None,
         ignored_hosts: Vec::new(),
         incidents: Vec::new(),

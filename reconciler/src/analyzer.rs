@@ -18,7 +18,10 @@
 //!   (the kernel counts CPU in 10 ms ticks), which the judgement refuses as "no
 //!   resolution";
 //! - **critical processes**: executable names from the critical list that each
-//!   variant reported.
+//!   variant reported;
+//! - **fidelity**: top-10 recall by CPU and memory and the error of the host's
+//!   process totals, candidate against baseline, per host and step
+//!   ([`crate::fidelity`]).
 //!
 //! CPU and RSS are judged by [`crate::judge`]: paired by host (both variants sampled
 //! at the same instants), the test chosen by the number of hosts, Holm across the
@@ -247,7 +250,7 @@ fn verdict_reason(report: &ExperimentReport) -> String {
 
 /// A PromQL regex (inside a double-quoted string) matching exactly these hosts.
 /// Host ids hold letters, digits, `.`, `_` and `-`, of which only `.` is special.
-fn hosts_regex(hosts: &[String]) -> String {
+pub(crate) fn hosts_regex(hosts: &[String]) -> String {
     hosts
         .iter()
         .map(|h| h.replace('.', "\\\\."))
@@ -576,6 +579,34 @@ pub async fn measure(
             price,
         ));
     }
+    let fidelity = crate::fidelity::measure(
+        &settings.prometheus,
+        experiment,
+        start,
+        end,
+        settings.sample_step,
+    )
+    .await?;
+    let no_fidelity = |criterion: &str| CriterionResult {
+        criterion: criterion.to_string(),
+        outcome: Outcome::NoData,
+        reason: format!(
+            "neither variant wrote process memory series ({}) over the window; are the collectors exporting?",
+            crate::fidelity::MEMORY_METRIC
+        ),
+    };
+    if let Some(min) = criteria.min_top_k_recall {
+        results.push(match &fidelity {
+            Some(f) => crate::fidelity::judge_recall(f, min),
+            None => no_fidelity("topKRecall"),
+        });
+    }
+    if let Some(max) = criteria.max_total_error {
+        results.push(match &fidelity {
+            Some(f) => crate::fidelity::judge_total_error(f, max),
+            None => no_fidelity("totalError"),
+        });
+    }
     let verdict = if results.iter().any(|c| c.outcome == Outcome::Fail) {
         Verdict::Fail
     } else if results
@@ -614,6 +645,7 @@ pub async fn measure(
         memory_test,
         price_per_million_dpm: price,
         error_control,
+        fidelity,
         evidence: Some(Evidence {
             step_seconds: settings.sample_step.as_secs_f64(),
             max_points: EVIDENCE_MAX_POINTS,

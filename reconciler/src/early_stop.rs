@@ -5,8 +5,13 @@
 //! interval). A critical process that the baseline reported on a host and the
 //! candidate did not, for that whole window, fails the experiment at once, with the
 //! process and host in the reason; leaving `running` stops its collectors (a failed
-//! experiment wants none). A collector that keeps crashing already fails a running
-//! experiment in the reconcile pass (`crate::incidents`).
+//! experiment wants none). Likewise a collector over its memory limit: when every
+//! RSS sample the agent pushed for it over the last `lookback` is above the limit
+//! its pipeline runs with ([`memory_limit_mib`]: the `memory_limit_mib` variable
+//! that every catalog template passes to `memory_limiter.limit_mib`), the
+//! experiment fails at once, naming the variant, host, memory and limit. A
+//! collector that keeps crashing already fails a running experiment in the
+//! reconcile pass (`crate::incidents`).
 //!
 //! Checks start once the warmup is over and the experiment has run for at least
 //! `lookback`, so a collector still starting is not mistaken for one that drops.
@@ -15,7 +20,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use phoenix_storage::{PgPool, Result, experiments};
+use phoenix_storage::{PgPool, Result, StoreError, experiments, templates};
+use phoenix_wire::render::pipeline_of;
+use phoenix_wire::variables::VariableDecl;
 use phoenix_wire::view::{Experiment, Phase};
 use sqlx::Connection;
 
@@ -55,9 +62,55 @@ pub fn missing_critical(
     ))
 }
 
+/// The template variable holding a collector's memory limit in MiB; every catalog
+/// template passes it to `memory_limiter.limit_mib`.
+pub const MEMORY_LIMIT_VARIABLE: &str = "memory_limit_mib";
+
+/// A variant's memory limit in MiB: the experiment's `memory_limit_mib` for it, else
+/// the template's default; `None` when the template declares no such variable (then
+/// it is not checked).
+pub fn memory_limit_mib(
+    declared: &[VariableDecl],
+    given: &BTreeMap<String, String>,
+) -> Option<f64> {
+    let decl = declared.iter().find(|d| d.name == MEMORY_LIMIT_VARIABLE)?;
+    let text = given.get(&decl.name).unwrap_or(&decl.default);
+    text.parse::<f64>().ok().filter(|v| *v > 0.0)
+}
+
+/// The pure decision: the collectors whose lowest resident memory over the lookback
+/// (`lowest_rss`: `(variant, host)` → MiB) was above their variant's limit (`limits`:
+/// variant → MiB), as one reason, or `None` when every collector stayed within.
+pub fn over_memory_limit(
+    limits: &BTreeMap<String, f64>,
+    lowest_rss: &BTreeMap<(String, String), f64>,
+    lookback: Duration,
+) -> Option<String> {
+    let over: Vec<String> = lowest_rss
+        .iter()
+        .filter_map(|((variant, host), rss)| {
+            let limit = limits.get(variant)?;
+            (rss > limit).then(|| {
+                format!(
+                    "the {variant}'s collector on {host} used at least {rss:.1} MiB, over its limit of {limit} MiB"
+                )
+            })
+        })
+        .collect();
+    if over.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "stopped early: for the last {}, {} ({MEMORY_LIMIT_VARIABLE}, the memory_limiter's \
+         limit_mib); its collectors were stopped",
+        phoenix_wire::duration::HumanDuration(lookback),
+        over.join("; ")
+    ))
+}
+
 /// Whether `experiment` has run long enough at `now` to be checked.
 pub fn due(experiment: &Experiment, lookback: Duration, now: DateTime<Utc>) -> bool {
-    if experiment.phase != Phase::Running || experiment.spec.critical_processes.is_empty() {
+    if experiment.phase != Phase::Running {
         return false;
     }
     let since = now.signed_duration_since(experiment.phase_changed_at);
@@ -94,8 +147,61 @@ async fn seen(
         .collect())
 }
 
+/// Each variant's memory limit (MiB) from its template's declared variables.
+async fn memory_limits(pool: &PgPool, experiment: &Experiment) -> Result<BTreeMap<String, f64>> {
+    use phoenix_wire::agent::Variant;
+    let mut conn = pool.acquire().await?;
+    let mut limits = BTreeMap::new();
+    for (name, variant) in [
+        ("baseline", Variant::Baseline),
+        ("candidate", Variant::Candidate),
+    ] {
+        let pipeline = pipeline_of(&experiment.spec, variant);
+        let template = match templates::get(&mut conn, &pipeline.pipeline).await {
+            Ok(t) => t,
+            Err(StoreError::NotFound(_)) => continue,
+            Err(err) => return Err(err),
+        };
+        if let Some(limit) = memory_limit_mib(&template.variables, &pipeline.vars) {
+            limits.insert(name.to_string(), limit);
+        }
+    }
+    Ok(limits)
+}
+
+/// Each collector's lowest RSS (MiB) over `[now − lookback, now]`, by
+/// `(variant, host)`, from what the agents pushed, on the experiment's hosts only.
+async fn lowest_rss(
+    prom: &Prometheus,
+    experiment: &Experiment,
+    lookback: Duration,
+    now: DateTime<Utc>,
+) -> std::result::Result<BTreeMap<(String, String), f64>, PrometheusError> {
+    let query = format!(
+        r#"min by (variant, host) (min_over_time(phoenix_collector_rss_bytes{{job="phoenix_collectors",experiment="{}",host=~"{}"}}[{}ms])) / 1048576"#,
+        experiment.name,
+        crate::analyzer::hosts_regex(&experiment.target_hosts),
+        lookback.as_millis()
+    );
+    Ok(prom
+        .query(&query, Some(now))
+        .await?
+        .into_iter()
+        .filter_map(|s| {
+            Some((
+                (
+                    s.labels.get("variant")?.clone(),
+                    s.labels.get("host")?.clone(),
+                ),
+                s.value,
+            ))
+        })
+        .collect())
+}
+
 /// Checks every running experiment that is due and fails those whose candidate
-/// dropped a critical process, fenced by the leadership `epoch`. Prometheus errors
+/// dropped a critical process or whose collector is over its memory limit, fenced
+/// by the leadership `epoch`. Prometheus errors
 /// are logged and skipped: the next activation checks again, and the analysis after
 /// the window still judges critical retention.
 pub async fn stop_early(pool: &PgPool, settings: &AnalyzerSettings, epoch: i64) -> Result<()> {
@@ -113,25 +219,33 @@ pub async fn stop_early(pool: &PgPool, settings: &AnalyzerSettings, epoch: i64) 
             continue;
         }
         let prom = &settings.prometheus;
-        let both = async {
+        let limits = memory_limits(pool, &experiment).await?;
+        let check = async {
+            if !limits.is_empty() {
+                let rss = lowest_rss(prom, &experiment, lookback, now).await?;
+                if let Some(reason) = over_memory_limit(&limits, &rss, lookback) {
+                    return Ok(Some(reason));
+                }
+            }
+            if experiment.spec.critical_processes.is_empty() {
+                return Ok(None);
+            }
             let baseline = seen(prom, &experiment, "baseline", lookback, now).await?;
             let candidate = seen(prom, &experiment, "candidate", lookback, now).await?;
-            Ok::<_, PrometheusError>((baseline, candidate))
+            Ok::<_, PrometheusError>(missing_critical(
+                &experiment.spec.critical_processes,
+                &baseline,
+                &candidate,
+                lookback,
+            ))
         };
-        let (baseline, candidate) = match both.await {
-            Ok(seen) => seen,
+        let reason = match check.await {
+            Ok(Some(reason)) => reason,
+            Ok(None) => continue,
             Err(err) => {
                 tracing::warn!(experiment = %experiment.name, %err, "early-stop check skipped");
                 continue;
             }
-        };
-        let Some(reason) = missing_critical(
-            &experiment.spec.critical_processes,
-            &baseline,
-            &candidate,
-            lookback,
-        ) else {
-            continue;
         };
         let mut conn = pool.acquire().await?;
         let mut tx = conn.begin().await?;
@@ -162,6 +276,58 @@ mod tests {
             .iter()
             .map(|(h, e)| (h.to_string(), e.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn a_collector_over_its_memory_limit_stops_the_experiment() {
+        use phoenix_wire::variables::VariableType;
+        let declared = vec![VariableDecl {
+            name: MEMORY_LIMIT_VARIABLE.into(),
+            kind: VariableType::Integer,
+            default: "256".into(),
+            doc: String::new(),
+            min: Some(32.0),
+            max: None,
+        }];
+        let given = BTreeMap::from([(MEMORY_LIMIT_VARIABLE.to_string(), "32".to_string())]);
+        assert_eq!(memory_limit_mib(&declared, &BTreeMap::new()), Some(256.0));
+        assert_eq!(memory_limit_mib(&declared, &given), Some(32.0));
+        assert_eq!(
+            memory_limit_mib(&[], &given),
+            None,
+            "not declared: not checked"
+        );
+
+        let limits = BTreeMap::from([
+            ("baseline".to_string(), 256.0),
+            ("candidate".to_string(), 32.0),
+        ]);
+        let rss = |pairs: &[(&str, &str, f64)]| -> BTreeMap<(String, String), f64> {
+            pairs
+                .iter()
+                .map(|(v, h, r)| ((v.to_string(), h.to_string()), *r))
+                .collect()
+        };
+        let lookback = Duration::from_secs(120);
+        let within = rss(&[("baseline", "web-1", 80.0), ("candidate", "web-1", 31.5)]);
+        assert_eq!(over_memory_limit(&limits, &within, lookback), None);
+        let over = rss(&[
+            ("baseline", "web-1", 80.0),
+            ("candidate", "web-1", 75.25),
+            ("candidate", "web-2", 20.0),
+        ]);
+        let reason = over_memory_limit(&limits, &over, lookback).unwrap();
+        assert!(
+            reason.starts_with("stopped early: for the last 2m, the candidate's collector on web-1 used at least 75.2 MiB, over its limit of 32 MiB (memory_limit_mib"),
+            "{reason}"
+        );
+        assert!(
+            !reason.contains("web-2") && !reason.contains("baseline"),
+            "{reason}"
+        );
+        // A variant without a known limit is not checked.
+        let unknown = rss(&[("standing", "web-1", 1e6)]);
+        assert_eq!(over_memory_limit(&limits, &unknown, lookback), None);
     }
 
     #[test]

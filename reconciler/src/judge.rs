@@ -131,8 +131,9 @@ pub fn conclude(
         summary: format!(
             "Holm over {} tested criteria ({}): each one-sided p is adjusted before it is \
              compared with α = {alpha}, so the chance that any of them fails a candidate \
-             within all its allowances is at most {alpha}; the deterministic criteria \
-             (series, critical processes, cost) are thresholds, not tests",
+             within all its allowances is at most {alpha}; the other criteria \
+             (series, critical processes, cost, top-k recall, total error) are \
+             thresholds on measured values, not tests, and are not adjusted",
             tested.len(),
             tested.join(", ")
         ),

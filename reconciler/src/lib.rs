@@ -20,7 +20,8 @@
 //! [`rollout`] (staged roll-outs of deployment revisions, a background job),
 //! [`analyzer`] (KPIs from [`prometheus`], judged by [`judge`]), [`early_stop`]
 //! (a running experiment failed at once when its candidate drops a critical
-//! process), [`stats`] (the paired signed-rank tests by host, Mann–Whitney U,
+//! process or a collector is over its memory limit), [`fidelity`] (top-k recall
+//! and total error, candidate against baseline), [`stats`] (the paired signed-rank tests by host, Mann–Whitney U,
 //! Hodges–Lehmann, Holm, the resource pass/fail/inconclusive rule), [`changes`]
 //! (what the next pass looks at), [`background`] (how jobs are scheduled and
 //! observed), [`metrics`], [`config`].
@@ -31,6 +32,7 @@ pub mod changes;
 pub mod config;
 pub mod diff;
 pub mod early_stop;
+pub mod fidelity;
 pub mod incidents;
 pub mod judge;
 pub mod lifecycle;

@@ -65,8 +65,8 @@ impl Outcome {
 /// One criterion, its outcome and why.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct CriterionResult {
-    /// `seriesReduction`, `criticalRetention`, `cpuOverhead`, `memoryOverhead` or
-    /// `costReduction`.
+    /// `seriesReduction`, `criticalRetention`, `cpuOverhead`, `memoryOverhead`,
+    /// `costReduction`, `topKRecall` or `totalError`.
     pub criterion: String,
     pub outcome: Outcome,
     pub reason: String,
@@ -198,6 +198,10 @@ pub struct ExperimentReport {
     /// written before it was applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_control: Option<ErrorControl>,
+    /// What the candidate still lets an SRE answer: top-k recall and total error;
+    /// `None` in reports written before it was measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fidelity: Option<Fidelity>,
     /// The samples behind the numbers; `None` in reports written before it was kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evidence: Option<Evidence>,
@@ -210,6 +214,54 @@ pub struct ExperimentReport {
     /// report is read, so a report never hides them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub incidents: Vec<crate::view::ExperimentEvent>,
+}
+
+/// How many of the baseline's busiest processes the fidelity KPIs look at.
+pub const TOP_K: usize = 10;
+
+/// Fidelity: what the candidate still shows of the processes, measured at every
+/// evaluation step from the process series both variants wrote (docs/ANALYSIS.md):
+///
+/// - **top-k recall** (by CPU, by memory): on a host at a step, the baseline's
+///   [`TOP_K`] executables with the highest non-zero CPU utilization (resp. resident
+///   memory), summed per executable name; the recall is the share of them for which
+///   the candidate has a series at that step (in any form: per pid, aggregated by
+///   name). Present, not "in the candidate's own top-k": the two collectors scrape at
+///   different instants, so ranks near the 10th swap even between identical
+///   pipelines, while a process the candidate dropped is one an SRE cannot see.
+/// - **total error** (CPU, memory): `|candidate − baseline| / baseline` of the host's
+///   total process CPU utilization (resp. memory) summed over every process series
+///   of each variant (a rollup such as `_other` counts).
+///
+/// Every value is in percent, the mean over the steps of the window.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Fidelity {
+    /// `k` of the recall (10).
+    pub top_k: usize,
+    /// The spacing of the evaluation steps, in seconds.
+    pub step_seconds: f64,
+    /// A series counts at a step when it has a sample in the window before it of this
+    /// many seconds (one and a half of the longer of the variants' scrape intervals,
+    /// the same for both: a scrape of thousands of processes spreads its samples'
+    /// timestamps). A process that exited within it still counts, so under churn a
+    /// per-pid variant's totals run above a rollup's.
+    pub freshness_seconds: f64,
+    /// Over all hosts: the mean of the per-host values.
+    pub overall: FidelityKpis,
+    pub hosts: BTreeMap<String, FidelityKpis>,
+}
+
+/// Fidelity on one host (or all), in percent; `None` where nothing was measured.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FidelityKpis {
+    pub cpu_top_k_recall: Option<f64>,
+    pub memory_top_k_recall: Option<f64>,
+    pub cpu_total_error: Option<f64>,
+    pub memory_total_error: Option<f64>,
+    /// The evaluation steps at which the baseline had data.
+    pub steps: usize,
 }
 
 /// At most this many points are kept per series of [`Evidence`].

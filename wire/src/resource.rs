@@ -384,6 +384,17 @@ pub struct Criteria {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 100))]
     pub min_cost_reduction: Option<f64>,
+    /// Minimum recall of the baseline's top-10 processes, in percent, by CPU and by
+    /// memory, on every host (not judged when absent): of the 10 executables the
+    /// baseline shows using the most, the share the candidate still reports at the
+    /// same step, averaged over the window (docs/ANALYSIS.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_top_k_recall: Option<f64>,
+    /// Maximum error of the host's total process CPU and total process memory as
+    /// summed from the candidate's series against the baseline's, in percent, on
+    /// every host (not judged when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_total_error: Option<f64>,
 }
 
 fn default_min_series_reduction() -> f64 {
@@ -407,6 +418,8 @@ impl Default for Criteria {
             max_cpu_overhead_cores: default_max_cpu_overhead(),
             max_memory_overhead_mib: default_max_memory_overhead(),
             min_cost_reduction: None,
+            min_top_k_recall: None,
+            max_total_error: None,
         }
     }
 }
@@ -526,6 +539,10 @@ impl ExperimentSpec {
                 "spec.criteria.minCostReduction",
                 c.min_cost_reduction.unwrap_or(0.0),
             ),
+            (
+                "spec.criteria.minTopKRecall",
+                c.min_top_k_recall.unwrap_or(0.0),
+            ),
         ] {
             if !(0.0..=100.0).contains(&value) {
                 return Err(FieldError::new(
@@ -542,6 +559,10 @@ impl ExperimentSpec {
             (
                 "spec.criteria.maxMemoryOverheadMib",
                 c.max_memory_overhead_mib,
+            ),
+            (
+                "spec.criteria.maxTotalError",
+                c.max_total_error.unwrap_or(0.0),
             ),
         ] {
             if !(value >= 0.0 && value.is_finite()) {
@@ -795,6 +816,14 @@ spec:
             (
                 YAML.replace("minSeriesReduction: 50", "minCostReduction: -5"),
                 "spec.criteria.minCostReduction",
+            ),
+            (
+                YAML.replace("minSeriesReduction: 50", "minTopKRecall: 101"),
+                "spec.criteria.minTopKRecall",
+            ),
+            (
+                YAML.replace("minSeriesReduction: 50", "maxTotalError: -1"),
+                "spec.criteria.maxTotalError",
             ),
             (YAML.replace("kind: Experiment", "kind: Pipeline"), "kind"),
         ];

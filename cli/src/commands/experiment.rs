@@ -365,8 +365,16 @@ fn criteria(spec: &ExperimentSpec) -> String {
         .min_cost_reduction
         .map(|v| format!(", cost reduction >= {v}%"))
         .unwrap_or_default();
+    let recall = c
+        .min_top_k_recall
+        .map(|v| format!(", top-10 recall >= {v}%"))
+        .unwrap_or_default();
+    let total = c
+        .max_total_error
+        .map(|v| format!(", total error <= {v}%"))
+        .unwrap_or_default();
     format!(
-        "series reduction >= {}%, critical retention >= {}%, cpu overhead <= {} cores, memory overhead <= {} MiB{cost}",
+        "series reduction >= {}%, critical retention >= {}%, cpu overhead <= {} cores, memory overhead <= {} MiB{cost}{recall}{total}",
         c.min_series_reduction,
         c.min_critical_retention,
         c.max_cpu_overhead_cores,

@@ -1,7 +1,7 @@
 //! The human form of an experiment report: the verdict, one line per criterion, and
 //! the KPIs of baseline and candidate side by side (overall, then per host).
 
-use phoenix_wire::report::{ExperimentReport, ResourceTest, VariantKpis};
+use phoenix_wire::report::{ExperimentReport, Fidelity, FidelityKpis, ResourceTest, VariantKpis};
 
 use crate::output::Table;
 
@@ -105,6 +105,41 @@ fn test_line(name: &str, test: &Option<ResourceTest>) -> Option<String> {
     Some(line)
 }
 
+fn fidelity_rows(table: &mut Table, scope: &str, k: &FidelityKpis) {
+    let pct = |v: Option<f64>| v.map_or_else(|| "no data".into(), |v| format!("{v:.1}%"));
+    table.row(vec![
+        scope.to_string(),
+        pct(k.cpu_top_k_recall),
+        pct(k.memory_top_k_recall),
+        pct(k.cpu_total_error),
+        pct(k.memory_total_error),
+        k.steps.to_string(),
+    ]);
+}
+
+/// What the candidate still shows: top-k recall and total error, per host.
+fn fidelity(f: &Fidelity) -> String {
+    let k = f.top_k;
+    let mut table = Table::new(&[
+        "SCOPE",
+        &format!("CPU TOP-{k} RECALL"),
+        &format!("MEMORY TOP-{k} RECALL"),
+        "CPU TOTAL ERROR",
+        "MEMORY TOTAL ERROR",
+        "STEPS",
+    ]);
+    fidelity_rows(&mut table, "all hosts", &f.overall);
+    for (host, kpis) in &f.hosts {
+        fidelity_rows(&mut table, host, kpis);
+    }
+    format!(
+        "\nFidelity (candidate against baseline, mean over steps of {}s; a series counts when it has a sample in the last {}s):\n{}",
+        f.step_seconds,
+        f.freshness_seconds,
+        table.render()
+    )
+}
+
 pub fn render(report: &ExperimentReport) -> String {
     let mut out = format!(
         "Experiment {}: verdict {}\nWindow: {} to {} (analyzed {})\n\nCriteria:\n",
@@ -129,6 +164,9 @@ pub fn render(report: &ExperimentReport) -> String {
         kpi_rows(&mut table, host, &kpis.baseline, &kpis.candidate);
     }
     out.push_str(&table.render());
+    if let Some(f) = &report.fidelity {
+        out.push_str(&fidelity(f));
+    }
     let tests: Vec<String> = [
         test_line("cpu", &report.cpu_test),
         test_line("memory", &report.memory_test),
@@ -165,4 +203,41 @@ pub fn render(report: &ExperimentReport) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fidelity_is_shown_per_host_beside_the_criteria() {
+        let report: ExperimentReport = serde_json::from_value(serde_json::json!({
+            "experiment": "topk-web", "windowStart": "2025-06-01T12:00:00Z",
+            "windowEnd": "2025-06-01T12:01:00Z", "analyzedAt": "2025-06-01T12:01:10Z",
+            "verdict": "fail",
+            "criteria": [{"criterion": "topKRecall", "outcome": "fail",
+                          "reason": "top-10 recall: CPU 40.0% (worst host web-1)"}],
+            "baseline": {"series": 10, "datapointsPerMinute": 5.0, "monthlyCost": 0.0,
+                         "cpuCores": null, "rssMib": null, "criticalProcesses": []},
+            "candidate": {"series": 4, "datapointsPerMinute": 2.0, "monthlyCost": 0.0,
+                          "cpuCores": null, "rssMib": null, "criticalProcesses": []},
+            "hosts": {}, "cpuTest": null, "memoryTest": null, "pricePerMillionDpm": 1.0,
+            "fidelity": {"topK": 10, "stepSeconds": 10.0, "freshnessSeconds": 4.5,
+                "overall": {"cpuTopKRecall": 40.0, "memoryTopKRecall": 55.5,
+                            "cpuTotalError": 12.25, "memoryTotalError": null, "steps": 6},
+                "hosts": {"web-1": {"cpuTopKRecall": 40.0, "memoryTopKRecall": 55.5,
+                            "cpuTotalError": 12.25, "memoryTotalError": null, "steps": 6}}}
+        }))
+        .unwrap();
+        let text = render(&report);
+        assert!(text.contains("fail     topKRecall"), "{text}");
+        assert!(text.contains("CPU TOP-10 RECALL"), "{text}");
+        let row = text
+            .lines()
+            .find(|l| l.starts_with("web-1") && l.contains('%'))
+            .unwrap_or_else(|| panic!("a fidelity row for web-1: {text}"));
+        for cell in ["40.0%", "55.5%", "12.2%", "no data", "6"] {
+            assert!(row.contains(cell), "{cell} in {row}");
+        }
+    }
 }

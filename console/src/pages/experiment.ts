@@ -399,10 +399,56 @@ function reportView(r: Report, e: Experiment): HTMLElement {
     evidenceView(r),
     h("h3", null, "Critical processes"),
     criticalView(r, e),
+    h("h3", null, "Fidelity"),
+    fidelityView(r),
     h("h3", null, "Statistical tests"),
     testsView(r),
   );
 }
+
+/** What the candidate still shows of the processes: top-k recall and total error. */
+function fidelityView(r: Report): HTMLElement {
+  const f = r.fidelity;
+  if (!f) return h("p", { class: "muted" }, "This report holds no fidelity (no process series, or an older Phoenix).");
+  const pct = (v: number | null) => (v === null ? "—" : `${num(v, 1)} %`);
+  const row = (scope: string, k: typeof f.overall, host: boolean) =>
+    h(
+      "tr",
+      { "data-scope": scope },
+      h("th", { scope: "row" }, host ? h("a", { href: `${BASE}fleet/${encodeURIComponent(scope)}` }, scope) : scope),
+      h("td", null, pct(k.cpuTopKRecall)),
+      h("td", null, pct(k.memoryTopKRecall)),
+      h("td", null, pct(k.cpuTotalError)),
+      h("td", null, pct(k.memoryTotalError)),
+      h("td", null, String(k.steps)),
+    );
+  return h(
+    "div",
+    { class: "scroll" },
+    h(
+      "p",
+      { class: "muted small" },
+      `Top-${f.topK} recall: the share of the baseline's ${f.topK} busiest executables (by CPU, by memory) the candidate still reports. ` +
+        `Total error: how far the host's total process CPU and memory, summed from the candidate's series, is from the baseline's. Means over steps of ${f.stepSeconds} s.`,
+    ),
+    h(
+      "table",
+      { class: "list", id: "fidelity" },
+      h(
+        "thead",
+        null,
+        h("tr", null, ["Scope", `CPU top-${f.topK} recall`, `Memory top-${f.topK} recall`, "CPU total error", "Memory total error", "Steps"].map((t) => h("th", { scope: "col" }, t))),
+      ),
+      h("tbody", null, row("all hosts", f.overall, false), Object.entries(f.hosts).map(([host, k]) => row(host, k, true))),
+    ),
+  );
+}
+
+const TEST_NAMES: Record<string, string> = {
+  "signed-rank-hosts": "Wilcoxon signed-rank across hosts",
+  "signed-rank-windows": "Wilcoxon signed-rank across separate windows",
+  "mann-whitney": "pooled Mann–Whitney U",
+};
 
 function evidenceView(r: Report): HTMLElement {
   const ev = r.evidence;
@@ -466,24 +512,44 @@ function testsView(r: Report): HTMLElement {
     t
       ? h(
           "tr",
-          null,
+          { "data-test": name },
           h("th", { scope: "row" }, name),
-          h("td", null, `${t.baselineSamples} / ${t.candidateSamples}`),
+          h("td", null, h("span", { class: "test-name", title: t.why ?? "" }, TEST_NAMES[t.method ?? "mann-whitney"] ?? t.method ?? ""), t.why ? h("div", { class: "muted small" }, t.why) : null),
+          h(
+            "td",
+            null,
+            t.pairs ? `${t.hosts ?? 0} hosts, ${t.pairs} paired differences` : `${t.baselineSamples} / ${t.candidateSamples} samples`,
+          ),
+          h("td", null, `${num(t.shift, 4)} ${unit} (allowance ${num(t.allowance, 4)})`),
+          h(
+            "td",
+            { class: "interval" },
+            t.ciLow !== undefined && t.ciHigh !== undefined ? `${num(t.ciLow, 4)} to ${num(t.ciHigh, 4)} ${unit} (${num((t.confidence ?? 0.95) * 100, 0)} %)` : "—",
+          ),
           h("td", null, num(t.pValue, 4)),
           h("td", null, t.pOverAllowance === null ? "—" : num(t.pOverAllowance, 4)),
+          h("td", null, t.pAdjusted === undefined ? "—" : num(t.pAdjusted, 4)),
           h("td", null, num(t.effectSize, 3)),
-          h("td", null, `${num(t.shift, 4)} ${unit} (allowance ${num(t.allowance, 4)})`),
         )
-      : h("tr", null, h("th", { scope: "row" }, name), h("td", { colspan: 5, class: "muted" }, "not enough samples"));
+      : h("tr", null, h("th", { scope: "row" }, name), h("td", { colspan: 8, class: "muted" }, "not enough samples"));
   return h(
     "div",
     { class: "scroll" },
     h(
       "table",
-      { class: "list" },
-      h("thead", null, h("tr", null, ["Test", "Samples (b / c)", "p (differ)", "p (over allowance)", "Effect size", "Shift"].map((t) => h("th", { scope: "col" }, t)))),
+      { class: "list", id: "tests" },
+      h(
+        "thead",
+        null,
+        h(
+          "tr",
+          null,
+          ["Criterion", "Test", "Units", "Change", "Confidence interval", "p (differ)", "p (over allowance)", "p (Holm-adjusted)", "Effect size"].map((t) => h("th", { scope: "col" }, t)),
+        ),
+      ),
       h("tbody", null, row("CPU", r.cpuTest, "cores"), row("Memory", r.memoryTest, "MiB")),
     ),
+    r.errorControl ? h("p", { class: "muted small", id: "error-control" }, `Across criteria: ${r.errorControl.summary}.`) : null,
   );
 }
 

@@ -250,14 +250,16 @@ async fn heartbeat_of_an_unknown_host_is_404_and_its_agent_registers_again_at_on
         .log()
         .matches("refused tasks: Not found (404)")
         .count();
+    // The replica learns the host is gone when it next writes the host's liveness:
+    // within a renewal (25 s at the 60 s grace) and a beat (10 s) of the last write.
     eventually(
         "the agent registers again",
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         || async { stack.host("beat-1").await.map(|_| ()) },
     )
     .await;
     println!(
-        "host deleted: registered again after {} ms (its long-poll is the heartbeat, counted every 10 s of the wait; full status every 5 min)",
+        "host deleted: registered again after {} ms (its long-poll is the heartbeat, counted every 10 s of the wait and written every 30 s; full status every 5 min)",
         deleted.elapsed().as_millis()
     );
     // The waiting long-poll ended with the 404 (the agent's own heartbeats are

@@ -80,7 +80,9 @@ fn experiment(hosts: &[String]) -> Experiment {
 async fn a_100_host_experiment_has_cpu_and_rss_for_every_host() {
     let measurement = MeasurementStack::start(Duration::from_secs(1))
         .await
-        .expect("Prometheus and the Pushgateway (apt-get install prometheus prometheus-pushgateway)");
+        .expect(
+            "Prometheus and the Pushgateway (apt-get install prometheus prometheus-pushgateway)",
+        );
     let hosts: Vec<String> = (0..HOSTS).map(|i| format!("wide-{i:03}")).collect();
     let http = Pushgateway::http_settings(reqwest::Client::builder())
         .build()

@@ -146,15 +146,14 @@ pub async fn connect_with(
     Ok(pool)
 }
 
-/// [`connect_with`], with every connection opened up front and kept: the pool of a
-/// process that serves many clients (the api). Under load a request that waits
-/// past `acquire_timeout` gives up; when that wait included opening a connection,
-/// sqlx abandons the half-open connection, and the next waiter opens another. On
-/// a busy database server that is a storm: at 10,000 agents the api replicas held
-/// no connection at all while about 1,000 abandoned ones queued at the postmaster
-/// (the fleet benchmark, 2026-12-02). A pool that holds all its connections makes
-/// a request wait for a free one, never for a connect, unless a connection died
-/// (a database restart), and [`acquire`] completes a connect it starts.
+/// [`connect_with`], with every connection opened (in the background) and kept: the
+/// pool of a process that serves many clients (the api). Under load a request that
+/// waits past `acquire_timeout` gives up; when that wait included opening a
+/// connection, sqlx abandons the half-open connection and the next waiter opens
+/// another. A pool that holds all its connections makes a request wait for a free
+/// one rather than for a connect, unless a connection was closed. (At 10,000 agents
+/// the api's pools still end in such a storm: BENCHMARKS.md, "Liveness renewal and
+/// the connect storm".)
 pub fn connect_warm(
     database_url: &str,
     max_connections: u32,

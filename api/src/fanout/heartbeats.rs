@@ -16,7 +16,9 @@
 //! registers again at once with a full status report. Each replica remembers the
 //! hosts it has seen registered (one look-up per host and replica); a flush that
 //! finds a remembered host gone (deleted, pruned) forgets it, and that host's next
-//! heartbeat is looked up again.
+//! heartbeat is looked up again. So a host deleted behind its agent's back is told to
+//! register again within a renewal and a beat of its last write (about 40 s at the
+//! default grace).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};

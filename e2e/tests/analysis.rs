@@ -211,10 +211,16 @@ async fn experiments_reach_verdicts_whose_numbers_match_promql() {
         "drop-fail's collectors to stop",
         Duration::from_secs(60),
         || async {
-            let pids: usize = agents.iter().map(|a| a.collector_pids().len()).sum();
-            // topk-pass and burn-fail still run two collectors each on each host,
-            // drop-fail none.
-            (pids == 8).then_some(())
+            // By the collectors' own environment: whatever the other experiments
+            // do meanwhile, none of drop-fail's runs on any host.
+            let left = agents
+                .iter()
+                .flat_map(|a| a.collector_processes())
+                .filter(|p| {
+                    p.env.get("PHOENIX_EXPERIMENT").map(String::as_str) == Some("drop-fail")
+                })
+                .count();
+            (left == 0).then_some(())
         },
     )
     .await;

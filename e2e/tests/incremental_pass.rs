@@ -163,11 +163,11 @@ async fn a_host_report_wakes_a_pass_for_that_host_long_before_the_resync() {
         (tasks(&stack).await == [start("web-0"), cancelled.clone()]).then_some(())
     })
     .await;
-    assert!(
-        scoped() > before,
-        "a pass scoped to hosts did it ({} before, {} after)",
-        before,
-        scoped()
-    );
+    // A full pass still queued from the deployment may get to web-1 first; the
+    // report's own announcement must still wake a pass scoped to hosts.
+    eventually("a pass scoped to hosts", WAIT, || async {
+        (scoped() > before).then_some(())
+    })
+    .await;
     stack.shutdown().await;
 }

@@ -147,13 +147,15 @@ pub async fn connect_with(
 }
 
 /// [`connect_with`], with every connection opened (in the background) and kept: the
-/// pool of a process that serves many clients (the api). Under load a request that
-/// waits past `acquire_timeout` gives up; when that wait included opening a
-/// connection, sqlx abandons the half-open connection and the next waiter opens
-/// another. A pool that holds all its connections makes a request wait for a free
-/// one rather than for a connect, unless a connection was closed. (At 10,000 agents
-/// the api's pools still end in such a storm: BENCHMARKS.md, "Liveness renewal and
-/// the connect storm".)
+/// pool of a process that serves many clients (the api). Take its connections with
+/// [`acquire`], which checks each one itself.
+///
+/// The pool does not ping a connection before handing it out. sqlx runs that ping
+/// inside `acquire`'s timeout, and a timeout during it (a busy process, not a dead
+/// database) destroys a healthy connection; the next waiter then opens one, under
+/// the same timeout, and abandons it half-open in turn. At 10,000 agents that was a
+/// storm of connects that left both api replicas without a connection
+/// (BENCHMARKS.md, "Liveness renewal and the connect storm").
 pub fn connect_warm(
     database_url: &str,
     max_connections: u32,
@@ -165,20 +167,39 @@ pub fn connect_warm(
         .idle_timeout(None)
         .max_lifetime(None)
         .acquire_timeout(acquire_timeout)
+        .test_before_acquire(false)
         // Opened in the background: the caller's first query says whether the
         // database answers, as with `connect_with`.
         .connect_lazy(database_url)?;
     Ok(pool)
 }
 
-/// A connection from `pool`, within the pool's acquire timeout, cancel-safely: the
-/// acquisition runs as its own task, so a caller dropped while it waits (a client
-/// gone, an outer timeout) does not abandon a connection it was opening; that
-/// connection goes back to the pool instead.
+/// A live connection from `pool`, within the pool's acquire timeout, and
+/// cancel-safely: the work runs as its own task, so a caller dropped while it waits
+/// (a client gone, an outer timeout) does not abandon a connection being opened.
+///
+/// The connection is pinged before it is handed out, so a frozen or stopped
+/// database fails the request within the timeout (at least a quarter of it is left
+/// for the ping) instead of hanging its query. A ping that times out gives the
+/// connection back to the pool, which checks it again in the background and keeps
+/// it if it answers: waiting never destroys a healthy connection.
 pub async fn acquire(pool: &PgPool) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>> {
+    use sqlx::Connection;
+
     let pool = pool.clone();
-    match tokio::spawn(async move { pool.acquire().await }).await {
-        Ok(acquired) => Ok(acquired?),
+    let checked = async move {
+        let budget = pool.options().get_acquire_timeout();
+        let started = std::time::Instant::now();
+        let mut conn = pool.acquire().await?;
+        let left = budget.saturating_sub(started.elapsed()).max(budget / 4);
+        match tokio::time::timeout(left, conn.ping()).await {
+            Ok(Ok(())) => Ok(conn),
+            Ok(Err(err)) => Err(StoreError::Database(err)),
+            Err(_) => Err(StoreError::Database(sqlx::Error::PoolTimedOut)),
+        }
+    };
+    match tokio::spawn(checked).await {
+        Ok(acquired) => acquired,
         Err(_) => Err(StoreError::Database(sqlx::Error::WorkerCrashed)),
     }
 }

@@ -222,7 +222,32 @@ fn escape(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// Pushes every `interval` and whenever the set of collectors changes, until `stop`.
+/// The longest an agent waits to push after its experiment collectors change.
+const MAX_CHANGE_PUSH_DELAY: Duration = Duration::from_secs(5);
+
+/// How long after its experiment collectors change `host_id`'s agent pushes them: a
+/// share of a third of the push interval (at most [`MAX_CHANGE_PUSH_DELAY`]) fixed by
+/// the host's name. An experiment starts on every host of a fleet within seconds;
+/// pushing at once, 10,000 hosts would open 10,000 connections to the Pushgateway
+/// together and overflow its accept queue. Spread over the window, they arrive as a
+/// steady stream, and the analyzer loses nothing: it reads minutes of samples.
+pub fn change_push_delay(host_id: &str, interval: Duration) -> Duration {
+    // FNV-1a, then MurmurHash3's finalizer to spread similar names (web-1, web-2)
+    // over the high bits: stable across versions and machines, unlike std's hasher.
+    let mut hash = host_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    hash ^= hash >> 33;
+    let share = (hash >> 11) as f64 / (1u64 << 53) as f64;
+    (interval / 3).min(MAX_CHANGE_PUSH_DELAY).mul_f64(share)
+}
+
+/// Pushes every `interval`, and [`change_push_delay`] after the set of collectors
+/// changes (changes in between join that push), until `stop`.
 pub async fn push_loop(
     gateway: Pushgateway,
     supervisor: Supervisor,
@@ -237,15 +262,29 @@ pub async fn push_loop(
             true
         }
     };
+    let change_delay = change_push_delay(&gateway.host_id, interval);
     let mut changes = supervisor.subscribe();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // When the push for a change heard since the last push is due.
+    let mut change_due: Option<tokio::time::Instant> = None;
     loop {
+        let change_push = async {
+            match change_due {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = ticker.tick() => {}
-            _ = changes.changed() => {}
+            _ = change_push => {}
+            _ = changes.changed() => {
+                change_due.get_or_insert_with(|| tokio::time::Instant::now() + change_delay);
+                continue;
+            }
             _ = stop.wait_for(|&s| s) => return,
         }
+        change_due = None;
         let current = supervisor.statuses();
         let measured: Vec<&CollectorStatus> = current.iter().filter(|s| is_measured(s)).collect();
         if measured.is_empty() {
@@ -309,6 +348,28 @@ mod tests {
             gateway.group_url().as_str(),
             "http://127.0.0.1:9091/metrics/job/phoenix_collectors/host/web-1"
         );
+    }
+
+    #[test]
+    fn a_fleet_spreads_its_change_pushes_over_the_window() {
+        let interval = Duration::from_secs(15);
+        let delays: Vec<Duration> = (0..10_000)
+            .map(|i| change_push_delay(&format!("web-{i}"), interval))
+            .collect();
+        assert_eq!(
+            change_push_delay("web-1", interval),
+            change_push_delay("web-1", interval),
+            "stable per host"
+        );
+        // A third of the interval, at most 5 s; each second of it gets about a
+        // fifth of the fleet.
+        assert!(delays.iter().all(|d| *d < Duration::from_secs(5)));
+        for second in 0..5 {
+            let in_second = delays.iter().filter(|d| d.as_secs() == second).count();
+            assert!((1_800..2_200).contains(&in_second), "{second}: {in_second}");
+        }
+        let short = Duration::from_secs(3);
+        assert!(change_push_delay("web-1", short) < Duration::from_secs(1));
     }
 
     #[test]

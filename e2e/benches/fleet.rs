@@ -53,12 +53,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+#[path = "fleet/push_path.rs"]
+mod push_path;
 #[path = "fleet/remote_write.rs"]
 mod remote_write;
 
 use clap::Parser;
 use phoenix_agent::procfs;
-use phoenix_agent::pushgateway::Pushgateway;
+use phoenix_agent::pushgateway::{Pushgateway, change_push_delay};
 use phoenix_e2e::bins;
 use phoenix_e2e::harness::{
     ADMIN_TOKEN, OPERATOR_TOKEN, VIEWER_TOKEN, bootstrap_token_file, enroll, fresh_database,
@@ -107,6 +109,19 @@ struct Args {
     /// (benches/fleet/remote_write.rs); stops at the first count it cannot ingest.
     #[arg(long, value_delimiter = ',', value_name = "HOSTS")]
     remote_write_hosts: Vec<usize>,
+    /// Instead of the fleet: the measurement-path table. For each host count, that
+    /// many hosts push their experiment collectors to a fresh Pushgateway scraped by
+    /// a fresh Prometheus, without the control plane (benches/fleet/push_path.rs).
+    #[arg(long, value_delimiter = ',', value_name = "HOSTS")]
+    push_hosts: Vec<usize>,
+    /// Over how long an experiment's collectors start across the fleet (with
+    /// --push-hosts).
+    #[arg(long, default_value = "4", value_name = "SECONDS")]
+    rollout_spread: u64,
+    /// Push as soon as collectors start, as agents before the change-push delay did
+    /// (with --push-hosts).
+    #[arg(long)]
+    no_change_delay: bool,
     /// Baseline series each host sends (with --remote-write-hosts).
     #[arg(long, default_value_t = 5000)]
     baseline_series: usize,
@@ -241,6 +256,23 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    if !args.push_hosts.is_empty() {
+        let rows = push_path::run(
+            &args.push_hosts,
+            &push_path::Shape {
+                push_interval: Duration::from_secs(args.push_interval),
+                rollout_spread: Duration::from_secs(args.rollout_spread),
+                measure: Duration::from_secs(args.measure),
+                change_delay: !args.no_change_delay,
+            },
+        )
+        .await?;
+        let path = args.results.with_file_name("push_path.json");
+        let results = serde_json::json!({ "machine": machine_description(), "rows": rows });
+        std::fs::write(&path, serde_json::to_string_pretty(&results)? + "\n")?;
+        eprintln!("results written to {}", path.display());
+        return Ok(());
+    }
     if !args.remote_write_hosts.is_empty() {
         let rows = remote_write::run(
             &args.remote_write_hosts,
@@ -374,9 +406,13 @@ struct MeasurementRow {
     push_interval_s: u64,
     /// Pushes in the measure phase, per second.
     pushes_per_s: f64,
-    /// Every push of the run (the rollout's burst included).
-    push_latency_ms: Percentiles,
-    pushes: u64,
+    /// Pushes from the rollout until one interval into the measure phase: every
+    /// host's first push, while the control plane rolls the experiment out.
+    rollout_push_latency_ms: Percentiles,
+    rollout_pushes: u64,
+    /// Pushes after that.
+    steady_push_latency_ms: Percentiles,
+    steady_pushes: u64,
     push_errors: u64,
     /// Query time less the push time of each host's newest sample, every 5 s.
     sample_age_s: Percentiles,
@@ -392,6 +428,9 @@ struct MeasurementRow {
     /// Every other process in the measure phase: api, reconciler, Postgres, simulators.
     machine_cpu: f64,
 }
+
+/// A push: (wall-clock µs when it began, its latency in µs).
+type TimedPush = (u64, u32);
 
 #[derive(Serialize, Clone, Copy)]
 struct Percentiles {
@@ -741,6 +780,7 @@ async fn run_fleet(
     sampler.begin_phase().await;
     let pushes_before = pushes(&simulators);
     let measure_started = Instant::now();
+    let measure_started_us = unix_us();
     let mut sample_ages = Vec::new();
     let mut hosts_without_samples_max = 0;
     let mut checks = 0;
@@ -769,10 +809,19 @@ async fn run_fleet(
     for simulator in simulators {
         finals.push(simulator.finish().await?);
     }
-    let push_latencies: Vec<f64> = finals
+    // The steady state: pushes that began an interval into the measure phase, after
+    // the rollout's first pushes.
+    let steady_from_us = measure_started_us + push_interval.as_micros() as u64;
+    let (steady_pushes, rollout_pushes): (Vec<TimedPush>, Vec<TimedPush>) = finals
         .iter()
-        .flat_map(|f| f.push_latency_us.iter().map(|&us| us as f64 / 1000.0))
-        .collect();
+        .flat_map(|f| f.push_latency_us.iter().copied())
+        .partition(|&(began_us, _)| began_us >= steady_from_us);
+    let latencies_ms = |pushes: &[TimedPush]| -> Vec<f64> {
+        pushes
+            .iter()
+            .map(|&(_, us)| f64::from(us) / 1000.0)
+            .collect()
+    };
     let mut creation_to_tasks = Vec::with_capacity(n);
     let mut write_to_delivery = Vec::with_capacity(n);
     for (host, delivered) in finals.iter().flat_map(|f| f.all_tasks_us.iter()) {
@@ -833,8 +882,10 @@ async fn run_fleet(
         measurement: MeasurementRow {
             push_interval_s: args.push_interval,
             pushes_per_s,
-            pushes: push_latencies.len() as u64,
-            push_latency_ms: Percentiles::of(push_latencies),
+            rollout_pushes: rollout_pushes.len() as u64,
+            rollout_push_latency_ms: Percentiles::of(latencies_ms(&rollout_pushes)),
+            steady_pushes: steady_pushes.len() as u64,
+            steady_push_latency_ms: Percentiles::of(latencies_ms(&steady_pushes)),
             push_errors: finals.iter().map(|f| f.push_errors).sum(),
             sample_age_s: Percentiles::of(sample_ages),
             hosts_without_samples_max,
@@ -873,9 +924,9 @@ struct Final {
     /// 503s answered to its agents, each retried.
     #[serde(default)]
     shed: u64,
-    /// Each successful push's latency, in µs.
+    /// Each successful push: (wall-clock µs when it began, its latency in µs).
     #[serde(default)]
-    push_latency_us: Vec<u32>,
+    push_latency_us: Vec<TimedPush>,
     #[serde(default)]
     push_errors: u64,
 }
@@ -1097,7 +1148,7 @@ struct SimulatedAgent {
     push_interval: Duration,
     collectors_changed: tokio::sync::Notify,
     /// The simulator's record of each successful push's latency (µs).
-    push_latency_us: Arc<std::sync::Mutex<Vec<u32>>>,
+    push_latency_us: Arc<std::sync::Mutex<Vec<TimedPush>>>,
 }
 
 impl SimulatedAgent {
@@ -1105,26 +1156,31 @@ impl SimulatedAgent {
         tokio::join!(self.poll_loop(), self.push_loop());
     }
 
-    /// Pushes as the real agent's push loop does: at once when its collectors change
-    /// and every push interval; nothing while it runs no experiment collector (the
-    /// group is deleted once). The first tick falls at a random point of the
-    /// interval, as agents that started at different times.
+    /// Pushes as the real agent's push loop does: its change-push delay after its
+    /// collectors change, and every push interval; nothing while it runs no
+    /// experiment collector (the group is deleted once). The first tick falls at a
+    /// random point of the interval, as agents that started at different times.
     async fn push_loop(&self) {
         let Some(gateway) = &self.pushgateway else {
             return;
         };
         let started = Instant::now();
         let mut stopped = self.stopped.clone();
+        let change_delay = change_push_delay(&self.host_id, self.push_interval);
         let offset = self.push_interval.mul_f64(rand::random::<f64>());
         let mut ticker =
             tokio::time::interval_at(tokio::time::Instant::now() + offset, self.push_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut group_held = false;
         loop {
-            tokio::select! {
-                _ = ticker.tick() => {}
-                _ = self.collectors_changed.notified() => {}
+            let changed = tokio::select! {
+                _ = ticker.tick() => false,
+                _ = self.collectors_changed.notified() => true,
                 _ = stopped.wait_for(|&s| s) => return,
+            };
+            if changed {
+                // As the agent: a change is pushed after the host's delay.
+                tokio::time::sleep(change_delay).await;
             }
             let mut measured: Vec<CollectorStatus> = self
                 .collectors
@@ -1149,7 +1205,8 @@ impl SimulatedAgent {
                 Ok(()) => {
                     group_held = true;
                     let us = pushing.elapsed().as_micros().min(u32::MAX as u128) as u32;
-                    self.push_latency_us.lock().unwrap().push(us);
+                    let began_us = unix_us().saturating_sub(u64::from(us));
+                    self.push_latency_us.lock().unwrap().push((began_us, us));
                     self.counters.pushes.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(err) => {
@@ -1849,21 +1906,24 @@ fn print_table(rows: &[Row]) {
         );
     }
     println!(
-        "\n| agents | push interval | pushes/s | push p50 / p99 / max | push errors | sample age p50 / p99 / max | hosts without samples (worst check) | samples older than 2 intervals | Pushgateway CPU / RSS | Prometheus CPU / RSS | machine busy |"
+        "\n| agents | push interval | pushes/s | push p50 / p99 / max, rollout | push p50 / p99 / max, steady | push errors | sample age p50 / p99 / max | hosts without samples (worst check) | samples older than 2 intervals | Pushgateway CPU / RSS | Prometheus CPU / RSS | machine busy |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let m = &r.measurement;
         println!(
-            "| {} | {} s | {:.0} | {:.1} / {:.1} / {:.0} ms | {} of {} | {:.1} / {:.1} / {:.1} s | {} | {} of {} | {:.2} cores / {:.0} MiB | {:.2} cores / {:.0} MiB | {:.0} % |",
+            "| {} | {} s | {:.0} | {:.1} / {:.1} / {:.0} ms | {:.1} / {:.1} / {:.0} ms | {} of {} | {:.1} / {:.1} / {:.1} s | {} | {} of {} | {:.2} cores / {:.0} MiB | {:.2} cores / {:.0} MiB | {:.0} % |",
             r.agents,
             m.push_interval_s,
             m.pushes_per_s,
-            m.push_latency_ms.p50,
-            m.push_latency_ms.p99,
-            m.push_latency_ms.max,
+            m.rollout_push_latency_ms.p50,
+            m.rollout_push_latency_ms.p99,
+            m.rollout_push_latency_ms.max,
+            m.steady_push_latency_ms.p50,
+            m.steady_push_latency_ms.p99,
+            m.steady_push_latency_ms.max,
             m.push_errors,
-            m.pushes + m.push_errors,
+            m.rollout_pushes + m.steady_pushes + m.push_errors,
             m.sample_age_s.p50,
             m.sample_age_s.p99,
             m.sample_age_s.max,

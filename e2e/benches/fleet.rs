@@ -562,7 +562,8 @@ async fn run_fleet(
             .env("PHOENIX_DEPLOY_TIMEOUT", "30m")
             .env("PHOENIX_DEV", "true") // Prometheus on its local default (unused here)
             .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
+            // Its warnings (a slow pass, with its stages) go with the progress.
+            .stdout(std::io::stderr())
             .spawn()?,
     };
     let reconciler_url = format!("http://127.0.0.1:{reconciler_port}");

@@ -239,6 +239,9 @@ async fn prune(
     }
 }
 
+/// A pass slower than this is logged with the time of each of its stages.
+const SLOW_PASS: Duration = Duration::from_secs(1);
+
 /// How this replica names itself in `reconciler_leadership.holder`: its host name
 /// (a pod's name on Kubernetes) and process id.
 fn holder_name() -> String {
@@ -322,7 +325,21 @@ async fn lead(
                     {
                         analyze.notify_one();
                     }
-                    if report.tasks_created > 0 || report.tasks_cancelled > 0 {
+                    let elapsed = started.elapsed();
+                    if elapsed > SLOW_PASS {
+                        let stages: Vec<String> = report
+                            .stages
+                            .iter()
+                            .map(|(stage, took)| format!("{stage} {} ms", took.as_millis()))
+                            .collect();
+                        tracing::warn!(
+                            scope = report.scope.unwrap_or("none"),
+                            created = report.tasks_created,
+                            elapsed_ms = elapsed.as_millis() as u64,
+                            stages = %stages.join(", "),
+                            "slow reconcile pass"
+                        );
+                    } else if report.tasks_created > 0 || report.tasks_cancelled > 0 {
                         tracing::info!(
                             created = report.tasks_created,
                             cancelled = report.tasks_cancelled,

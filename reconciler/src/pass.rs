@@ -36,6 +36,24 @@ pub struct PassReport {
     pub tasks_created: u64,
     pub tasks_cancelled: u64,
     pub transitions: Vec<(String, Phase, Phase)>,
+    /// How long each stage of the pass took, in order (logged when a pass is slow).
+    pub stages: Vec<(&'static str, std::time::Duration)>,
+}
+
+/// Times the stages of a pass.
+struct Stopwatch(std::time::Instant);
+
+impl Stopwatch {
+    fn start() -> Self {
+        Stopwatch(std::time::Instant::now())
+    }
+
+    /// Records the time since the previous lap as `stage`.
+    fn lap(&mut self, report: &mut PassReport, stage: &'static str) {
+        let now = std::time::Instant::now();
+        report.stages.push((stage, now - self.0));
+        self.0 = now;
+    }
 }
 
 /// Runs one pass over `scope` as the leader of `epoch` (refused with
@@ -47,12 +65,13 @@ pub async fn run_pass(
     epoch: i64,
     scope: Scope,
 ) -> Result<PassReport> {
+    let mut report = PassReport::default();
+    let mut stopwatch = Stopwatch::start();
     let mut tx = conn.begin().await?;
     phoenix_storage::leader::fence(&mut tx, epoch).await?;
     let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
         .fetch_one(&mut *tx)
         .await?;
-    let mut report = PassReport::default();
     tasks::fail_exhausted(&mut tx, config.task_max_attempts).await?;
 
     let mut active = experiments::list_in_phases(&mut tx, &Phase::ACTIVE).await?;
@@ -82,6 +101,7 @@ pub async fn run_pass(
     let oldest_start = active.iter().map(|e| e.created_at).min().unwrap_or(now);
     let failures = tasks::failures_since(&mut tx, TaskKind::Collector, oldest_start).await?;
     let load_failures = tasks::failures_since(&mut tx, TaskKind::Load, oldest_start).await?;
+    stopwatch.lap(&mut report, "read");
 
     let mut desired = DesiredState::new();
     let mut blocked = Blocked::new();
@@ -165,6 +185,7 @@ pub async fn run_pass(
         }
     }
 
+    stopwatch.lap(&mut report, "experiments");
     // Standing pipelines (crate::standing): first `promotion: auto`, so that a
     // promotion's deployment is desired in this same pass; then every host's
     // standing collector, into the same desired state as the experiments'.
@@ -180,13 +201,17 @@ pub async fn run_pass(
     )
     .await?;
 
+    stopwatch.lap(&mut report, "standing");
     // What agents went back from is the agents' last word until a newer config.
     blocked.extend(diff::rolled_back(&actual));
     let mut plan = diff::plan(TaskKind::Collector, &desired, &actual, &open, &blocked);
     plan.extend(crate::load::plan_loads(&mut tx, &active, &open, config, now, &scope).await?);
+    stopwatch.lap(&mut report, "plan");
     report.tasks_created = tasks::insert(&mut tx, &plan.new_tasks).await?;
     report.tasks_cancelled = tasks::cancel_pending(&mut tx, &plan.cancel).await?;
+    stopwatch.lap(&mut report, "write");
     tx.commit().await?;
+    stopwatch.lap(&mut report, "commit");
     Ok(report)
 }
 

@@ -68,6 +68,13 @@ pub struct ReconcilerConfig {
     #[arg(long, env = "PHOENIX_MAX_EXPERIMENT_HOSTS", default_value_t = 0)]
     pub max_experiment_hosts: usize,
 
+    /// The most new tasks one pass writes (0: no limit), whole hosts at a time; the
+    /// rest are written by the next pass, which follows at once. Bounds a pass's
+    /// transaction and the burst of deliveries when thousands of hosts get tasks at
+    /// once (BENCHMARKS.md, "Fleet scale")
+    #[arg(long, env = "PHOENIX_MAX_NEW_TASKS_PER_PASS", default_value_t = 2_000)]
+    pub max_new_tasks_per_pass: usize,
+
     /// Failed starts of one collector (same config) before its experiment fails.
     #[arg(long, env = "PHOENIX_MAX_START_FAILURES", default_value_t = 3)]
     pub max_start_failures: usize,
@@ -250,6 +257,10 @@ impl ReconcilerConfig {
     }
 
     /// The cap on an experiment's hosts, if any.
+    pub fn max_new_tasks_per_pass(&self) -> Option<usize> {
+        (self.max_new_tasks_per_pass > 0).then_some(self.max_new_tasks_per_pass)
+    }
+
     pub fn max_experiment_hosts(&self) -> Option<usize> {
         (self.max_experiment_hosts > 0).then_some(self.max_experiment_hosts)
     }

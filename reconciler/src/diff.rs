@@ -29,6 +29,24 @@ impl Plan {
     }
 }
 
+/// Keeps the new tasks of the plan's first hosts, whole hosts at a time, up to `max`
+/// tasks (always at least one host's), and returns how many it took out: the next
+/// pass writes them, as the diff asks for them again. Cancellations all stay. So
+/// an experiment starting on 10,000 hosts is written in passes of bounded length,
+/// each committed and delivered while the next is written.
+pub fn defer_beyond(plan: &mut Plan, max: usize) -> usize {
+    let mut admitted: HashSet<String> = HashSet::new();
+    let mut kept = 0;
+    let before = plan.new_tasks.len();
+    plan.new_tasks.retain(|task| {
+        let keep = admitted.contains(&task.host_id)
+            || ((kept < max || admitted.is_empty()) && admitted.insert(task.host_id.clone()));
+        kept += usize::from(keep);
+        keep
+    });
+    before - plan.new_tasks.len()
+}
+
 /// A (host, unit, spec hash) whose starts keep failing: not retried.
 pub type Blocked = HashSet<(String, String, String)>;
 
@@ -202,6 +220,55 @@ pub fn plan<R: ReportedUnit>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_plan_over_its_limit_keeps_whole_hosts_and_defers_the_rest() {
+        let stop = |host: &str, unit: &str| NewTask::stop(host, TaskKind::Collector, unit);
+        let mut plan = Plan {
+            new_tasks: vec![
+                stop("h1", "a"),
+                stop("h1", "b"),
+                stop("h2", "a"),
+                stop("h2", "b"),
+                stop("h3", "a"),
+                stop("h1", "load"),
+            ],
+            cancel: vec![7, 8],
+        };
+        // Three tasks fit: h1 and then h2 whole (a host is never split), h3 waits;
+        // h1's later task stays with its host.
+        assert_eq!(defer_beyond(&mut plan, 3), 1);
+        let kept: Vec<(&str, &str)> = plan
+            .new_tasks
+            .iter()
+            .map(|t| (t.host_id.as_str(), t.unit_id.as_str()))
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                ("h1", "a"),
+                ("h1", "b"),
+                ("h2", "a"),
+                ("h2", "b"),
+                ("h1", "load")
+            ]
+        );
+        assert_eq!(plan.cancel, [7, 8], "cancellations are never deferred");
+        // One host is always written, however low the limit.
+        let mut one = Plan {
+            new_tasks: vec![stop("h1", "a"), stop("h1", "b"), stop("h2", "a")],
+            cancel: vec![],
+        };
+        assert_eq!(defer_beyond(&mut one, 1), 1);
+        assert_eq!(one.new_tasks.len(), 2);
+        // Under the limit nothing moves.
+        let mut small = Plan {
+            new_tasks: vec![stop("h1", "a")],
+            cancel: vec![],
+        };
+        assert_eq!(defer_beyond(&mut small, 2_000), 0);
+        assert_eq!(small.new_tasks.len(), 1);
+    }
     use phoenix_wire::agent::{CollectorSpec, Health, Variant};
 
     fn spec(id: &str, config: &str) -> CollectorSpec {

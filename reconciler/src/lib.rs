@@ -307,6 +307,7 @@ async fn lead(
                 // What it was to look at is not done: look at everything next time.
                 changes.lock().expect("changes lock").everything();
             }
+            let deferred = result.as_ref().map_or(0, |report| report.tasks_deferred);
             match result {
                 Ok(report) => {
                     if let Some(scope) = report.scope {
@@ -335,6 +336,7 @@ async fn lead(
                         tracing::warn!(
                             scope = report.scope.unwrap_or("none"),
                             created = report.tasks_created,
+                            deferred = report.tasks_deferred,
                             elapsed_ms = elapsed.as_millis() as u64,
                             stages = %stages.join(", "),
                             "slow reconcile pass"
@@ -343,6 +345,7 @@ async fn lead(
                         tracing::info!(
                             created = report.tasks_created,
                             cancelled = report.tasks_cancelled,
+                            deferred = report.tasks_deferred,
                             elapsed_ms = started.elapsed().as_millis() as u64,
                             "reconcile pass"
                         );
@@ -361,6 +364,11 @@ async fn lead(
             metrics
                 .pass_seconds
                 .observe(started.elapsed().as_secs_f64());
+            if deferred > 0 {
+                // The rest of a large write: the next pass at once.
+                changes.lock().expect("changes lock").everything();
+                continue;
+            }
         }
         let until_resync = next_resync.saturating_duration_since(Instant::now());
         tokio::select! {

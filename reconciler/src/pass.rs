@@ -35,6 +35,8 @@ pub struct PassReport {
     pub scope: Option<&'static str>,
     pub tasks_created: u64,
     pub tasks_cancelled: u64,
+    /// New tasks left for the next pass ([`diff::defer_beyond`]), which follows at once.
+    pub tasks_deferred: u64,
     pub transitions: Vec<(String, Phase, Phase)>,
     /// How long each stage of the pass took, in order (logged when a pass is slow).
     pub stages: Vec<(&'static str, std::time::Duration)>,
@@ -206,6 +208,9 @@ pub async fn run_pass(
     blocked.extend(diff::rolled_back(&actual));
     let mut plan = diff::plan(TaskKind::Collector, &desired, &actual, &open, &blocked);
     plan.extend(crate::load::plan_loads(&mut tx, &active, &open, config, now, &scope).await?);
+    if let Some(max) = config.max_new_tasks_per_pass() {
+        report.tasks_deferred = diff::defer_beyond(&mut plan, max) as u64;
+    }
     stopwatch.lap(&mut report, "plan");
     report.tasks_created = tasks::insert(&mut tx, &plan.new_tasks).await?;
     report.tasks_cancelled = tasks::cancel_pending(&mut tx, &plan.cancel).await?;

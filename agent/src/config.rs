@@ -205,8 +205,9 @@ pub struct AgentConfig {
     #[arg(long, env = "PHOENIX_DEV")]
     pub dev: bool,
 
-    /// How often experiment collectors' resource use is pushed (and at once when they
-    /// change). Let Prometheus scrape the Pushgateway a little more often (the chart:
+    /// How often experiment collectors' resource use is pushed (and, when they change,
+    /// after a delay of this host's own, up to a third of this and at most 5 s, so a
+    /// fleet's pushes do not all arrive together). Let Prometheus scrape the Pushgateway a little more often (the chart:
     /// every 10 s), so its newest sample is at most the two intervals old
     #[arg(
         long,

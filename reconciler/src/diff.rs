@@ -173,8 +173,9 @@ pub fn plan<R: ReportedUnit>(
                 Some(_) => TaskAction::Update,
                 None => TaskAction::Start,
             };
-            let key = (host.to_string(), id.clone(), spec.hash().to_string());
-            if blocked.contains(&key) {
+            if !blocked.is_empty()
+                && blocked.contains(&(host.to_string(), id.clone(), spec.hash().to_string()))
+            {
                 continue;
             }
             wanted.insert(id, (action, spec.hash()));

@@ -157,6 +157,28 @@ impl CollectorSpec {
     ) -> Self {
         let config = config.into();
         let config_hash = config_hash(&config, &env);
+        Self::hashed(
+            collector_id,
+            owner,
+            variant,
+            pipeline,
+            config,
+            env,
+            config_hash,
+        )
+    }
+
+    /// [`CollectorSpec::new`] with its `config_hash` already computed (by a
+    /// [`ConfigHasher`] of `config`).
+    pub fn hashed(
+        collector_id: String,
+        owner: String,
+        variant: Variant,
+        pipeline: String,
+        config: Arc<str>,
+        env: BTreeMap<String, String>,
+        config_hash: String,
+    ) -> Self {
         Self {
             collector_id,
             owner,
@@ -235,10 +257,43 @@ impl CollectorSpec {
 /// The identity of a rendered collector: SHA-256 over the config and the sorted
 /// environment, as 16 hex digits (64 bits: plenty to tell configs on one host apart).
 pub fn config_hash(config: &str, env: &BTreeMap<String, String>) -> String {
-    // JSON encoding keeps the boundaries between config, keys and values unambiguous.
-    let canonical = serde_json::to_vec(&(config, env)).expect("strings always serialize");
-    let digest = Sha256::digest(&canonical);
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    ConfigHasher::new(config).hash(env)
+}
+
+/// [`config_hash`] for one config body and many environments: the body is encoded
+/// and hashed once, and each environment continues from there. A pass renders an
+/// experiment's body for thousands of hosts, each with its own environment.
+#[derive(Clone)]
+pub struct ConfigHasher {
+    /// SHA-256 after `["<config as JSON>",`: the canonical encoding's prefix.
+    prefix: Sha256,
+}
+
+impl std::fmt::Debug for ConfigHasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConfigHasher")
+    }
+}
+
+impl ConfigHasher {
+    pub fn new(config: &str) -> Self {
+        // The canonical encoding is the JSON of the pair (config, env): JSON keeps
+        // the boundaries between config, keys and values unambiguous.
+        let mut prefix = Sha256::new();
+        prefix.update(b"[");
+        prefix.update(serde_json::to_vec(config).expect("strings always serialize"));
+        prefix.update(b",");
+        ConfigHasher { prefix }
+    }
+
+    /// The [`config_hash`] of this body with `env`.
+    pub fn hash(&self, env: &BTreeMap<String, String>) -> String {
+        let mut hasher = self.prefix.clone();
+        hasher.update(serde_json::to_vec(env).expect("strings always serialize"));
+        hasher.update(b"]");
+        let digest = hasher.finalize();
+        digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
 }
 
 /// The key a config body is stored and fetched under: its SHA-256, 64 hex digits
@@ -572,6 +627,14 @@ mod tests {
     #[test]
     fn hash_covers_config_and_env() {
         let env: BTreeMap<String, String> = [("A".into(), "1".into())].into();
+        // The incremental hasher gives exactly the digest of the whole encoding,
+        // so hashes of collectors already running do not change.
+        let canonical = serde_json::to_vec(&("receivers: {}\n\"q\"", &env)).unwrap();
+        let whole: String = Sha256::digest(&canonical)[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(config_hash("receivers: {}\n\"q\"", &env), whole);
         let h = config_hash("receivers: {}", &env);
         assert_eq!(h.len(), 16);
         assert_eq!(h, config_hash("receivers: {}", &env));

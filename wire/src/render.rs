@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::agent::{CollectorSpec, Variant};
+use crate::agent::{CollectorSpec, ConfigHasher, Variant};
 use crate::deployment::DeploymentSpec;
 use crate::destination::{self, DestinationSpec, Protocol};
 use crate::policy::Destination;
@@ -19,18 +19,35 @@ use crate::variables::VariableDecl;
 /// A pipeline template as rendering needs it: its config and declared variables.
 /// The config is shared by every collector rendered from it (the body is the same
 /// on every host; only the environment differs).
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Template {
     pub config: Arc<str>,
     pub variables: Vec<VariableDecl>,
+    /// Hashes `config` with each host's environment ([`crate::agent::config_hash`]).
+    hasher: ConfigHasher,
 }
 
 impl Template {
     pub fn new(config: impl Into<Arc<str>>, variables: Vec<VariableDecl>) -> Self {
+        let config = config.into();
         Self {
-            config: config.into(),
+            hasher: ConfigHasher::new(&config),
+            config,
             variables,
         }
+    }
+}
+
+impl Default for Template {
+    fn default() -> Self {
+        Template::new("", Vec::new())
+    }
+}
+
+/// Equal when config and variables are (the hasher follows from the config).
+impl PartialEq for Template {
+    fn eq(&self, other: &Self) -> bool {
+        self.config == other.config && self.variables == other.variables
     }
 }
 
@@ -243,13 +260,15 @@ fn collector_spec(
             env.insert(variable_env_name(&decl.name), value);
         }
     }
-    CollectorSpec::new(
+    let config_hash = template.hasher.hash(&env);
+    CollectorSpec::hashed(
         CollectorSpec::id_for(owner, variant),
         owner.to_string(),
         variant,
         pipeline.pipeline.clone(),
         template.config.clone(),
         env,
+        config_hash,
     )
 }
 

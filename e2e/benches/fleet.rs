@@ -1324,9 +1324,7 @@ impl SimulatedAgent {
                 Ok(response) if response.status() == 204 => {
                     self.counters.acks.fetch_add(1, Ordering::Relaxed);
                 }
-                _ => {
-                    self.counters.request_errors.fetch_add(1, Ordering::Relaxed);
-                }
+                other => self.request_failed("task acknowledgement", other),
             }
         }
         if changed {
@@ -1381,9 +1379,19 @@ impl SimulatedAgent {
                     .await
                     .insert(sha.to_string(), body.into());
             }
-            _ => {
-                self.counters.request_errors.fetch_add(1, Ordering::Relaxed);
-            }
+            other => self.request_failed("config fetch", other),
+        }
+    }
+
+    /// Counts a failed request, and says what failed for the first few of a
+    /// simulator.
+    fn request_failed(&self, what: &str, result: reqwest::Result<reqwest::Response>) {
+        if self.counters.request_errors.fetch_add(1, Ordering::Relaxed) < 5 {
+            let why = match result {
+                Ok(response) => format!("answered {}", response.status()),
+                Err(err) => format!("{err:#}"),
+            };
+            eprintln!("{}: {what} failed: {why}", self.host_id);
         }
     }
 

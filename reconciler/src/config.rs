@@ -72,7 +72,7 @@ pub struct ReconcilerConfig {
     /// rest are written by the next pass, which follows at once. Bounds a pass's
     /// transaction and the burst of deliveries when thousands of hosts get tasks at
     /// once (BENCHMARKS.md, "Fleet scale")
-    #[arg(long, env = "PHOENIX_MAX_NEW_TASKS_PER_PASS", default_value_t = 2_000)]
+    #[arg(long, env = "PHOENIX_MAX_NEW_TASKS_PER_PASS", default_value_t = 10_000)]
     pub max_new_tasks_per_pass: usize,
 
     /// Failed starts of one collector (same config) before its experiment fails.

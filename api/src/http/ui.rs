@@ -16,7 +16,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
-use serde::Serialize;
+use phoenix_wire::view::Whoami;
 
 use crate::error::ApiError;
 use crate::http::auth::{Caller, Role};
@@ -120,24 +120,11 @@ fn content_type(name: &str) -> &'static str {
     }
 }
 
-/// What `GET /api/v1/whoami` answers.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Whoami {
-    /// `viewer`, `operator` or `admin`.
-    pub role: &'static str,
-    /// May create, stop, promote and roll back experiments, deploy pipelines, run load.
-    pub can_operate: bool,
-    /// A host silent longer than this shows as lost.
-    pub host_grace_seconds: u64,
-    /// Authentication is off (`--dev-no-auth`): everyone is admin.
-    pub auth_disabled: bool,
-}
 
 /// `GET /api/v1/whoami` (any user token): the token's role and what it allows.
 pub async fn whoami(State(state): State<AppState>, Caller(role): Caller) -> Json<Whoami> {
     Json(Whoami {
-        role: role.as_str(),
+        role: role.as_str().into(),
         can_operate: role >= Role::Operator,
         host_grace_seconds: state.config.host_grace.as_duration().as_secs(),
         auth_disabled: state.config.dev_no_auth,

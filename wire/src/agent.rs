@@ -83,7 +83,19 @@ impl std::str::FromStr for ProtocolVersion {
 }
 
 /// Which side of an experiment a collector is, or a host's standing pipeline.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord, schemars::JsonSchema)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Serialize,
+    Deserialize,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Variant {
     Baseline,
@@ -343,7 +355,9 @@ impl TaskAction {
 }
 
 /// What a task's unit is: a collector, or a load run ([`crate::load`]).
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash, Default, schemars::JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskKind {
     #[default]

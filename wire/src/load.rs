@@ -42,7 +42,19 @@ pub const MAX_MEMORY_MIB_PER_RUN: u64 = 16_384;
 pub const UNIT_PREFIX: &str = "load.";
 
 /// A load profile: the shape of the process load a run generates.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord, schemars::JsonSchema)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Serialize,
+    Deserialize,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum LoadProfile {
     /// 100 mostly idle processes that live 1 to 3 minutes (so some churn), a tenth

@@ -137,7 +137,11 @@ mod tests {
     fn every_body_is_a_component_and_every_reference_resolves() {
         let components = components();
         assert!(components.contains_key("ExperimentDocument"));
-        assert!(components.contains_key("ExperimentList"), "{:?}", components.keys());
+        assert!(
+            components.contains_key("ExperimentList"),
+            "{:?}",
+            components.keys()
+        );
         // schemars numbers a second type of the same name (`Destination2`): each
         // type gets a name of its own instead.
         let numbered: Vec<&String> = components

@@ -43,7 +43,7 @@ pub async fn list(
     }))
 }
 
-#[utoipa::path(get, path = "/api/v1/destinations/{name}", tag = "destinations", params(("name" = String, Path, description = "The destination's name.")), responses((status = 200, description = "The destination.", body = phoenix_wire::destination::Destination), (status = 404, response = crate::http::openapi::NotFound)), security(("userToken" = ["admin"])))]
+#[utoipa::path(get, path = "/api/v1/destinations/{name}", tag = "destinations", params(("name" = String, Path, description = "The destination's name.")), responses((status = 200, description = "The destination.", body = phoenix_wire::destination::Destination), (status = 404, response = crate::http::openapi::NotFound), (status = 422, response = crate::http::openapi::Unprocessable)), security(("userToken" = ["admin"])))]
 pub async fn get(
     State(state): State<AppState>,
     _: Admin,
@@ -54,7 +54,7 @@ pub async fn get(
 }
 
 /// 204; 409 while a deployment exports to it.
-#[utoipa::path(delete, path = "/api/v1/destinations/{name}", tag = "destinations", params(("name" = String, Path, description = "The destination's name.")), responses((status = 204, description = "Deleted."), (status = 404, response = crate::http::openapi::NotFound), (status = 409, response = crate::http::openapi::Conflict)), security(("userToken" = ["admin"])))]
+#[utoipa::path(delete, path = "/api/v1/destinations/{name}", tag = "destinations", params(("name" = String, Path, description = "The destination's name.")), responses((status = 204, description = "Deleted."), (status = 404, response = crate::http::openapi::NotFound), (status = 422, response = crate::http::openapi::Unprocessable), (status = 409, response = crate::http::openapi::Conflict)), security(("userToken" = ["admin"])))]
 pub async fn delete(
     State(state): State<AppState>,
     _: Admin,

@@ -9,7 +9,7 @@
 //! code, a content type, a header or a body outside the document. What it found
 //! is kept as plain requests in `api_input.rs` (the `fuzz_found_*` tests).
 //!
-//! `PHOENIX_FUZZ_EXAMPLES` sets the examples per operation (default 15: a few
+//! `PHOENIX_FUZZ_EXAMPLES` sets the examples per operation (default 100: about 1.5
 //! minutes on 2 cores).
 
 use std::time::Duration;
@@ -111,7 +111,12 @@ async fn schemathesis_finds_no_server_error_and_no_answer_outside_the_document()
             .send()
             .await
             .unwrap();
-        assert_eq!(created.status(), 201, "{path}: {}", created.text().await.unwrap());
+        assert_eq!(
+            created.status(),
+            201,
+            "{path}: {}",
+            created.text().await.unwrap()
+        );
     }
 
     let dir = tempfile::tempdir().unwrap();
@@ -141,7 +146,7 @@ parameters = {{ "path.host_id" = "another-host" }}
         ),
     )
     .unwrap();
-    let examples = std::env::var("PHOENIX_FUZZ_EXAMPLES").unwrap_or_else(|_| "15".into());
+    let examples = std::env::var("PHOENIX_FUZZ_EXAMPLES").unwrap_or_else(|_| "100".into());
     let started = std::time::Instant::now();
     let output = tokio::process::Command::new(&st)
         .arg("--config-file")

@@ -129,8 +129,8 @@ ensure_schemathesis() {
       flock 9
       if [[ ! -e "$venv/.complete" ]]; then
         if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
-          echo "installing Python's venv (apt-get install python3-venv)…" >&2
-          apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+          echo "installing Python and its venv (apt-get install python3 python3-venv)…" >&2
+          apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
         fi
         echo "installing schemathesis $SCHEMATHESIS_VERSION from PyPI (once per machine)…" >&2
         rm -rf "$venv"

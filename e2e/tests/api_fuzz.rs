@@ -184,12 +184,20 @@ parameters = {{ "path.host_id" = "another-host" }}
         .json()
         .await
         .unwrap();
-    let operations: usize = document["paths"]
+    // Schemathesis counts `/ui` and `/ui/` as one path.
+    let operations = document["paths"]
         .as_object()
         .unwrap()
-        .values()
-        .map(|item| item.as_object().unwrap().len())
-        .sum();
+        .iter()
+        .flat_map(|(path, item)| {
+            let path = path.trim_end_matches('/').to_string();
+            item.as_object()
+                .unwrap()
+                .keys()
+                .map(move |method| (method.clone(), path.clone()))
+        })
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
     assert!(
         stdout.contains(&format!("{operations} selected / {operations} total")),
         "{stdout}"

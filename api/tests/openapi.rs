@@ -184,3 +184,72 @@ fn every_operation_names_its_token_and_answers_errors_as_problems() {
     assert_eq!(role("/api/v1/bootstrap-tokens", "post"), "admin");
     assert_eq!(role("/agent/v1/enroll", "post"), "bootstrap");
 }
+
+/// A path parameter's pattern accepts exactly what the api's check accepts.
+#[test]
+fn path_parameter_patterns_are_the_checks_of_the_api() {
+    let document = document();
+    // Whether a parameter's schema (pattern and lengths) accepts a value.
+    let pattern = |path: &str, method: &str, name: &str| {
+        let parameters = document["paths"][path][method]["parameters"]
+            .as_array()
+            .unwrap();
+        let schema = parameters.iter().find(|p| p["name"] == name).unwrap()["schema"].clone();
+        let regex = regex::Regex::new(schema["pattern"].as_str().unwrap()).unwrap();
+        move |value: &str| {
+            let length = value.chars().count() as u64;
+            regex.is_match(value)
+                && schema["minLength"].as_u64().is_none_or(|min| length >= min)
+                && schema["maxLength"].as_u64().is_none_or(|max| length <= max)
+        }
+    };
+    let samples = [
+        "",
+        "a",
+        "topk-web",
+        "-web",
+        "web-",
+        "Web",
+        "web_1",
+        "web.1",
+        "web 1",
+        "wéb",
+        "0123456789ab",
+        "0123456789AB",
+        "0123456789abc",
+        "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+    ];
+    let long = "a".repeat(64);
+    let longer = "a".repeat(254);
+    let samples = samples
+        .iter()
+        .copied()
+        .chain([long.as_str(), longer.as_str()]);
+    let name = pattern("/api/v1/experiments/{name}", "get", "name");
+    let host = pattern("/api/v1/hosts/{host_id}", "get", "host_id");
+    let sha = pattern(
+        "/agent/v1/hosts/{host_id}/configs/{sha256}",
+        "get",
+        "sha256",
+    );
+    let id = pattern("/api/v1/bootstrap-tokens/{id}", "delete", "id");
+    for sample in samples {
+        use phoenix_wire::{agent, credentials, names};
+        assert_eq!(
+            name(sample),
+            names::check_resource_name(sample).is_ok(),
+            "{sample:?}"
+        );
+        assert_eq!(
+            host(sample),
+            names::check_host_id(sample).is_ok(),
+            "{sample:?}"
+        );
+        assert_eq!(sha(sample), agent::is_body_sha256(sample), "{sample:?}");
+        assert_eq!(
+            id(sample),
+            credentials::check_token_id(sample).is_ok(),
+            "{sample:?}"
+        );
+    }
+}

@@ -161,6 +161,8 @@ parameters = {{ "path.host_id" = "another-host" }}
         .args(["--max-examples", &examples])
         .args(["--workers", "2", "--seed", "20", "--request-timeout", "20"])
         .args(["--phases", "examples,coverage,fuzzing"])
+        // A failure is reported as found, not shrunk: shrinking can take minutes.
+        .arg("--no-shrink")
         .arg("--report-dir")
         .arg(dir.path())
         // Its cache (`.schemathesis/`) goes there too, not into the repository.

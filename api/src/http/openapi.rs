@@ -202,13 +202,54 @@ fn complete(document: &mut Value) {
             }
         }),
     );
+    let parameters = path_parameters(&document["components"]["schemas"]);
     let paths = document["paths"].as_object_mut().expect("paths is a map");
     for (path, item) in paths.iter_mut() {
         for (method, operation) in item.as_object_mut().expect("a path item is a map") {
             let operation = operation.as_object_mut().expect("an operation is a map");
             complete_operation(path, method, operation);
+            for parameter in operation
+                .get_mut("parameters")
+                .and_then(|p| p.as_array_mut())
+                .into_iter()
+                .flatten()
+            {
+                let name = parameter["name"].as_str().unwrap_or_default();
+                if parameter["in"] == "path"
+                    && let Some(schema) = parameters.get(name)
+                {
+                    parameter["schema"] = schema.clone();
+                }
+            }
         }
     }
+}
+
+/// The rules of the path parameters, by name: what the api accepts there. A
+/// resource's `{name}` follows `metadata.name` (from its schema); the others are
+/// the rules of `phoenix_wire::names::check_host_id`, `is_body_sha256` and
+/// `check_token_id`.
+fn path_parameters(schemas: &Value) -> Map<String, Value> {
+    let name = schemas["Metadata"]["properties"]["name"].clone();
+    assert!(name.get("pattern").is_some(), "metadata.name has a pattern");
+    let mut parameters = Map::new();
+    parameters.insert("name".into(), name);
+    parameters.insert(
+        "host_id".into(),
+        json!({"type": "string", "pattern": "^[A-Za-z0-9._-]{1,253}$"}),
+    );
+    parameters.insert(
+        "sha256".into(),
+        json!({"type": "string", "pattern": "^[0-9a-f]{64}$"}),
+    );
+    parameters.insert(
+        "id".into(),
+        json!({
+            "type": "string",
+            "pattern": format!("^[0-9a-f]{{{}}}$", phoenix_wire::credentials::ID_LEN)
+        }),
+    );
+    parameters
 }
 
 fn complete_operation(path: &str, method: &str, operation: &mut Map<String, Value>) {

@@ -159,7 +159,8 @@ parameters = {{ "path.host_id" = "another-host" }}
             "not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance",
         ])
         .args(["--max-examples", &examples])
-        .args(["--workers", "2", "--seed", "20", "--request-timeout", "20"])
+        // One worker: two raced inside schemathesis's generation (a KeyError in a run).
+        .args(["--workers", "1", "--seed", "20", "--request-timeout", "20"])
         .args(["--phases", "examples,coverage,fuzzing"])
         // A failure is reported as found, not shrunk: shrinking can take minutes.
         .arg("--no-shrink")

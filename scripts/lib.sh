@@ -114,3 +114,33 @@ ensure_chromium() {
   echo "installing Chromium (apt-get install chromium)…" >&2
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 }
+
+# Schemathesis (PyPI), the api fuzzer of scripts/api-fuzz, installed once per machine
+# and version into a virtualenv under /var/cache/phoenix/schemathesis, one installer
+# at a time (flock); a venv without its `.complete` mark (a killed install) is made
+# again. Prints the path of its `st` command.
+SCHEMATHESIS_VERSION=4.32.5
+ensure_schemathesis() {
+  local root="${PHOENIX_CACHE_DIR:-/var/cache/phoenix}/schemathesis"
+  local venv="$root/$SCHEMATHESIS_VERSION"
+  mkdir -p "$root"
+  if [[ ! -e "$venv/.complete" ]]; then
+    (
+      flock 9
+      if [[ ! -e "$venv/.complete" ]]; then
+        if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+          echo "installing Python and its venv (apt-get install python3 python3-venv)…" >&2
+          apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
+        fi
+        echo "installing schemathesis $SCHEMATHESIS_VERSION from PyPI (once per machine)…" >&2
+        rm -rf "$venv"
+        python3 -m venv "$venv" >&2
+        "$venv/bin/pip" install --quiet --disable-pip-version-check \
+          "schemathesis==$SCHEMATHESIS_VERSION" >&2
+        "$venv/bin/st" --version >&2
+        touch "$venv/.complete"
+      fi
+    ) 9>"$root/.lock"
+  fi
+  printf '%s\n' "$venv/bin/st"
+}

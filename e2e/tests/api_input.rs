@@ -398,3 +398,93 @@ async fn a_burst_of_status_reports_is_stored_and_a_bad_one_is_refused_alone() {
     assert!(hosts.items.iter().all(|h| h.collectors.len() == 2));
     stack.shutdown().await;
 }
+
+/// An error answer as the OpenAPI document describes every one: `status`, as
+/// `application/problem+json`, naming `field`.
+async fn assert_problem(response: reqwest::Response, status: u16, field: Option<&str>) -> Problem {
+    assert_eq!(response.status().as_u16(), status);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let problem: Problem = response.json().await.unwrap();
+    assert_eq!(problem.status, status);
+    assert_eq!(problem.field.as_deref(), field, "{problem}");
+    problem
+}
+
+/// Found by schemathesis (e2e/tests/api_fuzz.rs): a destination name that no
+/// destination can have was a 400 titled "Malformed request body", for a request
+/// without a body, and a status the document did not list. It is a 422 naming
+/// `name`.
+#[tokio::test]
+async fn fuzz_found_a_destination_name_no_destination_can_have_is_a_422_naming_it() {
+    let stack = stack_with_host().await;
+    for method in [Method::GET, Method::DELETE] {
+        let response = stack
+            .request(
+                method.clone(),
+                "/api/v1/destinations/collection_interval",
+                ADMIN_TOKEN,
+            )
+            .send()
+            .await
+            .unwrap();
+        let problem = assert_problem(response, 422, Some("name")).await;
+        assert!(
+            problem.detail.unwrap().contains("collection_interval"),
+            "{method}"
+        );
+    }
+    stack.shutdown().await;
+}
+
+/// Found by schemathesis: `?force=null` on a promote was axum's own 400 in
+/// `text/plain`; every error answer is a problem.
+#[tokio::test]
+async fn fuzz_found_a_promote_flag_that_is_no_boolean_is_a_problem() {
+    let stack = stack_with_host().await;
+    let response = stack
+        .request(
+            Method::POST,
+            "/api/v1/experiments/topk-web/promote?force=null&force=null",
+            OPERATOR_TOKEN,
+        )
+        .send()
+        .await
+        .unwrap();
+    let problem = assert_problem(response, 400, None).await;
+    assert!(problem.detail.unwrap().contains("force"));
+    stack.shutdown().await;
+}
+
+/// Found by schemathesis: `GET /api/v1/events` that is no WebSocket handshake was
+/// axum's own 400 in `text/plain`; it is a problem saying what is missing. So is a
+/// task id that is no number on the agent API (the same kind of answer).
+#[tokio::test]
+async fn fuzz_found_a_request_that_is_no_websocket_handshake_is_a_problem() {
+    let stack = stack_with_host().await;
+    let response = stack
+        .request(Method::GET, "/api/v1/events", VIEWER_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    assert!(status == 400 || status == 426, "{status}");
+    let problem = assert_problem(response, status, None).await;
+    assert!(!problem.detail.unwrap_or_default().is_empty());
+
+    let credential = stack.host_credential("web-1").await;
+    let response = stack
+        .request(
+            Method::POST,
+            "/agent/v1/hosts/web-1/tasks/first",
+            &credential,
+        )
+        .json(&serde_json::json!({"ok": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(response, 400, None).await;
+    stack.shutdown().await;
+}

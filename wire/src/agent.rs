@@ -83,7 +83,19 @@ impl std::str::FromStr for ProtocolVersion {
 }
 
 /// Which side of an experiment a collector is, or a host's standing pipeline.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Serialize,
+    Deserialize,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Variant {
     Baseline,
@@ -110,7 +122,7 @@ impl std::fmt::Display for Variant {
 /// Everything an agent needs to run one collector: the rendered config and the
 /// environment it is started with. Two specs with the same `config_hash` are the
 /// same collector; applying one twice is a no-op.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CollectorSpec {
     /// Unique on a host, e.g. `topk-web.candidate`.
@@ -315,7 +327,7 @@ fn is_empty(text: &Arc<str>) -> bool {
 }
 
 /// What a task asks of the agent.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskAction {
     /// Run a collector that is not running.
@@ -343,7 +355,9 @@ impl TaskAction {
 }
 
 /// What a task's unit is: a collector, or a load run ([`crate::load`]).
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash, Default)]
+#[derive(
+    Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskKind {
     #[default]
@@ -423,7 +437,7 @@ impl UnitSpec {
 }
 
 /// One unit of work for one host, leased to its agent.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Task {
     pub id: i64,
@@ -456,13 +470,13 @@ impl Task {
 }
 
 /// The answer to a task long-poll.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default, schemars::JsonSchema)]
 pub struct TaskBatch {
     pub tasks: Vec<Task>,
 }
 
 /// What came of a task.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskOutcome {
     pub ok: bool,
@@ -472,7 +486,7 @@ pub struct TaskOutcome {
 }
 
 /// How a supervised collector is doing.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Health {
     /// Started, health check not yet passing.
@@ -497,7 +511,7 @@ impl Health {
 }
 
 /// One collector as the agent sees it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CollectorStatus {
     pub collector_id: String,
@@ -528,7 +542,7 @@ pub struct CollectorStatus {
 }
 
 /// A collector config that failed on a host after an update, and why.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RolledBack {
     pub config_hash: String,
@@ -537,7 +551,7 @@ pub struct RolledBack {
 }
 
 /// The full actual state of a host, sent when it changes.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HostStatus {
     pub labels: Labels,

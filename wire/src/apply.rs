@@ -13,7 +13,7 @@ use crate::problem::FieldError;
 use crate::resource::DocumentFormat;
 
 /// One document of an apply request, with where it came from.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct ApplyItem {
     /// The file the document was read from, for error messages.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -21,8 +21,31 @@ pub struct ApplyItem {
     pub document: serde_json::Value,
 }
 
+/// The body of an apply request as JSON: a list of documents, each bare or as an
+/// [`ApplyItem`] (YAML: a stream of documents). Only its schema is used: the api
+/// reads the body with [`parse_items`].
+pub struct ApplyBody;
+
+impl schemars::JsonSchema for ApplyBody {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ApplyBody".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let item = generator.subschema_for::<ApplyItem>();
+        let experiment = generator.subschema_for::<crate::resource::ExperimentDocument>();
+        let template = generator.subschema_for::<crate::resource::PipelineTemplateDocument>();
+        let deployment = generator.subschema_for::<crate::deployment::PipelineDeploymentDocument>();
+        schemars::json_schema!({
+            "description": "Documents to apply, all or nothing: each bare, or with the file it came from.",
+            "type": "array",
+            "items": {"anyOf": [item, experiment, template, deployment]}
+        })
+    }
+}
+
 /// What apply does (or, in a dry run, would do) to one resource.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     Create,
@@ -43,7 +66,7 @@ impl Action {
 }
 
 /// One line of the plan.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct PlanEntry {
     pub kind: String,
     pub name: String,
@@ -58,7 +81,7 @@ pub struct PlanEntry {
 /// One field an update changes: its path in the document (`spec.duration`,
 /// `metadata.labels.team`) and its value before and after (absent when the field
 /// is added or removed).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct FieldChange {
     pub field: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]

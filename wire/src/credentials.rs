@@ -89,14 +89,14 @@ pub fn check_token_id(id: &str) -> Result<(), String> {
 }
 
 /// `POST /agent/v1/enroll` (bearer: a bootstrap token).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnrollRequest {
     pub host_id: String,
 }
 
 /// The answer to an enrollment: the host credential, shown this once.
-#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct Enrollment {
     pub host_id: String,
     pub credential_id: String,
@@ -113,7 +113,7 @@ impl std::fmt::Debug for Enrollment {
 }
 
 /// `POST /api/v1/bootstrap-tokens` (admin).
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewBootstrapToken {
     /// What the token is for, e.g. "DaemonSet in cluster prod-eu".
@@ -126,7 +126,7 @@ pub struct NewBootstrapToken {
 
 /// A bootstrap token as the admin API shows it; `token` only in the answer to its
 /// creation.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct BootstrapTokenView {
     pub id: String,
     pub description: String,
@@ -140,7 +140,7 @@ pub struct BootstrapTokenView {
 }
 
 /// A host credential as the admin API shows it (never its secret).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct HostCredentialView {
     pub id: String,
     pub host_id: String,

@@ -148,7 +148,7 @@ impl DeploymentSpec {
 
 /// A pipeline deployment as the API shows it: its current revision, and the hosts
 /// it selects now with what each reports for its standing collector.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PipelineDeployment {
     pub name: String,
@@ -187,7 +187,7 @@ impl PipelineDeployment {
 }
 
 /// One selected host and its standing collector as its agent last reported it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeploymentHost {
     pub host_id: String,
@@ -201,7 +201,7 @@ pub struct DeploymentHost {
 }
 
 /// One revision of a deployment.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeploymentRevision {
     pub revision: i64,
@@ -218,7 +218,7 @@ pub struct DeploymentRevision {
 /// The answer to `POST /api/v1/experiments/{name}/promote` and `.../rollback`: the
 /// experiment in its new phase, and the deployment as it is now (`None` when the
 /// rollback removed it).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PromotionResult {
     pub experiment: Experiment,

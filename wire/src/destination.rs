@@ -40,7 +40,7 @@ use crate::resource::{Metadata, check_envelope};
 ///     - {header: authorization, file: vendor/token}   # <credentials dir>/vendor/token on the host
 ///     - {header: x-api-key, env: VENDOR_API_KEY}      # the agent's own environment
 /// ```
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct DestinationDocument {
     pub api_version: String,
@@ -50,7 +50,7 @@ pub struct DestinationDocument {
 }
 
 /// How a destination is reached.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Protocol {
     /// OTLP over gRPC; the endpoint is `host:port`.
@@ -71,7 +71,7 @@ impl Protocol {
     }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct DestinationSpec {
     pub protocol: Protocol,
@@ -87,7 +87,7 @@ pub struct DestinationSpec {
 }
 
 /// TLS settings (certificates come from the system's trust store).
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Tls {
     /// Plaintext, no TLS at all (OTLP gRPC to a `host:port`; an `http://` URL is
@@ -109,7 +109,7 @@ impl Tls {
 }
 
 /// A secret header value, by reference: exactly one of `file` and `env`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Credential {
     /// The header it is sent as.
@@ -126,7 +126,7 @@ pub struct Credential {
 
 /// Where a collector's credential comes from, as a task carries it: the variable
 /// the collector reads it as, and the reference the agent resolves.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CredentialRef {
     /// `PHOENIX_CREDENTIAL_<DESTINATION>_<N>`.
@@ -138,7 +138,7 @@ pub struct CredentialRef {
 }
 
 /// A destination as the API shows it: its spec, which holds references only.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Destination {
     pub name: String,

@@ -38,7 +38,7 @@ pub const WS_BEARER_PREFIX: &str = "phoenix.bearer.";
 pub const KEEPALIVE: Duration = Duration::from_secs(20);
 
 /// One thing that happened, tagged by `kind`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Event {
     /// An experiment changed phase (the row `phoenix experiment events` lists; its
@@ -56,7 +56,7 @@ pub enum Event {
 }
 
 /// What happened to a host.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum HostChange {
     /// Its agent's first status report.
@@ -67,7 +67,7 @@ pub enum HostChange {
 }
 
 /// A host registered or reported its full status.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HostEvent {
     pub host: String,
@@ -79,7 +79,7 @@ pub struct HostEvent {
 /// An agent task was created (`status: pending`) or ended (`succeeded`, `failed`,
 /// `cancelled`). Kind, action and status are plain strings so that a client keeps
 /// reading when a newer server adds one.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskEvent {
     pub id: i64,
@@ -145,7 +145,7 @@ impl Event {
 /// condition must hold, so `experiment` alone selects the experiment's transitions
 /// and its tasks, `host` alone the host's own events and its tasks, and both that
 /// experiment's tasks on that host. Nothing given: every event.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct EventFilter {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub experiment: Option<String>,

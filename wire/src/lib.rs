@@ -32,6 +32,8 @@
 //! - [`schema`]: the JSON Schemas of the document kinds and the field reference
 //!   generated from them.
 //! - [`version`]: what `GET /version` answers (build and body limit).
+//! - [`openapi`] (feature `openapi`): the schemas of the api's bodies, by name, for
+//!   its OpenAPI document.
 //! - [`load`]: load simulation: profiles, the run spec a task carries, what agents
 //!   report about runs, and the loadsim requests and views of the user API.
 //!
@@ -49,6 +51,8 @@ pub mod fuzzing;
 pub mod import;
 pub mod load;
 pub mod names;
+#[cfg(feature = "openapi")]
+pub mod openapi;
 pub mod policy;
 pub mod problem;
 pub mod render;

@@ -42,7 +42,19 @@ pub const MAX_MEMORY_MIB_PER_RUN: u64 = 16_384;
 pub const UNIT_PREFIX: &str = "load.";
 
 /// A load profile: the shape of the process load a run generates.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Serialize,
+    Deserialize,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum LoadProfile {
     /// 100 mostly idle processes that live 1 to 3 minutes (so some churn), a tenth
@@ -165,7 +177,7 @@ impl std::fmt::Display for LoadProfile {
 }
 
 /// What shapes a run. Every field is bounded ([`LoadParameters::check`]).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LoadParameters {
     /// The most worker processes alive at once.
@@ -274,7 +286,7 @@ impl LoadParameters {
 }
 
 /// Overrides of a profile's defaults; every field is optional.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct LoadOverrides {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -325,7 +337,7 @@ impl LoadOverrides {
 
 /// One run on one host, as a task carries it: start it (a no-op for the same
 /// `spec_hash`), replace it (another hash), or stop it (by unit id).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LoadRunSpec {
     /// `run.<name>` for a run started on its own, `experiment.<name>` for an
@@ -411,7 +423,7 @@ pub fn check_run_id(run_id: &str) -> Result<(), String> {
 }
 
 /// Where a run is on the agent.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LoadState {
     /// Workers are being kept alive.
@@ -430,7 +442,7 @@ impl LoadState {
 }
 
 /// A run as the agent reports it in its host status.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LoadStatus {
     pub run_id: String,
@@ -450,7 +462,7 @@ pub struct LoadStatus {
 }
 
 /// `POST /api/v1/loadsims`: start a run on hosts chosen by name or selector.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct LoadSimRequest {
     pub name: String,
@@ -504,7 +516,7 @@ impl LoadSimRequest {
 }
 
 /// Where a load simulation is, as the user sees it.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LoadSimPhase {
     Running,
@@ -523,7 +535,7 @@ impl LoadSimPhase {
 }
 
 /// A load simulation on one of its target hosts.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LoadHostState {
     /// Asked for; the host's agent has not reported it yet.
@@ -550,7 +562,7 @@ impl LoadHostState {
 }
 
 /// One target host of a load simulation, from what its agent reports.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LoadHostStatus {
     pub host_id: String,
@@ -563,7 +575,7 @@ pub struct LoadHostStatus {
 
 /// A load simulation started on its own, as the user API shows it. (An
 /// experiment's load is part of the experiment.)
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LoadSim {
     pub name: String,
@@ -582,7 +594,7 @@ pub struct LoadSim {
 }
 
 /// A profile and its defaults, for `GET /api/v1/loadsims/profiles`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LoadProfileInfo {
     pub name: LoadProfile,

@@ -147,7 +147,10 @@ const ALLOWED_DETECTORS: &[&str] = &["env", "system"];
 
 /// A place telemetry may be sent to, declared by an admin (a task carries the
 /// destinations of its collector, so the agent checks against the same list).
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+#[schemars(rename = "AllowedDestination")]
 pub struct Destination {
     pub name: String,
     /// The exact endpoint text an exporter must use (URL or host:port).

@@ -36,7 +36,7 @@ impl std::error::Error for FieldError {}
 
 /// An RFC 9457 problem document. `field` is a Phoenix extension naming the offending
 /// field of the request document, when there is one.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct Problem {
     #[serde(rename = "type", default = "about_blank")]
     pub problem_type: String,

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// The experiment's answer.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
     /// Every criterion passed: the candidate is safe to promote.
@@ -33,7 +33,7 @@ impl Verdict {
 }
 
 /// How one criterion came out.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Outcome {
     Pass,
@@ -63,7 +63,7 @@ impl Outcome {
 }
 
 /// One criterion, its outcome and why.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct CriterionResult {
     /// `seriesReduction`, `criticalRetention`, `cpuOverhead`, `memoryOverhead`,
     /// `costReduction`, `topKRecall` or `totalError`.
@@ -73,7 +73,7 @@ pub struct CriterionResult {
 }
 
 /// What one variant cost over the measurement window.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VariantKpis {
     /// Distinct series seen over the window.
@@ -90,7 +90,7 @@ pub struct VariantKpis {
 }
 
 /// Which test judged a resource criterion (see docs/ANALYSIS.md).
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum TestMethod {
     /// Paired by host, one mean difference per host, combined across ≥ 6 hosts.
@@ -115,7 +115,7 @@ impl TestMethod {
 /// The test of candidate against baseline samples behind a resource criterion.
 /// Reports written before paired tests existed hold a pooled Mann–Whitney test and
 /// none of the optional fields.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ResourceTest {
     pub baseline_samples: usize,
@@ -163,7 +163,7 @@ pub struct ResourceTest {
 }
 
 /// How the verdict controls the error across the criteria that are statistical tests.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ErrorControl {
     /// `holm`.
@@ -178,7 +178,7 @@ pub struct ErrorControl {
 }
 
 /// The report of one experiment.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ExperimentReport {
     pub experiment: String,
@@ -234,7 +234,7 @@ pub const TOP_K: usize = 10;
 ///   of each variant (a rollup such as `_other` counts).
 ///
 /// Every value is in percent, the mean over the steps of the window.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Fidelity {
     /// `k` of the recall (10).
@@ -253,7 +253,7 @@ pub struct Fidelity {
 }
 
 /// Fidelity on one host (or all), in percent; `None` where nothing was measured.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FidelityKpis {
     pub cpu_top_k_recall: Option<f64>,
@@ -272,7 +272,7 @@ pub type Point = (f64, f64);
 
 /// The samples behind a report, over its window, so that a reader can draw them
 /// without Prometheus. Each series holds at most `max_points` points ([`bounded`]).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Evidence {
     /// Spacing of the samples, in seconds.
@@ -283,7 +283,7 @@ pub struct Evidence {
 }
 
 /// One variant's samples.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VariantEvidence {
     /// Distinct series present at each step (all hosts).
@@ -310,7 +310,7 @@ pub fn bounded(points: Vec<Point>, max: usize) -> Vec<Point> {
 }
 
 /// Both variants on one host.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct HostKpis {
     pub baseline: VariantKpis,
     pub candidate: VariantKpis,

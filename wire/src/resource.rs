@@ -647,7 +647,7 @@ impl PipelineTemplateDocument {
 /// A template's variable as the API shows it: its lower-snake name and default,
 /// and (when the template declares it, see [`crate::variables::VariableDecl`]) its
 /// type, doc and bounds.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct TemplateVariable {
     pub name: String,
     pub default: String,

@@ -110,7 +110,7 @@ impl Serialize for MaxUnavailable {
 
 impl<'de> Deserialize<'de> for MaxUnavailable {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
+        #[derive(Deserialize, schemars::JsonSchema)]
         #[serde(untagged)]
         enum Raw {
             Number(i64),
@@ -129,7 +129,7 @@ impl<'de> Deserialize<'de> for MaxUnavailable {
 }
 
 /// Where a roll-out is.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RolloutState {
     /// Made with its revision; the reconciler starts the first batch.
@@ -186,7 +186,7 @@ impl fmt::Display for RolloutState {
 }
 
 /// Where one host a batch reached is.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum HostRollout {
     /// Asked to run the new revision; its collector is not healthy yet.
@@ -211,7 +211,7 @@ impl HostRollout {
 }
 
 /// One host a batch reached.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutHost {
     /// The batch (from 1) that moved it.
@@ -225,7 +225,7 @@ pub struct RolloutHost {
 }
 
 /// A roll-out of one revision.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Rollout {
     /// The revision rolled out.
@@ -266,7 +266,7 @@ impl Rollout {
 }
 
 /// A step of a roll-out.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RolloutStep {
     BatchStarted,
@@ -303,7 +303,7 @@ impl fmt::Display for RolloutStep {
 /// One step of a deployment's roll-out, as `GET /api/v1/deployments/{name}/events`
 /// lists it and the event stream announces it (`kind: rollout`). The step is a
 /// plain string so a client keeps reading when a newer server adds one.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutEvent {
     pub id: i64,

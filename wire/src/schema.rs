@@ -149,7 +149,10 @@ pub fn reference_markdown() -> String {
          Every object refuses unknown fields. `required` means required in its\n\
          object, when that object is given; `optional` fields may be left out. What a schema cannot check (a pipeline that\n\
          exists, a config the collector accepts) the api checks when a document is\n\
-         sent, naming the field.\n",
+         sent, naming the field.\n\n\
+         The api's own requests and answers (every route, status code, error and the\n\
+         role each needs) are in its OpenAPI document, `schemas/openapi.json`, which\n\
+         the api also serves at `GET /api/v1/openapi.json`.\n",
     );
     for kind in Kind::ALL {
         let schema = kind.schema();

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// A build of a Phoenix program.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BuildInfo {
     /// The crate version, e.g. `0.1.0`.
@@ -36,7 +36,7 @@ impl std::fmt::Display for BuildInfo {
 }
 
 /// The answer of `GET /version`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServerVersion {
     #[serde(flatten)]

@@ -11,7 +11,7 @@ use crate::problem::FieldError;
 use crate::resource::ExperimentSpec;
 
 /// Where an experiment is in its lifecycle.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Phase {
     Pending,
@@ -85,7 +85,7 @@ impl std::fmt::Display for Phase {
 }
 
 /// An experiment as stored: the document the user wrote plus what Phoenix made of it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Experiment {
     pub name: String,
@@ -112,7 +112,7 @@ pub struct Experiment {
 }
 
 /// One recorded phase transition.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ExperimentEvent {
     pub id: i64,
@@ -124,7 +124,7 @@ pub struct ExperimentEvent {
 }
 
 /// Whether a host's agent is heard from.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum HostState {
     Ready,
@@ -132,7 +132,7 @@ pub enum HostState {
 }
 
 /// A host as its agent last reported it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Host {
     pub host_id: String,
@@ -146,7 +146,7 @@ pub struct Host {
 /// Where an agent task is: `pending` → `leased` (delivered, until its lease ends) →
 /// `succeeded` | `failed`; or `cancelled` when it was no longer wanted before an
 /// agent claimed it.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskStatus {
     Pending,
@@ -227,7 +227,7 @@ impl TaskOwner {
 /// An agent task as `GET /api/v1/tasks` lists it. Kind, action and status are plain
 /// strings (like the event stream's task events), so a client keeps reading when a
 /// newer server adds one.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentTask {
     pub id: i64,
@@ -284,7 +284,7 @@ pub const TASK_LIST_MAX_LIMIT: u32 = 1_000;
 /// turns it into a [`TaskFilter`].
 ///
 /// [`check`]: TaskQuery::check
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskQuery {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -344,13 +344,14 @@ impl TaskQuery {
 }
 
 /// A list response: `{"items": [...]}`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
+#[schemars(rename = "{T}List")]
 pub struct List<T> {
     pub items: Vec<T>,
 }
 
 /// A pipeline template as the API shows it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PipelineTemplate {
     pub name: String,
@@ -363,7 +364,7 @@ pub struct PipelineTemplate {
 }
 
 /// A template that passed the collector's own `validate`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PipelineValidation {
     pub name: String,
@@ -471,4 +472,18 @@ mod tests {
             );
         }
     }
+}
+
+/// What `GET /api/v1/whoami` answers: what the caller's token allows.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Whoami {
+    /// `viewer`, `operator` or `admin`.
+    pub role: String,
+    /// May create, stop, promote and roll back experiments, deploy pipelines, run load.
+    pub can_operate: bool,
+    /// A host silent longer than this shows as lost.
+    pub host_grace_seconds: u64,
+    /// Authentication is off (`--dev-no-auth`): everyone is admin.
+    pub auth_disabled: bool,
 }

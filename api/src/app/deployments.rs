@@ -207,7 +207,7 @@ pub async fn promote(
 ) -> Result<PromotionResult, ApiError> {
     if let Some(deployment) = &options.deployment {
         names::check_resource_name(deployment).map_err(|m| {
-            ApiError::Malformed(FieldError::new(
+            ApiError::Invalid(FieldError::new(
                 "deployment",
                 format!("invalid deployment name: {m}"),
             ))

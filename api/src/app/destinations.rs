@@ -35,9 +35,10 @@ pub async fn delete(conn: &mut PgConnection, name: &str) -> Result<(), ApiError>
     Ok(destinations::delete(conn, name).await?)
 }
 
+/// A name in the path that no destination can have is a 422 naming `name`.
 fn check_name(name: &str) -> Result<(), ApiError> {
     names::check_resource_name(name).map_err(|m| {
-        ApiError::Malformed(FieldError::new(
+        ApiError::Invalid(FieldError::new(
             "name",
             format!("invalid destination name: {m}"),
         ))

@@ -99,6 +99,7 @@ pub struct WaitQuery {
 /// host's heartbeat, when it arrives and while it waits; a host that is not (or no
 /// longer) registered gets a 404, so its agent registers again. Agents older than
 /// [`CONFIG_BY_REFERENCE`] get each collector's config body inline.
+#[utoipa::path(get, path = "/agent/v1/hosts/{host_id}/tasks", tag = "agent", params(("host_id" = String, Path, description = "The host's id."), ("wait" = Option<String>, Query, description = "How long to wait for a task, e.g. 30s (at most the api's --max-wait); 0 answers at once.")), responses((status = 200, description = "The host's claimed tasks (maybe none).", body = phoenix_wire::agent::TaskBatch), (status = 400, response = crate::http::openapi::BadRequest), (status = 404, response = crate::http::openapi::NotFound)), security(("hostCredential" = [])))]
 pub async fn claim_tasks(
     State(state): State<AppState>,
     agent: AgentHost,
@@ -194,6 +195,7 @@ async fn with_bodies_inline(state: &AppState, mut tasks: Vec<Task>) -> Result<Ve
 /// a body by name: the name is a SHA-256, so a host knows it only if a task named
 /// it or it holds the body already; checking which tasks name it would cost a
 /// query per host and body, in the burst of a rollout.
+#[utoipa::path(get, path = "/agent/v1/hosts/{host_id}/configs/{sha256}", tag = "agent", params(("host_id" = String, Path, description = "The host's id."), ("sha256" = String, Path, description = "The body's SHA-256, 64 lowercase hex digits.")), responses((status = 200, description = "The collector config body.", body = String, content_type = "application/yaml"), (status = 404, response = crate::http::openapi::NotFound)), security(("hostCredential" = [])))]
 pub async fn config_body(
     State(state): State<AppState>,
     AgentHost(_, _): AgentHost,
@@ -254,6 +256,7 @@ fn scopeguard<F: FnMut()>(f: F) -> impl Drop {
     Guard(f)
 }
 
+#[utoipa::path(post, path = "/agent/v1/hosts/{host_id}/tasks/{task_id}", tag = "agent", params(("host_id" = String, Path, description = "The host's id."), ("task_id" = i64, Path, description = "The task's id.")), request_body(description = "How the task ended.", content((phoenix_wire::agent::TaskOutcome = "application/json"), (phoenix_wire::agent::TaskOutcome = "application/yaml"))), responses((status = 204, description = "Recorded (or answered before: ignored)."), (status = 404, response = crate::http::openapi::NotFound)), security(("hostCredential" = [])))]
 pub async fn complete_task(
     State(state): State<AppState>,
     AgentHost(host_id, _): AgentHost,
@@ -282,6 +285,7 @@ pub async fn complete_task(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(put, path = "/agent/v1/hosts/{host_id}/status", tag = "agent", params(("host_id" = String, Path, description = "The host's id.")), request_body(description = "The full status of the host; it registers the host.", content((phoenix_wire::agent::HostStatus = "application/json"), (phoenix_wire::agent::HostStatus = "application/yaml"))), responses((status = 204, description = "Recorded.")), security(("hostCredential" = [])))]
 pub async fn report_status(
     State(state): State<AppState>,
     AgentHost(host_id, _): AgentHost,
@@ -298,6 +302,7 @@ pub async fn report_status(
 
 /// Records the heartbeat in memory; it reaches the database with the next batch.
 /// A host that is not registered gets a 404, so its agent registers again at once.
+#[utoipa::path(post, path = "/agent/v1/hosts/{host_id}/heartbeat", tag = "agent", params(("host_id" = String, Path, description = "The host's id.")), responses((status = 204, description = "Recorded."), (status = 404, response = crate::http::openapi::NotFound)), security(("hostCredential" = [])))]
 pub async fn heartbeat(
     State(state): State<AppState>,
     AgentHost(host_id, _): AgentHost,
@@ -308,6 +313,7 @@ pub async fn heartbeat(
 
 /// `POST /agent/v1/enroll`: a bootstrap token and a host id in, that host's
 /// credential out (201), shown this once.
+#[utoipa::path(post, path = "/agent/v1/enroll", tag = "agent", request_body(description = "The host to enroll.", content((phoenix_wire::credentials::EnrollRequest = "application/json"), (phoenix_wire::credentials::EnrollRequest = "application/yaml"))), responses((status = 201, description = "The host's credential, shown this once.", body = phoenix_wire::credentials::Enrollment), (status = 403, response = crate::http::openapi::Forbidden), (status = 409, response = crate::http::openapi::Conflict)), security(("bootstrapToken" = [])))]
 pub async fn enroll(
     State(state): State<AppState>,
     BootstrapBearer(bootstrap): BootstrapBearer,

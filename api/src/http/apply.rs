@@ -14,6 +14,7 @@ use crate::state::AppState;
 
 /// `?source=S&prune=true|false&dryRun=true|false`; answers the plan, a JSON list of
 /// `{kind, name, action, reason}`. All or nothing: any error changes nothing.
+#[utoipa::path(post, path = "/api/v1/apply", tag = "apply", params(("source" = String, Query, description = "Who owns what this apply creates (the CLI sends the directory)."), ("prune" = Option<bool>, Query, description = "Delete what this source applied earlier and the body no longer holds."), ("dryRun" = Option<bool>, Query, description = "Answer the plan, change nothing.")), request_body(description = "Documents: a JSON list, or a YAML stream.", content((phoenix_wire::apply::ApplyBody = "application/json"), (phoenix_wire::apply::ApplyBody = "application/yaml"))), responses((status = 200, description = "The plan (applied unless a dry run).", body = Vec<phoenix_wire::apply::PlanEntry>), (status = 404, response = crate::http::openapi::NotFound), (status = 409, response = crate::http::openapi::Conflict)), security(("userToken" = ["operator"])))]
 pub async fn apply(
     State(state): State<AppState>,
     caller: Operator,

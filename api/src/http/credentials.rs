@@ -21,6 +21,7 @@ use crate::http::body::DocumentBody;
 use crate::state::AppState;
 
 /// `POST /api/v1/bootstrap-tokens`: the answer carries the token, shown this once.
+#[utoipa::path(post, path = "/api/v1/bootstrap-tokens", tag = "credentials", request_body(description = "What the token is for, and how long it lasts.", content((phoenix_wire::credentials::NewBootstrapToken = "application/json"), (phoenix_wire::credentials::NewBootstrapToken = "application/yaml"))), responses((status = 201, description = "Created; the token is shown this once.", body = phoenix_wire::credentials::BootstrapTokenView)), security(("userToken" = ["admin"])))]
 pub async fn create_bootstrap(
     State(state): State<AppState>,
     _: Admin,
@@ -33,6 +34,7 @@ pub async fn create_bootstrap(
     Ok((StatusCode::CREATED, Json(view)))
 }
 
+#[utoipa::path(get, path = "/api/v1/bootstrap-tokens", tag = "credentials", responses((status = 200, description = "Every bootstrap token (without its secret).", body = phoenix_wire::openapi::lists::BootstrapTokens)), security(("userToken" = ["admin"])))]
 pub async fn list_bootstrap(
     State(state): State<AppState>,
     _: Admin,
@@ -44,6 +46,7 @@ pub async fn list_bootstrap(
 }
 
 /// `DELETE /api/v1/bootstrap-tokens/{id}`: it enrolls no more agents.
+#[utoipa::path(delete, path = "/api/v1/bootstrap-tokens/{id}", tag = "credentials", params(("id" = String, Path, description = "The token's id.")), responses((status = 200, description = "Revoked.", body = phoenix_wire::credentials::BootstrapTokenView), (status = 404, response = crate::http::openapi::NotFound), (status = 422, response = crate::http::openapi::Unprocessable)), security(("userToken" = ["admin"])))]
 pub async fn revoke_bootstrap(
     State(state): State<AppState>,
     _: Admin,
@@ -61,6 +64,7 @@ pub struct CredentialQuery {
     host: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/v1/agent-credentials", tag = "credentials", params(("host" = Option<String>, Query, description = "Only this host's.")), responses((status = 200, description = "Host credentials (without their secret).", body = phoenix_wire::openapi::lists::HostCredentials), (status = 400, response = crate::http::openapi::BadRequest), (status = 422, response = crate::http::openapi::Unprocessable)), security(("userToken" = ["admin"])))]
 pub async fn list_host_credentials(
     State(state): State<AppState>,
     _: Admin,
@@ -77,6 +81,7 @@ pub async fn list_host_credentials(
 
 /// `DELETE /api/v1/agent-credentials/{host_id}`: the host's credential stops
 /// working on every api replica at once; its agent must enroll again.
+#[utoipa::path(delete, path = "/api/v1/agent-credentials/{host_id}", tag = "credentials", params(("host_id" = String, Path, description = "The host's id.")), responses((status = 200, description = "Revoked.", body = phoenix_wire::credentials::HostCredentialView), (status = 404, response = crate::http::openapi::NotFound), (status = 422, response = crate::http::openapi::Unprocessable)), security(("userToken" = ["admin"])))]
 pub async fn revoke_host_credential(
     State(state): State<AppState>,
     _: Admin,

@@ -18,6 +18,7 @@ use crate::state::AppState;
 
 /// 201 when the deployment is new; 200 when the document became a new revision,
 /// or was already the current one.
+#[utoipa::path(post, path = "/api/v1/deployments", tag = "deployments", request_body(description = "A PipelineDeployment document.", content((phoenix_wire::deployment::PipelineDeploymentDocument = "application/json"), (phoenix_wire::deployment::PipelineDeploymentDocument = "application/yaml"))), responses((status = 201, description = "A new deployment.", body = phoenix_wire::deployment::PipelineDeployment), (status = 200, description = "A new revision, or the current one unchanged.", body = phoenix_wire::deployment::PipelineDeployment), (status = 404, response = crate::http::openapi::NotFound), (status = 409, response = crate::http::openapi::Conflict)), security(("userToken" = ["operator"])))]
 pub async fn deploy(
     State(state): State<AppState>,
     _: Operator,
@@ -34,6 +35,7 @@ pub async fn deploy(
     Ok((status, Json(deployment)))
 }
 
+#[utoipa::path(get, path = "/api/v1/deployments", tag = "deployments", responses((status = 200, description = "Every deployment.", body = phoenix_wire::openapi::lists::Deployments)), security(("userToken" = ["viewer"])))]
 pub async fn list(
     State(state): State<AppState>,
     _: Viewer,
@@ -44,6 +46,7 @@ pub async fn list(
     }))
 }
 
+#[utoipa::path(get, path = "/api/v1/deployments/{name}", tag = "deployments", params(("name" = String, Path, description = "The deployment's name.")), responses((status = 200, description = "The deployment.", body = phoenix_wire::deployment::PipelineDeployment), (status = 404, response = crate::http::openapi::NotFound)), security(("userToken" = ["viewer"])))]
 pub async fn get(
     State(state): State<AppState>,
     _: Viewer,
@@ -54,6 +57,7 @@ pub async fn get(
 }
 
 /// Every step of the deployment's roll-outs, oldest first.
+#[utoipa::path(get, path = "/api/v1/deployments/{name}/events", tag = "deployments", params(("name" = String, Path, description = "The deployment's name.")), responses((status = 200, description = "Its roll-out steps.", body = phoenix_wire::openapi::lists::RolloutEvents), (status = 404, response = crate::http::openapi::NotFound)), security(("userToken" = ["viewer"])))]
 pub async fn events(
     State(state): State<AppState>,
     _: Viewer,
@@ -66,6 +70,7 @@ pub async fn events(
 }
 
 /// Deletes a deployment and its history; its hosts stop its collector.
+#[utoipa::path(delete, path = "/api/v1/deployments/{name}", tag = "deployments", params(("name" = String, Path, description = "The deployment's name.")), responses((status = 204, description = "Deleted."), (status = 404, response = crate::http::openapi::NotFound), (status = 409, response = crate::http::openapi::Conflict)), security(("userToken" = ["operator"])))]
 pub async fn delete(
     State(state): State<AppState>,
     _: Operator,
@@ -78,6 +83,7 @@ pub async fn delete(
 }
 
 /// Makes the previous revision current again; 409 when there is none.
+#[utoipa::path(post, path = "/api/v1/deployments/{name}/rollback", tag = "deployments", params(("name" = String, Path, description = "The deployment's name.")), responses((status = 200, description = "Rolled back.", body = phoenix_wire::deployment::PipelineDeployment), (status = 404, response = crate::http::openapi::NotFound), (status = 409, response = crate::http::openapi::Conflict)), security(("userToken" = ["operator"])))]
 pub async fn rollback(
     State(state): State<AppState>,
     _: Operator,

@@ -15,6 +15,7 @@ use crate::http::body::DocumentBody;
 use crate::state::AppState;
 
 /// 201 when the destination is new, 200 when it replaced one.
+#[utoipa::path(post, path = "/api/v1/destinations", tag = "destinations", request_body(description = "A Destination document.", content((phoenix_wire::destination::DestinationDocument = "application/json"), (phoenix_wire::destination::DestinationDocument = "application/yaml"))), responses((status = 201, description = "A new destination.", body = phoenix_wire::destination::Destination), (status = 200, description = "Replaced.", body = phoenix_wire::destination::Destination), (status = 409, response = crate::http::openapi::Conflict)), security(("userToken" = ["admin"])))]
 pub async fn put(
     State(state): State<AppState>,
     _: Admin,
@@ -31,6 +32,7 @@ pub async fn put(
     Ok((status, Json(destination)))
 }
 
+#[utoipa::path(get, path = "/api/v1/destinations", tag = "destinations", responses((status = 200, description = "Every destination.", body = phoenix_wire::openapi::lists::Destinations)), security(("userToken" = ["admin"])))]
 pub async fn list(
     State(state): State<AppState>,
     _: Admin,
@@ -41,6 +43,7 @@ pub async fn list(
     }))
 }
 
+#[utoipa::path(get, path = "/api/v1/destinations/{name}", tag = "destinations", params(("name" = String, Path, description = "The destination's name.")), responses((status = 200, description = "The destination.", body = phoenix_wire::destination::Destination), (status = 404, response = crate::http::openapi::NotFound), (status = 422, response = crate::http::openapi::Unprocessable)), security(("userToken" = ["admin"])))]
 pub async fn get(
     State(state): State<AppState>,
     _: Admin,
@@ -51,6 +54,7 @@ pub async fn get(
 }
 
 /// 204; 409 while a deployment exports to it.
+#[utoipa::path(delete, path = "/api/v1/destinations/{name}", tag = "destinations", params(("name" = String, Path, description = "The destination's name.")), responses((status = 204, description = "Deleted."), (status = 404, response = crate::http::openapi::NotFound), (status = 422, response = crate::http::openapi::Unprocessable), (status = 409, response = crate::http::openapi::Conflict)), security(("userToken" = ["admin"])))]
 pub async fn delete(
     State(state): State<AppState>,
     _: Admin,

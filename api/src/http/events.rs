@@ -26,6 +26,7 @@ const MAX_CLIENT_MESSAGE: usize = 4096;
 /// its `101 Switching Protocols`, it receives every later event. A replica serves at
 /// most `--max-event-streams` streams at once (429 past it); a client message over
 /// [`MAX_CLIENT_MESSAGE`] bytes ends the stream.
+#[utoipa::path(get, path = "/api/v1/events", tag = "events", params(("experiment" = Option<String>, Query, description = "Only this experiment's events."), ("host" = Option<String>, Query, description = "Only this host's events."), ("deployment" = Option<String>, Query, description = "Only this deployment's roll-out steps.")), responses((status = 101, description = "A WebSocket of JSON events follows."), (status = 400, response = crate::http::openapi::BadRequest), (status = 422, response = crate::http::openapi::Unprocessable), (status = 426, response = crate::http::openapi::NotAWebSocket), (status = 429, response = crate::http::openapi::TooManyRequests)), security(("userToken" = ["viewer"])))]
 pub async fn stream(
     State(state): State<AppState>,
     _: Viewer,

@@ -12,6 +12,7 @@ use crate::http::auth::{Operator, Viewer};
 use crate::http::body::DocumentBody;
 use crate::state::AppState;
 
+#[utoipa::path(post, path = "/api/v1/experiments", tag = "experiments", request_body(description = "An Experiment document.", content((phoenix_wire::resource::ExperimentDocument = "application/json"), (phoenix_wire::resource::ExperimentDocument = "application/yaml"))), responses((status = 201, description = "Created, in phase pending.", body = phoenix_wire::view::Experiment), (status = 404, response = crate::http::openapi::NotFound), (status = 409, response = crate::http::openapi::Conflict)), security(("userToken" = ["operator"])))]
 pub async fn create(
     State(state): State<AppState>,
     _: Operator,
@@ -23,6 +24,7 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(experiment)))
 }
 
+#[utoipa::path(get, path = "/api/v1/experiments", tag = "experiments", responses((status = 200, description = "Every experiment.", body = phoenix_wire::openapi::lists::Experiments)), security(("userToken" = ["viewer"])))]
 pub async fn list(
     State(state): State<AppState>,
     _: Viewer,
@@ -33,6 +35,7 @@ pub async fn list(
     }))
 }
 
+#[utoipa::path(get, path = "/api/v1/experiments/{name}", tag = "experiments", params(("name" = String, Path, description = "The experiment's name.")), responses((status = 200, description = "The experiment.", body = phoenix_wire::view::Experiment), (status = 404, response = crate::http::openapi::NotFound)), security(("userToken" = ["viewer"])))]
 pub async fn get(
     State(state): State<AppState>,
     _: Viewer,
@@ -42,6 +45,7 @@ pub async fn get(
     Ok(Json(experiments::get(&mut conn, &name).await?))
 }
 
+#[utoipa::path(delete, path = "/api/v1/experiments/{name}", tag = "experiments", params(("name" = String, Path, description = "The experiment's name.")), responses((status = 204, description = "Deleted."), (status = 404, response = crate::http::openapi::NotFound), (status = 409, response = crate::http::openapi::Conflict)), security(("userToken" = ["operator"])))]
 pub async fn delete(
     State(state): State<AppState>,
     _: Operator,
@@ -53,6 +57,7 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(post, path = "/api/v1/experiments/{name}/stop", tag = "experiments", params(("name" = String, Path, description = "The experiment's name.")), responses((status = 200, description = "Stopped.", body = phoenix_wire::view::Experiment), (status = 404, response = crate::http::openapi::NotFound), (status = 409, response = crate::http::openapi::Conflict)), security(("userToken" = ["operator"])))]
 pub async fn stop(
     State(state): State<AppState>,
     _: Operator,
@@ -64,6 +69,7 @@ pub async fn stop(
     Ok(Json(experiment))
 }
 
+#[utoipa::path(get, path = "/api/v1/experiments/{name}/events", tag = "experiments", params(("name" = String, Path, description = "The experiment's name.")), responses((status = 200, description = "Its events, oldest first.", body = phoenix_wire::openapi::lists::ExperimentEvents), (status = 404, response = crate::http::openapi::NotFound)), security(("userToken" = ["viewer"])))]
 pub async fn events(
     State(state): State<AppState>,
     _: Viewer,
@@ -80,6 +86,7 @@ pub async fn events(
 }
 
 /// The analysis report: KPIs per variant and host, the tests, and the verdict.
+#[utoipa::path(get, path = "/api/v1/experiments/{name}/report", tag = "experiments", params(("name" = String, Path, description = "The experiment's name.")), responses((status = 200, description = "The report.", body = phoenix_wire::report::ExperimentReport), (status = 404, response = crate::http::openapi::NotFound)), security(("userToken" = ["viewer"])))]
 pub async fn report(
     State(state): State<AppState>,
     _: Viewer,

@@ -12,12 +12,14 @@ use crate::error::ApiError;
 use crate::state::AppState;
 
 /// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "meta", responses((status = 200, description = "The process is up.", body = String, content_type = "text/plain")))]
 pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
 /// `GET /version`, unauthenticated like the probes: the build, and the largest
 /// body this api accepts (so a client can refuse a larger file before sending).
+#[utoipa::path(get, path = "/version", tag = "meta", responses((status = 200, description = "The build, and the largest body this api accepts.", body = phoenix_wire::version::ServerVersion)))]
 pub async fn version(State(state): State<AppState>) -> axum::Json<ServerVersion> {
     axum::Json(ServerVersion {
         build: BuildInfo::new(env!("CARGO_PKG_VERSION"), option_env!("PHOENIX_GIT_COMMIT")),
@@ -31,6 +33,7 @@ pub const READY_DATABASE_TIMEOUT: Duration = Duration::from_millis(800);
 
 /// The process can serve: the database answers within [`READY_DATABASE_TIMEOUT`]
 /// and the task listener is connected. Otherwise a 503, within that time.
+#[utoipa::path(get, path = "/readyz", tag = "meta", responses((status = 200, description = "The database answers and the task listener is connected.", body = String, content_type = "text/plain"), (status = 503, response = crate::http::openapi::ServiceUnavailable)))]
 pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
     let ping = async {
         let mut conn = phoenix_storage::acquire(&state.pool).await?;
@@ -57,6 +60,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiEr
     Ok("ready\n")
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "meta", responses((status = 200, description = "The api's Prometheus metrics (OpenMetrics text).", body = String, content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8")))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         StatusCode::OK,

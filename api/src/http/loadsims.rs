@@ -13,6 +13,7 @@ use crate::http::auth::{Operator, Viewer};
 use crate::http::body::DocumentBody;
 use crate::state::AppState;
 
+#[utoipa::path(post, path = "/api/v1/loadsims", tag = "loadsims", request_body(description = "A load simulation to start.", content((phoenix_wire::load::LoadSimRequest = "application/json"), (phoenix_wire::load::LoadSimRequest = "application/yaml"))), responses((status = 201, description = "Started.", body = phoenix_wire::load::LoadSim), (status = 404, response = crate::http::openapi::NotFound), (status = 409, response = crate::http::openapi::Conflict)), security(("userToken" = ["operator"])))]
 pub async fn start(
     State(state): State<AppState>,
     _: Operator,
@@ -24,6 +25,7 @@ pub async fn start(
     Ok((StatusCode::CREATED, Json(run)))
 }
 
+#[utoipa::path(get, path = "/api/v1/loadsims", tag = "loadsims", responses((status = 200, description = "Every run.", body = phoenix_wire::openapi::lists::LoadSims)), security(("userToken" = ["viewer"])))]
 pub async fn list(
     State(state): State<AppState>,
     _: Viewer,
@@ -34,6 +36,7 @@ pub async fn list(
     }))
 }
 
+#[utoipa::path(get, path = "/api/v1/loadsims/{name}", tag = "loadsims", params(("name" = String, Path, description = "The run's name.")), responses((status = 200, description = "The run.", body = phoenix_wire::load::LoadSim), (status = 404, response = crate::http::openapi::NotFound)), security(("userToken" = ["viewer"])))]
 pub async fn get(
     State(state): State<AppState>,
     _: Viewer,
@@ -45,6 +48,7 @@ pub async fn get(
 
 /// Stops a run (`DELETE`): its record stays, as `stopped`, until a new run of the
 /// same name replaces it.
+#[utoipa::path(delete, path = "/api/v1/loadsims/{name}", tag = "loadsims", params(("name" = String, Path, description = "The run's name.")), responses((status = 200, description = "Stopped; the record stays.", body = phoenix_wire::load::LoadSim), (status = 404, response = crate::http::openapi::NotFound), (status = 409, response = crate::http::openapi::Conflict)), security(("userToken" = ["operator"])))]
 pub async fn stop(
     State(state): State<AppState>,
     _: Operator,
@@ -56,6 +60,7 @@ pub async fn stop(
     Ok(Json(run))
 }
 
+#[utoipa::path(get, path = "/api/v1/loadsims/profiles", tag = "loadsims", responses((status = 200, description = "The load profiles.", body = phoenix_wire::openapi::lists::LoadProfiles)), security(("userToken" = ["viewer"])))]
 pub async fn profiles(_: Viewer) -> Json<List<LoadProfileInfo>> {
     Json(List {
         items: LoadProfileInfo::all(),

@@ -16,6 +16,7 @@ pub mod experiments;
 pub mod health;
 pub mod hosts;
 pub mod loadsims;
+pub mod openapi;
 pub mod pipelines;
 pub mod promotion;
 pub mod serve;
@@ -38,6 +39,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .route("/version", get(health::version))
+        .route("/api/v1/openapi.json", get(openapi::openapi_json))
         .route(
             "/api/v1/experiments",
             post(experiments::create).get(experiments::list),
@@ -103,7 +105,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/tasks", get(tasks::list))
         .route("/api/v1/whoami", get(ui::whoami))
         .route("/ui", get(ui::redirect))
-        .route("/ui/", get(ui::page))
+        .route("/ui/", get(ui::index))
         .route("/ui/{*path}", get(ui::page))
         .route("/api/v1/pipelines", get(pipelines::list))
         .route("/api/v1/pipelines/validate", post(pipelines::validate))
@@ -126,6 +128,7 @@ pub fn router(state: AppState) -> Router {
         )
         .merge(agent_routes(state.clone()))
         .fallback(not_found)
+        .layer(middleware::from_fn(errors_as_problems))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             count_requests,
@@ -159,6 +162,46 @@ fn agent_routes(state: AppState) -> Router<AppState> {
 
 async fn not_found() -> crate::error::ApiError {
     crate::error::ApiError::NotFound("no such endpoint; the API lives under /api/v1".into())
+}
+
+/// Every error answer is `application/problem+json`: the few that axum writes
+/// itself (a path or query parameter of the wrong type, a method a route does not
+/// serve, a request that is no WebSocket handshake) become problems too, their
+/// text as the detail. Found by fuzzing the api against its OpenAPI document.
+async fn errors_as_problems(request: Request, next: Next) -> Response {
+    use axum::http::header::CONTENT_TYPE;
+    use phoenix_wire::problem::PROBLEM_CONTENT_TYPE;
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes() == PROBLEM_CONTENT_TYPE.as_bytes());
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let detail = String::from_utf8_lossy(&text).trim().to_string();
+    let problem = phoenix_wire::problem::Problem {
+        problem_type: "about:blank".into(),
+        title: status.canonical_reason().unwrap_or("Error").into(),
+        status: status.as_u16(),
+        detail: Some(detail).filter(|d| !d.is_empty()),
+        field: None,
+    };
+    let mut response = Response::from_parts(
+        parts,
+        axum::body::Body::from(serde_json::to_vec(&problem).expect("a problem serializes")),
+    );
+    response
+        .headers_mut()
+        .remove(axum::http::header::CONTENT_LENGTH);
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        axum::http::HeaderValue::from_static(PROBLEM_CONTENT_TYPE),
+    );
+    response
 }
 
 async fn count_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {

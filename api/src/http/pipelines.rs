@@ -11,6 +11,7 @@ use crate::http::auth::{Operator, Viewer};
 use crate::http::body::DocumentBody;
 use crate::state::{AppState, MAX_VALIDATIONS};
 
+#[utoipa::path(get, path = "/api/v1/pipelines", tag = "pipelines", responses((status = 200, description = "The catalog.", body = phoenix_wire::openapi::lists::PipelineTemplates)), security(("userToken" = ["viewer"])))]
 pub async fn list(
     State(state): State<AppState>,
     _: Viewer,
@@ -24,6 +25,7 @@ pub async fn list(
     Ok(Json(List { items }))
 }
 
+#[utoipa::path(get, path = "/api/v1/pipelines/{name}", tag = "pipelines", params(("name" = String, Path, description = "The template's name.")), responses((status = 200, description = "The template.", body = phoenix_wire::view::PipelineTemplate), (status = 404, response = crate::http::openapi::NotFound)), security(("userToken" = ["viewer"])))]
 pub async fn get(
     State(state): State<AppState>,
     _: Viewer,
@@ -37,6 +39,7 @@ pub async fn get(
 /// collector's own `validate`; a rejection is a 422 whose detail is the policy's or
 /// the collector's message. Operators only (it starts a process), and at most
 /// [`MAX_VALIDATIONS`] at once: more is a 429.
+#[utoipa::path(post, path = "/api/v1/pipelines/validate", tag = "pipelines", request_body(description = "A PipelineTemplate document.", content((phoenix_wire::resource::PipelineTemplateDocument = "application/json"), (phoenix_wire::resource::PipelineTemplateDocument = "application/yaml"))), responses((status = 200, description = "Valid.", body = phoenix_wire::view::PipelineValidation), (status = 429, response = crate::http::openapi::TooManyRequests)), security(("userToken" = ["operator"])))]
 pub async fn validate(
     State(state): State<AppState>,
     _: Operator,

@@ -13,6 +13,7 @@ use crate::state::AppState;
 
 /// `?host=H&status=S&limit=N` (all optional; `limit` 100 by default, at most 1000).
 /// A wrong parameter is a 422 naming it.
+#[utoipa::path(get, path = "/api/v1/tasks", tag = "tasks", params(("host" = Option<String>, Query, description = "Only this host's tasks."), ("status" = Option<String>, Query, description = "Only tasks in this status."), ("limit" = Option<String>, Query, description = "At most this many (default 100, at most 1000).")), responses((status = 200, description = "Tasks, newest first.", body = phoenix_wire::openapi::lists::Tasks), (status = 422, response = crate::http::openapi::Unprocessable)), security(("userToken" = ["viewer"])))]
 pub async fn list(
     State(state): State<AppState>,
     _: Viewer,

@@ -16,7 +16,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
-use serde::Serialize;
+use phoenix_wire::view::Whoami;
 
 use crate::error::ApiError;
 use crate::http::auth::{Caller, Role};
@@ -43,11 +43,19 @@ pub fn warn_if_missing() {
 }
 
 /// `GET /ui`: to `/ui/`, so relative links resolve.
+#[utoipa::path(get, path = "/ui", tag = "console", responses((status = 308, description = "To /ui/.")))]
 pub async fn redirect() -> Redirect {
     Redirect::permanent(BASE)
 }
 
-/// `GET /ui/` and `GET /ui/{*path}`.
+/// `GET /ui/`: the console's page.
+#[utoipa::path(get, path = "/ui/", tag = "console", responses((status = 200, description = "The console's page.", body = String, content_type = "text/html"), (status = 503, response = crate::http::openapi::ServiceUnavailable)))]
+pub async fn index() -> Response {
+    page(None).await
+}
+
+/// `GET /ui/{*path}`: a console asset, or a console route (its page).
+#[utoipa::path(get, path = "/ui/{path}", tag = "console", params(("path" = String, Path, description = "A console asset, or a console route (answered with its page).")), responses((status = 200, description = "The asset, or the console's page.", body = String, content_type = "text/html"), (status = 404, response = crate::http::openapi::NotFound), (status = 503, response = crate::http::openapi::ServiceUnavailable)))]
 pub async fn page(path: Option<Path<String>>) -> Response {
     let path = path.map(|Path(p)| p).unwrap_or_default();
     if !embedded::BUILT {
@@ -120,24 +128,11 @@ fn content_type(name: &str) -> &'static str {
     }
 }
 
-/// What `GET /api/v1/whoami` answers.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Whoami {
-    /// `viewer`, `operator` or `admin`.
-    pub role: &'static str,
-    /// May create, stop, promote and roll back experiments, deploy pipelines, run load.
-    pub can_operate: bool,
-    /// A host silent longer than this shows as lost.
-    pub host_grace_seconds: u64,
-    /// Authentication is off (`--dev-no-auth`): everyone is admin.
-    pub auth_disabled: bool,
-}
-
 /// `GET /api/v1/whoami` (any user token): the token's role and what it allows.
+#[utoipa::path(get, path = "/api/v1/whoami", tag = "console", responses((status = 200, description = "The token's role and what it allows.", body = phoenix_wire::view::Whoami)), security(("userToken" = ["viewer"])))]
 pub async fn whoami(State(state): State<AppState>, Caller(role): Caller) -> Json<Whoami> {
     Json(Whoami {
-        role: role.as_str(),
+        role: role.as_str().into(),
         can_operate: role >= Role::Operator,
         host_grace_seconds: state.config.host_grace.as_duration().as_secs(),
         auth_disabled: state.config.dev_no_auth,

@@ -217,6 +217,10 @@ pub struct AgentConfig {
         value_parser = parse_duration
     )]
     pub push_interval: Duration,
+
+    /// Logs and traces (`--log-format`, `--otlp-endpoint`; see phoenix-telemetry).
+    #[command(flatten)]
+    pub telemetry: phoenix_telemetry::TelemetryArgs,
 }
 
 /// A setting that is wrong in a way flag parsing cannot tell.

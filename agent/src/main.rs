@@ -2,13 +2,10 @@
 //! (see the library's [`phoenix_agent::run`]). Started as `phoenix-agent load-worker
 //! ...` it is a load worker instead (see [`phoenix_agent::loadsim::worker`]).
 
-use std::io::IsTerminal;
-
 use anyhow::Context;
 use clap::Parser;
 use phoenix_agent::AgentConfig;
 use tokio::signal::unix::{SignalKind, signal};
-use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
     // `phoenix-agent load-worker ...` is a load process: no runtime, no logging.
@@ -27,13 +24,7 @@ async fn agent_main() -> anyhow::Result<()> {
     let config = AgentConfig::parse();
     config.check_required()?;
     // Logs go to stderr; colours only on a terminal, not in log files.
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let telemetry = phoenix_telemetry::init("phoenix-agent", &config.telemetry, "info")?;
 
     // Registered before the agent starts, so an early SIGTERM is a clean shutdown too.
     let mut terminate = signal(SignalKind::terminate()).context("listen for SIGTERM")?;
@@ -44,7 +35,7 @@ async fn agent_main() -> anyhow::Result<()> {
             _ = interrupt.recv() => tracing::info!("received SIGINT"),
         }
     };
-    phoenix_agent::run(config, shutdown)
-        .await
-        .context("phoenix-agent stopped with an error")
+    let ran = phoenix_agent::run(config, shutdown).await;
+    telemetry.shutdown().await;
+    ran.context("phoenix-agent stopped with an error")
 }

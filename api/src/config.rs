@@ -143,6 +143,10 @@ pub struct ApiConfig {
     /// (to stand for a newer api)
     #[arg(long, env = "PHOENIX_API_AGENT_PROTOCOL", hide = true, default_value_t = phoenix_wire::agent::AGENT_PROTOCOL)]
     pub agent_protocol: phoenix_wire::agent::ProtocolVersion,
+
+    /// Logs and traces (`--log-format`, `--otlp-endpoint`; see phoenix-telemetry).
+    #[command(flatten)]
+    pub telemetry: phoenix_telemetry::TelemetryArgs,
 }
 
 /// Admin commands of phoenix-api.

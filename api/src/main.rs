@@ -4,15 +4,14 @@ use tokio::sync::watch;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            // sqlx's notices ("relation _sqlx_migrations already exists, skipping")
-            // are Postgres talking to itself.
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sqlx::postgres::notice=warn".into()),
-        )
-        .init();
     let mut config = ApiConfig::parse();
+    // sqlx's notices ("relation _sqlx_migrations already exists, skipping") are
+    // Postgres talking to itself.
+    let telemetry = phoenix_telemetry::init(
+        "phoenix-api",
+        &config.telemetry,
+        "info,sqlx::postgres::notice=warn",
+    )?;
     if let Some(phoenix_api::config::ApiCommand::Migrate(command)) = config.command.take() {
         // An admin reads the command's own lines; a failure is one line, no backtrace.
         let result = if config.database_url.trim().is_empty() {
@@ -36,7 +35,9 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!("shutting down");
         let _ = stop_tx.send(true);
     });
-    phoenix_api::serve(config, listener, stop_rx).await
+    let served = phoenix_api::serve(config, listener, stop_rx).await;
+    telemetry.shutdown().await;
+    served
 }
 
 async fn wait_for_signal() {

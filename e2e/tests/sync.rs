@@ -156,8 +156,8 @@ async fn sync_follows_the_directory_survives_bad_documents_and_stops_on_sigterm(
     .await;
     assert_eq!(created.generation, 1);
     assert_eq!(created.managed_by.as_deref(), Some(path.as_str()));
-    sync.wait_for_log("  created Experiment sync-web\n").await;
-    sync.wait_for_log("  created PipelineTemplate sync-debug\n")
+    sync.wait_for_log("created Experiment sync-web\n").await;
+    sync.wait_for_log("created PipelineTemplate sync-debug\n")
         .await;
     sync.wait_for_log(&format!(
         "applied {path}: 0 created, 0 updated, 2 unchanged, 0 deleted\n"

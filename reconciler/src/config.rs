@@ -182,6 +182,10 @@ pub struct ReconcilerConfig {
         default_value = "127.0.0.1:9465"
     )]
     pub listen: SocketAddr,
+
+    /// Logs and traces (`--log-format`, `--otlp-endpoint`; see phoenix-telemetry).
+    #[command(flatten)]
+    pub telemetry: phoenix_telemetry::TelemetryArgs,
 }
 
 /// A setting a deployment must give, not given (or empty).

@@ -6,12 +6,8 @@ use tokio::sync::watch;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
     let mut config = ReconcilerConfig::parse();
+    let telemetry = phoenix_telemetry::init("phoenix-reconciler", &config.telemetry, "info")?;
     config.check_required()?;
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -40,7 +36,9 @@ async fn main() -> anyhow::Result<()> {
         metrics.clone(),
         stop_rx.clone(),
     ));
-    phoenix_reconciler::run(config, metrics, stop_rx).await?;
+    let ran = phoenix_reconciler::run(config, metrics, stop_rx).await;
+    telemetry.shutdown().await;
+    ran?;
     server.await??;
     Ok(())
 }

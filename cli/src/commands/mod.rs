@@ -199,9 +199,11 @@ Examples:
     #[command(after_help = "\
 Every round applies the directory's *.yaml/*.yml files (recursively; names that
 start with `.`, like a mounted ConfigMap's `..data`, are skipped) in one
-transaction, like `phoenix apply`, and logs one line to stderr:
-  2026-11-27T12:00:00Z applied gitops/: 1 created, 0 updated, 3 unchanged, 0 deleted
-followed by the resources that changed, if any. An invalid document or an
+transaction, like `phoenix apply`, and logs a line to stderr (JSON lines with
+--log-format json):
+  2026-11-27T12:00:00.000000Z  INFO sync round: phoenix::commands::sync: applied gitops/: 1 created, 0 updated, 3 unchanged, 0 deleted
+followed by a line for each resource that changed, if any. With --otlp-endpoint
+each round is a trace, which the api's apply continues. An invalid document or an
 unreachable API is logged (naming the file and field) and changes nothing; the
 next round tries again. SIGTERM or Ctrl-C stops it with exit code 0. An empty
 directory is an error, never a reason to prune everything. Sync only logs;
@@ -226,6 +228,8 @@ Examples:
         /// Run one round and exit: 0 if it applied, 1 if not
         #[arg(long)]
         once: bool,
+        #[command(flatten)]
+        telemetry: phoenix_telemetry::TelemetryArgs,
     },
     /// Show this client's version and the api's (build and git commit)
     #[command(after_help = "\
@@ -357,8 +361,10 @@ async fn run_command(ctx: &Context, command: Command) -> anyhow::Result<()> {
             prune,
             source,
             once,
+            telemetry,
         } => {
-            sync::run(
+            let telemetry = phoenix_telemetry::init("phoenix-sync", &telemetry, "info")?;
+            let synced = sync::run(
                 ctx,
                 sync::SyncArgs {
                     dir,
@@ -368,7 +374,9 @@ async fn run_command(ctx: &Context, command: Command) -> anyhow::Result<()> {
                     once,
                 },
             )
-            .await
+            .await;
+            telemetry.shutdown().await;
+            synced
         }
     }
 }
@@ -453,6 +461,7 @@ mod tests {
             prune,
             once,
             source,
+            ..
         } = cli.command
         else {
             panic!("not sync");

@@ -3,21 +3,24 @@
 //! ConfigMap) every interval, through the same request as `phoenix apply`
 //! ([`apply::apply`]). This is how the Helm chart consumes a GitOps repository.
 //!
-//! Each round logs one line to stderr: a timestamp and the plan's counts, followed
-//! by the entries that changed something (only when something did). A round that
-//! fails (an invalid document, the api unreachable, the directory missing) logs the
-//! error and changes nothing, since the api applies all or nothing; the next round
-//! tries again. SIGTERM or Ctrl-C ends it at once, with exit code 0, even in the
-//! middle of a round (the api then either applied all of it or nothing).
+//! It logs through `tracing` (set up by `phoenix_telemetry`: text or JSON lines on
+//! stderr, spans exported over OTLP when configured). Each round is a "sync round"
+//! span, which the api's apply continues (the client sends its `traceparent`), and
+//! logs one line with the plan's counts, followed by a line for each entry that
+//! changed something (only when something did). A round that fails (an invalid
+//! document, the api unreachable, the directory missing) logs the error and changes
+//! nothing, since the api applies all or nothing; the next round tries again.
+//! SIGTERM or Ctrl-C ends it at once, with exit code 0, even in the middle of a
+//! round (the api then either applied all of it or nothing).
 
 use std::time::Duration;
 
 use anyhow::Context as _;
-use chrono::{DateTime, SecondsFormat, Utc};
 use phoenix_wire::apply::{Action, PlanEntry};
 use phoenix_wire::duration::HumanDuration;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::MissedTickBehavior;
+use tracing::Instrument;
 
 use crate::client::ClientError;
 use crate::commands::Context;
@@ -60,25 +63,33 @@ pub async fn run(ctx: &Context, args: SyncArgs) -> anyhow::Result<()> {
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let interval = HumanDuration(args.interval);
     if !args.once {
-        log(&format!(
-            "{} syncing {} every {interval} (source {}, prune {})\n",
-            timestamp(Utc::now()),
+        tracing::info!(
+            "syncing {} every {interval} (source {}, prune {})",
             args.dir,
             apply_args.source(),
             if args.prune { "on" } else { "off" }
-        ));
+        );
     }
     let rounds = async {
         let mut ticks = tokio::time::interval(args.interval);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
-            match apply::apply(&ctx.client, &apply_args).await {
-                Ok(plan) => log(&round_applied(Utc::now(), &args.dir, &plan)),
+            let round = tracing::info_span!("sync round");
+            let applied = apply::apply(&ctx.client, &apply_args)
+                .instrument(round.clone())
+                .await;
+            let _round = round.enter();
+            match applied {
+                Ok(plan) => {
+                    for line in round_applied(&args.dir, &plan) {
+                        tracing::info!("{line}");
+                    }
+                }
                 // One round for CI: the error is the command's error, printed whole
                 // (with its hint) by `main`.
                 Err(err) if args.once => return Err(err),
-                Err(err) => log(&round_failed(Utc::now(), &args.dir, &err, interval)),
+                Err(err) => tracing::warn!("{}", round_failed(&args.dir, &err, interval)),
             }
             if args.once {
                 return Ok(());
@@ -88,37 +99,27 @@ pub async fn run(ctx: &Context, args: SyncArgs) -> anyhow::Result<()> {
     tokio::select! {
         result = rounds => result,
         _ = terminate.recv() => {
-            log(&format!("{} SIGTERM: sync stopped\n", timestamp(Utc::now())));
+            tracing::info!("SIGTERM: sync stopped");
             Ok(())
         }
         _ = interrupt.recv() => {
-            log(&format!("{} interrupted: sync stopped\n", timestamp(Utc::now())));
+            tracing::info!("interrupted: sync stopped");
             Ok(())
         }
     }
 }
 
-/// Writes finished lines (each ending in `\n`) to stderr.
-fn log(text: &str) {
-    eprint!("{text}");
-}
-
-fn timestamp(now: DateTime<Utc>) -> String {
-    now.to_rfc3339_opts(SecondsFormat::Secs, true)
-}
-
-/// `<time> applied DIR: 1 created, 0 updated, 3 unchanged, 0 deleted`, then one
-/// indented line per entry that changed something.
-pub fn round_applied(now: DateTime<Utc>, dir: &str, plan: &[PlanEntry]) -> String {
+/// `applied DIR: 1 created, 0 updated, 3 unchanged, 0 deleted`, then one line per
+/// entry that changed something (`created Experiment web`).
+pub fn round_applied(dir: &str, plan: &[PlanEntry]) -> Vec<String> {
     let count = |action: Action| plan.iter().filter(|e| e.action == action).count();
-    let mut text = format!(
-        "{} applied {dir}: {} created, {} updated, {} unchanged, {} deleted\n",
-        timestamp(now),
+    let mut lines = vec![format!(
+        "applied {dir}: {} created, {} updated, {} unchanged, {} deleted",
         count(Action::Create),
         count(Action::Update),
         count(Action::Unchanged),
         count(Action::Delete),
-    );
+    )];
     for entry in plan.iter().filter(|e| e.action != Action::Unchanged) {
         let done = match entry.action {
             Action::Create => "created",
@@ -126,23 +127,18 @@ pub fn round_applied(now: DateTime<Utc>, dir: &str, plan: &[PlanEntry]) -> Strin
             Action::Delete => "deleted",
             Action::Unchanged => "unchanged",
         };
-        text.push_str(&format!("  {done} {} {}", entry.kind, entry.name));
+        let mut line = format!("{done} {} {}", entry.kind, entry.name);
         if let Some(reason) = &entry.reason {
-            text.push_str(&format!(" ({reason})"));
+            line.push_str(&format!(" ({reason})"));
         }
-        text.push('\n');
+        lines.push(line);
     }
-    text
+    lines
 }
 
-/// `<time> sync of DIR failed, nothing changed; next try in 30s: <error>` on one
-/// line (the api's detail names the file and the field).
-pub fn round_failed(
-    now: DateTime<Utc>,
-    dir: &str,
-    err: &anyhow::Error,
-    interval: HumanDuration,
-) -> String {
+/// `sync of DIR failed, nothing changed; next try in 30s: <error>` on one line (the
+/// api's detail names the file and the field).
+pub fn round_failed(dir: &str, err: &anyhow::Error, interval: HumanDuration) -> String {
     let rendered = crate::render_error(err);
     let message = rendered
         .lines()
@@ -159,21 +155,13 @@ pub fn round_failed(
         }
         _ => "nothing changed",
     };
-    format!(
-        "{} sync of {dir} failed, {outcome}; next try in {interval}: {message}\n",
-        timestamp(now)
-    )
+    format!("sync of {dir} failed, {outcome}; next try in {interval}: {message}")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::TimeZone;
     use phoenix_wire::problem::Problem;
-
-    fn now() -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2026, 11, 27, 12, 0, 0).unwrap()
-    }
 
     fn entry(kind: &str, name: &str, action: Action, reason: Option<&str>) -> PlanEntry {
         PlanEntry {
@@ -192,8 +180,8 @@ mod tests {
             entry("PipelineTemplate", "t", Action::Unchanged, None),
         ];
         assert_eq!(
-            round_applied(now(), "gitops/", &plan),
-            "2026-11-27T12:00:00Z applied gitops/: 0 created, 0 updated, 2 unchanged, 0 deleted\n"
+            round_applied("gitops/", &plan),
+            ["applied gitops/: 0 created, 0 updated, 2 unchanged, 0 deleted"]
         );
     }
 
@@ -211,11 +199,13 @@ mod tests {
             ),
         ];
         assert_eq!(
-            round_applied(now(), "gitops", &plan),
-            "2026-11-27T12:00:00Z applied gitops: 1 created, 1 updated, 1 unchanged, 1 deleted\n  \
-             created Experiment a\n  \
-             updated Experiment b (spec changed)\n  \
-             deleted Experiment d (no longer in source `gitops`)\n"
+            round_applied("gitops", &plan),
+            [
+                "applied gitops: 1 created, 1 updated, 1 unchanged, 1 deleted",
+                "created Experiment a",
+                "updated Experiment b (spec changed)",
+                "deleted Experiment d (no longer in source `gitops`)",
+            ]
         );
     }
 
@@ -233,10 +223,10 @@ mod tests {
             }),
         });
         assert_eq!(
-            round_failed(now(), "gitops", &err, HumanDuration::from_secs(30)),
-            "2026-11-27T12:00:00Z sync of gitops failed, nothing changed; next try in 30s: \
+            round_failed("gitops", &err, HumanDuration::from_secs(30)),
+            "sync of gitops failed, nothing changed; next try in 30s: \
              Invalid document: gitops/bad.yaml: Experiment x: `soon` is not a duration; \
-             field: spec.warmup\n"
+             field: spec.warmup"
         );
     }
 

@@ -322,6 +322,13 @@ impl ApiClient {
         request: RequestBuilder,
     ) -> Result<Response, ApiError> {
         let token = self.identity.current();
+        // The trace of the task this request is for, if any, continues at the api.
+        let request = match phoenix_telemetry::current_traceparent() {
+            Some(traceparent) => {
+                request.header(phoenix_telemetry::context::TRACEPARENT, traceparent)
+            }
+            None => request,
+        };
         let response = request.bearer_auth(&token).send().await.map_err(|err| {
             self.failed(ApiError::Transport {
                 endpoint,

@@ -60,6 +60,7 @@ use phoenix_wire::names::Labels;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
+use tracing::Instrument;
 
 pub use config::AgentConfig;
 
@@ -301,7 +302,36 @@ async fn task_loop(
 
 /// Applies one task and reports its outcome (unless the agent stops meanwhile; the
 /// task is then delivered again when its lease expires, and applying is idempotent).
+///
+/// All in a "task" span that continues the task's trace (its `traceparent`, from the
+/// reconcile step that made it): "claim" (the claimed task taken in hand, with the
+/// config body it names), "converge" (with the supervisor's "collector healthy"),
+/// and "report outcome", whose requests carry the trace to the api.
 async fn handle_task(
+    client: &ApiClient,
+    supervisor: &Supervisor,
+    loads: &LoadRunner,
+    metrics: &Metrics,
+    stop: watch::Receiver<bool>,
+    task: Task,
+) {
+    let span = tracing::info_span!(
+        parent: None,
+        "task",
+        task = task.id,
+        action = task.action.as_str(),
+        unit = %task.collector_id,
+        attempt = task.attempt,
+    );
+    if let Some(traceparent) = &task.traceparent {
+        phoenix_telemetry::set_parent(&span, traceparent);
+    }
+    run_task(client, supervisor, loads, metrics, stop, task)
+        .instrument(span)
+        .await
+}
+
+async fn run_task(
     client: &ApiClient,
     supervisor: &Supervisor,
     loads: &LoadRunner,
@@ -309,8 +339,16 @@ async fn handle_task(
     mut stop: watch::Receiver<bool>,
     task: Task,
 ) {
-    let outcome = match client.with_config_body(task.clone()).await {
-        Ok(task) => apply_task(supervisor, loads, &task).await,
+    let claimed = client
+        .with_config_body(task.clone())
+        .instrument(tracing::info_span!("claim", task = task.id))
+        .await;
+    let outcome = match claimed {
+        Ok(task) => {
+            apply_task(supervisor, loads, &task)
+                .instrument(tracing::info_span!("converge"))
+                .await
+        }
         Err(error) => TaskOutcome {
             ok: false,
             error: Some(error),
@@ -330,7 +368,8 @@ async fn handle_task(
             tracing::info!(task = task.id, "stopping before the outcome was reported; the task will come again");
             return;
         }
-        reported = retry(RetryPolicy::TransientOnly, || client.report_outcome(task.id, &outcome)) => reported,
+        reported = retry(RetryPolicy::TransientOnly, || client.report_outcome(task.id, &outcome))
+            .instrument(tracing::info_span!("report outcome")) => reported,
     };
     if let Err(err) = reported {
         tracing::error!(task = task.id, "outcome not accepted: {err}");

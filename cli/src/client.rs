@@ -152,6 +152,10 @@ impl ApiClient {
         if let Some(token) = &self.token {
             request = request.header(AUTHORIZATION, format!("Bearer {token}"));
         }
+        // Inside a traced span (`phoenix sync`'s rounds), the api continues the trace.
+        if let Some(traceparent) = phoenix_telemetry::current_traceparent() {
+            request = request.header(phoenix_telemetry::context::TRACEPARENT, traceparent);
+        }
         if let Some(body) = body {
             request = request
                 .header(CONTENT_TYPE, body.content_type)

@@ -24,7 +24,8 @@
 //! and total error, candidate against baseline), [`stats`] (the paired signed-rank tests by host, Mann–Whitney U,
 //! Hodges–Lehmann, Holm, the resource pass/fail/inconclusive rule), [`changes`]
 //! (what the next pass looks at), [`background`] (how jobs are scheduled and
-//! observed), [`metrics`], [`config`].
+//! observed), [`task_trace`] (the trace context each new task carries), [`metrics`],
+//! [`config`].
 
 pub mod analyzer;
 pub mod background;
@@ -43,6 +44,7 @@ pub mod prometheus;
 pub mod rollout;
 pub mod standing;
 pub mod stats;
+pub mod task_trace;
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -61,6 +61,7 @@ impl Stopwatch {
 /// Runs one pass over `scope` as the leader of `epoch` (refused with
 /// [`phoenix_storage::StoreError::Deposed`] once a newer leader took over). Time is
 /// the database's, like every timestamp it stores.
+#[tracing::instrument(name = "reconcile pass", skip_all, fields(epoch = epoch, scope = scope.label()))]
 pub async fn run_pass(
     conn: &mut PgConnection,
     config: &ReconcilerConfig,
@@ -212,11 +213,13 @@ pub async fn run_pass(
         report.tasks_deferred = diff::defer_beyond(&mut plan, max) as u64;
     }
     stopwatch.lap(&mut report, "plan");
+    let steps = crate::task_trace::continue_traces(&mut tx, &mut plan.new_tasks).await?;
     report.tasks_created = tasks::insert(&mut tx, &plan.new_tasks).await?;
     report.tasks_cancelled = tasks::cancel_pending(&mut tx, &plan.cancel).await?;
     stopwatch.lap(&mut report, "write");
     tx.commit().await?;
     stopwatch.lap(&mut report, "commit");
+    drop(steps);
     Ok(report)
 }
 

@@ -158,6 +158,8 @@ pub struct NewRevision<'a> {
     pub promoted_from: Option<&'a str>,
     /// What makes it, for people (`deployed by user`).
     pub change: &'a str,
+    /// The W3C trace context of the request that makes it (see [`crate::traces`]).
+    pub traceparent: Option<&'a str>,
 }
 
 /// What [`apply`] did.
@@ -227,24 +229,26 @@ pub async fn add_revision(
         .fetch_one(&mut *conn)
         .await?;
         sqlx::query(
-            "UPDATE pipeline_deployments SET spec = $2, revision = $3, labels = $4, updated_at = now() \
-             WHERE name = $1",
+            "UPDATE pipeline_deployments SET spec = $2, revision = $3, labels = $4, traceparent = $5, \
+             updated_at = now() WHERE name = $1",
         )
         .bind(new.name)
         .bind(&spec)
         .bind(next)
         .bind(&labels)
+        .bind(new.traceparent)
         .execute(&mut *conn)
         .await?;
         next
     } else {
         let inserted = sqlx::query(
-            "INSERT INTO pipeline_deployments (name, labels, spec, revision) VALUES ($1, $2, $3, 1) \
-             ON CONFLICT (name) DO NOTHING",
+            "INSERT INTO pipeline_deployments (name, labels, spec, revision, traceparent) \
+             VALUES ($1, $2, $3, 1, $4) ON CONFLICT (name) DO NOTHING",
         )
         .bind(new.name)
         .bind(&labels)
         .bind(&spec)
+        .bind(new.traceparent)
         .execute(&mut *conn)
         .await?
         .rows_affected();
@@ -315,12 +319,14 @@ pub async fn previous_revision(
 /// Marks revision `undone` of `name` (locked by the caller) rolled back and makes
 /// `previous` (from [`previous_revision`]) current again. A restored revision is
 /// not rolled out in batches: every host runs it at once, and a roll-out still
-/// open is closed as superseded.
+/// open is closed as superseded. `traceparent` is the rollback request's (see
+/// [`crate::traces`]).
 pub async fn restore(
     conn: &mut PgConnection,
     name: &str,
     undone: i64,
     (previous, spec): &(i64, DeploymentSpec),
+    traceparent: Option<&str>,
 ) -> Result<()> {
     crate::rollouts::supersede_open(conn, name, &format!("rolled back to revision {previous}"))
         .await?;
@@ -332,11 +338,13 @@ pub async fn restore(
     .execute(&mut *conn)
     .await?;
     sqlx::query(
-        "UPDATE pipeline_deployments SET spec = $2, revision = $3, updated_at = now() WHERE name = $1",
+        "UPDATE pipeline_deployments SET spec = $2, revision = $3, traceparent = $4, updated_at = now() \
+         WHERE name = $1",
     )
     .bind(name)
     .bind(serde_json::to_value(spec).expect("spec serializes"))
     .bind(previous)
+    .bind(traceparent)
     .execute(&mut *conn)
     .await?;
     Ok(())

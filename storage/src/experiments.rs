@@ -60,13 +60,16 @@ pub struct NewExperiment<'a> {
     pub labels: &'a Labels,
     pub spec: &'a ExperimentSpec,
     pub managed_by: Option<&'a str>,
+    /// The W3C trace context of the request that creates it (see
+    /// [`crate::traces`]).
+    pub traceparent: Option<&'a str>,
 }
 
 /// Creates an experiment in phase `pending`, with its first event, atomically.
 pub async fn create(conn: &mut PgConnection, new: NewExperiment<'_>) -> Result<Experiment> {
     let mut tx = conn.begin().await?;
     let sql = format!(
-        "INSERT INTO experiments (name, labels, spec, managed_by) VALUES ($1, $2, $3, $4) \
+        "INSERT INTO experiments (name, labels, spec, managed_by, traceparent) VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT (name) DO NOTHING RETURNING {COLUMNS}"
     );
     let row: Option<ExperimentRow> = sqlx::query_as(&sql)
@@ -74,6 +77,7 @@ pub async fn create(conn: &mut PgConnection, new: NewExperiment<'_>) -> Result<E
         .bind(serde_json::to_value(new.labels).expect("labels serialize"))
         .bind(serde_json::to_value(new.spec).expect("spec serializes"))
         .bind(new.managed_by)
+        .bind(new.traceparent)
         .fetch_optional(&mut *tx)
         .await?;
     let Some(row) = row else {

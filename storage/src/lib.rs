@@ -18,6 +18,8 @@
 //!   fencing by leadership epoch.
 //! - [`listen`]: the one LISTEN connection of a process, with backoff.
 //! - [`retention`]: pruning finished tasks, old events and long-gone hosts by age.
+//! - [`traces`]: the trace context stored with desired state, which the reconciler
+//!   continues into the tasks it makes.
 
 pub mod apply;
 pub mod credentials;
@@ -34,6 +36,7 @@ pub mod rollouts;
 pub mod schema;
 pub mod tasks;
 pub mod templates;
+pub mod traces;
 
 use std::time::Duration;
 

@@ -96,16 +96,19 @@ pub struct NewLoadRun<'a> {
     pub target_hosts: &'a [String],
     pub profile: LoadProfile,
     pub parameters: &'a LoadParameters,
+    /// The W3C trace context of the request that starts it (see [`crate::traces`]).
+    pub traceparent: Option<&'a str>,
 }
 
 /// Creates a run that expires `parameters.duration` from now. A run of the same
 /// name that is stopped or expired is replaced; one still running is a conflict.
 pub async fn create_run(conn: &mut PgConnection, new: NewLoadRun<'_>) -> Result<StoredLoadRun> {
     let sql = format!(
-        "INSERT INTO load_runs (name, hosts, target_hosts, profile, parameters, expires_at) \
-         VALUES ($1, $2, $3, $4, $5, now() + $6 * interval '1 millisecond') \
+        "INSERT INTO load_runs (name, hosts, target_hosts, profile, parameters, expires_at, traceparent) \
+         VALUES ($1, $2, $3, $4, $5, now() + $6 * interval '1 millisecond', $7) \
          ON CONFLICT (name) DO UPDATE SET hosts = EXCLUDED.hosts, target_hosts = EXCLUDED.target_hosts, \
          profile = EXCLUDED.profile, parameters = EXCLUDED.parameters, phase = '{PHASE_RUNNING}', \
+         traceparent = EXCLUDED.traceparent, \
          created_at = now(), expires_at = EXCLUDED.expires_at, stopped_at = NULL \
          WHERE load_runs.phase <> '{PHASE_RUNNING}' OR load_runs.expires_at <= now() \
          RETURNING {RUN_COLUMNS}"
@@ -117,6 +120,7 @@ pub async fn create_run(conn: &mut PgConnection, new: NewLoadRun<'_>) -> Result<
         .bind(new.profile.as_str())
         .bind(serde_json::to_value(new.parameters).expect("parameters serialize"))
         .bind(new.parameters.duration.as_duration().as_millis() as f64)
+        .bind(new.traceparent)
         .fetch_optional(conn)
         .await?;
     match row {

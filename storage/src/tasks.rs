@@ -37,6 +37,9 @@ pub struct NewTask {
     /// The hash of `spec` for start/update; empty for stop.
     pub spec_hash: String,
     pub spec: Option<UnitSpec>,
+    /// The W3C trace context the task continues (see [`crate::traces`]); the agent
+    /// receives it with the task.
+    pub traceparent: Option<String>,
 }
 
 impl NewTask {
@@ -49,6 +52,7 @@ impl NewTask {
             action,
             spec_hash: spec.hash().to_string(),
             spec: Some(spec),
+            traceparent: None,
         }
     }
 
@@ -61,6 +65,7 @@ impl NewTask {
             action: TaskAction::Stop,
             spec_hash: String::new(),
             spec: None,
+            traceparent: None,
         }
     }
 }
@@ -121,10 +126,10 @@ pub async fn insert(conn: &mut PgConnection, tasks: &[NewTask]) -> Result<u64> {
         .await?;
     }
     let result = sqlx::query(
-        "INSERT INTO agent_tasks (kind, host_id, unit_id, action, spec_hash, payload, config_sha256) \
-         SELECT k, h, u, a, sh, p::jsonb, c \
-         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[]) \
-         AS x(k, h, u, a, sh, p, c) \
+        "INSERT INTO agent_tasks (kind, host_id, unit_id, action, spec_hash, payload, config_sha256, traceparent) \
+         SELECT k, h, u, a, sh, p::jsonb, c, tp \
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[]) \
+         AS x(k, h, u, a, sh, p, c, tp) \
          ON CONFLICT (host_id, unit_id, spec_hash, action) WHERE status IN ('pending', 'leased') DO NOTHING",
     )
     .bind(tasks.iter().map(|t| t.kind.as_str()).collect::<Vec<_>>())
@@ -134,6 +139,12 @@ pub async fn insert(conn: &mut PgConnection, tasks: &[NewTask]) -> Result<u64> {
     .bind(tasks.iter().map(|t| t.spec_hash.as_str()).collect::<Vec<_>>())
     .bind(&payloads)
     .bind(&config_refs)
+    .bind(
+        tasks
+            .iter()
+            .map(|t| t.traceparent.as_deref())
+            .collect::<Vec<_>>(),
+    )
     .execute(conn)
     .await?;
     Ok(result.rows_affected())
@@ -175,6 +186,7 @@ struct ClaimedRow {
     attempts: i32,
     /// As text: parsed straight into its spec, with no JSON tree in between.
     payload: Option<String>,
+    traceparent: Option<String>,
 }
 
 /// Claims up to `limit` open tasks of a host in one atomic statement: pending
@@ -210,7 +222,8 @@ pub async fn claim_many(
                  AND (status = 'pending' OR (status = 'leased' AND lease_until < now())) \
                  ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED) c) claimable \
          WHERE t.id = claimable.id \
-         RETURNING t.host_id, t.id, t.kind, t.action, t.unit_id, t.attempts, t.payload::text AS payload",
+         RETURNING t.host_id, t.id, t.kind, t.action, t.unit_id, t.attempts, t.payload::text AS payload, \
+         t.traceparent",
     )
     .bind(host_ids)
     .bind(lease.as_millis() as f64)
@@ -251,6 +264,7 @@ fn claimed_task(row: ClaimedRow) -> Result<Task> {
         collector,
         kind,
         load,
+        traceparent: row.traceparent,
     })
 }
 

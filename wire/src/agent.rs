@@ -456,6 +456,12 @@ pub struct Task {
     /// The load run to run, for `start` and `update` of a load unit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load: Option<LoadRunSpec>,
+    /// The W3C trace context (`traceparent`) of the reconcile step that made the
+    /// task, continued from the request that changed the desired state: the agent's
+    /// spans for the task join that trace. Optional, so it needs no protocol version:
+    /// older agents ignore it, and an untraced api sends none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl Task {

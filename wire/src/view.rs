@@ -187,7 +187,7 @@ impl std::fmt::Display for TaskStatus {
 }
 
 /// What an agent task works for, read from its kind and unit id.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum TaskOwner {
     /// `<experiment>.baseline`, `<experiment>.candidate`, `load.experiment.<experiment>`.
     Experiment(String),

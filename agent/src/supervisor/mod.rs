@@ -30,6 +30,7 @@ use std::time::Duration;
 use phoenix_wire::agent::{CollectorSpec, CollectorStatus, Health, RolledBack};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::ports::{self, CollectorPorts};
 use crate::procfs;
@@ -406,6 +407,13 @@ impl Supervisor {
             }
         };
         tracing::info!(collector = %id, pid = process.pid(), hash = %spec.config_hash, "started collector");
+        // From the start until the keeper answers: healthy, or why not.
+        let waiting = tracing::info_span!(
+            "collector healthy",
+            collector = %id,
+            pid = process.pid(),
+            otel.status_code = tracing::field::Empty,
+        );
         let (reply, started) = oneshot::channel();
         let carried = Carried {
             trial,
@@ -414,7 +422,11 @@ impl Supervisor {
         self.supervise(spec, ports, carried, Ok(process), Some(reply));
         self.inner.persist_logging_errors();
 
-        match started.await {
+        let answer = started.instrument(waiting.clone()).await;
+        if !matches!(answer, Ok(Ok(()))) {
+            waiting.record("otel.status_code", "ERROR");
+        }
+        match answer {
             Ok(Ok(())) => Ok(outcome),
             Ok(Err(reason)) => Err(SupervisorError::StartFailed {
                 collector_id: id,

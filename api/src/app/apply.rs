@@ -396,6 +396,7 @@ async fn apply_one(
                         labels: &doc.metadata.labels,
                         spec: &doc.spec,
                         managed_by: Some(source),
+                        traceparent: phoenix_telemetry::current_traceparent().as_deref(),
                     },
                 )
                 .await?;
@@ -475,6 +476,7 @@ async fn apply_one(
                     spec: &doc.spec,
                     promoted_from: None,
                     change: &change,
+                    traceparent: phoenix_telemetry::current_traceparent().as_deref(),
                 },
             )
             .await?;

@@ -57,6 +57,7 @@ pub async fn deploy(
             spec: &doc.spec,
             promoted_from: None,
             change: "deployed by user",
+            traceparent: phoenix_telemetry::current_traceparent().as_deref(),
         },
     )
     .await?;

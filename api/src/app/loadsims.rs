@@ -40,6 +40,7 @@ pub async fn start(conn: &mut PgConnection, body: &DocumentBody) -> Result<LoadS
             target_hosts: &target_hosts,
             profile: request.profile,
             parameters: &parameters,
+            traceparent: phoenix_telemetry::current_traceparent().as_deref(),
         },
     )
     .await?;

@@ -76,6 +76,7 @@ pub async fn create_experiment(
             labels: &doc.metadata.labels,
             spec: &doc.spec,
             managed_by: None,
+            traceparent: phoenix_telemetry::current_traceparent().as_deref(),
         },
     )
     .await?;

@@ -442,6 +442,7 @@ async fn promote_in(
             spec: &spec,
             promoted_from: Some(name),
             change: &change,
+            traceparent: phoenix_telemetry::current_traceparent().as_deref(),
         },
         existing.is_some(),
     )
@@ -531,7 +532,15 @@ async fn undo(
     let name = &deployment.name;
     match deployments::previous_revision(conn, name, deployment.revision).await? {
         Some(previous) => {
-            deployments::restore(conn, name, deployment.revision, &previous).await?;
+            let traced = phoenix_telemetry::current_traceparent();
+            deployments::restore(
+                conn,
+                name,
+                deployment.revision,
+                &previous,
+                traced.as_deref(),
+            )
+            .await?;
             Ok(Undone::Restored(previous.0))
         }
         None if remove_if_first => {
@@ -647,7 +656,15 @@ pub async fn undo_failed_rollout(
     let Some(from) = &from else {
         return Ok(()); // a first revision: nothing to go back to
     };
-    deployments::restore(tx, &deployment.name, deployment.revision, from).await?;
+    let traced = phoenix_telemetry::current_traceparent();
+    deployments::restore(
+        tx,
+        &deployment.name,
+        deployment.revision,
+        from,
+        traced.as_deref(),
+    )
+    .await?;
     if let Some(experiment) = &deployment.promoted_from {
         let reason = format!(
             "the roll-out of deployment {} revision {} (this experiment's promotion) {reason}",

@@ -29,6 +29,8 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{delete, get, post, put};
 
+use tracing::Instrument;
+
 use crate::metrics::RequestLabels;
 use crate::state::AppState;
 
@@ -133,6 +135,7 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             count_requests,
         ))
+        .layer(middleware::from_fn(trace_requests))
         .with_state(state)
 }
 
@@ -201,6 +204,37 @@ async fn errors_as_problems(request: Request, next: Next) -> Response {
         CONTENT_TYPE,
         axum::http::HeaderValue::from_static(PROBLEM_CONTENT_TYPE),
     );
+    response
+}
+
+/// Runs each request in a span named `METHOD /route`, a child of the caller's span
+/// when it sends a W3C `traceparent` header (the agent does): what the request
+/// writes carries this span's trace on (see `phoenix_telemetry::context`).
+async fn trace_requests(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str());
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format_args!("{} {route}", request.method()),
+        otel.kind = "server",
+        http.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    if let Some(traceparent) = request
+        .headers()
+        .get(phoenix_telemetry::context::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+    {
+        phoenix_telemetry::set_parent(&span, traceparent);
+    }
+    let response = next.run(request).instrument(span.clone()).await;
+    let status = response.status();
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
     response
 }
 

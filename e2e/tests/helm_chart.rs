@@ -970,9 +970,10 @@ fn the_chart_renders_valid_kubernetes_objects_for_every_value_set() {
     );
 }
 
-/// `[env: NAME` entries of a binary's `--help`.
-fn env_vars_in_help(binary: &Path) -> BTreeSet<String> {
+/// `[env: NAME` entries of a binary's `--help` (of its subcommand `args`).
+fn env_vars_in_help(binary: &Path, args: &[&str]) -> BTreeSet<String> {
     let output = Command::new(binary)
+        .args(args)
         .arg("--help")
         .output()
         .expect("run --help");
@@ -991,19 +992,19 @@ fn env_vars_in_help(binary: &Path) -> BTreeSet<String> {
 fn every_environment_variable_the_chart_sets_is_read_by_its_binary() {
     // Read by something other than clap: the agent's Node lookup and tracing's filter.
     let other_readers = [phoenix_agent::node_labels::NODE_NAME_ENV, "RUST_LOG"];
-    let binaries = [
-        ("api", "phoenix-api"),
-        ("reconciler", "phoenix-reconciler"),
-        ("agent", "phoenix-agent"),
-        // `phoenix sync` takes the CLI's global settings.
-        ("sync", "phoenix"),
+    let binaries: [(&str, &str, &[&str]); 4] = [
+        ("api", "phoenix-api", &[]),
+        ("reconciler", "phoenix-reconciler", &[]),
+        ("agent", "phoenix-agent", &[]),
+        // `phoenix sync` takes the CLI's global settings and its own (logs, traces).
+        ("sync", "phoenix", &["sync"]),
     ];
     let known: BTreeMap<&str, BTreeSet<String>> = binaries
         .iter()
-        .map(|(container, binary)| {
+        .map(|(container, binary, args)| {
             (
                 *container,
-                env_vars_in_help(&phoenix_e2e::bins::binary(binary)),
+                env_vars_in_help(&phoenix_e2e::bins::binary(binary), args),
             )
         })
         .collect();

@@ -160,6 +160,17 @@ initContainers:
 {{- end }}
 {{- end }}
 
+{{/* The environment of Phoenix's own logs and traces (values: telemetry), for every
+Phoenix container: PHOENIX_LOG_FORMAT, and OTEL_EXPORTER_OTLP_ENDPOINT when set. */}}
+{{- define "phoenix.telemetryEnv" -}}
+- name: PHOENIX_LOG_FORMAT
+  value: {{ .Values.telemetry.logFormat | quote }}
+{{- with .Values.telemetry.otlpEndpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}
+
 {{/* agent.labels as the agent's --labels: "key=value,key=value", sorted by key. */}}
 {{- define "phoenix.agentLabels" -}}
 {{- $pairs := list }}

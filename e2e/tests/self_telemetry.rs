@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use phoenix_e2e::bins::{binary, collector};
 use phoenix_e2e::harness::{
-    AgentProcess, OPERATOR_TOKEN, bootstrap_token_file, eventually, fresh_database, http_client,
+    AgentProcess, OPERATOR_TOKEN, bootstrap_token_file, enroll, eventually, fresh_database,
+    http_client,
 };
 use phoenix_e2e::measurement::free_port;
 
@@ -407,6 +408,20 @@ async fn json_logs_number_spans_without_an_exporter_and_continue_a_callers_trace
         .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
     let api = Process::spawn(command, dir.path().join("api.log"));
     wait_ready(&api_url).await;
+
+    // A host for the experiments to select, registered as its agent would.
+    let http = http_client();
+    let credential = enroll(&http, &api_url, "traced-1").await;
+    let response = http
+        .put(format!("{api_url}/agent/v1/hosts/traced-1/status"))
+        .bearer_auth(&credential)
+        .json(&serde_json::json!({
+            "labels": {"role": "traced"}, "agentVersion": "0.1.0", "collectors": []
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204, "{}", response.text().await.unwrap());
 
     let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let traceparent = format!("00-{caller_trace}-00f067aa0ba902b7-01");

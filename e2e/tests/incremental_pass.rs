@@ -1,7 +1,8 @@
 //! The incremental reconcile pass (issue 16): a pass scoped to the hosts that
 //! changed reads and writes only those hosts, a full pass completes the rest
 //! without repeating anything, and a host's own report wakes a scoped pass that
-//! acts on it long before the periodic resync.
+//! acts on it long before the periodic resync. A write larger than
+//! `--max-new-tasks-per-pass` is split over passes, whole hosts at a time.
 
 use std::time::Duration;
 
@@ -143,12 +144,21 @@ async fn a_host_report_wakes_a_pass_for_that_host_long_before_the_resync() {
         (tasks(&stack).await == [start("web-0"), start("web-1")]).then_some(())
     })
     .await;
-    let scoped = || {
+    let passes = |scope: &'static str| {
         metrics
             .passes_by_scope
-            .get_or_create(&ScopeLabels { scope: "hosts" })
+            .get_or_create(&ScopeLabels { scope })
             .get()
     };
+    let scoped = || passes("hosts");
+    // Let the passes the deployment asked for run first: a full pass still queued
+    // when web-1 reports would take web-1's announcement into itself.
+    eventually("the reconciler to settle", WAIT, || async {
+        let seen = (passes("full"), scoped());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        (seen == (passes("full"), scoped())).then_some(())
+    })
+    .await;
     let before = scoped();
 
     // web-1 is relabelled: its status report names it, and a pass for web-1 alone
@@ -163,11 +173,52 @@ async fn a_host_report_wakes_a_pass_for_that_host_long_before_the_resync() {
         (tasks(&stack).await == [start("web-0"), cancelled.clone()]).then_some(())
     })
     .await;
-    // A full pass still queued from the deployment may get to web-1 first; the
-    // report's own announcement must still wake a pass scoped to hosts.
+    // The pass's metric is counted just after its commit, which the cancel shows.
     eventually("a pass scoped to hosts", WAIT, || async {
         (scoped() > before).then_some(())
     })
     .await;
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_write_is_split_over_passes_whole_hosts_at_a_time() {
+    let stack = Stack::start_with(StackOptions {
+        reconciler: false,
+        ..Default::default()
+    })
+    .await;
+    for host in ["web-0", "web-1", "web-2"] {
+        stack.register_host(host, &[("role", "web")]).await;
+    }
+    deploy(&stack).await;
+    let mut lock = LeaderLock::try_acquire(&stack.database_url, LeaderSettings::default(), "test")
+        .await
+        .unwrap()
+        .expect("nobody else leads");
+    let epoch = lock.epoch();
+    let mut config = stack.reconciler_config.clone();
+    config.max_new_tasks_per_pass = 2;
+    phoenix_reconciler::rollout::advance(&stack.pool, &config.rollout_settings(), epoch)
+        .await
+        .unwrap();
+
+    // Three hosts want a task each; a pass writes two, in host order, and says
+    // one is left; the next writes it; the one after has nothing to do.
+    let start = |host: &str| (host.to_string(), "start".to_string(), "pending".to_string());
+    let mut written = Vec::new();
+    for _ in 0..3 {
+        let report =
+            phoenix_reconciler::pass::run_pass(lock.connection(), &config, epoch, Scope::Full)
+                .await
+                .unwrap();
+        written.push((report.tasks_created, report.tasks_deferred));
+    }
+    assert_eq!(written, [(2, 1), (1, 0), (0, 0)]);
+    assert_eq!(
+        tasks(&stack).await,
+        [start("web-0"), start("web-1"), start("web-2")]
+    );
+    drop(lock);
     stack.shutdown().await;
 }

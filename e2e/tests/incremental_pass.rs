@@ -47,8 +47,10 @@ async fn tasks(stack: &Stack) -> Vec<(String, String, String)> {
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_scoped_pass_touches_only_its_hosts_and_a_full_pass_completes_the_rest() {
+/// Three `role: web` hosts with the standing deployment and no reconciler: the
+/// test leads by hand, and the roll-out job has started the first revision (which
+/// reaches every host at once), so each host wants one start task.
+async fn three_hosts_led_by_hand() -> (Stack, LeaderLock) {
     let stack = Stack::start_with(StackOptions {
         reconciler: false,
         ..Default::default()
@@ -58,17 +60,22 @@ async fn a_scoped_pass_touches_only_its_hosts_and_a_full_pass_completes_the_rest
         stack.register_host(host, &[("role", "web")]).await;
     }
     deploy(&stack).await;
-    // Lead by hand, and let the roll-out job start the first revision (which
-    // reaches every host at once).
-    let mut lock = LeaderLock::try_acquire(&stack.database_url, LeaderSettings::default(), "test")
+    let lock = LeaderLock::try_acquire(&stack.database_url, LeaderSettings::default(), "test")
         .await
         .unwrap()
         .expect("nobody else leads");
-    let epoch = lock.epoch();
-    let config = &stack.reconciler_config;
-    phoenix_reconciler::rollout::advance(&stack.pool, &config.rollout_settings(), epoch)
+    let settings = stack.reconciler_config.rollout_settings();
+    phoenix_reconciler::rollout::advance(&stack.pool, &settings, lock.epoch())
         .await
         .unwrap();
+    (stack, lock)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scoped_pass_touches_only_its_hosts_and_a_full_pass_completes_the_rest() {
+    let (stack, mut lock) = three_hosts_led_by_hand().await;
+    let epoch = lock.epoch();
+    let config = &stack.reconciler_config;
 
     let scope = Scope::Hosts(vec!["web-1".to_string()]);
     let report = phoenix_reconciler::pass::run_pass(lock.connection(), config, epoch, scope)
@@ -183,25 +190,10 @@ async fn a_host_report_wakes_a_pass_for_that_host_long_before_the_resync() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_write_is_split_over_passes_whole_hosts_at_a_time() {
-    let stack = Stack::start_with(StackOptions {
-        reconciler: false,
-        ..Default::default()
-    })
-    .await;
-    for host in ["web-0", "web-1", "web-2"] {
-        stack.register_host(host, &[("role", "web")]).await;
-    }
-    deploy(&stack).await;
-    let mut lock = LeaderLock::try_acquire(&stack.database_url, LeaderSettings::default(), "test")
-        .await
-        .unwrap()
-        .expect("nobody else leads");
+    let (stack, mut lock) = three_hosts_led_by_hand().await;
     let epoch = lock.epoch();
     let mut config = stack.reconciler_config.clone();
     config.max_new_tasks_per_pass = 2;
-    phoenix_reconciler::rollout::advance(&stack.pool, &config.rollout_settings(), epoch)
-        .await
-        .unwrap();
 
     // Three hosts want a task each; a pass writes two, in host order, and says
     // one is left; the next writes it; the one after has nothing to do.

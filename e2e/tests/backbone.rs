@@ -378,9 +378,22 @@ async fn two_reconcilers_never_emit_duplicate_tasks() {
     // As the current leader's epoch: the fence lets them write.
     let (epoch, _) = phoenix_storage::leader::current(&mut a).await.unwrap();
     for _ in 0..5 {
+        let (mut progress_a, mut progress_b) = Default::default();
         let (ra, rb) = tokio::join!(
-            phoenix_reconciler::pass::run_pass(&mut a, &config, epoch, Scope::Full),
-            phoenix_reconciler::pass::run_pass(&mut b, &config, epoch, Scope::Full)
+            phoenix_reconciler::pass::run_pass(
+                &mut a,
+                &config,
+                epoch,
+                Scope::Full,
+                &mut progress_a
+            ),
+            phoenix_reconciler::pass::run_pass(
+                &mut b,
+                &config,
+                epoch,
+                Scope::Full,
+                &mut progress_b
+            )
         );
         // A pass that lost a race to a conflicting write may fail; it must not duplicate.
         let _ = (ra, rb);

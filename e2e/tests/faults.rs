@@ -446,9 +446,14 @@ async fn a_deposed_leaders_late_write_is_refused() {
 
     // A pass of the old leader on another connection (one of its pool's, say).
     let mut conn = stack.pool.acquire().await.unwrap();
-    let late =
-        phoenix_reconciler::pass::run_pass(&mut conn, &stack.reconciler_config, old, Scope::Full)
-            .await;
+    let late = phoenix_reconciler::pass::run_pass(
+        &mut conn,
+        &stack.reconciler_config,
+        old,
+        Scope::Full,
+        &mut Default::default(),
+    )
+    .await;
     match late {
         Err(phoenix_storage::StoreError::Deposed { epoch, current }) => {
             assert_eq!((epoch, current), (old, old + 1));
@@ -467,6 +472,7 @@ async fn a_deposed_leaders_late_write_is_refused() {
         &stack.reconciler_config,
         old + 1,
         Scope::Full,
+        &mut Default::default(),
     )
     .await
     .unwrap();

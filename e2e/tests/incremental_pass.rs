@@ -1,15 +1,20 @@
 //! The incremental reconcile pass (issue 16): a pass scoped to the hosts that
 //! changed reads and writes only those hosts, a full pass completes the rest
 //! without repeating anything, and a host's own report wakes a scoped pass that
-//! acts on it long before the periodic resync. A write larger than
-//! `--max-new-tasks-per-pass` is split over passes, whole hosts at a time.
+//! acts on it long before the periodic resync. A deploying experiment is decided
+//! by passes that read only the hosts that reported, from what earlier passes
+//! found. A write larger than `--max-new-tasks-per-pass` is split over passes,
+//! whole hosts at a time.
 
 use std::time::Duration;
 
 use phoenix_e2e::harness::{OPERATOR_TOKEN, Stack, StackOptions, eventually};
 use phoenix_reconciler::changes::Scope;
+use phoenix_reconciler::lifecycle::DeployProgress;
 use phoenix_reconciler::metrics::{Metrics, ScopeLabels};
 use phoenix_storage::leader::{LeaderLock, LeaderSettings};
+use phoenix_wire::agent::{CollectorSpec, CollectorStatus, Health};
+use phoenix_wire::view::Phase;
 use reqwest::Method;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -78,9 +83,15 @@ async fn a_scoped_pass_touches_only_its_hosts_and_a_full_pass_completes_the_rest
     let config = &stack.reconciler_config;
 
     let scope = Scope::Hosts(vec!["web-1".to_string()]);
-    let report = phoenix_reconciler::pass::run_pass(lock.connection(), config, epoch, scope)
-        .await
-        .unwrap();
+    let report = phoenix_reconciler::pass::run_pass(
+        lock.connection(),
+        config,
+        epoch,
+        scope,
+        &mut Default::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!(report.scope, Some("hosts"));
     assert_eq!(report.tasks_created, 1, "{report:?}");
     let start = |host: &str| (host.to_string(), "start".to_string(), "pending".to_string());
@@ -93,13 +104,25 @@ async fn a_scoped_pass_touches_only_its_hosts_and_a_full_pass_completes_the_rest
     // The same scope again asks for nothing new (idempotent); a full pass adds
     // the other two hosts and nothing for web-1 a second time.
     let again = Scope::Hosts(vec!["web-1".to_string()]);
-    let report = phoenix_reconciler::pass::run_pass(lock.connection(), config, epoch, again)
-        .await
-        .unwrap();
+    let report = phoenix_reconciler::pass::run_pass(
+        lock.connection(),
+        config,
+        epoch,
+        again,
+        &mut Default::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!(report.tasks_created, 0, "{report:?}");
-    let report = phoenix_reconciler::pass::run_pass(lock.connection(), config, epoch, Scope::Full)
-        .await
-        .unwrap();
+    let report = phoenix_reconciler::pass::run_pass(
+        lock.connection(),
+        config,
+        epoch,
+        Scope::Full,
+        &mut Default::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!(
         (report.scope, report.tasks_created),
         (Some("full"), 2),
@@ -114,9 +137,15 @@ async fn a_scoped_pass_touches_only_its_hosts_and_a_full_pass_completes_the_rest
     // unclaimed start is cancelled, the others' stay.
     stack.register_host("web-2", &[("role", "db")]).await;
     let scope = Scope::Hosts(vec!["web-2".to_string()]);
-    let report = phoenix_reconciler::pass::run_pass(lock.connection(), config, epoch, scope)
-        .await
-        .unwrap();
+    let report = phoenix_reconciler::pass::run_pass(
+        lock.connection(),
+        config,
+        epoch,
+        scope,
+        &mut Default::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!(report.tasks_cancelled, 1, "{report:?}");
     let cancelled = (
         "web-2".to_string(),
@@ -200,16 +229,155 @@ async fn a_large_write_is_split_over_passes_whole_hosts_at_a_time() {
     let start = |host: &str| (host.to_string(), "start".to_string(), "pending".to_string());
     let mut written = Vec::new();
     for _ in 0..3 {
-        let report =
-            phoenix_reconciler::pass::run_pass(lock.connection(), &config, epoch, Scope::Full)
-                .await
-                .unwrap();
+        let report = phoenix_reconciler::pass::run_pass(
+            lock.connection(),
+            &config,
+            epoch,
+            Scope::Full,
+            &mut Default::default(),
+        )
+        .await
+        .unwrap();
         written.push((report.tasks_created, report.tasks_deferred));
     }
     assert_eq!(written, [(2, 1), (1, 0), (0, 0)]);
     assert_eq!(
         tasks(&stack).await,
         [start("web-0"), start("web-1"), start("web-2")]
+    );
+    drop(lock);
+    stack.shutdown().await;
+}
+
+/// An experiment on every `role: web` host.
+const EXPERIMENT: &str = r#"
+apiVersion: phoenix.dev/v1
+kind: Experiment
+metadata: {name: deploy-progress}
+spec:
+  hosts: {selector: {role: web}}
+  baseline: {pipeline: process-baseline}
+  candidate: {pipeline: process-topk}
+  warmup: 0s
+  duration: 1h
+"#;
+
+/// Reports `host`'s experiment collectors healthy, with the configs its tasks name.
+async fn report_healthy(stack: &Stack, host: &str) {
+    let payloads: Vec<String> = sqlx::query_scalar(
+        "SELECT payload::text FROM agent_tasks WHERE host_id = $1 AND kind = 'collector' \
+         AND action = 'start' ORDER BY id",
+    )
+    .bind(host)
+    .fetch_all(&stack.pool)
+    .await
+    .unwrap();
+    assert_eq!(payloads.len(), 2, "{host} has a start for each variant");
+    let collectors: Vec<CollectorStatus> = payloads
+        .iter()
+        .map(|payload| {
+            let spec: CollectorSpec = serde_json::from_str(payload).unwrap();
+            CollectorStatus {
+                collector_id: spec.collector_id,
+                owner: spec.owner,
+                variant: spec.variant,
+                pipeline: spec.pipeline,
+                config_hash: spec.config_hash,
+                pid: Some(100),
+                health: Health::Healthy,
+                restarts: 0,
+                cpu_seconds: 0.0,
+                rss_bytes: 0,
+                last_error: None,
+                rolled_back_from: None,
+            }
+        })
+        .collect();
+    let status = serde_json::json!({
+        "labels": {"role": "web"}, "agentVersion": "test", "collectors": collectors
+    });
+    let credential = stack.host_credential(host).await;
+    let response = stack
+        .request(
+            Method::PUT,
+            &format!("/agent/v1/hosts/{host}/status"),
+            &credential,
+        )
+        .json(&status)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204, "{host}'s report");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploying_experiment_runs_from_passes_that_read_only_the_hosts_that_reported() {
+    let stack = Stack::start_with(StackOptions {
+        reconciler: false,
+        ..Default::default()
+    })
+    .await;
+    for host in ["web-0", "web-1", "web-2"] {
+        stack.register_host(host, &[("role", "web")]).await;
+    }
+    stack.create_experiment(EXPERIMENT).await;
+    let mut lock = LeaderLock::try_acquire(&stack.database_url, LeaderSettings::default(), "test")
+        .await
+        .unwrap()
+        .expect("nobody else leads");
+    let epoch = lock.epoch();
+    let config = &stack.reconciler_config;
+    let mut progress = DeployProgress::default();
+    let mut pass = async |scope: Scope| {
+        phoenix_reconciler::pass::run_pass(lock.connection(), config, epoch, scope, &mut progress)
+            .await
+            .unwrap()
+    };
+
+    // The full pass starts deploying on all three hosts.
+    let report = pass(Scope::Full).await;
+    assert_eq!((report.hosts, report.tasks_created), (3, 6), "{report:?}");
+    assert_eq!(
+        report.transitions,
+        [(
+            "deploy-progress".to_string(),
+            Phase::Pending,
+            Phase::Deploying
+        )]
+    );
+
+    // Two hosts report ready; a pass reads those two alone, and the experiment
+    // waits for web-2.
+    report_healthy(&stack, "web-0").await;
+    report_healthy(&stack, "web-1").await;
+    let scope = Scope::Hosts(vec!["web-0".into(), "web-1".into()]);
+    let report = pass(scope).await;
+    assert_eq!(
+        (report.hosts, report.transitions.len()),
+        (2, 0),
+        "{report:?}"
+    );
+    let deploying = stack.experiment("deploy-progress").await;
+    assert_eq!(deploying.phase, Phase::Deploying);
+    let reason = deploying.reason.unwrap_or_default();
+    assert!(reason.starts_with("deploying to 3 host(s)"), "{reason}");
+
+    // The last one reports: a pass that reads web-2 alone runs the experiment.
+    report_healthy(&stack, "web-2").await;
+    let report = pass(Scope::Hosts(vec!["web-2".into()])).await;
+    assert_eq!(report.hosts, 1, "{report:?}");
+    assert_eq!(
+        report.transitions,
+        [(
+            "deploy-progress".to_string(),
+            Phase::Deploying,
+            Phase::Running
+        )]
+    );
+    let running = stack.experiment("deploy-progress").await;
+    assert_eq!(
+        running.reason.as_deref(),
+        Some("both collectors healthy on all 3 host(s)")
     );
     drop(lock);
     stack.shutdown().await;

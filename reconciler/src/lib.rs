@@ -276,6 +276,8 @@ async fn lead(
     let resync = config.resync_interval.as_duration();
     let renew_every = config.leader_settings().lease / 3;
     let mut next_resync = Instant::now() + resync;
+    // What this leadership's passes found of deploying experiments.
+    let mut progress = lifecycle::DeployProgress::default();
     while !*shutdown.borrow() {
         match lock.confirm().await {
             Ok(true) => {}
@@ -299,7 +301,7 @@ async fn lead(
             let started = Instant::now();
             let epoch = lock.epoch();
             let left = lock.lease_left();
-            let pass = pass::run_pass(lock.connection(), config, epoch, scope);
+            let pass = pass::run_pass(lock.connection(), config, epoch, scope, &mut progress);
             let result = match tokio::time::timeout(left, pass).await {
                 Ok(result) => result,
                 Err(_) => return "a pass outlived the lease",
@@ -337,6 +339,7 @@ async fn lead(
                             .collect();
                         tracing::warn!(
                             scope = report.scope.unwrap_or("none"),
+                            hosts = report.hosts,
                             created = report.tasks_created,
                             deferred = report.tasks_deferred,
                             elapsed_ms = elapsed.as_millis() as u64,

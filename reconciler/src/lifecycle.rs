@@ -8,7 +8,7 @@
 //! running; the window analyzed is the `duration` after the warmup. (`analyzing →
 //! completed | failed` is the analyzer's, see `crate::analyzer`.)
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -78,7 +78,7 @@ pub fn decide_pending(
     let reason = format!(
         "deploying to {} host(s){sampled}: {}",
         targets.len(),
-        host_list(&targets)
+        first_ten(targets.iter().map(String::as_str), ", ")
     );
     Decision::Deploy { targets, reason }
 }
@@ -98,17 +98,13 @@ pub fn sample_hosts(experiment: &str, mut hosts: Vec<String>, max: usize) -> Vec
     hosts
 }
 
-/// Up to ten host ids, then how many more: a reason stays readable at 10,000 hosts.
-fn host_list(hosts: &[String]) -> String {
+/// Up to ten items, then how many more: a reason stays readable at 10,000 hosts.
+fn first_ten<'a>(items: impl ExactSizeIterator<Item = &'a str>, separator: &str) -> String {
     const SHOWN: usize = 10;
-    let mut list = hosts
-        .iter()
-        .take(SHOWN)
-        .cloned()
-        .collect::<Vec<_>>()
-        .join(", ");
-    if hosts.len() > SHOWN {
-        list += &format!(" and {} more", hosts.len() - SHOWN);
+    let total = items.len();
+    let mut list = items.take(SHOWN).collect::<Vec<_>>().join(separator);
+    if total > SHOWN {
+        list += &format!(" and {} more", total - SHOWN);
     }
     list
 }
@@ -137,13 +133,53 @@ pub struct DeployLimits {
     pub max_start_failures: usize,
 }
 
+/// The collectors of one deploying experiment not yet healthy with their desired
+/// hash, as far as the passes since it began deploying have seen: kept by the
+/// leader between passes ([`DeployProgress`]) so that a pass scoped to the hosts
+/// that changed need not read every target again.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NotReady {
+    /// The experiment's `phase_changed_at` when the count began; another start of
+    /// deploying begins again.
+    since: Option<DateTime<Utc>>,
+    /// (host, collector id) → why it is not ready.
+    collectors: BTreeMap<(String, String), String>,
+}
+
+/// What the leader knows between passes about each deploying experiment.
+#[derive(Clone, Debug, Default)]
+pub struct DeployProgress {
+    experiments: HashMap<String, NotReady>,
+}
+
+impl DeployProgress {
+    /// What earlier passes found for `experiment`, if they saw every one of its
+    /// targets since it began deploying; `None` means this pass must see them all.
+    pub fn known(&self, experiment: &Experiment) -> Option<&NotReady> {
+        self.experiments
+            .get(&experiment.name)
+            .filter(|known| known.since == Some(experiment.phase_changed_at))
+    }
+
+    /// Remembers `not_ready` for `experiment` (still deploying after this pass).
+    pub fn remember(&mut self, experiment: &Experiment, not_ready: NotReady) {
+        self.experiments.insert(experiment.name.clone(), not_ready);
+    }
+}
+
 /// A deploying experiment runs once every desired collector is healthy with its
 /// hash, fails when one keeps failing or time runs out.
+///
+/// `desired` holds the targets this pass looks at, and `not_ready` what earlier
+/// passes found for the others (empty when this pass looks at every target): a
+/// target outside the pass did not change since, so what was found still holds.
+/// `not_ready` leaves updated.
 pub fn decide_deploying(
     experiment: &Experiment,
     desired: &[(String, CollectorSpec)],
     actual: &HashMap<String, Vec<CollectorStatus>>,
     failures: &[FailedTask],
+    not_ready: &mut NotReady,
     limits: &DeployLimits,
     now: DateTime<Utc>,
 ) -> Decision {
@@ -165,41 +201,15 @@ pub fn decide_deploying(
             };
         }
     }
-    let mut not_ready = Vec::new();
+    not_ready.since = Some(since);
     for (host, spec) in desired {
-        let reported = actual
-            .get(host)
-            .and_then(|cs| cs.iter().find(|c| c.collector_id == spec.collector_id));
-        match reported {
-            Some(c) if c.config_hash == spec.config_hash && c.health == Health::Healthy => {}
-            Some(c) if c.config_hash == spec.config_hash => not_ready.push(format!(
-                "{host}: {} is {}{}",
-                spec.collector_id,
-                c.health.as_str(),
-                c.last_error
-                    .as_deref()
-                    .map(|e| format!(" ({e})"))
-                    .unwrap_or_default()
-            )),
-            Some(_) => not_ready.push(format!(
-                "{host}: {} runs an older config",
-                spec.collector_id
-            )),
-            None => {
-                let last_error = failures_of(failures, host, spec, since)
-                    .last()
-                    .and_then(|f| f.error.clone());
-                not_ready.push(format!(
-                    "{host}: {} not running{}",
-                    spec.collector_id,
-                    last_error
-                        .map(|e| format!(" (last error: {e})"))
-                        .unwrap_or_default()
-                ))
-            }
-        }
+        let key = (host.clone(), spec.collector_id.clone());
+        match why_not_ready(host, spec, actual, failures, since) {
+            Some(why) => not_ready.collectors.insert(key, why),
+            None => not_ready.collectors.remove(&key),
+        };
     }
-    if not_ready.is_empty() {
+    if not_ready.collectors.is_empty() {
         let hosts = experiment.target_hosts.len();
         return Decision::Run {
             reason: format!("both collectors healthy on all {hosts} host(s)"),
@@ -214,11 +224,53 @@ pub fn decide_deploying(
             reason: format!(
                 "deploy timed out after {}: {}",
                 phoenix_wire::duration::HumanDuration(limits.timeout),
-                not_ready.join("; ")
+                first_ten(not_ready.collectors.values().map(String::as_str), "; ")
             ),
         };
     }
     Decision::Stay
+}
+
+/// Why one desired collector is not healthy with its desired hash, or `None`
+/// when it is.
+fn why_not_ready(
+    host: &str,
+    spec: &CollectorSpec,
+    actual: &HashMap<String, Vec<CollectorStatus>>,
+    failures: &[FailedTask],
+    since: DateTime<Utc>,
+) -> Option<String> {
+    let reported = actual
+        .get(host)
+        .and_then(|cs| cs.iter().find(|c| c.collector_id == spec.collector_id));
+    match reported {
+        Some(c) if c.config_hash == spec.config_hash && c.health == Health::Healthy => None,
+        Some(c) if c.config_hash == spec.config_hash => Some(format!(
+            "{host}: {} is {}{}",
+            spec.collector_id,
+            c.health.as_str(),
+            c.last_error
+                .as_deref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
+        )),
+        Some(_) => Some(format!(
+            "{host}: {} runs an older config",
+            spec.collector_id
+        )),
+        None => {
+            let last_error = failures_of(failures, host, spec, since)
+                .last()
+                .and_then(|f| f.error.clone());
+            Some(format!(
+                "{host}: {} not running{}",
+                spec.collector_id,
+                last_error
+                    .map(|e| format!(" (last error: {e})"))
+                    .unwrap_or_default()
+            ))
+        }
+    }
 }
 
 /// A running experiment is done measuring once warmup and duration have passed.
@@ -245,6 +297,7 @@ pub fn decide_running(experiment: &Experiment, now: DateTime<Utc>) -> Decision {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use phoenix_wire::agent::Variant;
     use phoenix_wire::duration::HumanDuration;
     use phoenix_wire::resource::{ExperimentSpec, HostTarget, PipelineRef};
     use phoenix_wire::view::Phase;
@@ -354,5 +407,125 @@ mod tests {
         ));
         assert_eq!(few.len(), 3);
         assert!(!reason.contains("sample"), "{reason}");
+    }
+
+    fn spec(host: &str, variant: Variant) -> (String, CollectorSpec) {
+        let env = [("HOST".to_string(), host.to_string())].into();
+        let id = format!("wide.{variant}");
+        let spec = CollectorSpec::new(id, "wide".into(), variant, "p".into(), "cfg", env);
+        (host.to_string(), spec)
+    }
+
+    fn healthy(spec: &CollectorSpec) -> CollectorStatus {
+        CollectorStatus {
+            collector_id: spec.collector_id.clone(),
+            owner: spec.owner.clone(),
+            variant: spec.variant,
+            pipeline: spec.pipeline.clone(),
+            config_hash: spec.config_hash.clone(),
+            pid: Some(1),
+            health: Health::Healthy,
+            restarts: 0,
+            cpu_seconds: 0.0,
+            rss_bytes: 0,
+            last_error: None,
+            rolled_back_from: None,
+        }
+    }
+
+    #[test]
+    fn a_deploy_is_decided_from_what_earlier_passes_found_and_the_hosts_that_changed() {
+        let mut e = experiment("wide", None);
+        e.phase = Phase::Deploying;
+        e.target_hosts = vec!["web-0".into(), "web-1".into()];
+        let limits = DeployLimits {
+            timeout: Duration::from_secs(600),
+            max_start_failures: 3,
+        };
+        let now = e.phase_changed_at + chrono::Duration::seconds(10);
+        let desired = |hosts: &[&str]| -> Vec<(String, CollectorSpec)> {
+            hosts
+                .iter()
+                .flat_map(|h| [spec(h, Variant::Baseline), spec(h, Variant::Candidate)])
+                .collect()
+        };
+        let report = |hosts: &[&str]| -> HashMap<String, Vec<CollectorStatus>> {
+            desired(hosts)
+                .into_iter()
+                .map(|(h, s)| (h, vec![healthy(&s)]))
+                .fold(HashMap::new(), |mut by_host, (h, mut c)| {
+                    by_host.entry(h).or_insert_with(Vec::new).append(&mut c);
+                    by_host
+                })
+        };
+
+        // The first pass sees both targets; web-0 is ready, web-1 reports nothing.
+        let mut not_ready = NotReady::default();
+        let decision = decide_deploying(
+            &e,
+            &desired(&["web-0", "web-1"]),
+            &report(&["web-0"]),
+            &[],
+            &mut not_ready,
+            &limits,
+            now,
+        );
+        assert_eq!(decision, Decision::Stay);
+        let waiting: Vec<&String> = not_ready.collectors.values().collect();
+        assert_eq!(
+            waiting,
+            [
+                "web-1: wide.baseline not running",
+                "web-1: wide.candidate not running"
+            ]
+        );
+        let mut progress = DeployProgress::default();
+        progress.remember(&e, not_ready);
+
+        // A pass scoped to web-1 alone, which is now ready: every target is.
+        let mut not_ready = progress.known(&e).cloned().expect("known");
+        let decision = decide_deploying(
+            &e,
+            &desired(&["web-1"]),
+            &report(&["web-1"]),
+            &[],
+            &mut not_ready,
+            &limits,
+            now,
+        );
+        assert_eq!(
+            decision,
+            Decision::Run {
+                reason: "both collectors healthy on all 2 host(s)".into()
+            }
+        );
+
+        // A pass scoped to web-0 alone does not run the experiment while web-1,
+        // outside the pass, was last seen not ready; and past the timeout the
+        // reason names what earlier passes found.
+        let mut not_ready = progress.known(&e).cloned().expect("known");
+        let later = e.phase_changed_at + chrono::Duration::seconds(601);
+        let decision = decide_deploying(
+            &e,
+            &desired(&["web-0"]),
+            &report(&["web-0"]),
+            &[],
+            &mut not_ready,
+            &limits,
+            later,
+        );
+        assert_eq!(
+            decision,
+            Decision::Fail {
+                reason: "deploy timed out after 10m: web-1: wide.baseline not running; \
+                         web-1: wide.candidate not running"
+                    .into()
+            }
+        );
+
+        // Deploying again (a new phase_changed_at) forgets what was found.
+        let mut again = e.clone();
+        again.phase_changed_at = later;
+        assert!(progress.known(&again).is_none());
     }
 }

@@ -10,9 +10,13 @@
 //! A pass has a [`Scope`] ([`crate::changes`]): every host, or only the hosts that
 //! changed since the last pass. A scoped pass reads, renders and diffs those hosts
 //! only; experiments' phase decisions still see every host they need (a pending
-//! experiment, which picks hosts from the whole fleet, makes the pass a full one,
-//! and a deploying experiment's targets join the scope). A phase change or
-//! promotion a scoped pass makes announces itself, so a full pass follows.
+//! experiment, which picks hosts from the whole fleet, makes the pass a full one).
+//! A deploying experiment's decision needs every target: the leader keeps what
+//! earlier passes found ([`DeployProgress`]), so a scoped pass looks again only at
+//! the targets that changed, and the targets join the scope only when nothing is
+//! known yet (this leader's first pass, or the experiment began deploying again).
+//! A phase change or promotion a scoped pass makes announces itself, so a full
+//! pass follows.
 
 use std::collections::HashMap;
 
@@ -26,13 +30,15 @@ use sqlx::Connection;
 use crate::changes::Scope;
 use crate::config::ReconcilerConfig;
 use crate::diff::{self, Blocked, DesiredState};
-use crate::lifecycle::{self, Decision, DeployLimits};
+use crate::lifecycle::{self, Decision, DeployLimits, DeployProgress};
 
 /// What a pass did, for logs, metrics and tests.
 #[derive(Debug, Default, PartialEq)]
 pub struct PassReport {
     /// `full` or `hosts` ([`Scope::label`]), once the pass has settled its scope.
     pub scope: Option<&'static str>,
+    /// How many hosts the pass read and diffed.
+    pub hosts: usize,
     pub tasks_created: u64,
     pub tasks_cancelled: u64,
     /// New tasks left for the next pass ([`diff::defer_beyond`]), which follows at once.
@@ -60,13 +66,16 @@ impl Stopwatch {
 
 /// Runs one pass over `scope` as the leader of `epoch` (refused with
 /// [`phoenix_storage::StoreError::Deposed`] once a newer leader took over). Time is
-/// the database's, like every timestamp it stores.
+/// the database's, like every timestamp it stores. `progress` is what this leader's
+/// earlier passes found of deploying experiments; it is updated once the pass
+/// commits.
 #[tracing::instrument(name = "reconcile pass", skip_all, fields(epoch = epoch, scope = scope.label()))]
 pub async fn run_pass(
     conn: &mut PgConnection,
     config: &ReconcilerConfig,
     epoch: i64,
     scope: Scope,
+    progress: &mut DeployProgress,
 ) -> Result<PassReport> {
     let mut report = PassReport::default();
     let mut stopwatch = Stopwatch::start();
@@ -84,12 +93,13 @@ pub async fn run_pass(
         scope.widened(
             active
                 .iter()
-                .filter(|e| e.phase == Phase::Deploying)
+                .filter(|e| e.phase == Phase::Deploying && progress.known(e).is_none())
                 .flat_map(|e| &e.target_hosts),
         )
     };
     report.scope = Some(scope.label());
     let host_records = hosts::list_records(&mut tx, scope.filter()).await?;
+    report.hosts = host_records.len();
     let template_configs: HashMap<String, Template> = templates::list(&mut tx)
         .await?
         .into_iter()
@@ -108,6 +118,7 @@ pub async fn run_pass(
 
     let mut desired = DesiredState::new();
     let mut blocked = Blocked::new();
+    let mut next_progress = DeployProgress::default();
     let limits = DeployLimits {
         timeout: config.deploy_timeout.as_duration(),
         max_start_failures: config.max_start_failures,
@@ -164,9 +175,20 @@ pub async fn run_pass(
             }
         };
         if experiment.phase == Phase::Deploying {
-            let decision =
-                lifecycle::decide_deploying(experiment, &specs, &actual, &failures, &limits, now);
+            let mut not_ready = progress.known(experiment).cloned().unwrap_or_default();
+            let decision = lifecycle::decide_deploying(
+                experiment,
+                &specs,
+                &actual,
+                &failures,
+                &mut not_ready,
+                &limits,
+                now,
+            );
             apply(&mut tx, experiment, decision, now, &mut report).await?;
+            if experiment.phase == Phase::Deploying {
+                next_progress.remember(experiment, not_ready);
+            }
             if !experiment.phase.wants_collectors() {
                 continue;
             }
@@ -218,6 +240,7 @@ pub async fn run_pass(
     report.tasks_cancelled = tasks::cancel_pending(&mut tx, &plan.cancel).await?;
     stopwatch.lap(&mut report, "write");
     tx.commit().await?;
+    *progress = next_progress;
     stopwatch.lap(&mut report, "commit");
     drop(steps);
     Ok(report)

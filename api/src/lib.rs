@@ -14,7 +14,7 @@
 //!   the real collector ([`app::collector`]), declarative apply, load simulations,
 //!   pipeline deployments and the promotion policy (promote, rollback).
 //! - [`fanout`]: serving many agents and subscribers cheaply. [`fanout::wakeups`]
-//!   (long-poll wake-ups), [`fanout::coalesce`] (task claims and outcomes batched into
+//!   (long-poll wake-ups), [`fanout::coalesce`] (task claims, outcomes and status reports batched into
 //!   few statements), [`fanout::heartbeats`] (the coalescing heartbeat writer) and
 //!   [`fanout::events`] (the event stream's fan-out to WebSockets).
 //!
@@ -39,7 +39,7 @@ use tokio::sync::watch;
 
 pub use config::ApiConfig;
 
-use crate::fanout::coalesce::{ClaimSettings, Claims, Completions};
+use crate::fanout::coalesce::{ClaimSettings, Claims, Completions, StatusReports};
 use crate::fanout::events::EventHub;
 use crate::fanout::heartbeats::HeartbeatBuffer;
 use crate::fanout::wakeups::TaskWakeups;
@@ -109,6 +109,7 @@ pub async fn serve(
             metrics.clone(),
         ),
         completions: Completions::start(pool.clone()),
+        status_reports: StatusReports::start(pool.clone()),
         heartbeats: heartbeats.clone(),
         metrics: metrics.clone(),
         validations: Arc::new(tokio::sync::Semaphore::new(state::MAX_VALIDATIONS)),

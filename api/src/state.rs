@@ -9,7 +9,7 @@ use tokio::sync::watch;
 
 use crate::app::credentials::CredentialCache;
 use crate::config::ApiConfig;
-use crate::fanout::coalesce::{Claims, Completions};
+use crate::fanout::coalesce::{Claims, Completions, StatusReports};
 use crate::fanout::events::EventHub;
 use crate::fanout::heartbeats::HeartbeatBuffer;
 use crate::fanout::wakeups::TaskWakeups;
@@ -27,6 +27,8 @@ pub struct AppState {
     /// few statements.
     pub claims: Claims,
     pub completions: Completions,
+    /// Full status reports, coalesced into one transaction per batch.
+    pub status_reports: StatusReports,
     pub heartbeats: HeartbeatBuffer,
     pub metrics: Metrics,
     /// Collector validations running at once (`POST /api/v1/pipelines/validate`

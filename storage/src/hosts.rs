@@ -1,6 +1,6 @@
 //! Hosts and the collectors their agents report (actual state).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -56,51 +56,75 @@ pub fn host_state(last_seen: DateTime<Utc>, now: DateTime<Utc>, grace: Duration)
     }
 }
 
-/// Stores a full status report: registers or updates the host and replaces its
-/// reported collectors (and load runs, see [`crate::loads`]), in one transaction.
-pub async fn report_status(
+/// Stores full status reports of many hosts in one transaction: registers or
+/// updates each host and replaces its reported collectors (and load runs, see
+/// [`crate::loads`]). The statements are those of one report, each run once for
+/// the whole batch, which is what a rollout's burst of reports costs the database.
+/// A host reported twice keeps its last report.
+pub async fn report_statuses(
     conn: &mut PgConnection,
-    host_id: &str,
-    status: &HostStatus,
+    reports: &[(String, HostStatus)],
 ) -> Result<()> {
+    // The last report of each host, in host order (every batch locks rows in the
+    // same order).
+    let latest: BTreeMap<&str, &HostStatus> = reports
+        .iter()
+        .map(|(host, status)| (host.as_str(), status))
+        .collect();
+    let host_ids: Vec<&str> = latest.keys().copied().collect();
     let mut tx = conn.begin().await?;
     sqlx::query(
-        "INSERT INTO hosts (host_id, labels, agent_version, last_seen, status_at) VALUES ($1, $2, $3, now(), now()) \
+        "INSERT INTO hosts (host_id, labels, agent_version, last_seen, status_at) \
+         SELECT host_id, labels, agent_version, now(), now() \
+         FROM unnest($1::text[], $2::jsonb[], $3::text[]) AS r(host_id, labels, agent_version) \
          ON CONFLICT (host_id) DO UPDATE SET labels = EXCLUDED.labels, agent_version = EXCLUDED.agent_version, \
          last_seen = now(), status_at = now()",
     )
-    .bind(host_id)
-    .bind(serde_json::to_value(&status.labels).expect("labels serialize"))
-    .bind(&status.agent_version)
+    .bind(&host_ids)
+    .bind(
+        latest
+            .values()
+            .map(|s| serde_json::to_value(&s.labels).expect("labels serialize"))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        latest
+            .values()
+            .map(|s| s.agent_version.as_str())
+            .collect::<Vec<_>>(),
+    )
     .execute(&mut *tx)
     .await?;
-    sqlx::query("DELETE FROM host_collectors WHERE host_id = $1")
-        .bind(host_id)
+    sqlx::query("DELETE FROM host_collectors WHERE host_id = ANY($1)")
+        .bind(&host_ids)
         .execute(&mut *tx)
         .await?;
-    let c = &status.collectors;
+    let c: Vec<(&str, &CollectorStatus)> = latest
+        .iter()
+        .flat_map(|(host, s)| s.collectors.iter().map(move |c| (*host, c)))
+        .collect();
     if !c.is_empty() {
         sqlx::query(
             "INSERT INTO host_collectors (host_id, collector_id, owner, variant, pipeline, config_hash, pid, health, \
              restarts, cpu_seconds, rss_bytes, last_error, rolled_back_from) \
-             SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[], \
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[], \
              $8::text[], $9::int[], $10::float8[], $11::int8[], $12::text[], $13::jsonb[])",
         )
-        .bind(host_id)
-        .bind(c.iter().map(|c| c.collector_id.clone()).collect::<Vec<_>>())
-        .bind(c.iter().map(|c| c.owner.clone()).collect::<Vec<_>>())
-        .bind(c.iter().map(|c| c.variant.as_str()).collect::<Vec<_>>())
-        .bind(c.iter().map(|c| c.pipeline.clone()).collect::<Vec<_>>())
-        .bind(c.iter().map(|c| c.config_hash.clone()).collect::<Vec<_>>())
-        .bind(c.iter().map(|c| c.pid.map(|p| p as i32)).collect::<Vec<_>>())
-        .bind(c.iter().map(|c| c.health.as_str()).collect::<Vec<_>>())
-        .bind(c.iter().map(|c| c.restarts as i32).collect::<Vec<_>>())
-        .bind(c.iter().map(|c| c.cpu_seconds).collect::<Vec<_>>())
-        .bind(c.iter().map(|c| c.rss_bytes as i64).collect::<Vec<_>>())
-        .bind(c.iter().map(|c| c.last_error.clone()).collect::<Vec<_>>())
+        .bind(c.iter().map(|(h, _)| *h).collect::<Vec<_>>())
+        .bind(c.iter().map(|(_, c)| c.collector_id.as_str()).collect::<Vec<_>>())
+        .bind(c.iter().map(|(_, c)| c.owner.as_str()).collect::<Vec<_>>())
+        .bind(c.iter().map(|(_, c)| c.variant.as_str()).collect::<Vec<_>>())
+        .bind(c.iter().map(|(_, c)| c.pipeline.as_str()).collect::<Vec<_>>())
+        .bind(c.iter().map(|(_, c)| c.config_hash.as_str()).collect::<Vec<_>>())
+        .bind(c.iter().map(|(_, c)| c.pid.map(|p| p as i32)).collect::<Vec<_>>())
+        .bind(c.iter().map(|(_, c)| c.health.as_str()).collect::<Vec<_>>())
+        .bind(c.iter().map(|(_, c)| c.restarts as i32).collect::<Vec<_>>())
+        .bind(c.iter().map(|(_, c)| c.cpu_seconds).collect::<Vec<_>>())
+        .bind(c.iter().map(|(_, c)| c.rss_bytes as i64).collect::<Vec<_>>())
+        .bind(c.iter().map(|(_, c)| c.last_error.as_deref()).collect::<Vec<_>>())
         .bind(
             c.iter()
-                .map(|c| {
+                .map(|(_, c)| {
                     c.rolled_back_from
                         .as_ref()
                         .map(|r| serde_json::to_value(r).expect("a rollback serializes"))
@@ -110,7 +134,7 @@ pub async fn report_status(
         .execute(&mut *tx)
         .await?;
     }
-    crate::loads::replace_reported(&mut tx, host_id, status).await?;
+    crate::loads::replace_reported(&mut tx, &latest).await?;
     tx.commit().await?;
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! (`hosts.max_load_processes`). Load *tasks* are `agent_tasks` rows of kind `load`
 //! (see [`crate::tasks`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use phoenix_wire::agent::HostStatus;
@@ -181,51 +181,63 @@ pub async fn stop_run(conn: &mut PgConnection, name: &str) -> Result<StoredLoadR
     )))
 }
 
-/// Replaces what a host reported about its load runs, and its load limit. Called
-/// inside the transaction of [`crate::hosts::report_status`].
+/// Replaces the load runs (and the process budget) the hosts of a batch of
+/// status reports ([`crate::hosts::report_statuses`]) report, inside its transaction.
 pub async fn replace_reported(
     conn: &mut PgConnection,
-    host_id: &str,
-    status: &HostStatus,
+    reports: &BTreeMap<&str, &HostStatus>,
 ) -> Result<()> {
-    sqlx::query("UPDATE hosts SET max_load_processes = $2 WHERE host_id = $1")
-        .bind(host_id)
-        .bind(i32::try_from(status.max_load_processes).unwrap_or(i32::MAX))
+    let host_ids: Vec<&str> = reports.keys().copied().collect();
+    sqlx::query(
+        "UPDATE hosts h SET max_load_processes = r.max_load_processes \
+         FROM unnest($1::text[], $2::int[]) AS r(host_id, max_load_processes) \
+         WHERE h.host_id = r.host_id",
+    )
+    .bind(&host_ids)
+    .bind(
+        reports
+            .values()
+            .map(|s| i32::try_from(s.max_load_processes).unwrap_or(i32::MAX))
+            .collect::<Vec<_>>(),
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("DELETE FROM host_loads WHERE host_id = ANY($1)")
+        .bind(&host_ids)
         .execute(&mut *conn)
         .await?;
-    sqlx::query("DELETE FROM host_loads WHERE host_id = $1")
-        .bind(host_id)
-        .execute(&mut *conn)
-        .await?;
-    let l = &status.load;
+    let l: Vec<(&str, &LoadStatus)> = reports
+        .iter()
+        .flat_map(|(host, s)| s.load.iter().map(move |l| (*host, l)))
+        .collect();
     if l.is_empty() {
         return Ok(());
     }
     sqlx::query(
         "INSERT INTO host_loads (host_id, run_id, owner, profile, spec_hash, state, live_processes, \
          spawned_total, started_at, expires_at, last_error) \
-         SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[], \
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[], \
          $8::int8[], $9::timestamptz[], $10::timestamptz[], $11::text[])",
     )
-    .bind(host_id)
-    .bind(l.iter().map(|s| s.run_id.clone()).collect::<Vec<_>>())
-    .bind(l.iter().map(|s| s.owner.clone()).collect::<Vec<_>>())
-    .bind(l.iter().map(|s| s.profile.as_str()).collect::<Vec<_>>())
-    .bind(l.iter().map(|s| s.spec_hash.clone()).collect::<Vec<_>>())
-    .bind(l.iter().map(|s| s.state.as_str()).collect::<Vec<_>>())
+    .bind(l.iter().map(|(h, _)| *h).collect::<Vec<_>>())
+    .bind(l.iter().map(|(_, s)| s.run_id.as_str()).collect::<Vec<_>>())
+    .bind(l.iter().map(|(_, s)| s.owner.as_str()).collect::<Vec<_>>())
+    .bind(l.iter().map(|(_, s)| s.profile.as_str()).collect::<Vec<_>>())
+    .bind(l.iter().map(|(_, s)| s.spec_hash.as_str()).collect::<Vec<_>>())
+    .bind(l.iter().map(|(_, s)| s.state.as_str()).collect::<Vec<_>>())
     .bind(
         l.iter()
-            .map(|s| i32::try_from(s.live_processes).unwrap_or(i32::MAX))
+            .map(|(_, s)| i32::try_from(s.live_processes).unwrap_or(i32::MAX))
             .collect::<Vec<_>>(),
     )
     .bind(
         l.iter()
-            .map(|s| i64::try_from(s.spawned_total).unwrap_or(i64::MAX))
+            .map(|(_, s)| i64::try_from(s.spawned_total).unwrap_or(i64::MAX))
             .collect::<Vec<_>>(),
     )
-    .bind(l.iter().map(|s| s.started_at).collect::<Vec<_>>())
-    .bind(l.iter().map(|s| s.expires_at).collect::<Vec<_>>())
-    .bind(l.iter().map(|s| s.last_error.clone()).collect::<Vec<_>>())
+    .bind(l.iter().map(|(_, s)| s.started_at).collect::<Vec<_>>())
+    .bind(l.iter().map(|(_, s)| s.expires_at).collect::<Vec<_>>())
+    .bind(l.iter().map(|(_, s)| s.last_error.as_deref()).collect::<Vec<_>>())
     .execute(conn)
     .await?;
     Ok(())

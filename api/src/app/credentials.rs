@@ -262,6 +262,24 @@ impl CredentialCache {
         self.entries.lock().expect("cache lock").clear();
     }
 
+    /// Whether a credential checked when a request began is still valid, for a
+    /// request that lasts (a woken long-poll). While the listener is connected a
+    /// revocation evicts the credential at once, so one still cached, however old,
+    /// was not revoked: no query, which matters when a rollout wakes every agent.
+    /// Otherwise as [`Self::host_of`].
+    pub async fn still_valid(&self, pool: &PgPool, presented: &str) -> Result<(), ApiError> {
+        let parsed = parse_presented(presented, TokenKind::Host)?;
+        if *self.listener_connected.borrow() {
+            let entries = self.entries.lock().expect("cache lock");
+            if let Some(cached) = entries.get(parsed.id)
+                && digest_matches(parsed.secret, &cached.secret_sha256)
+            {
+                return Ok(());
+            }
+        }
+        self.host_of(pool, presented).await.map(drop)
+    }
+
     /// The host a presented host credential belongs to, or 401 saying why not.
     pub async fn host_of(&self, pool: &PgPool, presented: &str) -> Result<String, ApiError> {
         let parsed = parse_presented(presented, TokenKind::Host)?;

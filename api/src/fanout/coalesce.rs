@@ -8,17 +8,19 @@
 //! statement. A lone request is served at once, so an idle API adds no delay;
 //! under a burst, batches grow by themselves while the previous statement runs.
 //!
-//! Two queues use it: [`Claims`] (tasks for woken long-polls, through
-//! `tasks::claim_many`) and [`Completions`] (task outcomes, through
-//! `tasks::complete_many`).
+//! Three queues use it: [`Claims`] (tasks for woken long-polls, through
+//! `tasks::claim_many`), [`Completions`] (task outcomes, through
+//! `tasks::complete_many`) and [`StatusReports`] (full status reports, through
+//! `hosts::report_statuses`).
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use phoenix_storage::hosts;
 use phoenix_storage::tasks::{self, Completion};
 use phoenix_storage::{PgPool, StoreError};
-use phoenix_wire::agent::{Task, TaskOutcome};
+use phoenix_wire::agent::{HostStatus, Task, TaskOutcome};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::error::ApiError;
@@ -215,5 +217,50 @@ async fn complete_batch(
             let failed = batch_failed("recording task outcomes", &err, answers.len());
             answers.iter().map(|_| Err(failed.clone())).collect()
         }
+    }
+}
+
+/// Full status reports of agents: (host id, report).
+#[derive(Clone)]
+pub struct StatusReports(Coalescer<(String, HostStatus), Result<(), ApiError>>);
+
+impl StatusReports {
+    pub fn start(pool: PgPool) -> StatusReports {
+        StatusReports(Coalescer::start(
+            move |reports: Vec<(String, HostStatus)>| report_batch(pool.clone(), reports),
+        ))
+    }
+
+    /// Stores one host's report.
+    pub async fn report(&self, host_id: &str, status: HostStatus) -> Result<(), ApiError> {
+        self.0
+            .call((host_id.to_string(), status))
+            .await
+            .unwrap_or_else(|| Err(shutting_down()))
+    }
+}
+
+async fn report_batch(
+    pool: PgPool,
+    reports: Vec<(String, HostStatus)>,
+) -> Vec<Result<(), ApiError>> {
+    let store = async |reports: &[(String, HostStatus)]| {
+        let mut conn = phoenix_storage::acquire(&pool).await?;
+        hosts::report_statuses(&mut conn, reports).await
+    };
+    match store(&reports).await {
+        Ok(()) => reports.iter().map(|_| Ok(())).collect(),
+        // One report alone is what failed, or the database: each on its own, so
+        // that one host's failure (a conflict with a concurrent batch) is not
+        // every host's.
+        Err(err) if reports.len() > 1 => {
+            tracing::debug!(error = %err, batch = reports.len(), "storing status reports one by one");
+            let mut results = Vec::with_capacity(reports.len());
+            for report in reports.chunks(1) {
+                results.push(store(report).await.map_err(ApiError::from));
+            }
+            results
+        }
+        Err(err) => vec![Err(ApiError::from(err))],
     }
 }

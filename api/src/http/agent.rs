@@ -293,8 +293,7 @@ pub async fn report_status(
 ) -> Result<StatusCode, ApiError> {
     let status: HostStatus = parse_body(&body)?;
     status.check().map_err(ApiError::Invalid)?;
-    let mut conn = state.conn().await?;
-    hosts::report_status(&mut conn, &host_id, &status).await?;
+    state.status_reports.report(&host_id, status).await?;
     state.heartbeats.mark_seen(&host_id);
     state.metrics.status_reports.inc();
     Ok(StatusCode::NO_CONTENT)

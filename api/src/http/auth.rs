@@ -246,11 +246,7 @@ impl AgentHost {
         let Some(presented) = &self.1.0 else {
             return Ok(());
         };
-        state
-            .credentials
-            .host_of(&state.pool, presented)
-            .await
-            .map(drop)
+        state.credentials.still_valid(&state.pool, presented).await
     }
 }
 

@@ -3,7 +3,7 @@
 //! processes (`stand-in-collector`, which the supervisor cannot tell from the
 //! OpenTelemetry Collector).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use phoenix_e2e::harness::{
@@ -628,5 +628,121 @@ async fn an_answered_task_stays_open_until_the_host_reports() {
             .is_empty()
     );
     drop(conn);
+    stack.shutdown().await;
+}
+
+/// A healthy collector `id` as an agent reports it.
+fn reported(id: &str) -> phoenix_wire::agent::CollectorStatus {
+    phoenix_wire::agent::CollectorStatus {
+        collector_id: id.into(),
+        owner: "exp".into(),
+        variant: Variant::Baseline,
+        pipeline: "process-baseline".into(),
+        config_hash: format!("hash-of-{id}"),
+        pid: Some(42),
+        health: phoenix_wire::agent::Health::Healthy,
+        restarts: 0,
+        cpu_seconds: 1.5,
+        rss_bytes: 1 << 20,
+        last_error: None,
+        rolled_back_from: None,
+    }
+}
+
+fn status(role: &str, collectors: &[&str]) -> phoenix_wire::agent::HostStatus {
+    phoenix_wire::agent::HostStatus {
+        labels: [("role".to_string(), role.to_string())].into(),
+        agent_version: "test".into(),
+        collectors: collectors.iter().map(|id| reported(id)).collect(),
+        load: vec![],
+        max_load_processes: 7,
+    }
+}
+
+/// `host → its collector ids`, as stored.
+async fn stored_collectors(stack: &Stack) -> BTreeMap<String, Vec<String>> {
+    let mut conn = stack.pool.acquire().await.unwrap();
+    phoenix_storage::hosts::collectors_by_host(&mut conn, HostFilter::All)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(host, cs)| (host, cs.into_iter().map(|c| c.collector_id).collect()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_stored_in_one_batch_replace_each_hosts_own_state() {
+    let stack = Stack::start_with(StackOptions {
+        reconciler: false,
+        ..Default::default()
+    })
+    .await;
+    let mut conn = stack.pool.acquire().await.unwrap();
+    // One batch: web-0 twice (its last report wins), web-1 once.
+    let batch = [
+        ("web-0".to_string(), status("web", &["a", "b"])),
+        ("web-1".to_string(), status("db", &["c"])),
+        ("web-0".to_string(), status("web", &["d"])),
+    ];
+    phoenix_storage::hosts::report_statuses(&mut conn, &batch)
+        .await
+        .unwrap();
+    let expected = |pairs: &[(&str, &[&str])]| -> BTreeMap<String, Vec<String>> {
+        pairs
+            .iter()
+            .map(|(h, cs)| (h.to_string(), cs.iter().map(|c| c.to_string()).collect()))
+            .collect()
+    };
+    assert_eq!(
+        stored_collectors(&stack).await,
+        expected(&[("web-0", &["d"]), ("web-1", &["c"])])
+    );
+    // A later batch naming web-1 alone leaves web-0 as it was.
+    let batch = [("web-1".to_string(), status("db", &[]))];
+    phoenix_storage::hosts::report_statuses(&mut conn, &batch)
+        .await
+        .unwrap();
+    assert_eq!(
+        stored_collectors(&stack).await,
+        expected(&[("web-0", &["d"])])
+    );
+    drop(conn);
+
+    // Through the api: 40 hosts report at once (the reports coalesce), and each
+    // host is listed with its own labels and collector.
+    let reports = (0..40).map(|i| {
+        let stack = &stack;
+        async move {
+            let host = format!("burst-{i:02}");
+            let credential = stack.host_credential(&host).await;
+            let id = format!("c-{i:02}");
+            let response = stack
+                .request(
+                    Method::PUT,
+                    &format!("/agent/v1/hosts/{host}/status"),
+                    &credential,
+                )
+                .json(&status(&format!("r{i}"), &[&id]))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 204, "{host}");
+        }
+    });
+    futures_util::future::join_all(reports).await;
+    let listed = hosts(&stack).await;
+    for i in 0..40 {
+        let host = listed
+            .iter()
+            .find(|h| h.host_id == format!("burst-{i:02}"))
+            .unwrap_or_else(|| panic!("burst-{i:02} is listed"));
+        assert_eq!(host.labels.get("role"), Some(&format!("r{i}")));
+        let ids: Vec<&str> = host
+            .collectors
+            .iter()
+            .map(|c| c.collector_id.as_str())
+            .collect();
+        assert_eq!(ids, [format!("c-{i:02}")]);
+    }
     stack.shutdown().await;
 }

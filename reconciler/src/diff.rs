@@ -30,21 +30,29 @@ impl Plan {
 }
 
 /// Keeps the new tasks of the plan's first hosts, whole hosts at a time, up to `max`
-/// tasks (always at least one host's), and returns how many it took out: the next
-/// pass writes them, as the diff asks for them again. Cancellations all stay. So
-/// an experiment starting on 10,000 hosts is written in passes of bounded length,
-/// each committed and delivered while the next is written.
-pub fn defer_beyond(plan: &mut Plan, max: usize) -> usize {
+/// tasks (always at least one host's), and returns how many it took out and from
+/// which hosts (sorted): the next pass, scoped to those hosts, writes them, as the
+/// diff asks for them again. Cancellations all stay. So an experiment starting on
+/// 10,000 hosts is written in passes of bounded length, each committed and
+/// delivered while the next is written.
+pub fn defer_beyond(plan: &mut Plan, max: usize) -> (usize, Vec<String>) {
     let mut admitted: HashSet<String> = HashSet::new();
+    let mut deferred: BTreeSet<String> = BTreeSet::new();
     let mut kept = 0;
     let before = plan.new_tasks.len();
     plan.new_tasks.retain(|task| {
         let keep = admitted.contains(&task.host_id)
             || ((kept < max || admitted.is_empty()) && admitted.insert(task.host_id.clone()));
         kept += usize::from(keep);
+        if !keep {
+            deferred.insert(task.host_id.clone());
+        }
         keep
     });
-    before - plan.new_tasks.len()
+    (
+        before - plan.new_tasks.len(),
+        deferred.into_iter().collect(),
+    )
 }
 
 /// A (host, unit, spec hash) whose starts keep failing: not retried.
@@ -238,7 +246,7 @@ mod tests {
         };
         // Three tasks fit: h1 and then h2 whole (a host is never split), h3 waits;
         // h1's later task stays with its host.
-        assert_eq!(defer_beyond(&mut plan, 3), 1);
+        assert_eq!(defer_beyond(&mut plan, 3), (1, vec!["h3".to_string()]));
         let kept: Vec<(&str, &str)> = plan
             .new_tasks
             .iter()
@@ -260,14 +268,14 @@ mod tests {
             new_tasks: vec![stop("h1", "a"), stop("h1", "b"), stop("h2", "a")],
             cancel: vec![],
         };
-        assert_eq!(defer_beyond(&mut one, 1), 1);
+        assert_eq!(defer_beyond(&mut one, 1), (1, vec!["h2".to_string()]));
         assert_eq!(one.new_tasks.len(), 2);
         // Under the limit nothing moves.
         let mut small = Plan {
             new_tasks: vec![stop("h1", "a")],
             cancel: vec![],
         };
-        assert_eq!(defer_beyond(&mut small, 2_000), 0);
+        assert_eq!(defer_beyond(&mut small, 2_000), (0, vec![]));
         assert_eq!(small.new_tasks.len(), 1);
     }
     use phoenix_wire::agent::{CollectorSpec, Health, Variant};

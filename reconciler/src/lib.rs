@@ -311,7 +311,10 @@ async fn lead(
                 // What it was to look at is not done: look at everything next time.
                 changes.lock().expect("changes lock").everything();
             }
-            let deferred = result.as_ref().map_or(0, |report| report.tasks_deferred);
+            let deferred = result
+                .as_ref()
+                .map(|report| report.deferred_hosts.clone())
+                .unwrap_or_default();
             match result {
                 Ok(report) => {
                     if let Some(scope) = report.scope {
@@ -369,9 +372,9 @@ async fn lead(
             metrics
                 .pass_seconds
                 .observe(started.elapsed().as_secs_f64());
-            if deferred > 0 {
-                // The rest of a large write: the next pass at once.
-                changes.lock().expect("changes lock").everything();
+            if !deferred.is_empty() {
+                // The rest of a large write: the next pass at once, on those hosts.
+                changes.lock().expect("changes lock").deferred(deferred);
                 continue;
             }
         }

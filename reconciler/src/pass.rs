@@ -41,8 +41,10 @@ pub struct PassReport {
     pub hosts: usize,
     pub tasks_created: u64,
     pub tasks_cancelled: u64,
-    /// New tasks left for the next pass ([`diff::defer_beyond`]), which follows at once.
+    /// New tasks left for the next pass ([`diff::defer_beyond`]), which follows at
+    /// once, scoped to `deferred_hosts`.
     pub tasks_deferred: u64,
+    pub deferred_hosts: Vec<String>,
     pub transitions: Vec<(String, Phase, Phase)>,
     /// How long each stage of the pass took, in order (logged when a pass is slow).
     pub stages: Vec<(&'static str, std::time::Duration)>,
@@ -232,7 +234,9 @@ pub async fn run_pass(
     let mut plan = diff::plan(TaskKind::Collector, &desired, &actual, &open, &blocked);
     plan.extend(crate::load::plan_loads(&mut tx, &active, &open, config, now, &scope).await?);
     if let Some(max) = config.max_new_tasks_per_pass() {
-        report.tasks_deferred = diff::defer_beyond(&mut plan, max) as u64;
+        let (tasks, hosts) = diff::defer_beyond(&mut plan, max);
+        report.tasks_deferred = tasks as u64;
+        report.deferred_hosts = hosts;
     }
     stopwatch.lap(&mut report, "plan");
     let steps = crate::task_trace::continue_traces(&mut tx, &mut plan.new_tasks).await?;

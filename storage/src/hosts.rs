@@ -23,11 +23,16 @@ pub enum HostFilter<'a> {
 impl HostFilter<'_> {
     /// The SQL condition on `column`: `TRUE`, or membership in parameter `$n`
     /// (bound by [`HostFilter::bind`]). Two texts rather than one condition with a
-    /// NULL test, so each gets a plan of its own (an index scan for a few hosts).
+    /// NULL test, so each gets a plan of its own.
+    ///
+    /// Membership is [`in_hosts`], not `= ANY($n)`: a scan filtered by `= ANY` of a
+    /// bound array compares every row with every element, which cost 370 to 560 ms
+    /// a statement for 3,000 hosts in a 10,000-host rollout (a generic plan, no
+    /// index condition); `IN (SELECT unnest(...))` is a semi-join, hashed or by index.
     pub(crate) fn condition(&self, column: &str, n: usize) -> String {
         match self {
             HostFilter::All => "TRUE".to_string(),
-            HostFilter::Only(_) => format!("{column} = ANY(${n})"),
+            HostFilter::Only(_) => in_hosts(column, n),
         }
     }
 
@@ -41,6 +46,12 @@ impl HostFilter<'_> {
             HostFilter::Only(ids) => query.bind(ids.to_vec()),
         }
     }
+}
+
+/// `column IN (SELECT unnest($n::text[]))`: membership in a bound list of host ids,
+/// planned as a semi-join (see [`HostFilter::condition`]).
+pub(crate) fn in_hosts(column: &str, n: usize) -> String {
+    format!("{column} IN (SELECT unnest(${n}::text[]))")
 }
 
 /// Whether a host last seen at `last_seen` counts as lost at `now`.
@@ -95,7 +106,11 @@ pub async fn report_statuses(
     )
     .execute(&mut *tx)
     .await?;
-    sqlx::query("DELETE FROM host_collectors WHERE host_id = ANY($1)")
+    let delete = format!(
+        "DELETE FROM host_collectors WHERE {}",
+        in_hosts("host_id", 1)
+    );
+    sqlx::query(&delete)
         .bind(&host_ids)
         .execute(&mut *tx)
         .await?;

@@ -202,7 +202,11 @@ pub async fn replace_reported(
     )
     .execute(&mut *conn)
     .await?;
-    sqlx::query("DELETE FROM host_loads WHERE host_id = ANY($1)")
+    let delete = format!(
+        "DELETE FROM host_loads WHERE {}",
+        crate::hosts::in_hosts("host_id", 1)
+    );
+    sqlx::query(&delete)
         .bind(&host_ids)
         .execute(&mut *conn)
         .await?;

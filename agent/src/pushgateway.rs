@@ -17,9 +17,16 @@
 //! nothing to push to.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use phoenix_wire::agent::{CollectorStatus, Variant};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::prometheus_text::{self, CONTENT_TYPE};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use reqwest::Url;
 use serde::Deserialize;
 use tokio::sync::watch;
@@ -96,6 +103,7 @@ impl Pushgateway {
         let response = self
             .http
             .put(self.group_url())
+            .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
             .body(exposition(collectors))
             .send()
             .await?;
@@ -185,41 +193,46 @@ pub fn is_measured(status: &CollectorStatus) -> bool {
     status.pid.is_some() && status.variant != Variant::Standing
 }
 
-/// The Prometheus text exposition of the given collectors' numbers.
-pub fn exposition(collectors: &[&CollectorStatus]) -> String {
-    let labels = |status: &CollectorStatus| {
-        format!(
-            "collector=\"{}\",experiment=\"{}\",variant=\"{}\",pipeline=\"{}\"",
-            escape(&status.collector_id),
-            escape(&status.owner),
-            status.variant.as_str(),
-            escape(&status.pipeline)
-        )
-    };
-    let mut text = String::from("# TYPE phoenix_collector_cpu_seconds_total counter\n");
-    for status in collectors {
-        text += &format!(
-            "phoenix_collector_cpu_seconds_total{{{}}} {}\n",
-            labels(status),
-            status.cpu_seconds
-        );
-    }
-    text += "# TYPE phoenix_collector_rss_bytes gauge\n";
-    for status in collectors {
-        text += &format!(
-            "phoenix_collector_rss_bytes{{{}}} {}\n",
-            labels(status),
-            status.rss_bytes
-        );
-    }
-    text
+/// The labels of one collector's series (the group key adds `job` and `host`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CollectorLabels {
+    collector: String,
+    experiment: String,
+    variant: &'static str,
+    pipeline: String,
 }
 
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// The given collectors' numbers in the Prometheus text format (version 0.0.4, the
+/// format the Pushgateway parses; its `Content-Type` is [`CONTENT_TYPE`]), encoded by
+/// prometheus-client from a registry built for this push.
+pub fn exposition(collectors: &[&CollectorStatus]) -> String {
+    let cpu = Family::<CollectorLabels, Counter<f64, AtomicU64>>::default();
+    let rss = Family::<CollectorLabels, Gauge<u64, AtomicU64>>::default();
+    for status in collectors {
+        let labels = CollectorLabels {
+            collector: status.collector_id.clone(),
+            experiment: status.owner.clone(),
+            variant: status.variant.as_str(),
+            pipeline: status.pipeline.clone(),
+        };
+        cpu.get_or_create(&labels).inc_by(status.cpu_seconds);
+        rss.get_or_create(&labels).set(status.rss_bytes);
+    }
+    let mut registry = Registry::default();
+    // A counter's name is written with `_total` appended.
+    registry.register(
+        "phoenix_collector_cpu_seconds",
+        "CPU time the collector process used since it started",
+        cpu,
+    );
+    registry.register(
+        "phoenix_collector_rss_bytes",
+        "Resident memory of the collector process",
+        rss,
+    );
+    let mut text = String::new();
+    prometheus_text::encode(&mut text, &registry).expect("writing to a String cannot fail");
+    text
 }
 
 /// The longest an agent waits to push after its experiment collectors change.
@@ -325,19 +338,110 @@ mod tests {
         }
     }
 
+    /// One sample line of the text format: name, labels in order, value.
+    type Sample = (String, Vec<(String, String)>, f64);
+
+    /// Parses the Prometheus text format as the Pushgateway reads it: the `# TYPE`
+    /// of each family and every sample, label values unescaped.
+    fn parse(text: &str) -> (BTreeMap<String, String>, Vec<Sample>) {
+        let mut types = BTreeMap::new();
+        let mut samples = Vec::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
+                assert!(
+                    types.insert(name.to_owned(), kind.to_owned()).is_none(),
+                    "one TYPE per family:\n{text}"
+                );
+                continue;
+            }
+            if line.starts_with('#') || line.is_empty() {
+                continue;
+            }
+            let (name, mut rest) = line.split_once('{').expect("labelled sample");
+            let mut labels = Vec::new();
+            loop {
+                let after = rest.strip_prefix(',').unwrap_or(rest);
+                if let Some(value) = after.strip_prefix("} ") {
+                    samples.push((name.to_owned(), labels, value.parse().expect("value")));
+                    break;
+                }
+                let (key, after) = after.split_once("=\"").expect("label");
+                let mut value = String::new();
+                let mut chars = after.char_indices();
+                let end = loop {
+                    match chars.next().expect("closing quote") {
+                        (i, '"') => break i + 1,
+                        (_, '\\') => match chars.next().expect("escaped").1 {
+                            'n' => value.push('\n'),
+                            other => value.push(other),
+                        },
+                        (_, other) => value.push(other),
+                    }
+                };
+                labels.push((key.to_owned(), value));
+                rest = &after[end..];
+            }
+        }
+        (types, samples)
+    }
+
+    fn labels(collector: &str, experiment: &str, variant: &str) -> Vec<(String, String)> {
+        [
+            ("collector", collector),
+            ("experiment", experiment),
+            ("variant", variant),
+            ("pipeline", "process-topk"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .to_vec()
+    }
+
     #[test]
     fn exposition_carries_the_labels_and_numbers_of_each_collector() {
         let candidate = status("topk.candidate", "topk", Variant::Candidate);
-        let baseline = status("topk.baseline", "topk", Variant::Baseline);
+        let baseline = CollectorStatus {
+            cpu_seconds: 0.25,
+            rss_bytes: 3 << 30,
+            ..status("topk.baseline", "topk", Variant::Baseline)
+        };
         let text = exposition(&[&candidate, &baseline]);
-        assert!(text.contains(
-            "phoenix_collector_cpu_seconds_total{collector=\"topk.candidate\",experiment=\"topk\",variant=\"candidate\",pipeline=\"process-topk\"} 1.5\n"
-        ));
-        assert!(text.contains("phoenix_collector_rss_bytes{collector=\"topk.baseline\",experiment=\"topk\",variant=\"baseline\",pipeline=\"process-topk\"} 1024\n"));
+        let (types, mut samples) = parse(&text);
         assert_eq!(
-            text.matches("# TYPE").count(),
-            2,
-            "one TYPE per family:\n{text}"
+            types,
+            BTreeMap::from([
+                (
+                    "phoenix_collector_cpu_seconds_total".into(),
+                    "counter".into()
+                ),
+                ("phoenix_collector_rss_bytes".into(), "gauge".into()),
+            ]),
+            "{text}"
+        );
+        samples.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        let cpu = "phoenix_collector_cpu_seconds_total".to_owned();
+        let rss = "phoenix_collector_rss_bytes".to_owned();
+        assert_eq!(
+            samples,
+            vec![
+                (
+                    cpu.clone(),
+                    labels("topk.baseline", "topk", "baseline"),
+                    0.25
+                ),
+                (cpu, labels("topk.candidate", "topk", "candidate"), 1.5),
+                (
+                    rss.clone(),
+                    labels("topk.baseline", "topk", "baseline"),
+                    3221225472.0
+                ),
+                (rss, labels("topk.candidate", "topk", "candidate"), 1024.0),
+            ],
+            "{text}"
+        );
+        assert!(
+            !text.contains("# EOF"),
+            "the 0.0.4 text format has no EOF marker:\n{text}"
         );
         let gateway = Pushgateway::new(
             crate::tls::client_builder(None).unwrap(),
@@ -347,6 +451,30 @@ mod tests {
         assert_eq!(
             gateway.group_url().as_str(),
             "http://127.0.0.1:9091/metrics/job/phoenix_collectors/host/web-1"
+        );
+    }
+
+    #[test]
+    fn hostile_label_values_are_escaped_and_read_back_whole() {
+        let hostile = "a\"} evil{x=\"1\\\nnext";
+        let collector = CollectorStatus {
+            pipeline: hostile.into(),
+            ..status("e.candidate", "e", Variant::Candidate)
+        };
+        let text = exposition(&[&collector]);
+        let (_, samples) = parse(&text);
+        assert_eq!(samples.len(), 2, "{text}");
+        for (_, labels, _) in samples {
+            assert_eq!(
+                labels[3],
+                ("pipeline".to_owned(), hostile.to_owned()),
+                "{text}"
+            );
+        }
+        assert_eq!(
+            text.lines().count(),
+            6,
+            "no line broken by the value:\n{text}"
         );
     }
 

@@ -228,10 +228,6 @@ pub struct AgentConfig {
 pub enum ConfigError {
     #[error("invalid --host-id: {0}")]
     HostId(String),
-    #[error(
-        "cannot read this machine's hostname ({0}); give the host id with --host-id or PHOENIX_HOST_ID"
-    )]
-    Hostname(std::io::Error),
     #[error("invalid --collector-user: {0}")]
     CollectorUser(String),
     #[error("cannot read the token file {}: {source}", path.display())]
@@ -265,7 +261,7 @@ impl AgentConfig {
     pub fn resolved_host_id(&self) -> Result<String, ConfigError> {
         let id = match &self.host_id {
             Some(id) => id.clone(),
-            None => hostname().map_err(ConfigError::Hostname)?,
+            None => hostname(),
         };
         names::check_host_id(&id).map_err(ConfigError::HostId)?;
         Ok(id)
@@ -356,16 +352,12 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     HumanDuration::parse(text).map(HumanDuration::as_duration)
 }
 
-fn hostname() -> std::io::Result<String> {
-    let mut buffer = [0u8; 256];
-    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it
-    // when the name fits, and we stop at the first NUL or the buffer's end.
-    let rc = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let len = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
-    Ok(String::from_utf8_lossy(&buffer[..len]).into_owned())
+/// The machine's hostname (`uname`'s nodename, what gethostname(2) returns).
+fn hostname() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
 }
 
 #[cfg(test)]

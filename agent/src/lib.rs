@@ -8,6 +8,7 @@
 //!   for with a bootstrap token (and again after a revocation).
 //! - [`supervisor`]: collector processes: start, health, restart, stop, adopt, reap.
 //! - [`procfs`]: reading `/proc` (CPU, RSS, start times, environments).
+//! - [`process_group`]: signalling a collector's or load run's process group.
 //! - [`state`]: `state.json`, what the agent supervises, written atomically.
 //! - [`ports`]: the loopback ports each collector is given.
 //! - [`metrics`]: the agent's own Prometheus metrics.
@@ -40,6 +41,7 @@ pub mod loadsim;
 pub mod metrics;
 pub mod node_labels;
 pub mod ports;
+pub mod process_group;
 pub mod procfs;
 pub mod pushgateway;
 pub mod state;

@@ -6,7 +6,6 @@
 
 use std::io;
 use std::path::PathBuf;
-use std::sync::OnceLock;
 
 /// The fields of `/proc/<pid>/stat` the agent uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,21 +112,11 @@ pub fn all_pids() -> io::Result<Vec<u32>> {
 
 /// Clock ticks per second (`sysconf(_SC_CLK_TCK)`), the unit of CPU and start times.
 pub fn clock_ticks_per_second() -> u64 {
-    static TICKS: OnceLock<u64> = OnceLock::new();
-    // SAFETY: sysconf has no preconditions.
-    *TICKS.get_or_init(|| match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
-        ticks if ticks > 0 => ticks as u64,
-        _ => 100,
-    })
+    rustix::param::clock_ticks_per_second()
 }
 
 fn page_size() -> u64 {
-    static PAGE: OnceLock<u64> = OnceLock::new();
-    // SAFETY: sysconf has no preconditions.
-    *PAGE.get_or_init(|| match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
-        size if size > 0 => size as u64,
-        _ => 4096,
-    })
+    rustix::param::page_size() as u64
 }
 
 #[cfg(test)]

@@ -28,6 +28,9 @@ use std::time::{Duration, Instant};
 use phoenix_wire::load::{self, LoadRunSpec, LoadStatus};
 use tokio::sync::watch;
 
+use rustix::process::Pid;
+
+use crate::process_group::{self, Signal};
 use crate::procfs;
 use run::{RunContext, RunHandle};
 
@@ -282,11 +285,10 @@ async fn reap_leftovers(marker: &str, grace: Duration) {
         return;
     }
     let started = Instant::now();
-    // SAFETY: getpgrp has no preconditions and cannot fail.
-    let own_group = unsafe { libc::getpgrp() };
-    let groups: BTreeSet<i32> = found
+    let own_group = process_group::own();
+    let groups: BTreeSet<u32> = found
         .values()
-        .copied()
+        .filter_map(|&g| u32::try_from(g).ok())
         .filter(|&g| g != own_group)
         .collect();
     tracing::warn!(
@@ -294,22 +296,24 @@ async fn reap_leftovers(marker: &str, grace: Duration) {
         groups = groups.len(),
         "killing load workers a previous agent left behind"
     );
-    let signal_all = |signal: libc::c_int| {
+    let signal_all = |signal: Signal| {
         for &group in &groups {
-            run::signal_group(group as u32, signal);
+            process_group::signal(group, signal);
         }
         for pid in marked_processes(marker).into_keys() {
-            // SAFETY: kill(2) on a pid that carries our marker.
-            unsafe { libc::kill(pid as libc::pid_t, signal) };
+            if let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
+                // A process that exited meanwhile is ESRCH: nothing to do.
+                let _ = rustix::process::kill_process(pid, signal);
+            }
         }
     };
-    signal_all(libc::SIGTERM);
+    signal_all(Signal::TERM);
     let deadline = Instant::now() + grace;
     while !marked_processes(marker).is_empty() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     if !marked_processes(marker).is_empty() {
-        signal_all(libc::SIGKILL);
+        signal_all(Signal::KILL);
         let deadline = Instant::now() + Duration::from_secs(5);
         while !marked_processes(marker).is_empty() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;

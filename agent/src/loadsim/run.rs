@@ -22,10 +22,13 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use phoenix_wire::duration::HumanDuration;
 use phoenix_wire::load::{LoadRunSpec, LoadState, LoadStatus};
+use rustix::io::Errno;
+use rustix::process::{self, Pid, WaitOptions};
 use tokio::sync::{oneshot, watch};
 
 use super::worker::WorkerArgs;
 use super::{LOAD_RUN_MARKER, LOAD_STATE_DIR_MARKER, LoadError};
+use crate::process_group::{self, Signal};
 
 /// The run thread wakes at least this often to reap workers and check for a stop.
 const TICK: Duration = Duration::from_millis(50);
@@ -373,49 +376,33 @@ enum GroupState {
 
 /// Reaps every exited child in `group` without waiting, removing it from `live`.
 fn reap_group(group: u32, live: &mut BTreeSet<u32>) -> GroupState {
-    let Ok(pgid) = libc::pid_t::try_from(group) else {
+    let Some(pgid) = i32::try_from(group).ok().and_then(Pid::from_raw) else {
         return GroupState::Gone;
     };
     loop {
-        let mut status = 0;
-        // SAFETY: waitpid only reaps our own children of that group; the status
-        // pointer is valid for the call.
-        let pid = unsafe { libc::waitpid(-pgid, &mut status, libc::WNOHANG) };
-        match pid {
-            0 => return GroupState::Alive,
-            p if p > 0 => {
-                live.remove(&(p as u32));
-            }
-            _ => {
-                let err = std::io::Error::last_os_error();
-                if err.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
+        match process::waitpgid(pgid, WaitOptions::NOHANG) {
+            Ok(None) => return GroupState::Alive,
+            Ok(Some((pid, _))) => {
+                if let Ok(pid) = u32::try_from(pid.as_raw_pid()) {
+                    live.remove(&pid);
                 }
-                return GroupState::Gone; // ECHILD: no child of ours left in the group
             }
+            Err(Errno::INTR) => continue,
+            // ECHILD: no child of ours left in the group.
+            Err(_) => return GroupState::Gone,
         }
-    }
-}
-
-/// Sends `signal` to a process group (never to init or to "every process").
-pub(super) fn signal_group(group: u32, signal: libc::c_int) {
-    if let Ok(pgid) = libc::pid_t::try_from(group)
-        && pgid > 1
-    {
-        // SAFETY: killpg only sends a signal; a stale group id yields ESRCH.
-        unsafe { libc::killpg(pgid, signal) };
     }
 }
 
 /// Ends a run's process group: SIGTERM, up to `grace` for it to exit, SIGKILL, and
 /// reaps every member.
 fn end_group(group: u32, live: &mut BTreeSet<u32>, grace: Duration) {
-    signal_group(group, libc::SIGTERM);
+    process_group::signal(group, Signal::TERM);
     if wait_for_group(group, live, grace) {
         return;
     }
     tracing::warn!(group, "load workers ignored SIGTERM; sending SIGKILL");
-    signal_group(group, libc::SIGKILL);
+    process_group::signal(group, Signal::KILL);
     if !wait_for_group(group, live, KILL_WAIT) {
         tracing::error!(group, "load workers survived SIGKILL");
     }

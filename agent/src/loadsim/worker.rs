@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use phoenix_wire::duration::HumanDuration;
+use rustix::process::{self, Signal};
 
 /// The subcommand that turns `phoenix-agent` into a load worker.
 pub const SUBCOMMAND: &str = "load-worker";
@@ -106,19 +107,12 @@ pub fn run(worker: &WorkerArgs) -> ExitCode {
 /// (the agent's run thread, or the whole agent), then checks that the parent is
 /// still the agent (it may have died before the request). False when it is not.
 fn die_with_parent(parent: u32) -> bool {
-    // SAFETY: prctl(PR_SET_PDEATHSIG) only changes this process's own settings.
-    unsafe {
-        libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        );
+    if let Err(err) = process::set_parent_process_death_signal(Some(Signal::KILL)) {
+        // Not fatal: the run thread still ends its workers; only an agent killed
+        // with SIGKILL would leave this one to its lifetime.
+        eprintln!("load worker: cannot ask to die with the agent: {err}");
     }
-    // SAFETY: getppid has no preconditions and cannot fail.
-    let actual = unsafe { libc::getppid() };
-    u32::try_from(actual).is_ok_and(|p| p == parent)
+    process::getppid().is_some_and(|p| u32::try_from(p.as_raw_pid()) == Ok(parent))
 }
 
 /// Allocates `mib` MiB and touches every page, so it is resident.

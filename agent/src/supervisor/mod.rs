@@ -33,6 +33,7 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::ports::{self, CollectorPorts};
+use crate::process_group::{self, Signal};
 use crate::procfs;
 use crate::state::{self, AgentState, RecordedCollector, StateError};
 use keeper::{Keeper, KeeperOrder, StartReply};
@@ -731,8 +732,7 @@ fn load_state_or_set_aside(path: &Path) -> Result<AgentState, SupervisorError> {
 /// and our own: SIGTERM, up to `grace` to exit, then SIGKILL.
 async fn reap_orphans(marker: &str, keep: &BTreeSet<u32>, grace: Duration) {
     let own_pid = std::process::id();
-    // SAFETY: getpgrp has no preconditions and cannot fail.
-    let own_group = u32::try_from(unsafe { libc::getpgrp() }).unwrap_or(0);
+    let own_group = process_group::own();
     let groups_with_marker = || -> BTreeSet<u32> {
         let Ok(pids) = procfs::all_pids() else {
             return BTreeSet::new();
@@ -750,12 +750,12 @@ async fn reap_orphans(marker: &str, keep: &BTreeSet<u32>, grace: Duration) {
     }
     tracing::warn!(groups = ?orphans, "killing orphaned collector processes");
     for &group in &orphans {
-        process::signal_group(group, libc::SIGTERM);
+        process_group::signal(group, Signal::TERM);
     }
     let all_gone = || groups_with_marker().is_disjoint(&orphans);
     if !process::wait_until(all_gone, grace).await {
         for &group in &orphans {
-            process::signal_group(group, libc::SIGKILL);
+            process_group::signal(group, Signal::KILL);
         }
         if !process::wait_until(all_gone, Duration::from_secs(5)).await {
             tracing::error!(groups = ?orphans, "orphaned processes survived SIGKILL");

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 use super::{SupervisorError, SupervisorSettings, privilege};
 use crate::ports::CollectorPorts;
+use crate::process_group::{self, Signal};
 use crate::procfs;
 use crate::state::write_atomically;
 
@@ -105,7 +106,7 @@ impl RunningProcess {
     /// to exit, then SIGKILL. Our own child is reaped.
     pub async fn terminate(self, grace: Duration) {
         let pid = self.pid;
-        signal_group(pid, libc::SIGTERM);
+        process_group::signal(pid, Signal::TERM);
         match self.owner {
             Owner::Us(mut child) => {
                 if tokio::time::timeout(grace, child.wait()).await.is_err() {
@@ -113,7 +114,7 @@ impl RunningProcess {
                         pid,
                         "collector ignored SIGTERM for {grace:?}; sending SIGKILL"
                     );
-                    signal_group(pid, libc::SIGKILL);
+                    process_group::signal(pid, Signal::KILL);
                     if let Err(err) = child.wait().await {
                         tracing::error!(pid, "could not reap the collector: {err}");
                     }
@@ -126,7 +127,7 @@ impl RunningProcess {
                         pid,
                         "collector ignored SIGTERM for {grace:?}; sending SIGKILL"
                     );
-                    signal_group(pid, libc::SIGKILL);
+                    process_group::signal(pid, Signal::KILL);
                     wait_until(exited, KILL_WAIT).await;
                 }
             }
@@ -139,19 +140,7 @@ impl RunningProcess {
 /// collector's own children). The group id cannot have been reused yet: pids are
 /// handed out cyclically, and the leader was reaped moments ago.
 pub fn kill_leftovers(pgid: u32) {
-    signal_group(pgid, libc::SIGKILL);
-}
-
-/// Sends `signal` to the process group `pgid`; false when the group no longer exists.
-pub fn signal_group(pgid: u32, signal: libc::c_int) -> bool {
-    let Ok(pgid) = libc::pid_t::try_from(pgid) else {
-        return false;
-    };
-    if pgid <= 1 {
-        return false; // never signal init or "every process"
-    }
-    // SAFETY: killpg only sends a signal; a stale group id yields ESRCH.
-    unsafe { libc::killpg(pgid, signal) == 0 }
+    process_group::signal(pgid, Signal::KILL);
 }
 
 /// Polls `done` until it holds or `limit` passes; returns whether it held.

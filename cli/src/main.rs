@@ -10,7 +10,10 @@
 //!   `Key: value` block of `get` commands.
 //! - [`selector`]: `-l key=value,key!=value` of list commands.
 //! - [`stream`]: the event stream (a WebSocket) that `experiment status --watch`
-//!   follows, and how an event reads as one line.
+//!   and the experiment and host lists' `--watch` follow, and how an event reads
+//!   as one line.
+//! - [`watch`]: `--watch` of the deployment and task lists, which reads the list
+//!   again every `--watch-interval` and prints what changed.
 //!
 //! This file only parses, runs, prints the error and picks the exit code: 0 on
 //! success, 1 for any error (usage, configuration, API, connection). `phoenix
@@ -25,6 +28,7 @@ mod output;
 mod selector;
 mod stream;
 mod tls;
+mod watch;
 
 use std::process::ExitCode;
 

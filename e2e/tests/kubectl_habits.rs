@@ -2,7 +2,8 @@
 //! reads stdin, `get -o yaml` applies again as a no-op, `diff` exits 0/1, a body
 //! over the api's limit is refused before sending, a misspelled field is named at
 //! its line (the CLI) and with the same path (the api), `phoenix version` shows
-//! both builds, and messages escape what a hostile name carries.
+//! both builds, messages escape what a hostile name carries, and lists select
+//! with `-l` and follow changes with `--watch`.
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
@@ -434,5 +435,181 @@ async fn lists_select_by_label_and_watch_changes() {
     watch.kill().unwrap();
     watch.wait().unwrap();
 
+    stack.shutdown().await;
+}
+
+/// Starts `phoenix ARGS` (a `--watch`) and sends each line of its stdout to the receiver.
+fn spawn_watch(
+    stack: &Stack,
+    args: &[&str],
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    let mut child = Command::new(binary("phoenix"))
+        .args(args)
+        .env("PHOENIX_API_URL", &stack.api_url)
+        .env("PHOENIX_TOKEN", VIEWER_TOKEN)
+        .env_remove("PHOENIX_CONFIG")
+        .env("HOME", "/nonexistent")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (lines, received) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, received)
+}
+
+/// The first line `wanted` accepts, waiting up to a minute; panics naming `what`
+/// and the lines seen.
+fn line_where(
+    received: &std::sync::mpsc::Receiver<String>,
+    what: &str,
+    wanted: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match received.recv_timeout(left) {
+            Ok(line) if wanted(&line) => return line,
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("no line of {what}; saw:\n{}", seen.join("\n")),
+        }
+    }
+}
+
+/// Ctrl-C ends a watch with exit code 0 and nothing on stderr.
+fn interrupt(mut child: std::process::Child) {
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut stderr = String::new();
+    use std::io::Read;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}: {stderr}");
+}
+
+fn deployment_document(interval: &str) -> String {
+    format!(
+        "apiVersion: phoenix.dev/v1
+kind: PipelineDeployment
+metadata: {{name: web-standing}}
+spec:
+  hosts: {{selector: {{role: web}}}}
+  pipeline: process-baseline
+  vars: {{collection_interval: {interval}}}
+"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployment_and_task_lists_watch_by_reading_again() {
+    let mut stack = stack().await;
+    stack.spawn_reconciler();
+    let apply = |document: String| {
+        let out = phoenix(
+            &stack,
+            OPERATOR_TOKEN,
+            &["apply", "-f", "-"],
+            Some(document.as_bytes()),
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    };
+    apply(deployment_document("10s"));
+    // The reconciler gives web-1 its start task (no agent claims it).
+    let first_task: serde_json::Value = phoenix_e2e::harness::eventually(
+        "web-1's start task",
+        std::time::Duration::from_secs(60),
+        || async {
+            let out = phoenix(
+                &stack,
+                VIEWER_TOKEN,
+                &["task", "list", "--host", "web-1", "-o", "json"],
+                None,
+            );
+            let list: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            list["items"].as_array()?.first().cloned()
+        },
+    )
+    .await;
+
+    let (deployments, deployment_lines) = spawn_watch(
+        &stack,
+        &["deployment", "list", "--watch", "--watch-interval", "1s"],
+    );
+    let (tasks, task_lines) = spawn_watch(
+        &stack,
+        &[
+            "task",
+            "list",
+            "--host",
+            "web-1",
+            "-w",
+            "-o",
+            "json",
+            "--watch-interval",
+            "1s",
+        ],
+    );
+    // The lists come first: the table's row, and the JSON list (ending in `}` alone).
+    let row = line_where(&deployment_lines, "the deployment's row", |l| {
+        l.starts_with("web-standing ")
+    });
+    // Cells are apart by three spaces or more; REVISION is the fifth.
+    let revision = |row: &str| {
+        row.split("   ")
+            .map(str::trim)
+            .filter(|cell| !cell.is_empty())
+            .nth(4)
+            .map(str::to_string)
+    };
+    assert_eq!(revision(&row).as_deref(), Some("1"), "{row}");
+    line_where(&task_lines, "the task list", |l| l == "}");
+
+    // A new revision: the deployment's row again, and web-1's new task as a JSON line.
+    apply(deployment_document("20s"));
+    // (Roll-out steps of revision 1 may print rows before it.)
+    line_where(&deployment_lines, "the row of revision 2", |l| {
+        l.starts_with("web-standing ") && revision(l).as_deref() == Some("2")
+    });
+    let line = line_where(&task_lines, "the new revision's task", |l| {
+        serde_json::from_str::<serde_json::Value>(l).is_ok_and(|t| {
+            t["id"] != first_task["id"] && t["configHash"] != first_task["configHash"]
+        })
+    });
+    let task: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(task["host"], "web-1", "{line}");
+    assert_eq!(task["kind"], "collector", "{line}");
+
+    // A deleted deployment is said so.
+    let out = phoenix(
+        &stack,
+        OPERATOR_TOKEN,
+        &["deployment", "delete", "web-standing"],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    line_where(&deployment_lines, "the deletion", |l| {
+        l == "web-standing   deleted"
+    });
+
+    interrupt(deployments);
+    interrupt(tasks);
     stack.shutdown().await;
 }

@@ -21,6 +21,7 @@ use crate::client::Body;
 use crate::commands::Context;
 use crate::document;
 use crate::output::{self, Details, Table};
+use crate::watch::{Watch, WatchArgs};
 
 const DEPLOYMENTS: &str = "/api/v1/deployments";
 const EXPERIMENTS: &str = "/api/v1/experiments";
@@ -29,13 +30,25 @@ const EXPERIMENTS: &str = "/api/v1/experiments";
 #[derive(Debug, clap::Subcommand)]
 pub enum DeploymentCommand {
     /// List deployments: what each runs, where, how many hosts are ready, and its roll-out
-    #[command(
-        after_help = "Example:\n  phoenix deployment list\n  phoenix deployment list -o json\n  phoenix deployment list -l team=sre"
-    )]
+    #[command(after_help = "\
+Example:
+  phoenix deployment list
+  phoenix deployment list -o json
+  phoenix deployment list -l team=sre
+  phoenix deployment list --watch
+  phoenix deployment list -w -o json --watch-interval 10s
+
+READY counts the selected hosts whose collector reports healthy. --watch prints
+the list, then reads it again every --watch-interval (default 2s) and prints
+each deployment that changed (a new revision, a host ready, a roll-out step) as
+one more row, or one JSON object per line with -o json; a deleted one prints
+`NAME   deleted`. Ctrl-C stops it (exit 0).")]
     List {
         /// Only deployments whose labels match: key=value,key!=value,key,!key
         #[arg(short = 'l', long, value_name = "SELECTOR", value_parser = crate::selector::parse)]
         selector: Option<crate::selector::Selector>,
+        #[command(flatten)]
+        watch: WatchArgs,
     },
     /// One deployment: its hosts, their collectors, its latest roll-out and its revisions
     #[command(after_help = "\
@@ -87,7 +100,9 @@ Live: `phoenix` streams them too (GET /api/v1/events?deployment=NAME, `kind: rol
 
 pub async fn run(ctx: &Context, command: DeploymentCommand) -> anyhow::Result<()> {
     match command {
-        DeploymentCommand::List { selector } => list(ctx, selector.as_ref()).await,
+        DeploymentCommand::List { selector, watch } => {
+            list(ctx, selector.as_ref(), Some(&watch)).await
+        }
         DeploymentCommand::Get { name } => show(ctx, &name).await,
         DeploymentCommand::Describe { name } => describe(ctx, &name).await,
         DeploymentCommand::Events { name } => events(ctx, &name).await,
@@ -187,13 +202,19 @@ pub async fn deploy(ctx: &Context, file: Option<String>, flags: DeployFlags) -> 
     Ok(output::print(&text)?)
 }
 
+/// `phoenix deployment list [-l SELECTOR] [--watch]` (and `pipeline list-deployments`).
 pub async fn list(
     ctx: &Context,
     selector: Option<&crate::selector::Selector>,
+    watch: Option<&WatchArgs>,
 ) -> anyhow::Result<()> {
-    let mut list: List<PipelineDeployment> = ctx.client.get(DEPLOYMENTS).await?;
-    list.items
-        .retain(|d| selector.is_none_or(|s| s.matches(&d.labels)));
+    let read = || async {
+        let mut list: List<PipelineDeployment> = ctx.client.get(DEPLOYMENTS).await?;
+        list.items
+            .retain(|d| selector.is_none_or(|s| s.matches(&d.labels)));
+        anyhow::Ok(list)
+    };
+    let list = read().await?;
     match output::render_object(ctx.output, &list)? {
         Some(text) => output::print(&text)?,
         None if list.items.is_empty() => eprintln!(
@@ -201,7 +222,20 @@ pub async fn list(
         ),
         None => output::print(&deployment_table(&list.items, ctx.now).render())?,
     }
-    Ok(())
+    let Some(args) = watch.filter(|w| w.watch) else {
+        return Ok(());
+    };
+    let watch = Watch {
+        output: ctx.output,
+        interval: args.watch_interval.as_duration(),
+        key: |d: &PipelineDeployment| d.name.clone(),
+        table: |d, now| deployment_table(std::slice::from_ref(d), now),
+        gone_is_deleted: true,
+        newest_first: false,
+    };
+    watch
+        .follow(&list.items, || async { Ok(read().await?.items) })
+        .await
 }
 
 pub async fn show(ctx: &Context, name: &str) -> anyhow::Result<()> {

@@ -213,7 +213,7 @@ pub async fn run(ctx: &Context, command: PipelineCommand) -> anyhow::Result<()> 
             name,
             dry_run,
         } => import(ctx, &file, &name, dry_run).await,
-        PipelineCommand::ListDeployments => deployment::list(ctx, None).await,
+        PipelineCommand::ListDeployments => deployment::list(ctx, None, None).await,
         PipelineCommand::ShowDeployment { name } => deployment::show(ctx, &name).await,
         PipelineCommand::Rollback { name } => deployment::rollback(ctx, &name).await,
         PipelineCommand::DeleteDeployment { name } => deployment::delete(ctx, &name).await,

@@ -1,6 +1,7 @@
-//! `phoenix task list [--host H] [--status S] [--limit N]`: the agent tasks Phoenix
-//! wrote (starts, updates and stops of collectors and load runs), newest first, with
-//! what they work for, how often they were delivered and why they failed.
+//! `phoenix task list [--host H] [--status S] [--limit N] [--watch]`: the agent
+//! tasks Phoenix wrote (starts, updates and stops of collectors and load runs),
+//! newest first, with what they work for, how often they were delivered and why
+//! they failed; `--watch` prints each new or changed one after.
 
 use chrono::{DateTime, Utc};
 use clap::Subcommand;
@@ -10,6 +11,7 @@ use phoenix_wire::view::{AgentTask, List};
 use crate::client::encode;
 use crate::commands::Context;
 use crate::output::{self, Table};
+use crate::watch::{Watch, WatchArgs};
 
 const TASKS: &str = "/api/v1/tasks";
 
@@ -24,6 +26,12 @@ Examples:
   phoenix task list --host web-1
   phoenix task list --status failed
   phoenix tasks list --host web-1 --status pending -o json
+  phoenix task list --host web-1 --watch
+
+--watch prints the list, then reads it again every --watch-interval (default 2s)
+and prints each task that is new or changed since (claimed, answered, delivered
+again), oldest first, as one more row or one JSON object per line with -o json.
+Ctrl-C stops it (exit 0).
 
 Statuses: pending (not yet claimed), leased (delivered to the agent, until its
 lease ends), succeeded, failed, cancelled (no longer wanted before it was claimed).
@@ -38,6 +46,8 @@ A task whose lease ends unanswered is delivered again (ATTEMPTS counts deliverie
         /// At most this many (1 to 1000)
         #[arg(long, value_name = "N", default_value_t = 100)]
         limit: u32,
+        #[command(flatten)]
+        watch: WatchArgs,
     },
 }
 
@@ -47,14 +57,13 @@ pub async fn run(ctx: &Context, command: TaskCommand) -> anyhow::Result<()> {
             host,
             status,
             limit,
+            watch,
         } => {
             if let Some(host) = &host {
                 names::check_host_id(host).map_err(|m| anyhow::anyhow!("invalid host id: {m}"))?;
             }
-            let list: List<AgentTask> = ctx
-                .client
-                .get(&list_path(host.as_deref(), status.as_deref(), limit))
-                .await?;
+            let path = list_path(host.as_deref(), status.as_deref(), limit);
+            let list: List<AgentTask> = ctx.client.get(&path).await?;
             match output::render_object(ctx.output, &list)? {
                 Some(text) => output::print(&text)?,
                 None if list.items.is_empty() => {
@@ -62,7 +71,24 @@ pub async fn run(ctx: &Context, command: TaskCommand) -> anyhow::Result<()> {
                 }
                 None => output::print(&task_table(&list.items, ctx.now).render())?,
             }
-            Ok(())
+            if !watch.watch {
+                return Ok(());
+            }
+            let watch = Watch {
+                output: ctx.output,
+                interval: watch.watch_interval.as_duration(),
+                key: |t: &AgentTask| t.id.to_string(),
+                table: |t, now| task_table(std::slice::from_ref(t), now),
+                // Tasks are not deleted; they leave the newest --limit or the --status.
+                gone_is_deleted: false,
+                newest_first: true,
+            };
+            watch
+                .follow(&list.items, || async {
+                    let list: List<AgentTask> = ctx.client.get(&path).await?;
+                    Ok(list.items)
+                })
+                .await
         }
     }
 }

@@ -106,7 +106,8 @@ pub async fn fresh_database_on(admin: &str) -> String {
     let pool = phoenix_storage::connect(&admin, 1)
         .await
         .expect("connect to the test server");
-    sqlx::query(&format!("CREATE DATABASE {name}"))
+    // The name is made here of a fixed prefix and numbers.
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&pool)
         .await
         .expect("create database");

@@ -129,10 +129,12 @@ async fn counts(stack: &Stack) -> Vec<i64> {
         "pipeline_deployments",
         "pipeline_deployment_revisions",
     ] {
-        let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
-            .fetch_one(&stack.pool)
-            .await
-            .unwrap();
+        // `table` is one of the fixed names above.
+        let n: i64 =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+                .fetch_one(&stack.pool)
+                .await
+                .unwrap();
         counts.push(n);
     }
     counts

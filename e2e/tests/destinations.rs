@@ -333,9 +333,10 @@ async fn assert_no_answer_holds(stack: &Stack, secret: &str, hosts: &[&str]) {
         "experiment_events",
     ];
     for table in tables {
-        let (n,): (i64,) = sqlx::query_as(&format!(
+        // `table` is one of the fixed names above.
+        let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT count(*) FROM {table} t WHERE row_to_json(t)::text LIKE '%' || $1 || '%'"
-        ))
+        )))
         .bind(secret)
         .fetch_one(&mut *conn)
         .await

@@ -37,7 +37,7 @@ pub async fn set_managed_by(
         "UPDATE {} SET managed_by = $2 WHERE name = $1",
         table.table()
     );
-    sqlx::query(&sql)
+    sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(name)
         .bind(source)
         .execute(conn)
@@ -55,7 +55,7 @@ pub async fn managed_names(
         "SELECT name FROM {} WHERE managed_by = $1 ORDER BY name",
         table.table()
     );
-    Ok(sqlx::query_scalar(&sql)
+    Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
         .bind(source)
         .fetch_all(conn)
         .await?)

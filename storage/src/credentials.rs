@@ -135,7 +135,10 @@ pub async fn seed_bootstrap(conn: &mut PgConnection, new: NewBootstrapToken<'_>)
 
 pub async fn get_bootstrap(conn: &mut PgConnection, id: &str) -> Result<BootstrapTokenView> {
     let sql = format!("SELECT {BOOTSTRAP_COLUMNS} FROM bootstrap_tokens b WHERE b.id = $1");
-    let row: Option<BootstrapRow> = sqlx::query_as(&sql).bind(id).fetch_optional(conn).await?;
+    let row: Option<BootstrapRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_optional(conn)
+        .await?;
     row.map(Into::into)
         .ok_or_else(|| StoreError::NotFound(format!("bootstrap token {id}")))
 }
@@ -145,7 +148,9 @@ pub async fn list_bootstrap(conn: &mut PgConnection) -> Result<Vec<BootstrapToke
     let sql = format!(
         "SELECT {BOOTSTRAP_COLUMNS} FROM bootstrap_tokens b ORDER BY b.created_at DESC, b.id"
     );
-    let rows: Vec<BootstrapRow> = sqlx::query_as(&sql).fetch_all(conn).await?;
+    let rows: Vec<BootstrapRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .fetch_all(conn)
+        .await?;
     Ok(rows.into_iter().map(Into::into).collect())
 }
 

@@ -86,7 +86,9 @@ pub async fn get(conn: &mut PgConnection, name: &str) -> Result<StoredDeployment
 /// Every deployment, oldest first: the order in which they claim hosts.
 pub async fn list(conn: &mut PgConnection) -> Result<Vec<StoredDeployment>> {
     let sql = format!("SELECT {COLUMNS} FROM {FROM} ORDER BY d.created_at, d.name");
-    let rows: Vec<DeploymentRow> = sqlx::query_as(&sql).fetch_all(conn).await?;
+    let rows: Vec<DeploymentRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .fetch_all(conn)
+        .await?;
     rows.into_iter().map(StoredDeployment::try_from).collect()
 }
 
@@ -107,7 +109,10 @@ pub async fn find(
             .await?;
     }
     let sql = format!("SELECT {COLUMNS} FROM {FROM} WHERE d.name = $1");
-    let row: Option<DeploymentRow> = sqlx::query_as(&sql).bind(name).fetch_optional(conn).await?;
+    let row: Option<DeploymentRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(name)
+        .fetch_optional(conn)
+        .await?;
     row.map(StoredDeployment::try_from).transpose()
 }
 

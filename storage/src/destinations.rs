@@ -66,10 +66,11 @@ pub async fn upsert(
 }
 
 pub async fn get(conn: &mut PgConnection, name: &str) -> Result<Destination> {
-    let row: Option<Row> = sqlx::query_as(&format!("{SELECT} WHERE d.name = $1"))
-        .bind(name)
-        .fetch_optional(conn)
-        .await?;
+    let row: Option<Row> =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT} WHERE d.name = $1")))
+            .bind(name)
+            .fetch_optional(conn)
+            .await?;
     row.map(Destination::try_from)
         .transpose()?
         .ok_or_else(|| StoreError::NotFound(format!("destination {name}")))
@@ -77,7 +78,7 @@ pub async fn get(conn: &mut PgConnection, name: &str) -> Result<Destination> {
 
 /// Every destination, by name.
 pub async fn list(conn: &mut PgConnection) -> Result<Vec<Destination>> {
-    let rows: Vec<Row> = sqlx::query_as(&format!("{SELECT} ORDER BY d.name"))
+    let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT} ORDER BY d.name")))
         .fetch_all(conn)
         .await?;
     rows.into_iter().map(Destination::try_from).collect()

@@ -72,7 +72,7 @@ pub async fn create(conn: &mut PgConnection, new: NewExperiment<'_>) -> Result<E
         "INSERT INTO experiments (name, labels, spec, managed_by, traceparent) VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT (name) DO NOTHING RETURNING {COLUMNS}"
     );
-    let row: Option<ExperimentRow> = sqlx::query_as(&sql)
+    let row: Option<ExperimentRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(new.name)
         .bind(serde_json::to_value(new.labels).expect("labels serialize"))
         .bind(serde_json::to_value(new.spec).expect("spec serializes"))
@@ -93,7 +93,10 @@ pub async fn create(conn: &mut PgConnection, new: NewExperiment<'_>) -> Result<E
 
 pub async fn get(conn: &mut PgConnection, name: &str) -> Result<Experiment> {
     let sql = format!("SELECT {COLUMNS} FROM experiments WHERE name = $1");
-    let row: Option<ExperimentRow> = sqlx::query_as(&sql).bind(name).fetch_optional(conn).await?;
+    let row: Option<ExperimentRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(name)
+        .fetch_optional(conn)
+        .await?;
     row.ok_or_else(|| StoreError::NotFound(format!("experiment {name}")))?
         .try_into()
 }
@@ -115,7 +118,9 @@ pub async fn lock(conn: &mut PgConnection, name: &str) -> Result<Experiment> {
 
 pub async fn list(conn: &mut PgConnection) -> Result<Vec<Experiment>> {
     let sql = format!("SELECT {COLUMNS} FROM experiments ORDER BY created_at, name");
-    let rows: Vec<ExperimentRow> = sqlx::query_as(&sql).fetch_all(conn).await?;
+    let rows: Vec<ExperimentRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .fetch_all(conn)
+        .await?;
     rows.into_iter().map(Experiment::try_from).collect()
 }
 
@@ -125,7 +130,10 @@ pub async fn list_in_phases(conn: &mut PgConnection, phases: &[Phase]) -> Result
     let sql = format!(
         "SELECT {COLUMNS} FROM experiments WHERE phase = ANY($1) ORDER BY created_at, name"
     );
-    let rows: Vec<ExperimentRow> = sqlx::query_as(&sql).bind(&phases).fetch_all(conn).await?;
+    let rows: Vec<ExperimentRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(&phases)
+        .fetch_all(conn)
+        .await?;
     rows.into_iter().map(Experiment::try_from).collect()
 }
 

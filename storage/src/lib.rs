@@ -213,3 +213,27 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 fn corrupt(what: &str, err: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {err}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use sqlx::postgres::PgConnectOptions;
+
+    /// A DATABASE_URL without a user connects as PGUSER, else as the process's OS
+    /// user, as libpq does (not as sqlx 0.9's "anonymous" without whoami's `std`).
+    #[test]
+    fn default_user_is_the_os_user() {
+        let options: PgConnectOptions = "postgres://127.0.0.1:5432/phoenix".parse().unwrap();
+        let expected = match std::env::var("PGUSER") {
+            Ok(user) => user,
+            Err(_) => {
+                let id = std::process::Command::new("id")
+                    .arg("-un")
+                    .output()
+                    .unwrap();
+                assert!(id.status.success(), "id -un: {id:?}");
+                String::from_utf8(id.stdout).unwrap().trim().to_string()
+            }
+        };
+        assert_eq!(options.get_username(), expected);
+    }
+}

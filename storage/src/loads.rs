@@ -113,7 +113,7 @@ pub async fn create_run(conn: &mut PgConnection, new: NewLoadRun<'_>) -> Result<
          WHERE load_runs.phase <> '{PHASE_RUNNING}' OR load_runs.expires_at <= now() \
          RETURNING {RUN_COLUMNS}"
     );
-    let row: Option<RunRow> = sqlx::query_as(&sql)
+    let row: Option<RunRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(new.name)
         .bind(serde_json::to_value(new.hosts).expect("host target serializes"))
         .bind(new.target_hosts)
@@ -134,7 +134,10 @@ pub async fn create_run(conn: &mut PgConnection, new: NewLoadRun<'_>) -> Result<
 
 pub async fn get_run(conn: &mut PgConnection, name: &str) -> Result<StoredLoadRun> {
     let sql = format!("SELECT {RUN_COLUMNS} FROM load_runs WHERE name = $1");
-    let row: Option<RunRow> = sqlx::query_as(&sql).bind(name).fetch_optional(conn).await?;
+    let row: Option<RunRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(name)
+        .fetch_optional(conn)
+        .await?;
     row.ok_or_else(|| StoreError::NotFound(format!("load simulation {name}")))?
         .try_into()
 }
@@ -142,7 +145,9 @@ pub async fn get_run(conn: &mut PgConnection, name: &str) -> Result<StoredLoadRu
 /// Every stored run, newest first.
 pub async fn list_runs(conn: &mut PgConnection) -> Result<Vec<StoredLoadRun>> {
     let sql = format!("SELECT {RUN_COLUMNS} FROM load_runs ORDER BY created_at DESC, name");
-    let rows: Vec<RunRow> = sqlx::query_as(&sql).fetch_all(conn).await?;
+    let rows: Vec<RunRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .fetch_all(conn)
+        .await?;
     rows.into_iter().map(StoredLoadRun::try_from).collect()
 }
 
@@ -152,7 +157,9 @@ pub async fn active_runs(conn: &mut PgConnection) -> Result<Vec<StoredLoadRun>> 
         "SELECT {RUN_COLUMNS} FROM load_runs WHERE phase = '{PHASE_RUNNING}' AND expires_at > now() \
          ORDER BY created_at, name"
     );
-    let rows: Vec<RunRow> = sqlx::query_as(&sql).fetch_all(conn).await?;
+    let rows: Vec<RunRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .fetch_all(conn)
+        .await?;
     rows.into_iter().map(StoredLoadRun::try_from).collect()
 }
 
@@ -163,7 +170,7 @@ pub async fn stop_run(conn: &mut PgConnection, name: &str) -> Result<StoredLoadR
         "UPDATE load_runs SET phase = '{PHASE_STOPPED}', stopped_at = now() \
          WHERE name = $1 AND phase = '{PHASE_RUNNING}' AND expires_at > now() RETURNING {RUN_COLUMNS}"
     );
-    let row: Option<RunRow> = sqlx::query_as(&sql)
+    let row: Option<RunRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(name)
         .fetch_optional(&mut *conn)
         .await?;
@@ -206,7 +213,7 @@ pub async fn replace_reported(
         "DELETE FROM host_loads WHERE {}",
         crate::hosts::in_hosts("host_id", 1)
     );
-    sqlx::query(&delete)
+    sqlx::query(sqlx::AssertSqlSafe(delete))
         .bind(&host_ids)
         .execute(&mut *conn)
         .await?;
@@ -272,7 +279,10 @@ pub async fn reported_by_host(
          started_at, expires_at, last_error FROM host_loads WHERE {} ORDER BY host_id, run_id",
         filter.condition("host_id", 1)
     );
-    let rows: Vec<ReportedRow> = filter.bind(sqlx::query_as(&sql)).fetch_all(conn).await?;
+    let rows: Vec<ReportedRow> = filter
+        .bind(sqlx::query_as(sqlx::AssertSqlSafe(sql)))
+        .fetch_all(conn)
+        .await?;
     let mut by_host: HashMap<String, Vec<LoadStatus>> = HashMap::new();
     for row in rows {
         let what = format!("load run {} on {}", row.run_id, row.host_id);

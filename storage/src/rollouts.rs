@@ -180,7 +180,7 @@ pub async fn lock_open(
 /// `lock`'s, locked for update, when given.
 async fn rollouts_with_from(
     conn: &mut PgConnection,
-    states: &str,
+    states: &'static str,
     lock: Option<&str>,
 ) -> Result<Vec<CurrentRollout>> {
     #[derive(FromRow)]
@@ -202,7 +202,10 @@ async fn rollouts_with_from(
             ""
         }
     );
-    let rows: Vec<Row> = sqlx::query_as(&sql).bind(lock).fetch_all(conn).await?;
+    let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(lock)
+        .fetch_all(conn)
+        .await?;
     rows.into_iter()
         .map(|row| {
             let what = format!(
@@ -229,7 +232,7 @@ pub async fn latest(conn: &mut PgConnection, deployment: &str) -> Result<Option<
         "SELECT {COLUMNS} FROM deployment_rollouts r WHERE r.deployment = $1 \
          ORDER BY r.started_at DESC, r.revision DESC LIMIT 1"
     );
-    let row: Option<RolloutRow> = sqlx::query_as(&sql)
+    let row: Option<RolloutRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(deployment)
         .fetch_optional(conn)
         .await?;
@@ -247,7 +250,9 @@ pub async fn latest_all(
         "SELECT DISTINCT ON (r.deployment) {COLUMNS} FROM deployment_rollouts r \
          ORDER BY r.deployment, r.started_at DESC, r.revision DESC"
     );
-    let rows: Vec<RolloutRow> = sqlx::query_as(&sql).fetch_all(conn).await?;
+    let rows: Vec<RolloutRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .fetch_all(conn)
+        .await?;
     rows.into_iter()
         .map(|row| StoredRollout::try_from(row).map(|s| (s.deployment, s.rollout)))
         .collect()

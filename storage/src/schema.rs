@@ -27,6 +27,10 @@ use crate::{PgConnection, PgPool, StoreError, templates};
 /// The marker that starts a lossy down step's line.
 const LOSSY_MARKER: &str = "-- lossy:";
 
+/// sqlx's bookkeeping table: its default name, which every release has used (and
+/// which [`applied`] reads).
+const MIGRATIONS_TABLE: &str = "_sqlx_migrations";
+
 /// One migration this binary knows: its up step and its down step.
 #[derive(Clone, Debug)]
 pub struct Step {
@@ -41,7 +45,7 @@ impl Step {
     /// for a step whose down loses nothing.
     pub fn lossy(&self) -> Vec<String> {
         self.down
-            .map(|down| lossy_marker(&down.sql))
+            .map(|down| lossy_marker(down.sql.as_str()))
             .unwrap_or_default()
     }
 
@@ -369,7 +373,7 @@ pub async fn up(
         check_target(&steps, to)?;
     }
     locked(conn, async move |conn| {
-        conn.ensure_migrations_table().await?;
+        conn.ensure_migrations_table(MIGRATIONS_TABLE).await?;
         let status = status(conn).await?;
         refuse_broken(&status)?;
         let applied: Vec<i64> = status
@@ -383,7 +387,7 @@ pub async fn up(
             if applied.contains(&step.version) || to.is_some_and(|to| step.version > to) {
                 continue;
             }
-            let took = conn.apply(step.up).await?;
+            let took = conn.apply(MIGRATIONS_TABLE, step.up).await?;
             let m = Moved {
                 version: step.version,
                 description: step.description.clone(),
@@ -465,7 +469,7 @@ pub async fn down(
         let mut moved = Vec::new();
         for step in undo {
             let down = step.down.ok_or(SchemaError::NoDownStep(step.version))?;
-            let took = conn.revert(down).await?;
+            let took = conn.revert(MIGRATIONS_TABLE, down).await?;
             let m = Moved {
                 version: step.version,
                 description: step.description.clone(),

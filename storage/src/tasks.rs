@@ -441,7 +441,8 @@ pub async fn list_open(conn: &mut PgConnection, filter: HostFilter<'_>) -> Resul
         filter.condition("host_id", 2),
         filter.condition("t.host_id", 2)
     );
-    let query = sqlx::query_as(&sql).bind(UNREPORTED_SUCCESS_WINDOW.as_secs_f64());
+    let query =
+        sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(UNREPORTED_SUCCESS_WINDOW.as_secs_f64());
     let rows: Vec<OpenRow> = filter.bind(query).fetch_all(conn).await?;
     rows.into_iter()
         .map(|row| {

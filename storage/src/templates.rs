@@ -65,11 +65,16 @@ const COLUMNS: &str = "name, description, config, variables, builtin, managed_by
 
 pub async fn get(conn: &mut PgConnection, name: &str) -> Result<StoredTemplate> {
     let sql = format!("SELECT {COLUMNS} FROM pipeline_templates WHERE name = $1");
-    let row: Option<StoredTemplate> = sqlx::query_as(&sql).bind(name).fetch_optional(conn).await?;
+    let row: Option<StoredTemplate> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(name)
+        .fetch_optional(conn)
+        .await?;
     row.ok_or_else(|| StoreError::NotFound(format!("pipeline {name}")))
 }
 
 pub async fn list(conn: &mut PgConnection) -> Result<Vec<StoredTemplate>> {
     let sql = format!("SELECT {COLUMNS} FROM pipeline_templates ORDER BY name");
-    Ok(sqlx::query_as(&sql).fetch_all(conn).await?)
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .fetch_all(conn)
+        .await?)
 }

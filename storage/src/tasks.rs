@@ -438,7 +438,9 @@ pub async fn list_open(conn: &mut PgConnection, filter: HostFilter<'_>) -> Resul
          WHERE t.status = 'succeeded' AND {} \
          AND t.updated_at > now() - $1 * interval '1 second' AND t.updated_at > h.status_at \
          ORDER BY id",
-        filter.condition("host_id", 2),
+        // Open tasks by the index on (host_id, …) of open tasks; recent successes,
+        // which no index on host_id covers, by a hashed semi-join.
+        filter.index_condition("host_id", 2),
         filter.condition("t.host_id", 2)
     );
     let query =

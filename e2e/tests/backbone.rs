@@ -385,14 +385,16 @@ async fn two_reconcilers_never_emit_duplicate_tasks() {
                 &config,
                 epoch,
                 Scope::Full,
-                &mut progress_a
+                &mut progress_a,
+                None,
             ),
             phoenix_reconciler::pass::run_pass(
                 &mut b,
                 &config,
                 epoch,
                 Scope::Full,
-                &mut progress_b
+                &mut progress_b,
+                None,
             )
         );
         // A pass that lost a race to a conflicting write may fail; it must not duplicate.

@@ -452,6 +452,7 @@ async fn a_deposed_leaders_late_write_is_refused() {
         old,
         Scope::Full,
         &mut Default::default(),
+        None,
     )
     .await;
     match late {
@@ -473,11 +474,86 @@ async fn a_deposed_leaders_late_write_is_refused() {
         old + 1,
         Scope::Full,
         &mut Default::default(),
+        None,
     )
     .await
     .unwrap();
     assert_eq!(report.transitions.len(), 1, "{report:?}");
     drop(second);
+    stack.shutdown().await;
+}
+
+/// A pass longer than the lease keeps leadership while the leader's own session
+/// keeps answering: each answer renews the lease, a real pass renews it after each
+/// of its stages, and an answer on another connection renews nothing, so work that
+/// waits on one is cut off when the lease runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_pass_renews_the_lease_only_through_the_leaders_own_session() {
+    let stack = Stack::start_with(StackOptions {
+        reconciler: false,
+        ..Default::default()
+    })
+    .await;
+    stack.register_host("lease-1", &[("role", "lease")]).await;
+    let settings = LeaderSettings {
+        lease: Duration::from_secs(2),
+    };
+    let mut lock = LeaderLock::try_acquire(&stack.database_url, settings, "test")
+        .await
+        .unwrap()
+        .expect("nobody else leads");
+    let lease = lock.lease();
+    let epoch = lock.epoch();
+
+    // Work lasting nearly twice the lease, answered by the leader's session.
+    let renewed = lease
+        .bound(async {
+            for _ in 0..3 {
+                tokio::time::sleep(Duration::from_millis(1200)).await;
+                assert!(lease.renew_on(lock.connection()).await.unwrap());
+            }
+        })
+        .await;
+    assert!(
+        renewed.is_some(),
+        "renewed work outlives the lease's length"
+    );
+
+    // A pass begun with little lease left leaves with most of it.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(lease.left() < Duration::from_millis(600));
+    phoenix_reconciler::pass::run_pass(
+        lock.connection(),
+        &stack.reconciler_config,
+        epoch,
+        Scope::Full,
+        &mut Default::default(),
+        Some(&lease),
+    )
+    .await
+    .unwrap();
+    let left = lease.left();
+    assert!(
+        left > Duration::from_secs(1),
+        "the pass renewed the lease: {left:?} left"
+    );
+
+    // Another connection is not the lock's session: it renews nothing.
+    let mut other = stack.pool.acquire().await.unwrap();
+    let cut = lease
+        .bound(async {
+            // Six seconds of answers, three times the lease.
+            for _ in 0..20 {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                assert!(!lease.renew_on(&mut other).await.unwrap());
+            }
+        })
+        .await;
+    assert!(
+        cut.is_none(),
+        "work without the leader's answers is cut off"
+    );
+    assert_eq!(lease.left(), Duration::ZERO);
     stack.shutdown().await;
 }
 

@@ -257,9 +257,9 @@ fn holder_name() -> String {
 
 /// Runs passes while the lock holds and its lease is renewed; returns why it
 /// stopped (leadership lost, or shutdown). The lease is renewed at least every
-/// third of its length, also while no pass is due, and no pass outlives it: a
-/// leader cut off from the database stops acting within the lease, before the
-/// database frees the lock for another replica
+/// third of its length, also while no pass is due, and after each stage of a pass;
+/// no pass outlives it: a leader cut off from the database stops acting within the
+/// lease, before the database frees the lock for another replica
 /// ([`phoenix_storage::leader::LeaderSettings::server_gives_up`]).
 async fn lead(
     mut lock: LeaderLock,
@@ -300,11 +300,17 @@ async fn lead(
             }
             let started = Instant::now();
             let epoch = lock.epoch();
-            let left = lock.lease_left();
-            let pass = pass::run_pass(lock.connection(), config, epoch, scope, &mut progress);
-            let result = match tokio::time::timeout(left, pass).await {
-                Ok(result) => result,
-                Err(_) => return "a pass outlived the lease",
+            let lease = lock.lease();
+            let pass = pass::run_pass(
+                lock.connection(),
+                config,
+                epoch,
+                scope,
+                &mut progress,
+                Some(&lease),
+            );
+            let Some(result) = lease.bound(pass).await else {
+                return "a pass outlived the lease";
             };
             background::record(metrics, "pass", started, &result);
             if result.is_err() {

@@ -21,6 +21,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
+use phoenix_storage::leader::Lease;
 use phoenix_storage::{PgConnection, Result, experiments, hosts, tasks, templates};
 use phoenix_wire::agent::{CollectorSpec, TaskKind, UnitSpec, Variant};
 use phoenix_wire::render::Template;
@@ -70,7 +71,9 @@ impl Stopwatch {
 /// [`phoenix_storage::StoreError::Deposed`] once a newer leader took over). Time is
 /// the database's, like every timestamp it stores. `progress` is what this leader's
 /// earlier passes found of deploying experiments; it is updated once the pass
-/// commits.
+/// commits. `lease`, when `conn` is the leader lock's connection, is renewed after
+/// each stage ([`renew`]), so a long pass is bounded by the time the database
+/// takes to answer one stage, not by the whole pass.
 #[tracing::instrument(name = "reconcile pass", skip_all, fields(epoch = epoch, scope = scope.label()))]
 pub async fn run_pass(
     conn: &mut PgConnection,
@@ -78,6 +81,7 @@ pub async fn run_pass(
     epoch: i64,
     scope: Scope,
     progress: &mut DeployProgress,
+    lease: Option<&Lease>,
 ) -> Result<PassReport> {
     let mut report = PassReport::default();
     let mut stopwatch = Stopwatch::start();
@@ -102,6 +106,7 @@ pub async fn run_pass(
     report.scope = Some(scope.label());
     let host_records = hosts::list_records(&mut tx, scope.filter()).await?;
     report.hosts = host_records.len();
+    renew(lease, &mut tx).await?;
     let template_configs: HashMap<String, Template> = templates::list(&mut tx)
         .await?
         .into_iter()
@@ -110,12 +115,14 @@ pub async fn run_pass(
     // Open tasks before reported collectors: each statement sees its own snapshot,
     // and this order never misses a task between its answer and its report.
     let open = tasks::list_open(&mut tx, scope.filter()).await?;
+    renew(lease, &mut tx).await?;
     let actual = hosts::collectors_by_host(&mut tx, scope.filter()).await?;
     // Since the oldest creation: crate::incidents reads every failed task of an
     // experiment, the deploying decision those of its current phase.
     let oldest_start = active.iter().map(|e| e.created_at).min().unwrap_or(now);
     let failures = tasks::failures_since(&mut tx, TaskKind::Collector, oldest_start).await?;
     let load_failures = tasks::failures_since(&mut tx, TaskKind::Load, oldest_start).await?;
+    renew(lease, &mut tx).await?;
     stopwatch.lap(&mut report, "read");
 
     let mut desired = DesiredState::new();
@@ -212,6 +219,7 @@ pub async fn run_pass(
         }
     }
 
+    renew(lease, &mut tx).await?;
     stopwatch.lap(&mut report, "experiments");
     // Standing pipelines (crate::standing): first `promotion: auto`, so that a
     // promotion's deployment is desired in this same pass; then every host's
@@ -228,6 +236,7 @@ pub async fn run_pass(
     )
     .await?;
 
+    renew(lease, &mut tx).await?;
     stopwatch.lap(&mut report, "standing");
     // What agents went back from is the agents' last word until a newer config.
     blocked.extend(diff::rolled_back(&actual));
@@ -238,16 +247,27 @@ pub async fn run_pass(
         report.tasks_deferred = tasks as u64;
         report.deferred_hosts = hosts;
     }
+    renew(lease, &mut tx).await?;
     stopwatch.lap(&mut report, "plan");
     let steps = crate::task_trace::continue_traces(&mut tx, &mut plan.new_tasks).await?;
     report.tasks_created = tasks::insert(&mut tx, &plan.new_tasks).await?;
     report.tasks_cancelled = tasks::cancel_pending(&mut tx, &plan.cancel).await?;
+    renew(lease, &mut tx).await?;
     stopwatch.lap(&mut report, "write");
     tx.commit().await?;
     *progress = next_progress;
     stopwatch.lap(&mut report, "commit");
     drop(steps);
     Ok(report)
+}
+
+/// Renews the leader's lease from a check on the pass's connection (a round trip
+/// of well under a millisecond); nothing without a lease.
+async fn renew(lease: Option<&Lease>, conn: &mut PgConnection) -> Result<()> {
+    if let Some(lease) = lease {
+        lease.renew_on(conn).await?;
+    }
+    Ok(())
 }
 
 /// Every (host, collector) an experiment wants on the hosts in `scope`, or why it

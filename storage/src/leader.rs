@@ -20,8 +20,13 @@
 //!   ends, so a new leader's bump waits for a write in flight, and a late write of
 //!   a deposed leader (say, on a pooled connection that outlived the partition) is
 //!   refused.
+//!
+//! The lease is a [`Lease`] the lock shares with work running on its connection: a
+//! long pass renews it as it goes, since any answer of the session that holds the
+//! lock shows the lock was held when the question was sent.
 
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sqlx::ConnectOptions;
@@ -69,6 +74,15 @@ impl LeaderSettings {
                 "idle_in_transaction_session_timeout",
                 self.server_gives_up().as_millis().to_string(),
             ),
+            // Every statement planned for the values it is given. A leader runs the
+            // same prepared statements for its whole term, and after five runs
+            // Postgres may keep one generic plan, made for whatever the tables held
+            // then: planned while the fleet had no tasks, the pass's read of 1,200
+            // hosts' open tasks stayed a scan comparing every row with every host
+            // (669 ms for 20,000 tasks), where a plan made for the bound list hashes
+            // it (7 ms). A pass runs a few times a second at most; planning each
+            // statement costs about a millisecond.
+            ("plan_cache_mode", "force_custom_plan".into()),
         ]
     }
 }
@@ -86,9 +100,68 @@ impl Default for LeaderSettings {
 pub struct LeaderLock {
     conn: PgConnection,
     epoch: i64,
-    settings: LeaderSettings,
-    /// When the last check the database confirmed was sent.
-    confirmed: Instant,
+    lease: Lease,
+}
+
+/// How long a leader may still act: [`LeaderSettings::lease`] after the last check
+/// that the session holding the lock answered was sent. Clones share one lease, so
+/// work running on the lock's connection (a reconcile pass) renews it for the loop
+/// that bounds that work ([`Lease::bound`]).
+#[derive(Clone, Debug)]
+pub struct Lease {
+    length: Duration,
+    /// The backend of the session that holds the lock: only its answers renew.
+    pid: i32,
+    /// When the last confirmed check was sent.
+    confirmed: Arc<Mutex<Instant>>,
+}
+
+impl Lease {
+    /// The lease left; zero once it has run out.
+    pub fn left(&self) -> Duration {
+        let confirmed = *self.confirmed.lock().expect("lease lock");
+        self.length.saturating_sub(confirmed.elapsed())
+    }
+
+    /// Records a check sent at `sent` that the lock's session answered.
+    fn confirmed(&self, sent: Instant) {
+        let mut confirmed = self.confirmed.lock().expect("lease lock");
+        *confirmed = (*confirmed).max(sent);
+    }
+
+    /// Renews the lease from a check sent now on `conn`, when `conn` is the session
+    /// that holds the lock (the lock's connection, or a transaction on it); on any
+    /// other connection it renews nothing and says so (`false`). The session holds
+    /// its advisory lock until it ends, so its answer shows the lock was held when
+    /// the check was sent, and the server cannot free the lock sooner than
+    /// [`LeaderSettings::server_gives_up`] after that.
+    pub async fn renew_on(&self, conn: &mut PgConnection) -> Result<bool> {
+        let sent = Instant::now();
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(conn)
+            .await?;
+        if pid != self.pid {
+            return Ok(false);
+        }
+        self.confirmed(sent);
+        Ok(true)
+    }
+
+    /// Runs `work` while the lease lasts, renewals included; `None` when the lease
+    /// ran out first (the work is dropped: the caller must stop acting).
+    pub async fn bound<T>(&self, work: impl std::future::Future<Output = T>) -> Option<T> {
+        let mut work = std::pin::pin!(work);
+        loop {
+            let left = self.left();
+            if left.is_zero() {
+                return None;
+            }
+            tokio::select! {
+                out = &mut work => return Some(out),
+                _ = tokio::time::sleep(left) => {}
+            }
+        }
+    }
 }
 
 impl LeaderLock {
@@ -116,11 +189,17 @@ impl LeaderLock {
         .bind(holder)
         .fetch_one(&mut conn)
         .await?;
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut conn)
+            .await?;
         Ok(Some(LeaderLock {
             conn,
             epoch,
-            settings,
-            confirmed: sent,
+            lease: Lease {
+                length: settings.lease,
+                pid,
+                confirmed: Arc::new(Mutex::new(sent)),
+            },
         }))
     }
 
@@ -137,7 +216,13 @@ impl LeaderLock {
     /// The lease left: how long this replica may still act without a new
     /// confirmation. Zero once it has run out.
     pub fn lease_left(&self) -> Duration {
-        self.settings.lease.saturating_sub(self.confirmed.elapsed())
+        self.lease.left()
+    }
+
+    /// The lease, shared: renewed by [`LeaderLock::confirm`] and by
+    /// [`Lease::renew_on`] the lock's connection.
+    pub fn lease(&self) -> Lease {
+        self.lease.clone()
     }
 
     /// Checks that the lock is still ours (the connection is alive and holds it)
@@ -155,7 +240,7 @@ impl LeaderLock {
         .fetch_one(&mut self.conn);
         match tokio::time::timeout(left, check).await {
             Ok(Ok(true)) => {
-                self.confirmed = sent;
+                self.lease.confirmed(sent);
                 Ok(true)
             }
             Ok(Ok(false)) | Err(_) => Ok(false),

@@ -427,20 +427,30 @@ async fn plan_after_six_runs(conn: &mut sqlx::PgConnection) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_leaders_statements_are_planned_for_the_hosts_each_pass_gives_them() {
+async fn every_connection_plans_its_statements_for_the_values_it_is_given() {
+    use sqlx::Connection;
     let stack = Stack::start_with(StackOptions {
         reconciler: false,
         ..Default::default()
     })
     .await;
-    // A connection without the leader's settings keeps a generic plan made while
-    // the fleet had no tasks: `$1` stays a parameter, which a scan compares with
-    // every row (the cause of 0.7 s reads in a 10,000-host rollout).
-    let mut plain = stack.pool.acquire().await.unwrap();
+    // A connection without Phoenix's settings keeps a generic plan made while the
+    // fleet had no tasks: `$1` stays a parameter, which a scan compares with every
+    // row (the cause of 0.7 s reads in a 10,000-host rollout).
+    let mut plain = sqlx::PgConnection::connect(&stack.database_url)
+        .await
+        .unwrap();
     let generic = plan_after_six_runs(&mut plain).await;
     assert!(
         generic.contains("$1"),
         "expected a generic plan:\n{generic}"
+    );
+    // The pools the api and the reconciler use, and the leader's own session.
+    let mut pooled = stack.pool.acquire().await.unwrap();
+    let custom = plan_after_six_runs(&mut pooled).await;
+    assert!(
+        !custom.contains("$1") && custom.contains("web-1"),
+        "a pooled connection's plan should be made for the hosts it was given:\n{custom}"
     );
     let mut lock = LeaderLock::try_acquire(&stack.database_url, LeaderSettings::default(), "test")
         .await

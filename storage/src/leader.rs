@@ -25,12 +25,11 @@
 //! long pass renews it as it goes, since any answer of the session that holds the
 //! lock shows the lock was held when the question was sent.
 
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sqlx::ConnectOptions;
-use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::postgres::PgConnection;
 
 use crate::{Result, StoreError};
 
@@ -74,15 +73,6 @@ impl LeaderSettings {
                 "idle_in_transaction_session_timeout",
                 self.server_gives_up().as_millis().to_string(),
             ),
-            // Every statement planned for the values it is given. A leader runs the
-            // same prepared statements for its whole term, and after five runs
-            // Postgres may keep one generic plan, made for whatever the tables held
-            // then: planned while the fleet had no tasks, the pass's read of 1,200
-            // hosts' open tasks stayed a scan comparing every row with every host
-            // (669 ms for 20,000 tasks), where a plan made for the bound list hashes
-            // it (7 ms). A pass runs a few times a second at most; planning each
-            // statement costs about a millisecond.
-            ("plan_cache_mode", "force_custom_plan".into()),
         ]
     }
 }
@@ -173,7 +163,7 @@ impl LeaderLock {
         holder: &str,
     ) -> Result<Option<LeaderLock>> {
         let sent = Instant::now();
-        let options = PgConnectOptions::from_str(database_url)?.options(settings.session_options());
+        let options = crate::connect_options(database_url)?.options(settings.session_options());
         let mut conn = options.connect().await?;
         let acquired: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
             .bind(RECONCILER_LOCK_KEY)

@@ -40,7 +40,7 @@ pub mod traces;
 
 use std::time::Duration;
 
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 pub use sqlx::postgres::{PgConnection, PgPool};
 
 /// Channel on which a new task's host id is announced (see the migration's trigger).
@@ -144,7 +144,7 @@ pub async fn connect_with(
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(acquire_timeout)
-        .connect(database_url)
+        .connect_with(connect_options(database_url)?)
         .await?;
     Ok(pool)
 }
@@ -173,8 +173,27 @@ pub fn connect_warm(
         .test_before_acquire(false)
         // Opened in the background: the caller's first query says whether the
         // database answers, as with `connect_with`.
-        .connect_lazy(database_url)?;
+        .connect_lazy_with(connect_options(database_url)?);
     Ok(pool)
+}
+
+/// How every connection Phoenix opens is set up: `database_url`, and every
+/// statement planned for the values it is given (`plan_cache_mode`).
+///
+/// sqlx prepares each statement once per connection, and after five runs Postgres
+/// may keep one generic plan, made for whatever the tables held then. Phoenix's
+/// tables change size by orders of magnitude within a minute (no tasks, then 20,000
+/// in a rollout), and its batch statements take lists of any length: a plan made
+/// on the empty table stays a scan. In a 10,000-agent rollout the leader's read of
+/// 1,200 hosts' open tasks compared every row with every host (669 ms, where a
+/// plan for the bound list hashes it: 7 ms), and the api's batched `DELETE` of
+/// reported collectors scanned the whole table each time (2.4 ms a batch, 6 s of
+/// Postgres time in the rollout). Planning each statement costs tens of
+/// microseconds; BENCHMARKS.md has the run.
+pub(crate) fn connect_options(database_url: &str) -> Result<PgConnectOptions> {
+    use std::str::FromStr;
+    Ok(PgConnectOptions::from_str(database_url)?
+        .options([("plan_cache_mode", "force_custom_plan")]))
 }
 
 /// A live connection from `pool`, within the pool's acquire timeout, and

@@ -438,10 +438,10 @@ pub async fn list_open(conn: &mut PgConnection, filter: HostFilter<'_>) -> Resul
          WHERE t.status = 'succeeded' AND {} \
          AND t.updated_at > now() - $1 * interval '1 second' AND t.updated_at > h.status_at \
          ORDER BY id",
-        // Open tasks by the index on (host_id, …) of open tasks; recent successes,
-        // which no index on host_id covers, by a hashed semi-join.
+        // Both halves by an index on host_id (of open tasks, of successes): one
+        // lookup per host.
         filter.index_condition("host_id", 2),
-        filter.condition("t.host_id", 2)
+        filter.index_condition("t.host_id", 2)
     );
     let query =
         sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(UNREPORTED_SUCCESS_WINDOW.as_secs_f64());

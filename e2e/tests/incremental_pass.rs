@@ -200,10 +200,33 @@ async fn a_host_report_wakes_a_pass_for_that_host_long_before_the_resync() {
         (seen == (passes("full"), scoped())).then_some(())
     })
     .await;
-    let before = scoped();
+    // What the reconciler hears from here on, heard alongside it.
+    let mut heard = sqlx::postgres::PgListener::connect(&stack.database_url)
+        .await
+        .unwrap();
+    heard.listen("phoenix_reconcile").await.unwrap();
 
-    // web-1 is relabelled: its status report names it, and a pass for web-1 alone
-    // cancels its start.
+    // web-1 reports a new label that changes nothing it should run: its report
+    // names web-1 alone, and a pass scoped to hosts looks at it. (A relabel that
+    // moves web-1 out of the deployment also changes the roll-out's progress,
+    // which the roll-out job saves and announces as a table change: a pass that
+    // hears both is rightly a full one.)
+    let before = scoped();
+    stack
+        .register_host("web-1", &[("role", "web"), ("zone", "b")])
+        .await;
+    eventually("a pass scoped to hosts", WAIT, || async {
+        (scoped() > before).then_some(())
+    })
+    .await;
+    let mut announcements = Vec::new();
+    while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(200), heard.recv()).await {
+        announcements.push(n.payload().to_string());
+    }
+    assert_eq!(announcements, ["host:web-1"]);
+
+    // web-1 is relabelled out of the deployment: a pass cancels its start long
+    // before the hourly resync.
     stack.register_host("web-1", &[("role", "db")]).await;
     let cancelled = (
         "web-1".to_string(),
@@ -212,11 +235,6 @@ async fn a_host_report_wakes_a_pass_for_that_host_long_before_the_resync() {
     );
     eventually("web-1's start cancelled", WAIT, || async {
         (tasks(&stack).await == [start("web-0"), cancelled.clone()]).then_some(())
-    })
-    .await;
-    // The pass's metric is counted just after its commit, which the cancel shows.
-    eventually("a pass scoped to hosts", WAIT, || async {
-        (scoped() > before).then_some(())
     })
     .await;
     stack.shutdown().await;

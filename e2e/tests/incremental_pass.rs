@@ -4,8 +4,9 @@
 //! acts on it long before the periodic resync. A deploying experiment is decided
 //! by passes that read only the hosts that reported, from what earlier passes
 //! found. A write larger than `--max-new-tasks-per-pass` is split over passes,
-//! whole hosts at a time. The leader's statements are planned for the hosts each
-//! pass gives them, never from a plan made when the tables held something else.
+//! whole hosts at a time. Statements over a list of hosts or tasks are planned
+//! for the list each run gives them, never from a plan made when the tables held
+//! something else, and no session makes the triggers' statements plan per row.
 
 use std::time::Duration;
 
@@ -13,7 +14,9 @@ use phoenix_e2e::harness::{OPERATOR_TOKEN, Stack, StackOptions, eventually};
 use phoenix_reconciler::changes::Scope;
 use phoenix_reconciler::lifecycle::DeployProgress;
 use phoenix_reconciler::metrics::{Metrics, ScopeLabels};
+use phoenix_storage::hosts::{self, HostFilter};
 use phoenix_storage::leader::{LeaderLock, LeaderSettings};
+use phoenix_storage::tasks;
 use phoenix_wire::agent::{CollectorSpec, CollectorStatus, Health};
 use phoenix_wire::view::Phase;
 use reqwest::Method;
@@ -414,69 +417,72 @@ async fn a_deploying_experiment_runs_from_passes_that_read_only_the_hosts_that_r
     stack.shutdown().await;
 }
 
-/// The plan Postgres runs for `EXPLAIN EXECUTE` of a statement prepared on `conn`
-/// and run six times with one host: five runs are when Postgres may settle on a
-/// generic plan.
-async fn plan_after_six_runs(conn: &mut sqlx::PgConnection) -> String {
-    use sqlx::Row;
+/// The statements `conn` has prepared that bind a list and that Postgres now runs
+/// with a generic plan, made once for whatever the tables held then.
+async fn generic_list_statements(conn: &mut sqlx::PgConnection) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT statement FROM pg_prepared_statements \
+         WHERE generic_plans > 0 AND statement ~ '(unnest|ANY)\\('",
+    )
+    .persistent(false)
+    .fetch_all(conn)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_over_a_list_are_planned_for_each_run_and_triggers_keep_their_plans() {
+    let (stack, mut lock) = three_hosts_led_by_hand().await;
+    let hosts = ["web-0".to_string(), "web-1".to_string()];
+    // What a pass and the api run over and over in a rollout, more than the five
+    // runs after which Postgres may settle on a generic plan.
+    for _ in 0..6 {
+        tasks::list_open(lock.connection(), HostFilter::Only(&hosts))
+            .await
+            .unwrap();
+        tasks::claim_many(lock.connection(), &hosts, Duration::from_secs(30), 3, 10)
+            .await
+            .unwrap();
+        hosts::record_heartbeats(lock.connection(), &hosts)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        generic_list_statements(lock.connection()).await,
+        Vec::<String>::new()
+    );
+
+    // The same read, prepared by name and run six times, does settle on one.
     sqlx::raw_sql(
         "PREPARE open_of(text[]) AS SELECT id FROM agent_tasks \
          WHERE status IN ('pending', 'leased') AND host_id = ANY($1)",
     )
-    .execute(&mut *conn)
+    .execute(lock.connection())
     .await
     .unwrap();
     for _ in 0..6 {
         sqlx::raw_sql("EXECUTE open_of('{web-0}')")
-            .execute(&mut *conn)
+            .execute(lock.connection())
             .await
             .unwrap();
     }
-    let rows = sqlx::raw_sql("EXPLAIN EXECUTE open_of('{web-0,web-1}')")
-        .fetch_all(&mut *conn)
-        .await
-        .unwrap();
-    let plan: Vec<String> = rows.iter().map(|row| row.get(0)).collect();
-    sqlx::raw_sql("DEALLOCATE open_of")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-    plan.join("\n")
-}
+    let generic = generic_list_statements(lock.connection()).await;
+    assert!(
+        generic.len() == 1 && generic[0].contains("PREPARE open_of"),
+        "{generic:?}"
+    );
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_connection_plans_its_statements_for_the_values_it_is_given() {
-    use sqlx::Connection;
-    let stack = Stack::start_with(StackOptions {
-        reconciler: false,
-        ..Default::default()
-    })
-    .await;
-    // A connection without Phoenix's settings keeps a generic plan made while the
-    // fleet had no tasks: `$1` stays a parameter, which a scan compares with every
-    // row (the cause of 0.7 s reads in a 10,000-host rollout).
-    let mut plain = sqlx::PgConnection::connect(&stack.database_url)
-        .await
-        .unwrap();
-    let generic = plan_after_six_runs(&mut plain).await;
-    assert!(
-        generic.contains("$1"),
-        "expected a generic plan:\n{generic}"
-    );
-    // The pools the api and the reconciler use, and the leader's own session.
+    // No session forces custom plans: that would plan the per-row triggers'
+    // statements again for every row a rollout writes.
     let mut pooled = stack.pool.acquire().await.unwrap();
-    let custom = plan_after_six_runs(&mut pooled).await;
-    assert!(
-        !custom.contains("$1") && custom.contains("web-1"),
-        "a pooled connection's plan should be made for the hosts it was given:\n{custom}"
-    );
-    let mut lock = LeaderLock::try_acquire(&stack.database_url, LeaderSettings::default(), "test")
-        .await
-        .unwrap()
-        .expect("nobody else leads");
-    let custom = plan_after_six_runs(lock.connection()).await;
-    assert!(
-        !custom.contains("$1") && custom.contains("web-1"),
-        "the leader's plan should be made for the hosts it was given:\n{custom}"
-    );
+    for conn in [lock.connection(), &mut *pooled] {
+        let mode: String = sqlx::query_scalar("SHOW plan_cache_mode")
+            .fetch_one(conn)
+            .await
+            .unwrap();
+        assert_eq!(mode, "auto");
+    }
+    drop(pooled);
+    drop(lock);
+    stack.shutdown().await;
 }

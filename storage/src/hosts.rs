@@ -57,7 +57,7 @@ impl HostFilter<'_> {
     ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
         match self {
             HostFilter::All => query,
-            HostFilter::Only(ids) => query.bind(ids.to_vec()),
+            HostFilter::Only(ids) => query.persistent(false).bind(ids.to_vec()),
         }
     }
 }
@@ -105,6 +105,7 @@ pub async fn report_statuses(
          ON CONFLICT (host_id) DO UPDATE SET labels = EXCLUDED.labels, agent_version = EXCLUDED.agent_version, \
          last_seen = now(), status_at = now()",
     )
+    .persistent(false)
     .bind(&host_ids)
     .bind(
         latest
@@ -125,6 +126,7 @@ pub async fn report_statuses(
         in_hosts("host_id", 1)
     );
     sqlx::query(sqlx::AssertSqlSafe(delete))
+        .persistent(false)
         .bind(&host_ids)
         .execute(&mut *tx)
         .await?;
@@ -139,6 +141,7 @@ pub async fn report_statuses(
              SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[], \
              $8::text[], $9::int[], $10::float8[], $11::int8[], $12::text[], $13::jsonb[])",
         )
+        .persistent(false)
         .bind(c.iter().map(|(h, _)| *h).collect::<Vec<_>>())
         .bind(c.iter().map(|(_, c)| c.collector_id.as_str()).collect::<Vec<_>>())
         .bind(c.iter().map(|(_, c)| c.owner.as_str()).collect::<Vec<_>>())
@@ -183,6 +186,7 @@ pub async fn record_heartbeats(
     let known: Vec<String> = sqlx::query_scalar(
         "UPDATE hosts SET last_seen = greatest(last_seen, now()) WHERE host_id = ANY($1) RETURNING host_id",
     )
+    .persistent(false)
     .bind(host_ids)
     .fetch_all(conn)
     .await?;

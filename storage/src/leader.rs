@@ -25,11 +25,12 @@
 //! long pass renews it as it goes, since any answer of the session that holds the
 //! lock shows the lock was held when the question was sent.
 
+use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sqlx::ConnectOptions;
-use sqlx::postgres::PgConnection;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
 
 use crate::{Result, StoreError};
 
@@ -163,7 +164,7 @@ impl LeaderLock {
         holder: &str,
     ) -> Result<Option<LeaderLock>> {
         let sent = Instant::now();
-        let options = crate::connect_options(database_url)?.options(settings.session_options());
+        let options = PgConnectOptions::from_str(database_url)?.options(settings.session_options());
         let mut conn = options.connect().await?;
         let acquired: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
             .bind(RECONCILER_LOCK_KEY)

@@ -20,6 +20,26 @@
 //! - [`retention`]: pruning finished tasks, old events and long-gone hosts by age.
 //! - [`traces`]: the trace context stored with desired state, which the reconciler
 //!   continues into the tasks it makes.
+//!
+//! ## Statements over a bound list are planned for each run
+//!
+//! sqlx prepares a statement once per connection, and after five runs Postgres
+//! may keep one generic plan, made for whatever the tables held then. Phoenix's
+//! tables change size by orders of magnitude within a minute (no tasks, then
+//! 20,000 in a rollout), and its batch statements take lists of any length: a
+//! generic plan made on the empty table stays a scan. In a 10,000-agent rollout
+//! the leader's read of 1,200 hosts' open tasks compared every row with every host
+//! (669 ms, where a plan for the bound list takes 7 ms), and the api's batched
+//! `DELETE` of reported collectors scanned the whole table each time. So every
+//! statement that binds a list of hosts, tasks or rows is sent unprepared
+//! (`.persistent(false)`, and [`hosts::HostFilter`] does it for the reads it
+//! filters): Postgres plans it for the values of that run.
+//!
+//! Not with the session's `plan_cache_mode = force_custom_plan`: that also reaches
+//! the statements of the per-row triggers (`pg_notify` of each new or finished
+//! task), which Postgres then parses and plans again for every row. A 10,000-task
+//! insert took 1.6 to 3.2 s in the fleet benchmark where it takes 0.4 s without
+//! (BENCHMARKS.md).
 
 pub mod apply;
 pub mod credentials;
@@ -40,7 +60,7 @@ pub mod traces;
 
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgPoolOptions;
 pub use sqlx::postgres::{PgConnection, PgPool};
 
 /// Channel on which a new task's host id is announced (see the migration's trigger).
@@ -144,7 +164,7 @@ pub async fn connect_with(
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(acquire_timeout)
-        .connect_with(connect_options(database_url)?)
+        .connect(database_url)
         .await?;
     Ok(pool)
 }
@@ -173,27 +193,8 @@ pub fn connect_warm(
         .test_before_acquire(false)
         // Opened in the background: the caller's first query says whether the
         // database answers, as with `connect_with`.
-        .connect_lazy_with(connect_options(database_url)?);
+        .connect_lazy(database_url)?;
     Ok(pool)
-}
-
-/// How every connection Phoenix opens is set up: `database_url`, and every
-/// statement planned for the values it is given (`plan_cache_mode`).
-///
-/// sqlx prepares each statement once per connection, and after five runs Postgres
-/// may keep one generic plan, made for whatever the tables held then. Phoenix's
-/// tables change size by orders of magnitude within a minute (no tasks, then 20,000
-/// in a rollout), and its batch statements take lists of any length: a plan made
-/// on the empty table stays a scan. In a 10,000-agent rollout the leader's read of
-/// 1,200 hosts' open tasks compared every row with every host (669 ms, where a
-/// plan for the bound list hashes it: 7 ms), and the api's batched `DELETE` of
-/// reported collectors scanned the whole table each time (2.4 ms a batch, 6 s of
-/// Postgres time in the rollout). Planning each statement costs tens of
-/// microseconds; BENCHMARKS.md has the run.
-pub(crate) fn connect_options(database_url: &str) -> Result<PgConnectOptions> {
-    use std::str::FromStr;
-    Ok(PgConnectOptions::from_str(database_url)?
-        .options([("plan_cache_mode", "force_custom_plan")]))
 }
 
 /// A live connection from `pool`, within the pool's acquire timeout, and

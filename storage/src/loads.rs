@@ -200,6 +200,7 @@ pub async fn replace_reported(
          FROM unnest($1::text[], $2::int[]) AS r(host_id, max_load_processes) \
          WHERE h.host_id = r.host_id",
     )
+    .persistent(false)
     .bind(&host_ids)
     .bind(
         reports
@@ -214,6 +215,7 @@ pub async fn replace_reported(
         crate::hosts::in_hosts("host_id", 1)
     );
     sqlx::query(sqlx::AssertSqlSafe(delete))
+        .persistent(false)
         .bind(&host_ids)
         .execute(&mut *conn)
         .await?;
@@ -230,6 +232,7 @@ pub async fn replace_reported(
          SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[], \
          $8::int8[], $9::timestamptz[], $10::timestamptz[], $11::text[])",
     )
+    .persistent(false)
     .bind(l.iter().map(|(h, _)| *h).collect::<Vec<_>>())
     .bind(l.iter().map(|(_, s)| s.run_id.as_str()).collect::<Vec<_>>())
     .bind(l.iter().map(|(_, s)| s.owner.as_str()).collect::<Vec<_>>())

@@ -120,6 +120,7 @@ pub async fn insert(conn: &mut PgConnection, tasks: &[NewTask]) -> Result<u64> {
             "INSERT INTO collector_configs (sha256, body) \
              SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT (sha256) DO NOTHING",
         )
+        .persistent(false)
         .bind(&shas)
         .bind(&texts)
         .execute(&mut *conn)
@@ -132,6 +133,7 @@ pub async fn insert(conn: &mut PgConnection, tasks: &[NewTask]) -> Result<u64> {
          AS x(k, h, u, a, sh, p, c, tp) \
          ON CONFLICT (host_id, unit_id, spec_hash, action) WHERE status IN ('pending', 'leased') DO NOTHING",
     )
+    .persistent(false)
     .bind(tasks.iter().map(|t| t.kind.as_str()).collect::<Vec<_>>())
     .bind(tasks.iter().map(|t| t.host_id.as_str()).collect::<Vec<_>>())
     .bind(tasks.iter().map(|t| t.unit_id.as_str()).collect::<Vec<_>>())
@@ -225,6 +227,7 @@ pub async fn claim_many(
          RETURNING t.host_id, t.id, t.kind, t.action, t.unit_id, t.attempts, t.payload::text AS payload, \
          t.traceparent",
     )
+    .persistent(false)
     .bind(host_ids)
     .bind(lease.as_millis() as f64)
     .bind(max_attempts)
@@ -323,6 +326,7 @@ pub async fn complete_many(
          WHERE t.id = a.id AND t.host_id = a.host_id AND t.status IN ('pending', 'leased') \
          RETURNING t.id",
     )
+    .persistent(false)
     .bind(&ids)
     .bind(&hosts)
     .bind(
@@ -354,6 +358,7 @@ pub async fn complete_many(
             "SELECT t.id, t.host_id FROM agent_tasks t \
              JOIN unnest($1::bigint[], $2::text[]) AS a(id, host_id) ON t.id = a.id AND t.host_id = a.host_id",
         )
+        .persistent(false)
         .bind(unsure.iter().map(|&i| ids[i]).collect::<Vec<_>>())
         .bind(unsure.iter().map(|&i| hosts[i]).collect::<Vec<_>>())
         .fetch_all(conn)
@@ -390,6 +395,7 @@ pub async fn cancel_pending(conn: &mut PgConnection, ids: &[i64]) -> Result<u64>
     let result = sqlx::query(
         "UPDATE agent_tasks SET status = 'cancelled', updated_at = now() WHERE id = ANY($1) AND status = 'pending'",
     )
+    .persistent(false)
     .bind(ids)
     .execute(conn)
     .await?;

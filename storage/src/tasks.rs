@@ -375,12 +375,17 @@ pub async fn complete_many(
 }
 
 /// Fails leased tasks whose lease expired after their last allowed delivery.
+///
+/// Run by every pass on the leader's long-lived session, where a plan prepared
+/// while the table was empty is a scan of every task: planned for each run, it
+/// reads the expired leases by their index (migration 0019).
 pub async fn fail_exhausted(conn: &mut PgConnection, max_attempts: i32) -> Result<u64> {
     let result = sqlx::query(
         "UPDATE agent_tasks SET status = 'failed', updated_at = now(), \
          error = 'the agent did not answer within the lease, ' || attempts || ' times' \
          WHERE status = 'leased' AND lease_until < now() AND attempts >= $1",
     )
+    .persistent(false)
     .bind(max_attempts)
     .execute(conn)
     .await?;

@@ -218,12 +218,23 @@ async fn every_candidate_keeps_the_critical_processes_and_cuts_series_as_promise
         for (template, short, _) in CANDIDATES {
             let name = format!("cmp-{short}");
             let experiment = stack.experiment(&name).await;
-            let count = |variant: &str| {
+            let series = |variant: &str| {
                 let selector = selector(&name, variant);
                 let prom = &prom;
-                async move { prom.series(&selector, start, end).await.unwrap().len() as f64 }
+                async move { prom.series(&selector, start, end).await.unwrap() }
             };
-            let (baseline, candidate) = (count("baseline").await, count("candidate").await);
+            let candidate_series = series("candidate").await;
+            let (baseline, candidate) = (
+                series("baseline").await.len() as f64,
+                candidate_series.len() as f64,
+            );
+            // Executable names the candidate showed that are not critical ones.
+            let uncritical_names: BTreeSet<&str> = candidate_series
+                .iter()
+                .filter_map(|labels| labels.get("process_executable_name"))
+                .map(String::as_str)
+                .filter(|n| *n != CRITICAL)
+                .collect();
             let fidelity = phoenix_reconciler::fidelity::measure(
                 &prom,
                 &experiment,
@@ -246,9 +257,16 @@ async fn every_candidate_keeps_the_critical_processes_and_cuts_series_as_promise
             ));
             // What the catalog promises of them (pipelines/README.md): one series per
             // executable name keeps every busy name; a filter to the critical
-            // processes shows none of the busy ones and almost none of the totals.
-            // (Total errors of the others move with the machine's load from run to
-            // run; the table records them, nothing asserts them.)
+            // processes shows no other name and almost none of the totals. (Its
+            // top-10 recall is not 0 wherever a critical process is among the host's
+            // ten largest, as on a quiet CI machine; total errors of the others move
+            // with the machine's load from run to run; the table records them,
+            // nothing asserts them.)
+            if template == "process-priority-filter" && !uncritical_names.is_empty() {
+                failures.push(format!(
+                    "{template} under {profile}: showed processes that are not critical: {uncritical_names:?}"
+                ));
+            }
             let checks: &[(&str, Option<f64>, bool)] = match template {
                 "process-aggregated" => &[
                     (
@@ -262,18 +280,11 @@ async fn every_candidate_keeps_the_critical_processes_and_cuts_series_as_promise
                         k.memory_top_k_recall.is_some_and(|v| v >= 90.0),
                     ),
                 ],
-                "process-priority-filter" => &[
-                    (
-                        "memory top-10 recall",
-                        k.memory_top_k_recall,
-                        k.memory_top_k_recall.is_some_and(|v| v <= 10.0),
-                    ),
-                    (
-                        "memory total error",
-                        k.memory_total_error,
-                        k.memory_total_error.is_some_and(|v| v >= 90.0),
-                    ),
-                ],
+                "process-priority-filter" => &[(
+                    "memory total error",
+                    k.memory_total_error,
+                    k.memory_total_error.is_some_and(|v| v >= 90.0),
+                )],
                 _ => &[],
             };
             for (what, value, ok) in checks {
